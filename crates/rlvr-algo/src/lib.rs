@@ -1,0 +1,1 @@
+//! The algorithm core of rlvr.

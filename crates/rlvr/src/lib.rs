@@ -1,0 +1,1 @@
+//! rlvr: the framework (config, data, environments, generator, trainer).
