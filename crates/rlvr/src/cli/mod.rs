@@ -1,0 +1,4 @@
+pub mod bench;
+pub mod conformance;
+pub mod config;
+pub mod generate;
