@@ -5,3 +5,15 @@
 pub mod config;
 
 pub use config::{ModelConfig, RopeScaling};
+pub mod chat_template;
+pub mod export;
+pub mod generation_config;
+pub mod gguf;
+pub mod load;
+pub mod tokenizer;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use export::{save_hf, save_hf_with, SaveDType, SaveOptions};
+pub use generation_config::GenerationConfig;
+pub use load::{load_pretrained, Pretrained};
+pub use tokenizer::{SpecialTokens, Tokenizer};

@@ -1,0 +1,230 @@
+//! A GGUF file opened for reading: candle's header parser, typed metadata getters, and tensors
+//! dequantized to f32 by candle's block decoders. Every error names the file (and the key or
+//! tensor); nothing here panics on a malformed file.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+
+pub struct GgufFile {
+    path: PathBuf,
+    reader: BufReader<File>,
+    content: Content,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader)
+            .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            reader,
+            content,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    /// Tensor names, sorted.
+    pub fn tensor_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .content
+            .tensor_infos
+            .keys()
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.content.tensor_infos.get(name)
+    }
+
+    fn err_key(&self, key: &str, what: &str) -> anyhow::Error {
+        anyhow!("{}: metadata {key}: {what}", self.path.display())
+    }
+
+    /// An unsigned integer of any width (GGUF writers differ on u32/u64/i32).
+    pub fn get_u64(&self, key: &str) -> Result<Option<u64>> {
+        let Some(v) = self.content.metadata.get(key) else {
+            return Ok(None);
+        };
+        let n = match v {
+            Value::U8(x) => Some(*x as u64),
+            Value::U16(x) => Some(*x as u64),
+            Value::U32(x) => Some(*x as u64),
+            Value::U64(x) => Some(*x),
+            Value::I8(x) => u64::try_from(*x).ok(),
+            Value::I16(x) => u64::try_from(*x).ok(),
+            Value::I32(x) => u64::try_from(*x).ok(),
+            Value::I64(x) => u64::try_from(*x).ok(),
+            _ => None,
+        };
+        n.map(Some).ok_or_else(|| {
+            self.err_key(
+                key,
+                &format!("expected a non-negative integer, found {v:?}"),
+            )
+        })
+    }
+
+    pub fn require_usize(&self, key: &str) -> Result<usize> {
+        self.get_u64(key)?
+            .map(|v| v as usize)
+            .ok_or_else(|| self.err_key(key, "missing (required)"))
+    }
+
+    /// A float; f32 values are widened through their shortest decimal form so that
+    /// `1e-5f32` reads as `1e-5`, as HF's config.json writes it.
+    pub fn get_f64(&self, key: &str) -> Result<Option<f64>> {
+        let Some(v) = self.content.metadata.get(key) else {
+            return Ok(None);
+        };
+        match v {
+            Value::F32(x) => Ok(Some(x.to_string().parse::<f64>().unwrap_or(*x as f64))),
+            Value::F64(x) => Ok(Some(*x)),
+            _ => self.get_u64(key).map(|o| o.map(|u| u as f64)),
+        }
+    }
+
+    pub fn get_bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.content.metadata.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.err_key(key, &format!("expected a bool, found {v:?}"))),
+        }
+    }
+
+    pub fn get_str(&self, key: &str) -> Result<Option<&str>> {
+        match self.content.metadata.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(self.err_key(
+                key,
+                &format!("expected a string, found {:?}", v.value_type()),
+            )),
+        }
+    }
+
+    pub fn get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        let Some(v) = self.content.metadata.get(key) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = v else {
+            return Err(self.err_key(key, "expected an array of strings"));
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s.as_str()),
+                other => Err(self.err_key(
+                    key,
+                    &format!(
+                        "element {i}: expected a string, found {:?}",
+                        other.value_type()
+                    ),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    pub fn get_i64_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        let Some(v) = self.content.metadata.get(key) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = v else {
+            return Err(self.err_key(key, "expected an array of integers"));
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::I8(x) => Ok(*x as i64),
+                Value::U8(x) => Ok(*x as i64),
+                Value::I16(x) => Ok(*x as i64),
+                Value::U16(x) => Ok(*x as i64),
+                Value::I32(x) => Ok(*x as i64),
+                Value::U32(x) => Ok(*x as i64),
+                Value::I64(x) => Ok(*x),
+                other => Err(self.err_key(
+                    key,
+                    &format!(
+                        "element {i}: expected an integer, found {:?}",
+                        other.value_type()
+                    ),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// Reads tensor `name` and dequantizes it to f32 on the CPU, in row-major HF order
+    /// (GGUF lists dims innermost first; candle reverses them, so a linear is `[out, in]`).
+    pub fn dequantize(&mut self, name: &str) -> Result<Tensor> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| anyhow!("{}: no tensor named {name}", self.path.display()))?;
+        let ctx = || {
+            format!(
+                "{}: tensor {name} ({:?}, shape {:?})",
+                self.path.display(),
+                info.ggml_dtype,
+                info.shape.dims()
+            )
+        };
+        let q = info
+            .read(
+                &mut self.reader,
+                self.content.tensor_data_offset,
+                &Device::Cpu,
+            )
+            .map_err(|e| anyhow!("{}: {e}", ctx()))?;
+        q.dequantize(&Device::Cpu)
+            .map_err(|e| anyhow!("{}: dequantize: {e}", ctx()))
+    }
+}
+
+/// Decodes raw GGML bytes of `dtype` into an f32 tensor of `dims` (row-major), via candle.
+/// Checks the byte count first: candle reads `dims`-many blocks without checking.
+pub fn dequantize_bytes(dtype: GgmlDType, data: &[u8], dims: &[usize]) -> Result<Tensor> {
+    let elems: usize = dims.iter().product();
+    let block = dtype.block_size();
+    if elems % block != 0 {
+        bail!("{dtype:?}: {elems} elements is not a multiple of the block size {block}");
+    }
+    let need = elems / block * dtype.type_size();
+    if data.len() != need {
+        bail!(
+            "{dtype:?} {dims:?}: expected {need} bytes, got {}",
+            data.len()
+        );
+    }
+    // A fresh allocation is aligned for the block structs candle casts the bytes to.
+    let owned = data.to_vec();
+    let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+        dtype,
+        &owned,
+        dims.to_vec(),
+        &Device::Cpu,
+    )?;
+    Ok(q.dequantize(&Device::Cpu)?)
+}
