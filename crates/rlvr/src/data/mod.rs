@@ -11,11 +11,7 @@ pub use loader::{LoaderState, PromptLoader};
 use serde::{Deserialize, Serialize};
 
 /// One chat message, as SkyRL stores it in the `prompt` column.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
+pub use rlvr_model::ChatMessage as Message;
 
 /// `reward_spec` column: how the environment scores, and against what.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

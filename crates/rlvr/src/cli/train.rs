@@ -1,0 +1,59 @@
+use crate::config::ConfigBuilder;
+use crate::run::{self, Extensions};
+use crate::trainer::checkpoint;
+use anyhow::Result;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// YAML config files merged over the defaults, in order, before the overrides.
+    #[arg(long = "config")]
+    pub configs: Vec<PathBuf>,
+    /// `a.b.c=value` overrides (SkyRL's keys); `+a.b.c=value` adds a key outside the schema.
+    pub overrides: Vec<String>,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let mut builder = ConfigBuilder::new();
+    for c in &args.configs {
+        builder.merge_file(c)?;
+    }
+    builder.apply_overrides(&args.overrides)?;
+    let resolved = builder.resolve()?;
+    for w in resolved.validate()? {
+        tracing::warn!("{w}");
+    }
+    let ext = Extensions::defaults(&resolved.config)?;
+    let mut trainer = run::build(&resolved, ext)?;
+
+    // First Ctrl-C: finish the step in flight, checkpoint, exit. Second: exit at once.
+    let stop = trainer.stop.clone();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted twice: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit now)");
+    })?;
+
+    let last = trainer.fit()?;
+    if trainer.stop.load(Ordering::SeqCst) {
+        if let Some(dir) = trainer.ckpt_dir.clone() {
+            if trainer.global_step > 0 {
+                checkpoint::save(&trainer, &dir)?;
+            }
+        }
+        eprintln!(
+            "stopped at step {}; resume with trainer.resume_mode=latest",
+            trainer.global_step
+        );
+        return Ok(ExitCode::from(130));
+    }
+    crate::export::export_policy(&trainer)?;
+    if let Some(r) = last.get("reward/avg_raw_reward") {
+        println!("final mean reward: {r:.4}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,192 @@
+//! Assembling a run from a resolved config: model, tokenizer, data, environments, generator,
+//! optimizer, loggers, checkpoints. `rlvr train` is this plus [`Trainer::fit`].
+
+use crate::config::{Config, ResolvedConfig};
+use crate::data::{self, PromptLoader, PromptRow};
+use crate::env::EnvRegistry;
+use crate::generator::{EmbeddedGenerator, Generator};
+use crate::logging;
+use crate::trainer::{checkpoint, DefaultHooks, Trainer, TrainerHooks};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use rlvr_algo::dynamic_sampling::DynamicSampler;
+use rlvr_algo::rewards::gsm8k::ScoringMethod;
+use rlvr_model::optim::{Optimizer, OptimizerSettings};
+use rlvr_model::{Model, Tokenizer};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// What a user can plug into a run from their own binary.
+pub struct Extensions {
+    pub hooks: Box<dyn TrainerHooks>,
+    pub envs: EnvRegistry,
+}
+
+impl Extensions {
+    /// The stock hooks and the built-in environments configured from `cfg`.
+    pub fn defaults(cfg: &Config) -> Result<Self> {
+        Ok(Self { hooks: Box::new(DefaultHooks), envs: EnvRegistry::with_builtins(gsm8k_method(cfg)?) })
+    }
+}
+
+pub fn gsm8k_method(cfg: &Config) -> Result<ScoringMethod> {
+    match cfg.environment.skyrl_gym.gsm8k.method.as_str() {
+        "strict" => Ok(ScoringMethod::Strict),
+        "flexible" => Ok(ScoringMethod::Flexible),
+        other => bail!("environment.skyrl_gym.gsm8k.method={other:?}: expected strict or flexible"),
+    }
+}
+
+/// Directory for metrics, eval dumps and plots: `trainer.log_path/trainer.run_name`.
+pub fn run_dir(cfg: &Config) -> PathBuf {
+    Path::new(&cfg.trainer.log_path).join(&cfg.trainer.run_name)
+}
+
+/// Reads every file of `data.train_data` (or `val_data`).
+pub fn read_datasets(paths: &[String]) -> Result<Vec<PromptRow>> {
+    let mut rows = Vec::new();
+    for p in paths {
+        rows.extend(data::read_rows(Path::new(p))?);
+    }
+    Ok(rows)
+}
+
+/// Drops rows whose chat-templated prompt exceeds `max_len` tokens; returns kept rows and the
+/// number dropped.
+pub fn filter_long_prompts(rows: Vec<PromptRow>, tokenizer: &Tokenizer, max_len: usize) -> Result<(Vec<PromptRow>, usize)> {
+    let before = rows.len();
+    let mut kept = Vec::with_capacity(before);
+    for row in rows {
+        let n = tokenizer.apply_chat_template_ids(&row.prompt, true)?.len();
+        if n <= max_len {
+            kept.push(row);
+        }
+    }
+    let dropped = before - kept.len();
+    Ok((kept, dropped))
+}
+
+/// Builds the whole trainer for `resolved`, resuming per `trainer.resume_mode`.
+pub fn build(resolved: &ResolvedConfig, ext: Extensions) -> Result<Trainer> {
+    let cfg = resolved.config.clone();
+    let device = Device::Cpu;
+
+    let model_path = PathBuf::from(&cfg.trainer.policy.model.path);
+    tracing::info!("loading {}", model_path.display());
+    let pretrained = rlvr_model::load_pretrained(&model_path, &device)
+        .with_context(|| format!("trainer.policy.model.path={}", model_path.display()))?;
+    let policy = Arc::new(Model::from_tensors(&pretrained.config, &pretrained.tensors, &device)?);
+    let reference = if cfg.trainer.algorithm.use_kl_loss || cfg.trainer.algorithm.use_kl_in_reward {
+        let ref_path = PathBuf::from(&cfg.trainer.reference.model.path);
+        let reference = if ref_path == model_path {
+            Model::from_tensors(&pretrained.config, &pretrained.tensors, &device)?
+        } else {
+            let p = rlvr_model::load_pretrained(&ref_path, &device)
+                .with_context(|| format!("trainer.ref.model.path={}", ref_path.display()))?;
+            Model::from_tensors(&p.config, &p.tensors, &device)?
+        };
+        Some(reference)
+    } else {
+        None
+    };
+    let tokenizer = Arc::new(pretrained.tokenizer);
+    build_with_model(resolved, ext, policy, reference, tokenizer)
+}
+
+/// Like [`build`] for an already constructed policy (tests use tiny models).
+pub fn build_with_model(
+    resolved: &ResolvedConfig,
+    ext: Extensions,
+    policy: Arc<Model>,
+    reference: Option<Model>,
+    tokenizer: Arc<Tokenizer>,
+) -> Result<Trainer> {
+    let cfg = resolved.config.clone();
+    let max_prompt = cfg.trainer.max_prompt_length;
+    let (train_rows, dropped) = filter_long_prompts(read_datasets(&cfg.data.train_data)?, &tokenizer, max_prompt)?;
+    if dropped > 0 {
+        tracing::warn!("dropped {dropped} training prompts longer than trainer.max_prompt_length={max_prompt}");
+    }
+    let (val_rows, val_dropped) = filter_long_prompts(read_datasets(&cfg.data.val_data)?, &tokenizer, max_prompt)?;
+    if val_dropped > 0 {
+        tracing::warn!("dropped {val_dropped} validation prompts longer than trainer.max_prompt_length={max_prompt}");
+    }
+    tracing::info!("{} training prompts, {} validation prompts", train_rows.len(), val_rows.len());
+    let loader = PromptLoader::new(train_rows, cfg.trainer.train_batch_size, cfg.trainer.seed, true);
+
+    let pad_id = tokenizer.pad_token_id().or(tokenizer.eos_token_id()).unwrap_or(0);
+    let generator: Box<dyn Generator> = Box::new(EmbeddedGenerator::new(
+        policy.clone(),
+        tokenizer.clone(),
+        ext.envs.clone(),
+        cfg.generator.max_num_seqs,
+    ));
+
+    let opt = &cfg.trainer.policy.optimizer_config;
+    let batches = loader.batches_per_epoch();
+    let mini_batches = cfg.trainer.train_batch_size / cfg.trainer.policy_mini_batch_size.max(1);
+    let total_updates = cfg.trainer.epochs * batches * mini_batches.max(1) * cfg.trainer.update_epochs_per_batch;
+    let optimizer = Optimizer::new(
+        policy.vars(),
+        OptimizerSettings {
+            lr: opt.lr,
+            betas: (opt.adam_betas[0], opt.adam_betas[1]),
+            weight_decay: opt.weight_decay,
+            max_grad_norm: opt.max_grad_norm,
+            scheduler: opt.scheduler.clone(),
+            num_warmup_steps: opt.num_warmup_steps,
+            num_training_steps: total_updates,
+            ..Default::default()
+        },
+    )?;
+
+    let ds = &cfg.trainer.algorithm.dynamic_sampling;
+    let sampler = DynamicSampler::new(
+        ds.kind.as_deref(),
+        cfg.trainer.train_batch_size,
+        cfg.generator.n_samples_per_prompt,
+        ds.max_sample_batches,
+        ds.min_replace_ratio,
+        cfg.trainer.seed,
+    )?;
+
+    let run_dir = run_dir(&cfg);
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    std::fs::write(run_dir.join("config.yaml"), resolved.to_yaml())?;
+    let names: Vec<String> = cfg.trainer.logger.split(',').map(|s| s.trim().to_string()).collect();
+    let (loggers, warnings) = logging::from_names(&names, &run_dir)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+
+    let ckpt_dir = Some(PathBuf::from(&cfg.trainer.ckpt_path));
+    let mut trainer = Trainer {
+        cfg: cfg.clone(),
+        policy,
+        reference,
+        optimizer,
+        generator,
+        loader,
+        val_rows,
+        hooks: ext.hooks,
+        loggers,
+        sampler,
+        pad_id,
+        global_step: 0,
+        ckpt_dir: ckpt_dir.clone(),
+        run_dir,
+        stop: Arc::new(AtomicBool::new(false)),
+        envs: ext.envs,
+        tokenizer: Some(tokenizer),
+    };
+    crate::trainer::check_runnable(&trainer)?;
+    if let Some(dir) = checkpoint::resume_dir(
+        cfg.trainer.resume_mode.as_deref(),
+        cfg.trainer.resume_path.as_deref(),
+        ckpt_dir.as_deref().unwrap_or(Path::new(".")),
+    )? {
+        checkpoint::load(&mut trainer, &dir)?;
+    }
+    Ok(trainer)
+}

@@ -1,0 +1,313 @@
+//! The training loop, one step top to bottom in SPEC §4's order:
+//!
+//! 1. take `train_batch_size` prompts, `n_samples_per_prompt` samples each (uid = prompt id);
+//! 2. generate with this step's weights and score with the environment;
+//! 3. dynamic sampling (may loop back to 1 within the same global step);
+//! 4. `postprocess_generator_output` (soft overlong punishment), reward metrics;
+//! 5. overlong filtering of loss masks;
+//! 6. old-policy and reference log-probs;
+//! 7. advantages;
+//! 8. policy update over mini-batches and micro-batches;
+//! 9. checkpoint, (weights are shared with the engine: no sync needed), eval, log.
+
+mod batch;
+pub mod checkpoint;
+mod hooks;
+mod update;
+
+pub use batch::{build as build_batch, TrainBatch};
+pub use hooks::{default_postprocess, DefaultHooks, HookContext, TrainerHooks};
+
+use crate::config::Config;
+use crate::data::{LoaderState, PromptLoader, PromptRow};
+use crate::env::EnvRegistry;
+use crate::eval;
+use crate::generator::{Generator, GeneratorOutput, PromptGroup, Sampling, StopReason};
+use crate::logging::{Logger, Metrics};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use rlvr_algo::dynamic_sampling::{DynamicSampler, SamplingDecision};
+use rlvr_model::optim::Optimizer;
+use rlvr_model::Model;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything a run is made of. Built by [`crate::run::build`] from a config; tests build it
+/// directly with tiny models.
+pub struct Trainer {
+    pub cfg: Config,
+    pub policy: Arc<Model>,
+    /// Frozen copy of the initial policy, only when `use_kl_loss` or `use_kl_in_reward`.
+    pub reference: Option<Model>,
+    pub optimizer: Optimizer,
+    pub generator: Box<dyn Generator>,
+    pub loader: PromptLoader,
+    pub val_rows: Vec<PromptRow>,
+    pub hooks: Box<dyn TrainerHooks>,
+    pub loggers: Vec<Box<dyn Logger>>,
+    pub sampler: DynamicSampler,
+    pub pad_id: u32,
+    pub global_step: usize,
+    /// Where checkpoints go (`trainer.ckpt_path`); `None` disables checkpointing.
+    pub ckpt_dir: Option<PathBuf>,
+    /// Where eval dumps go.
+    pub run_dir: PathBuf,
+    /// Set by Ctrl-C: the loop stops after the current step (and its checkpoint).
+    pub stop: Arc<AtomicBool>,
+    pub envs: EnvRegistry,
+    /// Needed for HF export; `None` in tests that do not export.
+    pub tokenizer: Option<Arc<rlvr_model::Tokenizer>>,
+}
+
+impl Trainer {
+    /// Total optimizer-visible steps: `epochs × batches per epoch`.
+    pub fn total_steps(&self) -> usize {
+        self.cfg.trainer.epochs * self.loader.batches_per_epoch()
+    }
+
+    fn device(&self) -> &Device {
+        self.policy.device()
+    }
+
+    fn train_sampling(&self) -> Sampling {
+        sampling_from(&self.cfg.generator.sampling_params)
+    }
+
+    /// Runs until `trainer.epochs` are done, or `stop` is set. Returns the last step's metrics.
+    pub fn fit(&mut self) -> Result<Metrics> {
+        let total = self.total_steps();
+        if self.cfg.trainer.eval_before_train && self.global_step == 0 && !self.val_rows.is_empty() {
+            let m = self.evaluate()?;
+            self.log(0, &m)?;
+        }
+        let mut last = Metrics::new();
+        while self.global_step < total {
+            if self.stop.load(Ordering::SeqCst) {
+                tracing::info!("stopping at step {} (interrupted)", self.global_step);
+                break;
+            }
+            last = self.step()?;
+        }
+        Ok(last)
+    }
+
+    /// One global step. Returns its metrics (also sent to the loggers).
+    pub fn step(&mut self) -> Result<Metrics> {
+        let t_step = Instant::now();
+        let step = self.global_step + 1;
+        let cfg = self.cfg.clone();
+        let n = cfg.generator.n_samples_per_prompt;
+        let mut metrics = Metrics::new();
+
+        // 1-3. Generate, score, and (with dynamic sampling) keep going until enough groups vary.
+        let t_gen = Instant::now();
+        let mut num_gen_batches = 0usize;
+        let mut zero_std_groups = 0usize;
+        let mut total_groups = 0usize;
+        let mut gen_tokens = 0usize;
+        let output = loop {
+            let prompts = self
+                .loader
+                .next_batch()
+                .context("the training set holds fewer prompts than trainer.train_batch_size")?;
+            let epoch = self.loader.state().epoch;
+            let groups: Vec<PromptGroup> = prompts
+                .into_iter()
+                .map(|(idx, row)| PromptGroup { uid: format!("{epoch}-{idx}"), row, n })
+                .collect();
+            let seed = cfg.trainer.seed ^ ((step as u64) << 20) ^ (num_gen_batches as u64);
+            let out = self.generator.generate(&groups, &self.train_sampling(), seed)?;
+            num_gen_batches += 1;
+            gen_tokens += out.response_ids.iter().map(Vec::len).sum::<usize>();
+            let (zero, groups_here) = zero_std_count(&out.rewards, &out.uids);
+            zero_std_groups += zero;
+            total_groups += groups_here;
+            match self.sampler.process(out)? {
+                SamplingDecision::Done(out) => break out,
+                SamplingDecision::KeepSampling => continue,
+            }
+        };
+        let gen_secs = t_gen.elapsed().as_secs_f64();
+        metrics.insert("timing/generate".into(), gen_secs);
+        metrics.insert("dynamic_sampling/num_gen_batches".into(), num_gen_batches as f64);
+        metrics.insert(
+            "dynamic_sampling/zero_std_group_fraction".into(),
+            zero_std_groups as f64 / total_groups.max(1) as f64,
+        );
+        metrics.insert("generate/tokens_per_sec".into(), gen_tokens as f64 / gen_secs.max(1e-9));
+
+        // 4. Post-process (soft overlong punishment by default), then reward metrics.
+        let ctx = HookContext {
+            max_generate_length: cfg.generator.sampling_params.max_generate_length,
+            overlong_buffer: cfg
+                .trainer
+                .algorithm
+                .overlong_buffer
+                .as_ref()
+                .map(|b| (b.len, b.penalty_factor)),
+        };
+        let uids = output.uids.clone();
+        let mut output = self.hooks.postprocess_generator_output(output, &uids, &ctx)?;
+        metrics.extend(reward_metrics(&output, n));
+        metrics.extend(length_metrics(&output));
+
+        // 5. Overlong filtering: responses that hit the length limit leave the loss.
+        if cfg.generator.apply_overlong_filtering {
+            let reasons: Vec<&str> = output.stop_reasons.iter().map(|r| r.as_str()).collect();
+            output.loss_masks = rlvr_algo::overlong::apply_overlong_filtering(&output.loss_masks, &reasons);
+        }
+
+        // 6-8. Log-probs, advantages, policy update.
+        let t_train = Instant::now();
+        let all: Vec<usize> = (0..output.len()).collect();
+        let batch = batch::build(&output, &all, self.pad_id, self.device())?;
+        let update_metrics = update::train_on_batch(self, &output, &batch)?;
+        metrics.extend(update_metrics);
+        let train_secs = t_train.elapsed().as_secs_f64();
+        metrics.insert("timing/train".into(), train_secs);
+        let train_tokens: usize = output.prompt_token_ids.iter().map(Vec::len).sum::<usize>()
+            + output.response_ids.iter().map(Vec::len).sum::<usize>();
+        metrics.insert(
+            "train/tokens_per_sec".into(),
+            (train_tokens * cfg.trainer.update_epochs_per_batch) as f64 / train_secs.max(1e-9),
+        );
+
+        self.global_step = step;
+        metrics.insert("trainer/global_step".into(), step as f64);
+        metrics.insert("trainer/epoch".into(), self.loader.state().epoch as f64);
+
+        // 9. Checkpoint, evaluate, log.
+        let last_step = step == self.total_steps();
+        if let Some(dir) = &self.ckpt_dir {
+            let interval = cfg.trainer.ckpt_interval;
+            if interval > 0 && (step as i64 % interval == 0 || last_step) {
+                let t = Instant::now();
+                checkpoint::save(self, dir)?;
+                metrics.insert("timing/save_checkpoint".into(), t.elapsed().as_secs_f64());
+            }
+        }
+        let eval_interval = cfg.trainer.eval_interval;
+        if !self.val_rows.is_empty() && eval_interval > 0 && (step as i64 % eval_interval == 0 || last_step) {
+            let t = Instant::now();
+            metrics.extend(self.evaluate()?);
+            metrics.insert("timing/eval".into(), t.elapsed().as_secs_f64());
+        }
+        metrics.insert("timing/step".into(), t_step.elapsed().as_secs_f64());
+        self.log(step, &metrics)?;
+        Ok(metrics)
+    }
+
+    /// Evaluates the current policy on the validation rows with `eval_sampling_params`.
+    pub fn evaluate(&mut self) -> Result<Metrics> {
+        let sampling = sampling_from(&self.cfg.generator.eval_sampling_params);
+        let dump = self
+            .cfg
+            .trainer
+            .dump_eval_results
+            .then(|| self.run_dir.join("dumped_evals").join(format!("global_step_{}_evals.jsonl", self.global_step)));
+        eval::evaluate(
+            self.generator.as_mut(),
+            &self.val_rows,
+            &sampling,
+            self.cfg.generator.eval_n_samples_per_prompt.max(1),
+            self.cfg.trainer.eval_batch_size.max(1),
+            self.cfg.trainer.seed,
+            dump.as_deref(),
+        )
+    }
+
+    fn log(&mut self, step: usize, metrics: &Metrics) -> Result<()> {
+        for l in &mut self.loggers {
+            l.log(step, metrics)?;
+        }
+        Ok(())
+    }
+
+    /// The loader's position (saved in checkpoints).
+    pub fn loader_state(&self) -> LoaderState {
+        self.loader.state()
+    }
+}
+
+/// `generator.sampling_params` → the generator's sampling settings.
+pub fn sampling_from(p: &crate::config::SamplingParams) -> Sampling {
+    Sampling {
+        temperature: p.temperature,
+        top_p: p.top_p,
+        top_k: p.top_k,
+        min_p: p.min_p,
+        max_generate_length: p.max_generate_length,
+        stop: p.stop_strings(),
+    }
+}
+
+/// (groups whose rewards all equal, number of groups).
+fn zero_std_count(rewards: &[f64], uids: &[String]) -> (usize, usize) {
+    let mut groups: Vec<(&str, Vec<f64>)> = Vec::new();
+    for (r, u) in rewards.iter().zip(uids) {
+        match groups.iter_mut().find(|(g, _)| *g == u.as_str()) {
+            Some((_, v)) => v.push(*r),
+            None => groups.push((u.as_str(), vec![*r])),
+        }
+    }
+    let zero = groups
+        .iter()
+        .filter(|(_, v)| v.iter().all(|&x| x == v[0]))
+        .count();
+    (zero, groups.len())
+}
+
+/// SkyRL's reward metrics: mean raw reward, pass@n (a group passes when any sample scores > 0),
+/// and the mean of the positive part of the rewards.
+pub fn reward_metrics(out: &GeneratorOutput, n: usize) -> Metrics {
+    let mut m = Metrics::new();
+    let len = out.rewards.len().max(1) as f64;
+    m.insert("reward/avg_raw_reward".into(), out.rewards.iter().sum::<f64>() / len);
+    m.insert(
+        "reward/mean_positive_reward".into(),
+        out.rewards.iter().map(|r| r.max(0.0)).sum::<f64>() / len,
+    );
+    let mut by_uid: std::collections::BTreeMap<&str, bool> = Default::default();
+    for (r, u) in out.rewards.iter().zip(&out.uids) {
+        *by_uid.entry(u.as_str()).or_default() |= *r > 0.0;
+    }
+    let pass = by_uid.values().filter(|&&p| p).count() as f64 / by_uid.len().max(1) as f64;
+    m.insert(format!("reward/avg_pass_at_{n}"), pass);
+    m.insert("reward/avg_pass_at_n".into(), pass);
+    m
+}
+
+/// `generate/{min,max,avg,std}_num_tokens` and the fraction cut at the length limit.
+pub fn length_metrics(out: &GeneratorOutput) -> Metrics {
+    let lens: Vec<f64> = out.response_ids.iter().map(|r| r.len() as f64).collect();
+    let n = lens.len().max(1) as f64;
+    let avg = lens.iter().sum::<f64>() / n;
+    let var = lens.iter().map(|l| (l - avg).powi(2)).sum::<f64>() / n;
+    let mut m = Metrics::new();
+    m.insert("generate/min_num_tokens".into(), lens.iter().copied().fold(f64::INFINITY, f64::min));
+    m.insert("generate/max_num_tokens".into(), lens.iter().copied().fold(0.0, f64::max));
+    m.insert("generate/avg_num_tokens".into(), avg);
+    m.insert("generate/std_num_tokens".into(), var.sqrt());
+    let truncated = out.stop_reasons.iter().filter(|r| **r == StopReason::Length).count();
+    m.insert("generate/truncated_fraction".into(), truncated as f64 / n);
+    m
+}
+
+/// Moves a `[B, R]` f32 tensor's rows to a `Vec<Vec<f32>>` (for metrics and checkpoints).
+pub fn rows_f32(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+}
+
+/// Fails early with a clear message when a run cannot make progress.
+pub fn check_runnable(trainer: &Trainer) -> Result<()> {
+    if trainer.loader.batches_per_epoch() == 0 {
+        bail!(
+            "the training set has {} prompts after filtering, fewer than trainer.train_batch_size={}",
+            trainer.loader.len(),
+            trainer.cfg.trainer.train_batch_size
+        );
+    }
+    Ok(())
+}
