@@ -5,6 +5,13 @@
 pub mod config;
 
 pub use config::{ModelConfig, RopeScaling};
+pub mod kv_cache;
+pub mod logprobs;
+pub mod model;
+
+pub use kv_cache::KvCache;
+pub use logprobs::{LogProbOptions, TokenLogProbs};
+pub use model::Model;
 pub mod chat_template;
 pub mod export;
 pub mod generation_config;

@@ -1,0 +1,249 @@
+//! Per-token log-probs (and entropy) of the response tokens, straight from the final hidden states,
+//! without keeping `[rows, vocab]` logits alive.
+//!
+//! Forward: `lm_head` + temperature + log-softmax run over chunks of rows, each chunk's logits
+//! freed before the next (the math per chunk is `rlvr_algo::logprobs`). Backward: a custom op
+//! recomputes each chunk's logits and pushes the gradient into the hidden states and the `lm_head`
+//! weight, so training memory is one chunk of logits instead of a whole batch (`8 x 384 x 49152`
+//! f32 would be 600 MB per intermediate).
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D};
+
+/// Options of [`crate::Model::response_logprobs`].
+#[derive(Debug, Clone, Copy)]
+pub struct LogProbOptions {
+    /// Logits are divided by this before the softmax (SkyRL divides by the sampling temperature).
+    pub temperature: f64,
+    /// Also return the entropy of each position's distribution.
+    pub entropy: bool,
+    /// Build the autograd graph (policy) or not (reference model, old log-probs).
+    pub grad: bool,
+    /// Rows of logits materialised at once.
+    pub chunk_rows: usize,
+}
+
+impl Default for LogProbOptions {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            entropy: false,
+            grad: true,
+            chunk_rows: 512,
+        }
+    }
+}
+
+/// `[B, R]` log-probs of the response tokens, and their entropies when asked for.
+#[derive(Debug, Clone)]
+pub struct TokenLogProbs {
+    pub logprobs: Tensor,
+    pub entropy: Option<Tensor>,
+}
+
+/// Log-probs (column 0) and entropies (column 1, zero unless asked for) of `labels: [N]` under
+/// `softmax(hidden @ weight^T / temperature)`, `hidden: [N, H]`, `weight: [V, H]` → `[N, 2]`.
+/// Differentiable in `hidden` and `weight`.
+pub fn lm_head_logprobs(
+    hidden: &Tensor,
+    weight: &Tensor,
+    labels: &Tensor,
+    opts: &LogProbOptions,
+) -> Result<Tensor> {
+    let result = chunked_forward(&hidden.detach(), &weight.detach(), labels, opts)?;
+    if !opts.grad || !(hidden.track_op() || weight.track_op()) {
+        return Ok(result);
+    }
+    hidden.apply_op2(
+        weight,
+        LmHeadLogProbs {
+            labels: labels.clone(),
+            result,
+            opts: *opts,
+        },
+    )
+}
+
+fn chunked_forward(
+    hidden: &Tensor,
+    weight: &Tensor,
+    labels: &Tensor,
+    opts: &LogProbOptions,
+) -> Result<Tensor> {
+    let n = hidden.dim(0)?;
+    let chunk = opts.chunk_rows.max(1);
+    let wt = weight.t()?;
+    let mut parts = Vec::with_capacity(n.div_ceil(chunk));
+    for start in (0..n).step_by(chunk) {
+        let len = chunk.min(n - start);
+        let logits = hidden.narrow(0, start, len)?.matmul(&wt)?;
+        let lab = labels.narrow(0, start, len)?;
+        let lp = rlvr_algo::logprobs::log_probs_from_logits(&logits, &lab, opts.temperature)?;
+        let ent = if opts.entropy {
+            rlvr_algo::logprobs::entropy_from_logits(&logits, opts.temperature)?
+        } else {
+            lp.zeros_like()?
+        };
+        parts.push(Tensor::stack(&[lp, ent], 1)?);
+    }
+    if parts.is_empty() {
+        return Tensor::zeros((0, 2), hidden.dtype(), hidden.device());
+    }
+    Tensor::cat(&parts, 0)
+}
+
+/// Gradient of `g_lp * logp(label) + g_ent * entropy` w.r.t. the scaled logits `z` of one chunk:
+/// `g_lp (onehot - p) - g_ent p (z - sum(p z))`.
+fn chunk_logit_grad(
+    z: &Tensor,
+    labels: &Tensor,
+    g_lp: &Tensor,
+    g_ent: Option<&Tensor>,
+) -> Result<Tensor> {
+    let lse = rlvr_algo::logprobs::logsumexp_keepdim(z)?;
+    let p = z.broadcast_sub(&lse)?.exp()?;
+    let mut g = p.broadcast_mul(&g_lp.neg()?)?;
+    g = g.scatter_add(&labels.unsqueeze(1)?.contiguous()?, g_lp, 1)?;
+    if let Some(ge) = g_ent {
+        let mean_z = (&p * z)?.sum_keepdim(D::Minus1)?;
+        let t = (p * z.broadcast_sub(&mean_z)?)?.broadcast_mul(ge)?;
+        g = (g - t)?;
+    }
+    Ok(g)
+}
+
+struct LmHeadLogProbs {
+    labels: Tensor,
+    /// The forward result, computed chunk by chunk before the op is applied.
+    result: Tensor,
+    opts: LogProbOptions,
+}
+
+impl CustomOp2 for LmHeadLogProbs {
+    fn name(&self) -> &'static str {
+        "lm-head-logprobs"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (storage, layout) = self.result.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) if layout.is_contiguous() && layout.start_offset() == 0 => {
+                Ok((s.clone(), layout.shape().clone()))
+            }
+            _ => candle_core::bail!("lm-head-logprobs: result is not a contiguous CPU tensor"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (storage, layout) = self.result.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("lm-head-logprobs: result is not a CUDA tensor"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (hidden, weight) = (hidden.detach(), weight.detach());
+        let n = hidden.dim(0)?;
+        let t = self.opts.temperature;
+        let chunk = self.opts.chunk_rows.max(1);
+        let compute = if hidden.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let wt = weight.t()?;
+        let mut dh = Vec::with_capacity(n.div_ceil(chunk));
+        let mut dw: Option<Tensor> = None;
+        for start in (0..n).step_by(chunk) {
+            let len = chunk.min(n - start);
+            let h = hidden.narrow(0, start, len)?;
+            let z = (h.matmul(&wt)?.to_dtype(compute)? / t)?;
+            let g = grad.narrow(0, start, len)?.to_dtype(compute)?;
+            let g_lp = g.narrow(1, 0, 1)?.contiguous()?;
+            let g_ent = if self.opts.entropy {
+                Some(g.narrow(1, 1, 1)?.contiguous()?)
+            } else {
+                None
+            };
+            let lab = self.labels.narrow(0, start, len)?;
+            // d/d(raw logits) = d/dz / temperature.
+            let dz = (chunk_logit_grad(&z, &lab, &g_lp, g_ent.as_ref())? / t)?
+                .to_dtype(hidden.dtype())?;
+            dh.push(dz.matmul(&weight)?);
+            let dw_c = dz.t()?.matmul(&h)?;
+            dw = Some(match dw {
+                None => dw_c,
+                Some(acc) => (acc + dw_c)?,
+            });
+        }
+        let dh = if dh.is_empty() {
+            hidden.zeros_like()?
+        } else {
+            Tensor::cat(&dh, 0)?
+        };
+        let dw = match dw {
+            Some(d) => d,
+            None => weight.zeros_like()?,
+        };
+        Ok((Some(dh), Some(dw)))
+    }
+}
+
+impl crate::Model {
+    /// Training entry: log-probs (and optionally entropies) of the last `response_len` tokens of
+    /// each row, under `softmax(logits / temperature)` of the position before each.
+    ///
+    /// `input_ids: [B, S]` u32 holds `[prompt | response]` (prompts left-padded, responses
+    /// right-padded), `attention_mask: [B, S]` marks real tokens. Returns `[B, response_len]`
+    /// tensors; padded response positions hold finite values the caller masks out.
+    pub fn response_logprobs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        response_len: usize,
+        opts: &LogProbOptions,
+    ) -> Result<TokenLogProbs> {
+        let (b, s) = input_ids.dims2()?;
+        if response_len == 0 || response_len >= s {
+            candle_core::bail!("response_len {response_len} must be in 1..{s} (sequence length)")
+        }
+        let hs = self.forward_hidden(input_ids, attention_mask, opts.grad)?;
+        let h = hs.dim(2)?;
+        // Position t predicts token t + 1.
+        let rows = hs
+            .narrow(1, s - response_len - 1, response_len)?
+            .reshape((b * response_len, h))?;
+        let labels = input_ids
+            .narrow(1, s - response_len, response_len)?
+            .flatten_all()?
+            .to_dtype(DType::U32)?;
+        let out = lm_head_logprobs(&rows, self.lm_head_weight(), &labels, opts)?;
+        let logprobs = out.narrow(1, 0, 1)?.reshape((b, response_len))?;
+        let entropy = if opts.entropy {
+            Some(out.narrow(1, 1, 1)?.reshape((b, response_len))?)
+        } else {
+            None
+        };
+        Ok(TokenLogProbs { logprobs, entropy })
+    }
+}

@@ -1,0 +1,506 @@
+//! The Llama-family decoder (Llama, SmolLM/SmolLM2, Qwen2 with q/k/v bias, GQA) as Hugging Face
+//! defines it, built from differentiable candle ops so the trainer can backpropagate through it.
+//!
+//! Parameters are [`Var`]s under their HF names. The same `Var`s serve training (full-sequence
+//! forward with an attention mask) and generation (KV-cached forward): an optimizer step is seen by
+//! the next generation without any copy.
+
+pub mod ops;
+pub mod rope;
+
+use crate::config::ModelConfig;
+use crate::kv_cache::KvCache;
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Result, Tensor, Var};
+use rope::RopeTables;
+use std::collections::HashMap;
+
+/// Additive mask value for disallowed keys. Finite, so fully masked (padding) query rows give a
+/// uniform softmax instead of NaN, which would otherwise leak into gradients as NaN * 0.
+const MASKED: f32 = -1e30;
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Var,
+    pub bias: Option<Var>,
+}
+
+impl Linear {
+    /// `x: [N, in]` → `[N, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.as_tensor().t()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b.as_tensor()),
+            None => Ok(y),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: Var,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Var,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy)]
+struct Dims {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    cfg: ModelConfig,
+    embed: Var,
+    layers: Vec<Layer>,
+    norm: Var,
+    /// `None` when tied to the embedding.
+    lm_head: Option<Var>,
+    rope: RopeTables,
+    named: Vec<(String, Var)>,
+    device: Device,
+    dtype: DType,
+}
+
+/// Takes HF-named tensors out of the map, checking presence and shape.
+struct Params<'a> {
+    tensors: &'a HashMap<String, Tensor>,
+    device: &'a Device,
+    dtype: DType,
+    named: Vec<(String, Var)>,
+}
+
+impl Params<'_> {
+    fn var(&mut self, name: &str, shape: &[usize]) -> anyhow::Result<Var> {
+        let t = self.tensors.get(name).with_context(|| {
+            format!("checkpoint is missing tensor `{name}` (expected shape {shape:?})")
+        })?;
+        if t.dims() != shape {
+            bail!(
+                "tensor `{name}` has shape {:?}, expected {shape:?}",
+                t.dims()
+            );
+        }
+        let t = t.to_dtype(self.dtype)?.to_device(self.device)?;
+        let v = Var::from_tensor(&t)?;
+        self.named.push((name.to_string(), v.clone()));
+        Ok(v)
+    }
+
+    fn linear(&mut self, name: &str, out: usize, inp: usize, bias: bool) -> anyhow::Result<Linear> {
+        let weight = self.var(&format!("{name}.weight"), &[out, inp])?;
+        let bias = if bias {
+            Some(self.var(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+}
+
+impl Model {
+    /// Builds the decoder from HF-named tensors (any float dtype; stored as f32 `Var`s on `device`).
+    pub fn from_tensors(
+        cfg: &ModelConfig,
+        tensors: &HashMap<String, Tensor>,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        Self::from_tensors_with_dtype(cfg, tensors, device, DType::F32)
+    }
+
+    /// As [`Model::from_tensors`] with parameters stored in `dtype` (f64 for gradient checks).
+    pub fn from_tensors_with_dtype(
+        cfg: &ModelConfig,
+        tensors: &HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> anyhow::Result<Self> {
+        if cfg.hidden_act != "silu" {
+            bail!("unsupported hidden_act `{}` (only silu)", cfg.hidden_act);
+        }
+        let (h, ffn, nh, nkv, hd) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_attention_heads,
+            cfg.num_kv_heads(),
+            cfg.head_dim(),
+        );
+        if nh == 0 || nkv == 0 || nh % nkv != 0 {
+            bail!(
+                "num_attention_heads {nh} must be a positive multiple of num_key_value_heads {nkv}"
+            );
+        }
+        if hd % 2 != 0 {
+            bail!("head_dim {hd} must be even for RoPE");
+        }
+        let bias = cfg.qkv_bias();
+        let mut p = Params {
+            tensors,
+            device,
+            dtype,
+            named: Vec::new(),
+        };
+        let embed = p.var("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let pre = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_norm: p.var(&format!("{pre}.input_layernorm.weight"), &[h])?,
+                q: p.linear(&format!("{pre}.self_attn.q_proj"), nh * hd, h, bias)?,
+                k: p.linear(&format!("{pre}.self_attn.k_proj"), nkv * hd, h, bias)?,
+                v: p.linear(&format!("{pre}.self_attn.v_proj"), nkv * hd, h, bias)?,
+                o: p.linear(&format!("{pre}.self_attn.o_proj"), h, nh * hd, false)?,
+                post_norm: p.var(&format!("{pre}.post_attention_layernorm.weight"), &[h])?,
+                gate: p.linear(&format!("{pre}.mlp.gate_proj"), ffn, h, false)?,
+                up: p.linear(&format!("{pre}.mlp.up_proj"), ffn, h, false)?,
+                down: p.linear(&format!("{pre}.mlp.down_proj"), h, ffn, false)?,
+            });
+        }
+        let norm = p.var("model.norm.weight", &[h])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(
+                p.var("lm_head.weight", &[cfg.vocab_size, h])
+                    .context("untied model (tie_word_embeddings = false) needs `lm_head.weight`")?,
+            )
+        };
+        let rope = RopeTables::new(cfg, cfg.max_position_embeddings, device)?;
+        let rope = RopeTables {
+            cos: rope.cos.to_dtype(dtype)?,
+            sin: rope.sin.to_dtype(dtype)?,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            named: p.named,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Trainable parameters under their HF names (a tied `lm_head` is not listed separately).
+    pub fn named_vars(&self) -> &[(String, Var)] {
+        &self.named
+    }
+
+    pub fn vars(&self) -> Vec<Var> {
+        self.named.iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// Parameters as plain tensors under their HF names, `lm_head.weight` included only if untied.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.named
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// The output projection `[vocab, hidden]` (the embedding when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed).as_tensor()
+    }
+
+    /// An empty KV cache for `slots` sequences of up to `capacity` tokens each.
+    pub fn new_cache(&self, slots: usize, capacity: usize) -> Result<KvCache> {
+        KvCache::new(&self.cfg, slots, capacity, self.dtype, &self.device)
+    }
+
+    fn dims(&self) -> Dims {
+        Dims {
+            heads: self.cfg.num_attention_heads,
+            kv_heads: self.cfg.num_kv_heads(),
+            head_dim: self.cfg.head_dim(),
+        }
+    }
+
+    fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        self.embed
+            .as_tensor()
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, s, self.cfg.hidden_size))
+    }
+
+    /// Full-sequence forward over a padded batch. `input_ids: [B, S]` (u32), `attention_mask: [B, S]`
+    /// (1 = token, 0 = padding; prompts left-padded, responses right-padded). Position ids are
+    /// `cumsum(mask) - 1` as HF computes them. Returns the final-normed hidden states `[B, S, hidden]`.
+    /// `grad = false` uses fused kernels without backward (reference model, scoring).
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        grad: bool,
+    ) -> Result<Tensor> {
+        let (b, s) = input_ids.dims2()?;
+        if attention_mask.dims() != [b, s] {
+            candle_core::bail!(
+                "attention_mask has shape {:?}, expected {:?} like input_ids",
+                attention_mask.dims(),
+                [b, s]
+            )
+        }
+        let mask_rows = attention_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut positions = Vec::with_capacity(b * s);
+        let mut additive = vec![0f32; b * s * s];
+        for (r, row) in mask_rows.iter().enumerate() {
+            let mut c = 0u32;
+            for &m in row {
+                c += (m != 0.0) as u32;
+                positions.push(c.saturating_sub(1));
+            }
+            for i in 0..s {
+                for j in 0..s {
+                    if j > i || row[j] == 0.0 {
+                        additive[(r * s + i) * s + j] = MASKED;
+                    }
+                }
+            }
+        }
+        let positions = Tensor::from_vec(positions, (b, s), &self.device)?;
+        let mask =
+            Tensor::from_vec(additive, (b, 1, 1, s, s), &self.device)?.to_dtype(self.dtype)?;
+        let (cos, sin) = self.rope.gather(&positions)?;
+        let mut x = self.embed_tokens(input_ids)?;
+        let dims = self.dims();
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &cos, &sin, grad, |q, k, v| {
+                attend(q, k, v, &mask, dims, grad)
+            })?;
+        }
+        ops::rms_norm(&x, self.norm.as_tensor(), self.cfg.rms_norm_eps, grad)
+    }
+
+    /// Full logits `[B, S, vocab]` (tests and small inputs; training uses chunked log-probs).
+    pub fn forward_logits(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        grad: bool,
+    ) -> Result<Tensor> {
+        let hs = self.forward_hidden(input_ids, attention_mask, grad)?;
+        let (b, s, h) = hs.dims3()?;
+        let logits = hs
+            .reshape((b * s, h))?
+            .matmul(&self.lm_head_weight().t()?)?;
+        logits.reshape((b, s, ()))
+    }
+
+    /// One decoder layer; `attn` maps rotated `q [B,nh,L,hd]`, `k, v [B,nkv,L,hd]` to `[B,nh,L,hd]`.
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        grad: bool,
+        attn: impl FnOnce(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let (b, l, h) = x.dims3()?;
+        let Dims {
+            heads,
+            kv_heads,
+            head_dim,
+        } = self.dims();
+        let eps = self.cfg.rms_norm_eps;
+        let hn = ops::rms_norm(x, layer.input_norm.as_tensor(), eps, grad)?.reshape((b * l, h))?;
+        let split = |t: Tensor, n: usize| -> Result<Tensor> {
+            t.reshape((b, l, n, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split(layer.q.forward(&hn)?, heads)?;
+        let k = split(layer.k.forward(&hn)?, kv_heads)?;
+        let v = split(layer.v.forward(&hn)?, kv_heads)?;
+        let q = ops::rope(&q, cos, sin, grad)?;
+        let k = ops::rope(&k, cos, sin, grad)?;
+        let a = attn(&q, &k, &v)?;
+        let a = a.transpose(1, 2)?.reshape((b * l, heads * head_dim))?;
+        let x = (x + layer.o.forward(&a)?.reshape((b, l, h))?)?;
+        let hn = ops::rms_norm(&x, layer.post_norm.as_tensor(), eps, grad)?.reshape((b * l, h))?;
+        let m = (layer.gate.forward(&hn)?.silu()? * layer.up.forward(&hn)?)?;
+        x + layer.down.forward(&m)?.reshape((b, l, h))?
+    }
+
+    /// KV-cached forward of `tokens` (row-major `[n, L]`) for the cache slots
+    /// `first_slot..first_slot + n`, each continuing at its own cached length. Appends to the cache
+    /// and returns the logits of each row's last token, `[n, vocab]`. Inference only (no grad).
+    pub fn forward_cached(
+        &self,
+        cache: &mut KvCache,
+        first_slot: usize,
+        tokens: &[u32],
+        n: usize,
+    ) -> Result<Tensor> {
+        if n == 0 || tokens.len() % n != 0 || tokens.is_empty() {
+            candle_core::bail!(
+                "forward_cached: {} tokens do not split into {n} rows",
+                tokens.len()
+            )
+        }
+        let l = tokens.len() / n;
+        let starts: Vec<usize> = (first_slot..first_slot + n).map(|s| cache.len(s)).collect();
+        let total = starts.iter().max().copied().unwrap_or(0) + l;
+        if total > cache.capacity() {
+            candle_core::bail!(
+                "KV cache capacity {} exceeded ({total} positions)",
+                cache.capacity()
+            )
+        }
+        let positions: Vec<u32> = starts
+            .iter()
+            .flat_map(|&s0| (s0..s0 + l).map(|p| p as u32))
+            .collect();
+        let positions = Tensor::from_vec(positions, (n, l), &self.device)?;
+        let (cos, sin) = self.rope.gather(&positions)?;
+        // Row b, query t sits at absolute position starts[b] + t and sees keys 0..=that.
+        let mut additive = vec![0f32; n * l * total];
+        for (b, &s0) in starts.iter().enumerate() {
+            for t in 0..l {
+                let row = &mut additive[(b * l + t) * total..(b * l + t + 1) * total];
+                row[s0 + t + 1..].fill(MASKED);
+            }
+        }
+        let mask =
+            Tensor::from_vec(additive, (n, 1, 1, l, total), &self.device)?.to_dtype(self.dtype)?;
+        let ids = Tensor::from_slice(tokens, (n, l), &self.device)?;
+        let mut x = self.embed_tokens(&ids)?;
+        let dims = self.dims();
+        for (li, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward(layer, &x, &cos, &sin, false, |q, k, v| {
+                cache.write(li, first_slot, &starts, k, v)?;
+                let (kc, vc) = cache.view(li, first_slot, n, total)?;
+                attend(q, &kc, &vc, &mask, dims, false)
+            })?;
+        }
+        cache.advance(first_slot, n, l);
+        let last = x.narrow(1, l - 1, 1)?.squeeze(1)?;
+        let hn = ops::rms_norm(&last, self.norm.as_tensor(), self.cfg.rms_norm_eps, false)?;
+        hn.matmul(&self.lm_head_weight().t()?)
+    }
+}
+
+/// Scaled dot-product attention with GQA (query head `h` reads kv head `h / group`, as HF's
+/// `repeat_kv`), without materialising repeated keys. `q: [B,nh,L,hd]`, `k, v: [B,nkv,T,hd]`,
+/// additive `mask: [B,1,1,L,T]`.
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    d: Dims,
+    grad: bool,
+) -> Result<Tensor> {
+    let (b, _, l, _) = q.dims4()?;
+    let t = k.dim(2)?;
+    let g = d.heads / d.kv_heads;
+    let scale = 1.0 / (d.head_dim as f64).sqrt();
+    let q = q.reshape((b, d.kv_heads, g * l, d.head_dim))?;
+    let att = (q.matmul(&k.t()?)? * scale)?;
+    let att = att.reshape((b, d.kv_heads, g, l, t))?.broadcast_add(mask)?;
+    let p = ops::softmax_last(&att, grad)?.reshape((b, d.kv_heads, g * l, t))?;
+    p.matmul(v)?.reshape((b, d.heads, l, d.head_dim))
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Tiny random models for tests (here and in other modules).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub fn tiny_config(qkv_bias: bool, tied: bool) -> ModelConfig {
+        serde_json::from_value(serde_json::json!({
+            "model_type": if qkv_bias { "qwen2" } else { "llama" },
+            "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 128,
+            "tie_word_embeddings": tied,
+        }))
+        .unwrap()
+    }
+
+    /// HF-named random tensors for `cfg` (norm weights around 1, so they matter but stay sane).
+    pub fn random_tensors(cfg: &ModelConfig, seed: u64, dtype: DType) -> HashMap<String, Tensor> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut out = HashMap::new();
+        let mut put = |name: String, shape: Vec<usize>, center: f32, scale: f32| {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n)
+                .map(|_| center + scale * (rng.gen::<f32>() * 2.0 - 1.0))
+                .collect();
+            let t = Tensor::from_vec(data, shape, &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            out.insert(name, t);
+        };
+        let (h, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (q, kv) = (
+            cfg.num_attention_heads * cfg.head_dim(),
+            cfg.num_kv_heads() * cfg.head_dim(),
+        );
+        put("model.embed_tokens.weight".into(), vec![v, h], 0.0, 0.5);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            put(format!("{p}.input_layernorm.weight"), vec![h], 1.0, 0.2);
+            put(
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![h],
+                1.0,
+                0.2,
+            );
+            for (n, o, i_) in [("q", q, h), ("k", kv, h), ("v", kv, h), ("o", h, q)] {
+                put(
+                    format!("{p}.self_attn.{n}_proj.weight"),
+                    vec![o, i_],
+                    0.0,
+                    0.3,
+                );
+                if cfg.qkv_bias() && n != "o" {
+                    put(format!("{p}.self_attn.{n}_proj.bias"), vec![o], 0.0, 0.1);
+                }
+            }
+            put(format!("{p}.mlp.gate_proj.weight"), vec![f, h], 0.0, 0.3);
+            put(format!("{p}.mlp.up_proj.weight"), vec![f, h], 0.0, 0.3);
+            put(format!("{p}.mlp.down_proj.weight"), vec![h, f], 0.0, 0.3);
+        }
+        put("model.norm.weight".into(), vec![h], 1.0, 0.2);
+        if !cfg.tie_word_embeddings {
+            put("lm_head.weight".into(), vec![v, h], 0.0, 0.5);
+        }
+        out
+    }
+
+    pub fn tiny_model(qkv_bias: bool, tied: bool, seed: u64) -> Model {
+        let cfg = tiny_config(qkv_bias, tied);
+        Model::from_tensors(&cfg, &random_tensors(&cfg, seed, DType::F32), &Device::Cpu).unwrap()
+    }
+}

@@ -1,0 +1,291 @@
+use super::testing::*;
+use super::*;
+use crate::logprobs::LogProbOptions;
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// Two rows: a left-padded short prompt and a full one, both followed by a right-padded response.
+fn padded_batch(dev: &Device) -> (Tensor, Tensor) {
+    let ids: Vec<u32> = vec![0, 0, 5, 9, 17, 3, 44, 0, 8, 1, 2, 60, 31, 7, 12, 50];
+    let mask: Vec<u32> = vec![0, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1];
+    (
+        Tensor::from_vec(ids, (2, 8), dev).unwrap(),
+        Tensor::from_vec(mask, (2, 8), dev).unwrap(),
+    )
+}
+
+#[test]
+fn missing_or_misshaped_tensor_is_named() {
+    let cfg = tiny_config(false, true);
+    let mut t = random_tensors(&cfg, 1, DType::F32);
+    t.remove("model.layers.1.mlp.up_proj.weight");
+    let err = Model::from_tensors(&cfg, &t, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.layers.1.mlp.up_proj.weight"), "{err}");
+    let mut t = random_tensors(&cfg, 1, DType::F32);
+    t.insert(
+        "model.norm.weight".into(),
+        Tensor::zeros(31, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let err = Model::from_tensors(&cfg, &t, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.norm.weight") && err.contains("[31]"),
+        "{err}"
+    );
+    let cfg = tiny_config(false, false);
+    let mut t = random_tensors(&cfg, 1, DType::F32);
+    t.remove("lm_head.weight");
+    let err = format!(
+        "{:#}",
+        Model::from_tensors(&cfg, &t, &Device::Cpu).unwrap_err()
+    );
+    assert!(err.contains("lm_head.weight"), "{err}");
+}
+
+#[test]
+fn named_vars_use_hf_names_and_tie_the_head() {
+    let tied = tiny_model(false, true, 1);
+    let untied = tiny_model(true, false, 1);
+    let names: Vec<&str> = tied.named_vars().iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"model.layers.0.self_attn.q_proj.weight"));
+    assert!(!names.contains(&"lm_head.weight"));
+    // 1 embed + 2 layers x 9 + final norm.
+    assert_eq!(names.len(), 1 + 2 * 9 + 1);
+    let names: Vec<&str> = untied
+        .named_vars()
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert!(
+        names.contains(&"lm_head.weight")
+            && names.contains(&"model.layers.1.self_attn.v_proj.bias")
+    );
+    assert_eq!(names.len(), 1 + 2 * 12 + 1 + 1);
+}
+
+#[test]
+fn every_parameter_receives_a_gradient() {
+    for (bias, tied) in [(false, true), (true, false)] {
+        let model = tiny_model(bias, tied, 2);
+        let (ids, mask) = padded_batch(model.device());
+        let opts = LogProbOptions {
+            entropy: true,
+            temperature: 0.7,
+            ..Default::default()
+        };
+        let out = model.response_logprobs(&ids, &mask, 3, &opts).unwrap();
+        let loss =
+            (out.logprobs.sum_all().unwrap() + out.entropy.unwrap().sum_all().unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, var) in model.named_vars() {
+            let g = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("{name} got no gradient"));
+            let n = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(n > 0.0 && n.is_finite(), "{name}: |grad| = {n}");
+        }
+    }
+}
+
+#[test]
+fn chunked_logprobs_match_full_log_softmax() {
+    let model = tiny_model(true, false, 3);
+    let (ids, mask) = padded_batch(model.device());
+    let t = 0.8;
+    let logits = model.forward_logits(&ids, &mask, false).unwrap();
+    let r = 4;
+    let want_lp = rlvr_algo::logprobs::log_probs_from_logits(
+        &logits.narrow(1, 8 - r - 1, r).unwrap(),
+        &ids.narrow(1, 8 - r, r).unwrap(),
+        t,
+    )
+    .unwrap();
+    let want_ent =
+        rlvr_algo::logprobs::entropy_from_logits(&logits.narrow(1, 8 - r - 1, r).unwrap(), t)
+            .unwrap();
+    for (grad, chunk) in [(true, 3), (false, 1000)] {
+        let opts = LogProbOptions {
+            temperature: t,
+            entropy: true,
+            grad,
+            chunk_rows: chunk,
+        };
+        let out = model.response_logprobs(&ids, &mask, r, &opts).unwrap();
+        assert!(max_abs_diff(&out.logprobs, &want_lp) < 1e-5);
+        assert!(max_abs_diff(out.entropy.as_ref().unwrap(), &want_ent) < 1e-5);
+    }
+}
+
+#[test]
+fn logprob_gradients_match_finite_differences() {
+    let cfg = tiny_config(true, false);
+    let tensors = random_tensors(&cfg, 4, DType::F64);
+    let model = Model::from_tensors_with_dtype(&cfg, &tensors, &Device::Cpu, DType::F64).unwrap();
+    let (ids, mask) = padded_batch(model.device());
+    let opts = LogProbOptions {
+        temperature: 0.9,
+        entropy: true,
+        grad: true,
+        chunk_rows: 2,
+    };
+    // A loss that weights every output differently, so sign or index mistakes show.
+    let w = Tensor::arange(0f64, 6.0, model.device())
+        .unwrap()
+        .reshape((2, 3))
+        .unwrap()
+        .affine(0.3, -0.7)
+        .unwrap();
+    let loss = |m: &Model| -> Tensor {
+        let o = m.response_logprobs(&ids, &mask, 3, &opts).unwrap();
+        let e = o.entropy.unwrap();
+        ((o.logprobs * &w).unwrap().sum_all().unwrap() + (e * 0.5).unwrap().sum_all().unwrap())
+            .unwrap()
+    };
+    let grads = loss(&model).backward().unwrap();
+    let checked = [
+        "model.embed_tokens.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.bias",
+        "model.layers.1.self_attn.v_proj.weight",
+        "model.layers.1.self_attn.o_proj.weight",
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.0.mlp.down_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ];
+    for name in checked {
+        let var = &model
+            .named_vars()
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1;
+        let g = grads
+            .get(var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let base = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        // The embedding rows of tokens in the batch, otherwise a spread of entries.
+        let idx: Vec<usize> = if name.contains("embed") {
+            vec![5 * 32, 17 * 32 + 3, 44 * 32 + 31]
+        } else {
+            vec![0, base.len() / 3, base.len() - 1]
+        };
+        for i in idx {
+            let eps = 1e-5;
+            let mut plus = base.clone();
+            plus[i] += eps;
+            var.set(&Tensor::from_vec(plus, var.shape(), var.device()).unwrap())
+                .unwrap();
+            let lp = loss(&model).to_scalar::<f64>().unwrap();
+            let mut minus = base.clone();
+            minus[i] -= eps;
+            var.set(&Tensor::from_vec(minus, var.shape(), var.device()).unwrap())
+                .unwrap();
+            let lm = loss(&model).to_scalar::<f64>().unwrap();
+            var.set(&Tensor::from_vec(base.clone(), var.shape(), var.device()).unwrap())
+                .unwrap();
+            let fd = (lp - lm) / (2.0 * eps);
+            assert!(
+                (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                "{name}[{i}]: autograd {} vs finite difference {fd}",
+                g[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn kv_cached_decoding_matches_full_forward_with_left_padding() {
+    let model = tiny_model(true, true, 5);
+    let (ids, mask) = padded_batch(model.device());
+    let full = model.forward_logits(&ids, &mask, false).unwrap();
+    let ids_v = ids.to_vec2::<u32>().unwrap();
+    let mask_v = mask.to_vec2::<u32>().unwrap();
+    let toks: Vec<Vec<u32>> = (0..2)
+        .map(|r| {
+            ids_v[r]
+                .iter()
+                .zip(&mask_v[r])
+                .filter(|(_, m)| **m == 1)
+                .map(|(t, _)| *t)
+                .collect()
+        })
+        .collect();
+    let pads = [2usize, 0];
+    // Prefill 3 tokens per row (one slot each), then decode both rows together, one token a step.
+    let mut cache = model.new_cache(2, 16).unwrap();
+    for r in 0..2 {
+        let logits = model
+            .forward_cached(&mut cache, r, &toks[r][..3], 1)
+            .unwrap();
+        let want = full.get(r).unwrap().get(pads[r] + 2).unwrap();
+        assert!(max_abs_diff(&logits.squeeze(0).unwrap(), &want) < 1e-4);
+    }
+    // Row 1 is longer: give it a head start so the two slots hold different lengths.
+    let l = model
+        .forward_cached(&mut cache, 1, &toks[1][3..4], 1)
+        .unwrap();
+    assert!(
+        max_abs_diff(
+            &l.squeeze(0).unwrap(),
+            &full.get(1).unwrap().get(3).unwrap()
+        ) < 1e-4
+    );
+    for step in 0..2 {
+        let t = [toks[0][3 + step], toks[1][4 + step]];
+        let logits = model.forward_cached(&mut cache, 0, &t, 2).unwrap();
+        for r in 0..2 {
+            let pos = if r == 0 { pads[0] + 3 + step } else { 4 + step };
+            let want = full.get(r).unwrap().get(pos).unwrap();
+            let d = max_abs_diff(&logits.get(r).unwrap(), &want);
+            assert!(d < 1e-4, "row {r} step {step}: {d}");
+        }
+    }
+    assert_eq!((cache.len(0), cache.len(1)), (5, 6));
+}
+
+#[test]
+fn moving_a_slot_keeps_its_sequence() {
+    let model = tiny_model(false, true, 6);
+    let mut cache = model.new_cache(3, 8).unwrap();
+    model.forward_cached(&mut cache, 2, &[4, 8, 15], 1).unwrap();
+    let a = model.forward_cached(&mut cache, 2, &[16], 1).unwrap();
+    let mut other = model.new_cache(3, 8).unwrap();
+    model.forward_cached(&mut other, 2, &[4, 8, 15], 1).unwrap();
+    other.move_slot(2, 0).unwrap();
+    assert_eq!((other.len(0), other.len(2)), (3, 0));
+    let b = model.forward_cached(&mut other, 0, &[16], 1).unwrap();
+    assert!(max_abs_diff(&a, &b) < 1e-6);
+}
