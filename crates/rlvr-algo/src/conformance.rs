@@ -1,0 +1,1 @@
+//! Golden-vector conformance harness (placeholder, filled in below).

@@ -1,0 +1,197 @@
+//! GSM8K scoring, exactly as skyrl-gym's `compute_score` / `extract_solution` (strict is what the
+//! environment uses) and the dataset script's ground-truth extraction.
+//!
+//! Both scorers look at the last 300 characters only. A number is `-?[0-9.,]+` (ASCII only).
+//! - strict: the first `#### ` (one ASCII space) immediately followed by a number; commas removed.
+//! - flexible: the last number anywhere that is not `""` or `"."`; commas kept.
+//!
+//! The answer is compared to the ground truth as a string: `42.` or `042` do not match `42`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+const SOLUTION_CLIP_CHARS: usize = 300;
+
+/// Extraction method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Method {
+    #[default]
+    Strict,
+    Flexible,
+}
+
+impl FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "strict" => Ok(Method::Strict),
+            "flexible" => Ok(Method::Flexible),
+            other => Err(Error::invalid(format!(
+                "Invalid GSM8K scoring method: {other} (expected strict or flexible)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Strict => "strict",
+            Method::Flexible => "flexible",
+        })
+    }
+}
+
+fn is_num_char(c: char) -> bool {
+    c.is_ascii_digit() || c == '.' || c == ','
+}
+
+/// The match of `-?[0-9.,]+` starting exactly at byte `i`, if any (returns its end).
+fn number_at(s: &str, i: usize) -> Option<usize> {
+    let rest = &s[i..];
+    let mut chars = rest.char_indices().peekable();
+    let mut end = None;
+    let mut first = true;
+    while let Some(&(j, c)) = chars.peek() {
+        if first && c == '-' {
+            // `-?` is greedy but must be followed by at least one number character.
+            let after = &rest[j + 1..];
+            if after.chars().next().is_some_and(is_num_char) {
+                chars.next();
+                first = false;
+                continue;
+            }
+            return None;
+        }
+        first = false;
+        if is_num_char(c) {
+            end = Some(i + j + c.len_utf8());
+            chars.next();
+        } else {
+            break;
+        }
+    }
+    end
+}
+
+/// All non-overlapping `-?[0-9.,]+` matches, left to right (Python `re.findall`).
+fn find_numbers(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        if let Some(end) = number_at(s, i) {
+            out.push(&s[i..end]);
+            i = end;
+        } else {
+            i += s[i..].chars().next().map_or(1, |c| c.len_utf8());
+        }
+    }
+    out
+}
+
+fn clip_tail(s: &str) -> &str {
+    let n = s.chars().count();
+    if n <= SOLUTION_CLIP_CHARS {
+        return s;
+    }
+    let skip = n - SOLUTION_CLIP_CHARS;
+    let (byte, _) = s.char_indices().nth(skip).unwrap_or((0, ' '));
+    &s[byte..]
+}
+
+/// The first `#### <number>` in `s` (no clipping), commas removed.
+fn first_marked_number(s: &str) -> Option<String> {
+    let mut from = 0;
+    while let Some(pos) = s[from..].find("#### ") {
+        let start = from + pos + "#### ".len();
+        if let Some(end) = number_at(s, start) {
+            return Some(s[start..end].replace(',', ""));
+        }
+        from = from + pos + 1;
+    }
+    None
+}
+
+/// The answer `compute_score` would compare, or `None` when nothing is extracted.
+pub fn extract_solution(solution: &str, method: Method) -> Option<String> {
+    let s = clip_tail(solution);
+    match method {
+        Method::Strict => first_marked_number(s),
+        Method::Flexible => find_numbers(s)
+            .into_iter()
+            .rev()
+            .find(|a| !a.is_empty() && *a != ".")
+            .map(str::to_string),
+    }
+}
+
+/// A score and what was extracted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Score {
+    /// `score` on a match, `format_score` on a mismatch, 0 when nothing was extracted.
+    pub value: f64,
+    pub extracted: Option<String>,
+}
+
+/// skyrl-gym `compute_score(solution_str, ground_truth, method, format_score, score)`. The ground
+/// truth is the dataset's JSON value: only a string can ever match.
+pub fn compute_score(
+    solution: &str,
+    ground_truth: &Value,
+    method: Method,
+    format_score: f64,
+    score: f64,
+) -> Score {
+    let extracted = extract_solution(solution, method);
+    let value = match (&extracted, ground_truth) {
+        (None, _) => 0.0,
+        (Some(a), Value::String(gt)) if a == gt => score,
+        _ => format_score,
+    };
+    Score { value, extracted }
+}
+
+/// The environment's reward: strict, 1.0 or 0.0.
+pub fn strict_reward(solution: &str, ground_truth: &str) -> f64 {
+    compute_score(
+        solution,
+        &Value::String(ground_truth.to_string()),
+        Method::Strict,
+        0.0,
+        1.0,
+    )
+    .value
+}
+
+/// Ground truth from a GSM8K answer (`... #### 72`): the first `#### <number>`, commas removed.
+pub fn extract_ground_truth(answer: &str) -> Result<String> {
+    first_marked_number(answer).ok_or_else(|| {
+        Error::invalid(format!(
+            "GSM8K answer has no '#### <number>' final answer: {:?}",
+            answer.chars().take(80).collect::<String>()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_needs_the_marker_and_one_space() {
+        assert_eq!(strict_reward("so #### 1,234", "1234"), 1.0);
+        assert_eq!(strict_reward("####42", "42"), 0.0);
+        assert_eq!(extract_solution("#### --5", Method::Strict), None);
+        assert_eq!(extract_solution("#### --5", Method::Flexible).as_deref(), Some("-5"));
+    }
+
+    #[test]
+    fn only_the_last_300_characters_are_read() {
+        let s = format!("#### 7 {}", "x".repeat(400));
+        assert_eq!(extract_solution(&s, Method::Strict), None);
+    }
+}

@@ -1,0 +1,3 @@
+//! Verifiable rewards.
+
+pub mod gsm8k;
