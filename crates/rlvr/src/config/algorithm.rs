@@ -1,0 +1,110 @@
+//! `trainer.algorithm`: advantage estimator, policy loss and its reduction, KL, entropy, clipping,
+//! dynamic sampling and (rlvr-only) DAPO's soft overlong punishment.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlgorithmConfig {
+    /// A name in `rlvr_algo::advantages`' registry (`grpo`, `rloo`, `reinforce++`, `gae`, ...).
+    pub advantage_estimator: String,
+    pub kl_ctrl: KlCtrlConfig,
+    /// `k1`, `k2`, `k3` or `abs`.
+    pub kl_estimator_type: String,
+    pub use_kl_in_reward: bool,
+    pub use_kl_loss: bool,
+    pub kl_loss_coef: f64,
+    pub use_entropy_loss: bool,
+    pub entropy_loss_coef: f64,
+    pub advantage_batch_normalize: bool,
+    pub value_head_prefix: String,
+    /// A name in `rlvr_algo::policy_loss`' registry (`regular`, `dual_clip`, `gspo`, ...).
+    pub policy_loss_type: String,
+    /// `token_mean`, `token_mean_legacy`, `sequence_mean`, `seq_mean_token_sum_norm`, `prompt_mean`.
+    pub loss_reduction: String,
+    pub grpo_norm_by_std: bool,
+    pub zero_variance_filter: bool,
+    pub lambd: f64,
+    pub gamma: f64,
+    pub eps_clip_low: f64,
+    pub eps_clip_high: f64,
+    pub clip_ratio_c: f64,
+    pub tis_imp_ratio_cap: f64,
+    pub use_tis: bool,
+    /// Normaliser of `seq_mean_token_sum_norm`; see [`super::Config::max_seq_len`] for the default.
+    pub max_seq_len: Option<usize>,
+    pub off_policy_correction: OffPolicyCorrectionConfig,
+    pub sapo: SapoConfig,
+    pub value_clip: f64,
+    pub dynamic_sampling: DynamicSamplingConfig,
+    pub clip_cov: ClipCovConfig,
+    pub kl_cov: KlCovConfig,
+    pub cispo: CispoConfig,
+    /// rlvr-only (DAPO): `None` = off.
+    pub overlong_buffer: Option<OverlongBufferConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KlCtrlConfig {
+    /// `fixed` or `adaptive`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub kl_target: f64,
+    pub horizon: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DynamicSamplingConfig {
+    /// `None`, `filter` or `replace`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Generation batches per step before giving up; `<= 0` = no limit.
+    pub max_sample_batches: i64,
+    pub min_replace_ratio: f64,
+}
+
+/// Soft overlong punishment: with `start = max_generate_length - len`, a response of length
+/// `start < |y| <= max_generate_length` loses `(|y| - start) / len * penalty_factor` reward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OverlongBufferConfig {
+    pub len: usize,
+    pub penalty_factor: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffPolicyCorrectionConfig {
+    pub tis_ratio_type: Option<String>,
+    pub token_tis_ratio_clip_high: f64,
+    pub sequence_tis_ratio_clip_high: f64,
+    pub sequence_mask_metric: Option<String>,
+    pub geo_mask_high: f64,
+    pub geo_mask_low: f64,
+    pub product_mask_high: f64,
+    pub product_mask_low: f64,
+    pub outlier_token_is_threshold_low: Option<f64>,
+    pub outlier_token_is_threshold_high: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SapoConfig {
+    pub tau_pos: f64,
+    pub tau_neg: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipCovConfig {
+    pub clip_ratio: f64,
+    pub clip_cov_lb: f64,
+    pub clip_cov_ub: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KlCovConfig {
+    pub kl_cov_frac: f64,
+    pub ppo_kl_coef: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CispoConfig {
+    pub cispo_eps_clip_low: f64,
+    pub cispo_eps_clip_high: f64,
+}

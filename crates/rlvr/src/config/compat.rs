@@ -1,0 +1,324 @@
+//! SkyRL keys that steer its GPU stack (Ray placement, FSDP, vLLM/SGLang engines, weight sync,
+//! wandb). They parse so a SkyRL command line carries over; when a file or an override sets one,
+//! rlvr says in one line what it does instead. Features rlvr lacks whose absence would silently
+//! change results are errors instead.
+
+use serde_yaml::Value;
+
+use super::resolved::ResolvedConfig;
+
+/// (key or `prefix.`, what rlvr does instead). A prefix ending in `.` covers its whole section.
+const IGNORED: &[(&str, &str)] = &[
+    (
+        "trainer.placement.",
+        "rlvr runs policy, ref and generation in one process on one device; placement is ignored",
+    ),
+    (
+        "trainer.strategy",
+        "rlvr trains in-process without FSDP/DeepSpeed/Megatron; ignored",
+    ),
+    ("trainer.policy.fsdp_config.", "no FSDP in rlvr; ignored"),
+    ("trainer.ref.fsdp_config.", "no FSDP in rlvr; ignored"),
+    ("trainer.critic.fsdp_config.", "no FSDP in rlvr; ignored"),
+    (
+        "trainer.policy.sequence_parallel_size",
+        "no sequence parallelism in rlvr; ignored",
+    ),
+    (
+        "trainer.ref.sequence_parallel_size",
+        "no sequence parallelism in rlvr; ignored",
+    ),
+    (
+        "trainer.critic.sequence_parallel_size",
+        "no sequence parallelism in rlvr; ignored",
+    ),
+    (
+        "trainer.policy.use_torch_compile",
+        "no torch.compile in rlvr; ignored",
+    ),
+    (
+        "trainer.policy.record_memory",
+        "CUDA memory snapshots are SkyRL-only; ignored",
+    ),
+    (
+        "trainer.policy.optimizer_config.offload_after_step",
+        "optimizer state stays in place (no effect on results); ignored",
+    ),
+    (
+        "trainer.critic.optimizer_config.offload_after_step",
+        "optimizer state stays in place (no effect on results); ignored",
+    ),
+    (
+        "trainer.policy.model.lora.lora_sync_path",
+        "weights are shared in-process; ignored",
+    ),
+    (
+        "trainer.use_sample_packing",
+        "batch layout does not change results; ignored",
+    ),
+    (
+        "trainer.flash_attn",
+        "rlvr uses its own attention kernel; ignored",
+    ),
+    (
+        "trainer.fully_async.",
+        "fully-async training is SkyRL-only; ignored",
+    ),
+    (
+        "trainer.logger",
+        "rlvr has no wandb/mlflow client; metrics are logged locally instead",
+    ),
+    (
+        "generator.backend",
+        "served by rlvr's embedded engine instead",
+    ),
+    (
+        "generator.num_inference_engines",
+        "rlvr runs one embedded engine; ignored",
+    ),
+    (
+        "generator.inference_engine_",
+        "rlvr runs one embedded engine without engine parallelism; ignored",
+    ),
+    (
+        "generator.weight_sync_backend",
+        "weights are shared in-process; ignored",
+    ),
+    (
+        "generator.weight_transfer_threshold_cuda_ipc_GB",
+        "weights are shared in-process; ignored",
+    ),
+    (
+        "generator.override_existing_update_group",
+        "weights are shared in-process; ignored",
+    ),
+    (
+        "generator.async_engine",
+        "the embedded engine schedules rollouts itself; ignored",
+    ),
+    (
+        "generator.batched",
+        "the embedded engine schedules rollouts itself; ignored",
+    ),
+    (
+        "generator.gpu_memory_utilization",
+        "the embedded engine sizes its KV cache per batch; ignored",
+    ),
+    ("generator.max_num_seqs", "vLLM scheduler setting; ignored"),
+    (
+        "generator.max_num_batched_tokens",
+        "vLLM scheduler setting; ignored",
+    ),
+    ("generator.enable_prefix_caching", "vLLM setting; ignored"),
+    ("generator.enable_chunked_prefill", "vLLM setting; ignored"),
+    ("generator.enforce_eager", "vLLM setting; ignored"),
+    (
+        "generator.vllm_v1_disable_multiproc",
+        "vLLM setting; ignored",
+    ),
+    ("generator.fully_sharded_loras", "vLLM setting; ignored"),
+    (
+        "generator.enable_ray_prometheus_stats",
+        "Ray setting; ignored",
+    ),
+    (
+        "generator.engine_init_kwargs",
+        "vLLM/SGLang engine arguments; ignored",
+    ),
+    (
+        "generator.remote_inference_engine_urls",
+        "rlvr generates in-process; ignored",
+    ),
+    (
+        "generator.external_proxy_url",
+        "rlvr generates in-process; ignored",
+    ),
+    (
+        "generator.external_server_urls",
+        "rlvr generates in-process; ignored",
+    ),
+    (
+        "generator.enable_http_endpoint",
+        "rlvr serves no HTTP endpoint; ignored",
+    ),
+    (
+        "generator.http_endpoint_host",
+        "rlvr serves no HTTP endpoint; ignored",
+    ),
+    (
+        "generator.http_endpoint_port",
+        "rlvr serves no HTTP endpoint; ignored",
+    ),
+    (
+        "generator.served_model_name",
+        "rlvr serves no HTTP endpoint; ignored",
+    ),
+    (
+        "environment.skyrl_gym.max_env_workers",
+        "environments run inline; ignored",
+    ),
+    (
+        "environment.skyrl_gym.text2sql.",
+        "used only by SkyRL's text2sql environment; ignored",
+    ),
+    (
+        "environment.skyrl_gym.llm_as_a_judge.",
+        "used only by SkyRL's llm_as_a_judge environment; ignored",
+    ),
+    (
+        "environment.skyrl_gym.search.",
+        "used only by SkyRL's search environment; ignored",
+    ),
+];
+
+fn covered(key: &str, pattern: &str) -> bool {
+    if pattern.ends_with('.') || pattern.ends_with('_') {
+        key.starts_with(pattern)
+    } else {
+        key == pattern
+    }
+}
+
+fn show(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "null".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .replace('\n', " "),
+    }
+}
+
+pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<String>) {
+    let cfg = &r.config;
+    for key in r.explicit_keys() {
+        let Some((_, why)) = IGNORED.iter().find(|(p, _)| covered(key, p)) else {
+            continue;
+        };
+        // The in-process choices rlvr makes anyway are not worth a warning.
+        let value = r.get(key);
+        let one = value.and_then(Value::as_u64) == Some(1);
+        let honoured = match key {
+            "trainer.logger" => cfg.trainer.logger == "console",
+            "generator.backend" => cfg.generator.backend == "embedded",
+            // One engine, one device, everything colocated: what rlvr does anyway.
+            k if k.ends_with("_size") || k.ends_with("_num_nodes") => one,
+            k if k.ends_with("_num_gpus_per_node") || k == "generator.num_inference_engines" => one,
+            k if k.starts_with("trainer.placement.colocate_") => value == Some(&Value::Bool(true)),
+            _ => false,
+        };
+        if !honoured {
+            warnings.push(format!("`{key}={}`: {why}", show(value)));
+        }
+    }
+
+    let unsupported = |errors: &mut Vec<String>, active: bool, key: &str, what: &str| {
+        if active {
+            errors.push(format!("`{key}={}`: {what}", show(r.get(key))));
+        }
+    };
+    let g = &cfg.generator;
+    let t = &cfg.trainer;
+    unsupported(
+        errors,
+        !g.run_engines_locally,
+        "generator.run_engines_locally",
+        "remote inference engines are not supported; rlvr generates with its embedded engine (set true)",
+    );
+    unsupported(
+        errors,
+        g.max_turns > 1,
+        "generator.max_turns",
+        "multi-turn generation is not supported by rlvr (use 1)",
+    );
+    unsupported(
+        errors,
+        g.step_wise_trajectories,
+        "generator.step_wise_trajectories",
+        "step-wise trajectories are not supported by rlvr",
+    );
+    unsupported(
+        errors,
+        t.policy.model.lora.rank > 0,
+        "trainer.policy.model.lora.rank",
+        "LoRA is not supported by rlvr; training would update all weights instead (use 0)",
+    );
+    unsupported(
+        errors,
+        t.algorithm.use_tis,
+        "trainer.algorithm.use_tis",
+        "truncated importance sampling is not implemented in rlvr",
+    );
+    unsupported(
+        errors,
+        t.algorithm.off_policy_correction.tis_ratio_type.is_some(),
+        "trainer.algorithm.off_policy_correction.tis_ratio_type",
+        "off-policy correction is not implemented in rlvr",
+    );
+    unsupported(
+        errors,
+        t.algorithm.zero_variance_filter,
+        "trainer.algorithm.zero_variance_filter",
+        "not implemented in rlvr (dynamic_sampling.type=filter drops zero-variance groups instead)",
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::validate::{validate_with, NameChecks};
+    use crate::config::ConfigBuilder;
+
+    fn any(_: &str) -> bool {
+        true
+    }
+    const NAMES: NameChecks = NameChecks {
+        advantage_estimator: any,
+        policy_loss: any,
+    };
+
+    fn run(args: &[&str]) -> Result<Vec<String>, String> {
+        let r = ConfigBuilder::new()
+            .apply_overrides(args)
+            .unwrap()
+            .resolve()
+            .unwrap();
+        validate_with(&r, &NAMES).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn explicit_gpu_keys_warn_once_each() {
+        let w = run(&[
+            "generator.backend=vllm",
+            "trainer.placement.policy_num_gpus_per_node=4",
+            "generator.inference_engine_tensor_parallel_size=1",
+            "trainer.logger=console",
+        ])
+        .unwrap();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("`generator.backend=vllm`: served by rlvr's embedded engine"),
+            "{w:?}"
+        );
+        assert!(w
+            .iter()
+            .any(|l| l.contains("trainer.placement.policy_num_gpus_per_node=4")));
+        assert!(w.iter().all(|l| !l.contains('\n')));
+    }
+
+    #[test]
+    fn result_changing_features_are_errors() {
+        for (arg, key) in [
+            (
+                "generator.run_engines_locally=false",
+                "generator.run_engines_locally",
+            ),
+            ("trainer.policy.model.lora.rank=8", "lora.rank"),
+            ("trainer.algorithm.use_tis=true", "use_tis"),
+            ("generator.max_turns=2", "generator.max_turns"),
+        ] {
+            let e = run(&[arg]).unwrap_err();
+            assert!(e.contains(key), "{arg}: {e}");
+        }
+    }
+}

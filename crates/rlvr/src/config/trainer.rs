@@ -1,0 +1,67 @@
+//! `trainer`: batch sizes, epochs, checkpoints, evaluation cadence, logging, and the model roles.
+
+use serde::{Deserialize, Serialize};
+
+use super::algorithm::AlgorithmConfig;
+use super::model::{CriticConfig, PolicyConfig, RefConfig};
+use super::placement::PlacementConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerConfig {
+    pub placement: PlacementConfig,
+    pub sequence_parallel_backend: String,
+    pub strategy: String,
+    pub policy: PolicyConfig,
+    #[serde(rename = "ref")]
+    pub reference: RefConfig,
+    pub critic: CriticConfig,
+    pub algorithm: AlgorithmConfig,
+    pub fully_async: FullyAsyncConfig,
+    pub gradient_checkpointing: bool,
+    pub gradient_checkpointing_use_reentrant: bool,
+    pub seed: u64,
+    /// `None`/`none`, `latest` or `from_path`.
+    pub resume_mode: Option<String>,
+    pub resume_path: Option<String>,
+    pub log_path: String,
+    pub ckpt_path: String,
+    /// -1 = keep all.
+    pub max_ckpts_to_keep: i64,
+    /// `<= 0` = never.
+    pub ckpt_interval: i64,
+    pub hf_save_interval: i64,
+    pub export_path: String,
+    pub bf16: bool,
+    pub epochs: usize,
+    pub update_epochs_per_batch: usize,
+    /// Prompts per training step.
+    pub train_batch_size: usize,
+    /// Prompts per optimizer step.
+    pub policy_mini_batch_size: usize,
+    pub critic_mini_batch_size: usize,
+    /// Rows (prompt x sample) per forward/backward pass.
+    pub micro_train_batch_size_per_gpu: usize,
+    pub micro_forward_batch_size_per_gpu: usize,
+    pub update_ref_every_epoch: bool,
+    pub use_sample_packing: bool,
+    pub eval_batch_size: usize,
+    pub eval_before_train: bool,
+    /// `<= 0` = never.
+    pub eval_interval: i64,
+    pub max_prompt_length: usize,
+    pub flash_attn: bool,
+    pub disable_fast_tokenizer: bool,
+    pub project_name: String,
+    pub run_name: String,
+    pub logger: String,
+    pub dump_data_batch: bool,
+    pub dump_eval_results: bool,
+    pub rope_scaling: Option<serde_yaml::Value>,
+    pub rope_theta: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FullyAsyncConfig {
+    pub max_staleness_steps: usize,
+    pub num_parallel_generation_workers: usize,
+}

@@ -1,0 +1,625 @@
+//! Validation before any work starts. Rules follow skyrl-train's `validate_cfg` with the same
+//! meanings; rlvr trains on one device, so SkyRL's per-GPU batch sizes apply with a
+//! data-parallel size of 1. Every problem is reported (not just the first), each naming its keys.
+//! Keys rlvr parses but cannot honour give one warning line each (see `compat.rs`); features
+//! whose absence would silently change results are errors.
+
+use super::compat;
+use super::error::ConfigError;
+use super::resolved::ResolvedConfig;
+use super::Config;
+
+/// Name lookups in the algorithm registries (so tests can substitute their own).
+#[derive(Clone, Copy)]
+pub struct NameChecks {
+    pub advantage_estimator: fn(&str) -> bool,
+    pub policy_loss: fn(&str) -> bool,
+}
+
+impl NameChecks {
+    /// The registries of `rlvr_algo` (built-ins plus anything a binary registered).
+    pub fn rlvr_algo() -> Self {
+        NameChecks {
+            advantage_estimator: |n| ["grpo", "rloo", "reinforce++", "gae"].contains(&n),
+            policy_loss: |n| ["regular", "dual_clip", "gspo", "cispo", "sapo"].contains(&n),
+        }
+    }
+}
+
+pub const LOSS_REDUCTIONS: &[&str] = &[
+    "token_mean",
+    "token_mean_legacy",
+    "sequence_mean",
+    "seq_mean_token_sum_norm",
+    "prompt_mean",
+];
+pub const KL_ESTIMATORS: &[&str] = &["k1", "k2", "k3", "abs"];
+pub const SCHEDULERS: &[&str] = &["constant", "constant_with_warmup", "linear", "cosine"];
+
+/// Check every rule; Ok holds the warnings (one line per key that is parsed but not honoured).
+pub fn validate_with(r: &ResolvedConfig, names: &NameChecks) -> Result<Vec<String>, ConfigError> {
+    let mut errors = Vec::new();
+    let cfg = &r.config;
+    batch_sizes(cfg, &mut errors);
+    algorithm(cfg, names, &mut errors);
+    sampling(cfg, &mut errors);
+    trainer(cfg, &mut errors);
+    let mut warnings = Vec::new();
+    compat::check(r, &mut warnings, &mut errors);
+    if cfg.trainer.algorithm.loss_reduction == "seq_mean_token_sum_norm"
+        && cfg.trainer.algorithm.max_seq_len.is_none()
+    {
+        warnings.push(format!(
+            "`trainer.algorithm.max_seq_len` is null: seq_mean_token_sum_norm divides by \
+             generator.max_input_length + generator.sampling_params.max_generate_length = {} (as SkyRL does)",
+            cfg.max_seq_len()
+        ));
+    }
+    if errors.is_empty() {
+        Ok(warnings)
+    } else {
+        Err(ConfigError::Invalid(errors))
+    }
+}
+
+/// Send each warning through `tracing::warn!`.
+pub fn log_warnings(warnings: &[String]) {
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+fn batch_sizes(cfg: &Config, errors: &mut Vec<String>) {
+    let t = &cfg.trainer;
+    let n = cfg.generator.n_samples_per_prompt;
+    let mut positive = |key: &str, v: usize| {
+        if v == 0 {
+            errors.push(format!("`{key}` must be > 0"));
+        }
+    };
+    positive("trainer.train_batch_size", t.train_batch_size);
+    positive(
+        "trainer.micro_train_batch_size_per_gpu",
+        t.micro_train_batch_size_per_gpu,
+    );
+    positive(
+        "trainer.micro_forward_batch_size_per_gpu",
+        t.micro_forward_batch_size_per_gpu,
+    );
+    positive("generator.n_samples_per_prompt", n);
+    positive(
+        "generator.eval_n_samples_per_prompt",
+        cfg.generator.eval_n_samples_per_prompt,
+    );
+    positive("trainer.eval_batch_size", t.eval_batch_size);
+    positive("trainer.update_epochs_per_batch", t.update_epochs_per_batch);
+    if t.train_batch_size == 0 || t.micro_train_batch_size_per_gpu == 0 || n == 0 {
+        return;
+    }
+    let mut mini_batch_rules = |role: &str, mini: usize| {
+        let mini_key = format!("trainer.{role}_mini_batch_size");
+        if mini == 0 {
+            errors.push(format!("`{mini_key}` must be > 0"));
+            return;
+        }
+        if t.train_batch_size % mini != 0 {
+            errors.push(format!(
+                "trainer.train_batch_size % {mini_key} != 0 ({} % {mini} = {}): a training batch \
+                 must split into whole mini-batches",
+                t.train_batch_size,
+                t.train_batch_size % mini
+            ));
+        }
+        let rows = mini * n;
+        if rows % t.micro_train_batch_size_per_gpu != 0 {
+            errors.push(format!(
+                "{mini_key} * generator.n_samples_per_prompt % trainer.micro_train_batch_size_per_gpu != 0 \
+                 ({mini} * {n} = {rows} rows per mini-batch, micro-batch {}): a mini-batch must \
+                 split into whole micro-batches (rlvr trains on one device, so the per-GPU size \
+                 applies to the whole mini-batch)",
+                t.micro_train_batch_size_per_gpu
+            ));
+        }
+    };
+    mini_batch_rules("policy", t.policy_mini_batch_size);
+    if t.critic.model.path.is_some() {
+        mini_batch_rules("critic", t.critic_mini_batch_size);
+    }
+}
+
+fn algorithm(cfg: &Config, names: &NameChecks, errors: &mut Vec<String>) {
+    let a = &cfg.trainer.algorithm;
+    if a.use_kl_in_reward && a.use_kl_loss {
+        errors.push(
+            "`trainer.algorithm.use_kl_in_reward` and `trainer.algorithm.use_kl_loss` are both true; \
+             use one KL placement (they are mutually exclusive)"
+                .into(),
+        );
+    }
+    if !(names.advantage_estimator)(&a.advantage_estimator) {
+        errors.push(format!(
+            "`trainer.algorithm.advantage_estimator` = \"{}\" is not a registered advantage \
+             estimator (built in: grpo, rloo, reinforce++, gae; custom ones must be registered first)",
+            a.advantage_estimator
+        ));
+    }
+    if a.advantage_estimator == "gae" && cfg.trainer.critic.model.path.is_none() {
+        errors.push(
+            "`trainer.algorithm.advantage_estimator` = \"gae\" needs a critic: set \
+             `trainer.critic.model.path`"
+                .into(),
+        );
+    }
+    if !(names.policy_loss)(&a.policy_loss_type) {
+        errors.push(format!(
+            "`trainer.algorithm.policy_loss_type` = \"{}\" is not a registered policy loss \
+             (built in: regular, dual_clip, gspo, cispo, sapo; custom ones must be registered first)",
+            a.policy_loss_type
+        ));
+    }
+    one_of(
+        errors,
+        "trainer.algorithm.loss_reduction",
+        &a.loss_reduction,
+        LOSS_REDUCTIONS,
+    );
+    if a.max_seq_len == Some(0) {
+        errors.push("`trainer.algorithm.max_seq_len` must be > 0 (or null)".into());
+    }
+    one_of(
+        errors,
+        "trainer.algorithm.kl_estimator_type",
+        &a.kl_estimator_type,
+        KL_ESTIMATORS,
+    );
+    one_of(
+        errors,
+        "trainer.algorithm.kl_ctrl.type",
+        &a.kl_ctrl.kind,
+        &["fixed", "adaptive"],
+    );
+    if a.kl_loss_coef < 0.0 {
+        errors.push(format!(
+            "`trainer.algorithm.kl_loss_coef` must be >= 0, got {}",
+            a.kl_loss_coef
+        ));
+    }
+    if !(0.0..=1.0).contains(&a.eps_clip_low) {
+        errors.push(format!(
+            "`trainer.algorithm.eps_clip_low` must be in [0, 1] (the ratio is clipped to \
+             [1 - eps_clip_low, 1 + eps_clip_high]), got {}",
+            a.eps_clip_low
+        ));
+    }
+    if a.eps_clip_high < 0.0 {
+        errors.push(format!(
+            "`trainer.algorithm.eps_clip_high` must be >= 0, got {}",
+            a.eps_clip_high
+        ));
+    }
+    if a.policy_loss_type == "dual_clip" && a.clip_ratio_c <= 1.0 {
+        errors.push(format!(
+            "`trainer.algorithm.clip_ratio_c` must be > 1 for policy_loss_type=dual_clip, got {}",
+            a.clip_ratio_c
+        ));
+    }
+    for (key, v) in [("gamma", a.gamma), ("lambd", a.lambd)] {
+        if !(0.0..=1.0).contains(&v) {
+            errors.push(format!(
+                "`trainer.algorithm.{key}` must be in [0, 1], got {v}"
+            ));
+        }
+    }
+    let ds = &a.dynamic_sampling;
+    match ds.kind.as_deref() {
+        None => {}
+        Some(kind @ ("filter" | "replace")) => {
+            if cfg.generator.n_samples_per_prompt < 2 {
+                errors.push(format!(
+                    "`trainer.algorithm.dynamic_sampling.type` = {kind} needs \
+                     `generator.n_samples_per_prompt` >= 2 (a group of one always has zero reward std)"
+                ));
+            }
+            if kind == "replace" && !(0.0..=1.0).contains(&ds.min_replace_ratio) {
+                errors.push(format!(
+                    "`trainer.algorithm.dynamic_sampling.min_replace_ratio` must be in [0, 1], got {}",
+                    ds.min_replace_ratio
+                ));
+            }
+        }
+        Some(other) => errors.push(format!(
+            "`trainer.algorithm.dynamic_sampling.type` = \"{other}\" is not one of null, filter, replace"
+        )),
+    }
+    if a.use_tis && a.tis_imp_ratio_cap <= 0.0 {
+        errors.push(format!(
+            "`trainer.algorithm.use_tis` is true, so `trainer.algorithm.tis_imp_ratio_cap` must be > 0, got {}",
+            a.tis_imp_ratio_cap
+        ));
+    }
+    if let Some(ob) = &a.overlong_buffer {
+        let max_len = cfg.generator.sampling_params.max_generate_length;
+        if ob.len == 0 || ob.len > max_len {
+            errors.push(format!(
+                "`trainer.algorithm.overlong_buffer.len` must be in 1..=generator.sampling_params.max_generate_length \
+                 ({max_len}), got {}",
+                ob.len
+            ));
+        }
+        if ob.penalty_factor < 0.0 {
+            errors.push(format!(
+                "`trainer.algorithm.overlong_buffer.penalty_factor` must be >= 0, got {}",
+                ob.penalty_factor
+            ));
+        }
+    }
+}
+
+fn sampling(cfg: &Config, errors: &mut Vec<String>) {
+    let g = &cfg.generator;
+    for (section, p, training) in [
+        ("generator.sampling_params", &g.sampling_params, true),
+        (
+            "generator.eval_sampling_params",
+            &g.eval_sampling_params,
+            false,
+        ),
+    ] {
+        if training && p.temperature <= 0.0 {
+            errors.push(format!(
+                "`{section}.temperature` must be > 0 for training rollouts (log-probs are computed \
+                 from logits / temperature), got {}",
+                p.temperature
+            ));
+        } else if p.temperature < 0.0 {
+            errors.push(format!(
+                "`{section}.temperature` must be >= 0 (0 = greedy), got {}",
+                p.temperature
+            ));
+        }
+        if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+            errors.push(format!(
+                "`{section}.top_p` must be in (0, 1], got {}",
+                p.top_p
+            ));
+        }
+        if !(0.0..=1.0).contains(&p.min_p) {
+            errors.push(format!(
+                "`{section}.min_p` must be in [0, 1], got {}",
+                p.min_p
+            ));
+        }
+        if p.top_k == 0 || p.top_k < -1 {
+            errors.push(format!(
+                "`{section}.top_k` must be -1 (off) or >= 1, got {}",
+                p.top_k
+            ));
+        }
+        if p.repetition_penalty <= 0.0 {
+            errors.push(format!(
+                "`{section}.repetition_penalty` must be > 0, got {}",
+                p.repetition_penalty
+            ));
+        }
+        if p.max_generate_length == 0 {
+            errors.push(format!("`{section}.max_generate_length` must be > 0"));
+        }
+    }
+    if g.max_turns == 1 && g.max_input_length != cfg.trainer.max_prompt_length {
+        errors.push(format!(
+            "`generator.max_input_length` ({}) must equal `trainer.max_prompt_length` ({}) for \
+             single-turn generation (generator.max_turns=1)",
+            g.max_input_length, cfg.trainer.max_prompt_length
+        ));
+    }
+    if g.max_turns > 1 && g.max_input_length < cfg.trainer.max_prompt_length {
+        errors.push(format!(
+            "`generator.max_input_length` ({}) must be >= `trainer.max_prompt_length` ({}) for \
+             multi-turn generation",
+            g.max_input_length, cfg.trainer.max_prompt_length
+        ));
+    }
+    one_of(
+        errors,
+        "generator.backend",
+        &g.backend,
+        &["vllm", "sglang", "embedded"],
+    );
+}
+
+fn trainer(cfg: &Config, errors: &mut Vec<String>) {
+    let t = &cfg.trainer;
+    if t.sequence_parallel_backend != "ulysses" {
+        errors.push(format!(
+            "`trainer.sequence_parallel_backend` must be \"ulysses\" (as in SkyRL), got \"{}\"",
+            t.sequence_parallel_backend
+        ));
+    }
+    one_of(
+        errors,
+        "trainer.strategy",
+        &t.strategy,
+        &["fsdp", "fsdp2", "deepspeed", "megatron"],
+    );
+    if t.max_ckpts_to_keep == 0 {
+        errors.push(
+            "`trainer.max_ckpts_to_keep` must be > 0 (keep the last N) or negative (keep all), got 0"
+                .into(),
+        );
+    }
+    match t.resume_mode.as_deref() {
+        None | Some("none") | Some("latest") => {}
+        Some("from_path") => {
+            if t.resume_path.is_none() {
+                errors.push("`trainer.resume_mode` = from_path needs `trainer.resume_path`".into());
+            }
+        }
+        Some(other) => errors.push(format!(
+            "`trainer.resume_mode` = \"{other}\" is not one of null, none, latest, from_path"
+        )),
+    }
+    let mut optimizer = |role: &str, o: &super::OptimizerConfig| {
+        let key = format!("trainer.{role}.optimizer_config");
+        if o.lr < 0.0 {
+            errors.push(format!("`{key}.lr` must be >= 0, got {}", o.lr));
+        }
+        if o.adam_betas.len() != 2 || o.adam_betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            errors.push(format!(
+                "`{key}.adam_betas` must be two numbers in [0, 1), got {:?}",
+                o.adam_betas
+            ));
+        }
+        if o.weight_decay < 0.0 {
+            errors.push(format!(
+                "`{key}.weight_decay` must be >= 0, got {}",
+                o.weight_decay
+            ));
+        }
+        if o.max_grad_norm <= 0.0 {
+            errors.push(format!(
+                "`{key}.max_grad_norm` must be > 0, got {}",
+                o.max_grad_norm
+            ));
+        }
+        one_of(
+            errors,
+            &format!("{key}.scheduler"),
+            &o.scheduler,
+            SCHEDULERS,
+        );
+    };
+    optimizer("policy", &t.policy.optimizer_config);
+    if t.critic.model.path.is_some() {
+        optimizer("critic", &t.critic.optimizer_config);
+    }
+    if cfg.data.train_data.is_empty() {
+        errors.push("`data.train_data` is empty; give at least one file".into());
+    }
+    one_of(
+        errors,
+        "environment.skyrl_gym.gsm8k.method",
+        &cfg.environment.skyrl_gym.gsm8k.method,
+        &["strict", "flexible"],
+    );
+}
+
+fn one_of(errors: &mut Vec<String>, key: &str, value: &str, allowed: &[&str]) {
+    if !allowed.contains(&value) {
+        errors.push(format!(
+            "`{key}` = \"{value}\" is not one of {}",
+            allowed.join(", ")
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigBuilder;
+
+    fn known(name: &str) -> bool {
+        [
+            "grpo",
+            "rloo",
+            "reinforce++",
+            "gae",
+            "regular",
+            "dual_clip",
+            "gspo",
+        ]
+        .contains(&name)
+    }
+    const NAMES: NameChecks = NameChecks {
+        advantage_estimator: known,
+        policy_loss: known,
+    };
+
+    fn check(args: &[&str]) -> Result<Vec<String>, String> {
+        let r = ConfigBuilder::new()
+            .apply_overrides(args)
+            .map_err(|e| e.to_string())?
+            .resolve()
+            .map_err(|e| e.to_string())?;
+        validate_with(&r, &NAMES).map_err(|e| e.to_string())
+    }
+
+    /// The rule fires and its message names `key`.
+    fn fails(args: &[&str], key: &str) {
+        match check(args) {
+            Ok(w) => panic!("{args:?} passed validation (warnings {w:?})"),
+            Err(e) => assert!(
+                e.contains(key),
+                "{args:?}: error does not name `{key}`: {e}"
+            ),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_quiet() {
+        assert_eq!(check(&[]).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn batch_size_rules() {
+        fails(
+            &["trainer.train_batch_size=1000"],
+            "trainer.train_batch_size % trainer.policy_mini_batch_size",
+        );
+        fails(
+            &["trainer.policy_mini_batch_size=0"],
+            "trainer.policy_mini_batch_size",
+        );
+        fails(
+            &["trainer.micro_train_batch_size_per_gpu=3"],
+            "trainer.policy_mini_batch_size * generator.n_samples_per_prompt % trainer.micro_train_batch_size_per_gpu",
+        );
+        // 256 * 5 = 1280 rows split into micro-batches of 64.
+        assert!(check(&["trainer.micro_train_batch_size_per_gpu=64"]).is_ok());
+        fails(
+            &["generator.n_samples_per_prompt=0"],
+            "generator.n_samples_per_prompt",
+        );
+        fails(
+            &[
+                "trainer.critic.model.path=/m",
+                "trainer.critic_mini_batch_size=1000",
+            ],
+            "trainer.critic_mini_batch_size",
+        );
+    }
+
+    #[test]
+    fn algorithm_rules() {
+        fails(
+            &["trainer.algorithm.use_kl_in_reward=true"],
+            "use_kl_in_reward",
+        );
+        fails(
+            &["trainer.algorithm.advantage_estimator=nope"],
+            "trainer.algorithm.advantage_estimator",
+        );
+        fails(
+            &["trainer.algorithm.advantage_estimator=gae"],
+            "trainer.critic.model.path",
+        );
+        assert!(check(&[
+            "trainer.algorithm.advantage_estimator=gae",
+            "trainer.critic.model.path=/c"
+        ])
+        .is_ok());
+        fails(
+            &["trainer.algorithm.policy_loss_type=nope"],
+            "trainer.algorithm.policy_loss_type",
+        );
+        fails(
+            &["trainer.algorithm.loss_reduction=mean"],
+            "trainer.algorithm.loss_reduction",
+        );
+        fails(
+            &["trainer.algorithm.dynamic_sampling.type=drop"],
+            "trainer.algorithm.dynamic_sampling.type",
+        );
+        fails(
+            &[
+                "trainer.algorithm.dynamic_sampling.type=filter",
+                "generator.n_samples_per_prompt=1",
+            ],
+            "generator.n_samples_per_prompt",
+        );
+        fails(
+            &["trainer.algorithm.kl_estimator_type=k4"],
+            "kl_estimator_type",
+        );
+        fails(
+            &[
+                "trainer.algorithm.policy_loss_type=dual_clip",
+                "trainer.algorithm.clip_ratio_c=1.0",
+            ],
+            "clip_ratio_c",
+        );
+        fails(&["trainer.algorithm.eps_clip_low=1.5"], "eps_clip_low");
+        fails(
+            &[
+                "+trainer.algorithm.overlong_buffer.len=2048",
+                "+trainer.algorithm.overlong_buffer.penalty_factor=1.0",
+            ],
+            "overlong_buffer.len",
+        );
+        for r in LOSS_REDUCTIONS {
+            assert!(
+                check(&[&format!("trainer.algorithm.loss_reduction={r}")]).is_ok(),
+                "{r}"
+            );
+        }
+    }
+
+    #[test]
+    fn seq_mean_token_sum_norm_defaults_max_seq_len_like_skyrl() {
+        let w = check(&["trainer.algorithm.loss_reduction=seq_mean_token_sum_norm"]).unwrap();
+        assert!(
+            w.iter()
+                .any(|w| w.contains("max_seq_len") && w.contains("1536")),
+            "{w:?}"
+        );
+        let w = check(&[
+            "trainer.algorithm.loss_reduction=seq_mean_token_sum_norm",
+            "trainer.algorithm.max_seq_len=4096",
+        ])
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        fails(&["trainer.algorithm.max_seq_len=0"], "max_seq_len");
+    }
+
+    #[test]
+    fn sampling_and_trainer_rules() {
+        fails(
+            &["generator.sampling_params.temperature=0"],
+            "generator.sampling_params.temperature",
+        );
+        assert!(check(&["generator.eval_sampling_params.temperature=0"]).is_ok());
+        fails(
+            &["generator.eval_sampling_params.top_p=0"],
+            "generator.eval_sampling_params.top_p",
+        );
+        fails(
+            &["generator.sampling_params.top_k=0"],
+            "generator.sampling_params.top_k",
+        );
+        fails(
+            &["generator.max_input_length=100"],
+            "generator.max_input_length",
+        );
+        fails(
+            &["trainer.max_ckpts_to_keep=0"],
+            "trainer.max_ckpts_to_keep",
+        );
+        fails(&["trainer.resume_mode=from_path"], "trainer.resume_path");
+        fails(
+            &["trainer.policy.optimizer_config.adam_betas=[0.9]"],
+            "adam_betas",
+        );
+        fails(
+            &["trainer.policy.optimizer_config.scheduler=polynomial"],
+            "scheduler",
+        );
+        fails(
+            &["trainer.sequence_parallel_backend=ring"],
+            "trainer.sequence_parallel_backend",
+        );
+        fails(
+            &["environment.skyrl_gym.gsm8k.method=fuzzy"],
+            "environment.skyrl_gym.gsm8k.method",
+        );
+        fails(&["data.train_data=[]"], "data.train_data");
+    }
+
+    #[test]
+    fn all_errors_are_reported_together() {
+        let e = check(&[
+            "trainer.train_batch_size=1000",
+            "generator.sampling_params.top_p=2",
+        ])
+        .unwrap_err();
+        assert!(e.contains("train_batch_size") && e.contains("top_p"), "{e}");
+    }
+}
