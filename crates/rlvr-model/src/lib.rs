@@ -5,6 +5,7 @@
 pub mod config;
 
 pub use config::{ModelConfig, RopeScaling};
+pub mod engine;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod model;

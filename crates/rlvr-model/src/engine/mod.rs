@@ -1,0 +1,249 @@
+//! The embedded generation engine: many sequences decoded together over one preallocated KV
+//! cache, with continuous batching (a finished sequence's slot is refilled from the waiting
+//! requests at once; with none left, the batch is compacted so no compute goes to finished rows).
+//!
+//! It reads the model's `Var`s directly, so weights updated by the optimizer are used by the next
+//! `generate` call with no synchronisation step.
+
+pub mod sampling;
+
+use crate::Model;
+use anyhow::{bail, Context};
+use rand::{rngs::StdRng, SeedableRng};
+use sampling::sample;
+pub use sampling::{LogprobsMode, SamplingParams};
+use std::collections::VecDeque;
+
+/// One prompt (token ids, chat template already applied) and how to continue it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token id or stop string was produced.
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+}
+
+impl FinishReason {
+    /// vLLM's spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// Response token ids, the stop token included when one ended it.
+    pub token_ids: Vec<u32>,
+    /// Log-prob of each response token (see [`LogprobsMode`]).
+    pub logprobs: Vec<f32>,
+    pub finish_reason: FinishReason,
+    /// The stop string that matched, if a stop string ended it.
+    pub stop_string: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Sequences decoded at once (KV cache slots).
+    pub max_batch: usize,
+    pub logprobs_mode: LogprobsMode,
+    /// Draw a progress bar on stderr (hidden when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            logprobs_mode: LogprobsMode::Raw,
+            progress: false,
+        }
+    }
+}
+
+/// Turns response token ids into text, for stop strings. The tokenizer stays outside this crate's
+/// model code, so any decoder fits.
+pub type Detokenize<'a> = Box<dyn Fn(&[u32]) -> String + 'a>;
+
+pub struct Engine<'a> {
+    model: &'a Model,
+    cfg: EngineConfig,
+    detokenize: Option<Detokenize<'a>>,
+}
+
+/// A sequence being decoded.
+struct Running {
+    request: usize,
+    rng: StdRng,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(model: &'a Model, cfg: EngineConfig) -> Self {
+        Self {
+            model,
+            cfg,
+            detokenize: None,
+        }
+    }
+
+    /// Needed when any request has stop strings.
+    pub fn with_detokenizer(mut self, f: impl Fn(&[u32]) -> String + 'a) -> Self {
+        self.detokenize = Some(Box::new(f));
+        self
+    }
+
+    /// Generates a completion for every request; outputs are in request order.
+    pub fn generate(&self, requests: &[Request]) -> anyhow::Result<Vec<Completion>> {
+        let max_pos = self.model.config().max_position_embeddings;
+        let mut capacity = 1;
+        for (i, r) in requests.iter().enumerate() {
+            r.params
+                .validate()
+                .with_context(|| format!("request {i}"))?;
+            if r.prompt.is_empty() {
+                bail!("request {i} has an empty prompt");
+            }
+            if !r.params.stop.is_empty() && self.detokenize.is_none() {
+                bail!("request {i} has stop strings but the engine has no detokenizer");
+            }
+            let need = r.prompt.len() + r.params.max_tokens;
+            if need > max_pos {
+                bail!("request {i}: prompt ({}) + max_tokens ({}) exceeds the model's {max_pos} positions", r.prompt.len(), r.params.max_tokens);
+            }
+            capacity = capacity.max(need);
+        }
+        let mut outputs: Vec<Option<Completion>> = vec![None; requests.len()];
+        let mut waiting: VecDeque<usize> = VecDeque::new();
+        for (i, r) in requests.iter().enumerate() {
+            if r.params.max_tokens == 0 {
+                outputs[i] = Some(Completion {
+                    token_ids: vec![],
+                    logprobs: vec![],
+                    finish_reason: FinishReason::Length,
+                    stop_string: None,
+                });
+            } else {
+                waiting.push_back(i);
+            }
+        }
+        let slots = self.cfg.max_batch.max(1).min(waiting.len());
+        if slots == 0 {
+            return Ok(outputs.into_iter().map(|o| o.expect("filled")).collect());
+        }
+        let bar = self.progress_bar(waiting.len());
+        let mut cache = self.model.new_cache(slots, capacity)?;
+        // Slot i of the cache holds running[i]; finished rows are swapped out so slots stay a prefix.
+        let mut running: Vec<Running> = Vec::with_capacity(slots);
+        let vocab = self.model.config().vocab_size;
+        loop {
+            while running.len() < slots {
+                let Some(i) = waiting.pop_front() else { break };
+                let slot = running.len();
+                cache.clear(slot);
+                let logits = self
+                    .model
+                    .forward_cached(&mut cache, slot, &requests[i].prompt, 1)?;
+                let row = logits.flatten_all()?.to_vec1::<f32>()?;
+                let seed = requests[i].params.seed.unwrap_or_else(rand::random);
+                let mut seq = Running {
+                    request: i,
+                    rng: StdRng::seed_from_u64(seed),
+                    tokens: Vec::new(),
+                    logprobs: Vec::new(),
+                };
+                if let Some(done) = self.step(&mut seq, &row, &requests[i].params) {
+                    outputs[i] = Some(done);
+                    cache.clear(slot);
+                    bar.inc(1);
+                } else {
+                    running.push(seq);
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            let last: Vec<u32> = running
+                .iter()
+                .map(|s| *s.tokens.last().expect("sampled"))
+                .collect();
+            let logits = self
+                .model
+                .forward_cached(&mut cache, 0, &last, running.len())?;
+            let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+            let mut finished = Vec::new();
+            for (slot, seq) in running.iter_mut().enumerate() {
+                let row = &flat[slot * vocab..(slot + 1) * vocab];
+                if let Some(done) = self.step(seq, row, &requests[seq.request].params) {
+                    outputs[seq.request] = Some(done);
+                    finished.push(slot);
+                }
+            }
+            // Highest first, so the row swapped in from the end is never one still to remove.
+            for &slot in finished.iter().rev() {
+                let last = running.len() - 1;
+                cache.move_slot(last, slot)?;
+                running.swap_remove(slot);
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+        Ok(outputs
+            .into_iter()
+            .map(|o| o.expect("every request finishes"))
+            .collect())
+    }
+
+    /// Samples the next token of `seq` from `logits`; returns the completion if it is finished.
+    fn step(&self, seq: &mut Running, logits: &[f32], p: &SamplingParams) -> Option<Completion> {
+        let (tok, lp) = sample(logits, p, self.cfg.logprobs_mode, &mut seq.rng);
+        seq.tokens.push(tok);
+        seq.logprobs.push(lp);
+        let mut reason = None;
+        let mut stop_string = None;
+        if p.stop_token_ids.contains(&tok) {
+            reason = Some(FinishReason::Stop);
+        } else if let (false, Some(detok)) = (p.stop.is_empty(), &self.detokenize) {
+            let text = detok(&seq.tokens);
+            if let Some(s) = p.stop.iter().find(|s| text.contains(s.as_str())) {
+                reason = Some(FinishReason::Stop);
+                stop_string = Some(s.clone());
+            }
+        }
+        if reason.is_none() && seq.tokens.len() >= p.max_tokens {
+            reason = Some(FinishReason::Length);
+        }
+        reason.map(|finish_reason| Completion {
+            token_ids: std::mem::take(&mut seq.tokens),
+            logprobs: std::mem::take(&mut seq.logprobs),
+            finish_reason,
+            stop_string,
+        })
+    }
+
+    fn progress_bar(&self, n: usize) -> indicatif::ProgressBar {
+        if !self.cfg.progress {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(n as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "generate {bar:30} {pos}/{len} sequences [{elapsed_precise}<{eta_precise}]",
+            )
+            .expect("valid template"),
+        );
+        bar
+    }
+}
+
+#[cfg(test)]
+mod tests;
