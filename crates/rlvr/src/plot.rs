@@ -10,7 +10,7 @@ const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 /// One figure per entry: file name, title, the metric keys drawn on it.
 const FIGURES: &[(&str, &str, &[&str])] = &[
-    ("reward.png", "Reward", &["reward/avg_raw_reward", "reward/avg_pass_at_n"]),
+    ("reward.png", "Reward", &["reward/avg_raw_reward", "reward/mean_positive_reward"]),
     ("eval_score.png", "Eval score", &["eval/all/avg_score"]),
     ("response_length.png", "Response length (tokens)", &["generate/avg_num_tokens", "generate/max_num_tokens"]),
     ("entropy.png", "Policy entropy", &["policy/policy_entropy"]),

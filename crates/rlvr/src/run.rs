@@ -9,8 +9,8 @@ use crate::logging;
 use crate::trainer::{checkpoint, DefaultHooks, Trainer, TrainerHooks};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use rlvr_algo::dynamic_sampling::DynamicSampler;
-use rlvr_algo::rewards::gsm8k::ScoringMethod;
+use rlvr_algo::dynamic_sampling::{DynamicSampler, DynamicSamplingConfig, Strategy};
+use rlvr_algo::rewards::gsm8k::Method;
 use rlvr_model::optim::{Optimizer, OptimizerSettings};
 use rlvr_model::{Model, Tokenizer};
 use std::path::{Path, PathBuf};
@@ -30,12 +30,10 @@ impl Extensions {
     }
 }
 
-pub fn gsm8k_method(cfg: &Config) -> Result<ScoringMethod> {
-    match cfg.environment.skyrl_gym.gsm8k.method.as_str() {
-        "strict" => Ok(ScoringMethod::Strict),
-        "flexible" => Ok(ScoringMethod::Flexible),
-        other => bail!("environment.skyrl_gym.gsm8k.method={other:?}: expected strict or flexible"),
-    }
+pub fn gsm8k_method(cfg: &Config) -> Result<Method> {
+    let m = &cfg.environment.skyrl_gym.gsm8k.method;
+    m.parse()
+        .with_context(|| format!("environment.skyrl_gym.gsm8k.method={m:?}: expected strict or flexible"))
 }
 
 /// Directory for metrics, eval dumps and plots: `trainer.log_path/trainer.run_name`.
@@ -142,14 +140,17 @@ pub fn build_with_model(
     )?;
 
     let ds = &cfg.trainer.algorithm.dynamic_sampling;
+    let strategy = ds.kind.as_deref().map(str::parse::<Strategy>).transpose()?;
     let sampler = DynamicSampler::new(
-        ds.kind.as_deref(),
-        cfg.trainer.train_batch_size,
-        cfg.generator.n_samples_per_prompt,
-        ds.max_sample_batches,
-        ds.min_replace_ratio,
+        DynamicSamplingConfig {
+            strategy,
+            train_batch_size: cfg.trainer.train_batch_size,
+            n_samples_per_prompt: cfg.generator.n_samples_per_prompt,
+            max_sample_batches: ds.max_sample_batches,
+            min_replace_ratio: ds.min_replace_ratio,
+        },
         cfg.trainer.seed,
-    )?;
+    );
 
     let run_dir = run_dir(&cfg);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;

@@ -43,7 +43,9 @@ pub fn tokenizer() -> Result<Tokenizer> {
         .map_err(|e| anyhow::anyhow!("toy tokenizer: {e}"))?;
     let mut inner = tokenizers::Tokenizer::new(model);
     inner.with_pre_tokenizer(Some(WhitespaceSplit));
-    inner.add_special_tokens(&[AddedToken::from("<pad>", true), AddedToken::from("<eos>", true)]);
+    inner
+        .add_special_tokens(vec![AddedToken::from("<pad>", true), AddedToken::from("<eos>", true)])
+        .map_err(|e| anyhow::anyhow!("toy tokenizer: {e}"))?;
     let special = SpecialTokens {
         bos_token: None,
         eos_token: Some("<eos>".into()),

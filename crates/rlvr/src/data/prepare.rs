@@ -2,7 +2,7 @@
 //! `examples/gsm8k/gsm8k_dataset.py`, and the same shape for MAWPS and SVAMP).
 
 use super::{Message, PromptRow, RewardSpec};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -85,9 +85,7 @@ fn fields(source: Source, raw: &Value) -> Result<(String, String, Value)> {
     Ok(match source {
         Source::Gsm8k => {
             let answer = text("answer")?;
-            let Some(gt) = rlvr_algo::rewards::gsm8k::extract_ground_truth(&answer) else {
-                bail!("answer has no `#### <number>` line: {answer:?}");
-            };
+            let gt = rlvr_algo::rewards::gsm8k::extract_ground_truth(&answer)?;
             (text("question")?, gt, Value::String(answer))
         }
         Source::Mawps => {

@@ -3,21 +3,23 @@
 use super::Environment;
 use crate::data::PromptRow;
 use anyhow::Result;
-use rlvr_algo::rewards::gsm8k::{compute_score, ScoringMethod};
+use rlvr_algo::rewards::gsm8k::{compute_score, Method};
+use serde_json::Value;
 
 pub struct Gsm8kEnv {
-    method: ScoringMethod,
+    method: Method,
 }
 
 impl Gsm8kEnv {
     /// `Strict` is SkyRL's default; `Flexible` takes the last number in the response.
-    pub fn new(method: ScoringMethod) -> Self {
+    pub fn new(method: Method) -> Self {
         Self { method }
     }
 }
 
 impl Environment for Gsm8kEnv {
     fn reward(&self, response: &str, row: &PromptRow) -> Result<f64> {
-        Ok(compute_score(response, &row.reward_spec.ground_truth, self.method))
+        let gt = Value::String(row.reward_spec.ground_truth.clone());
+        Ok(compute_score(response, &gt, self.method, 0.0, 1.0).value)
     }
 }

@@ -24,9 +24,10 @@ pub struct EnvRegistry {
 
 impl EnvRegistry {
     /// The built-in environments, configured from `environment.*`.
-    pub fn with_builtins(gsm8k_method: rlvr_algo::rewards::gsm8k::ScoringMethod) -> Self {
+    pub fn with_builtins(gsm8k_method: rlvr_algo::rewards::gsm8k::Method) -> Self {
         let mut r = Self::default();
         r.register("gsm8k", Arc::new(Gsm8kEnv::new(gsm8k_method)));
+        r.register(crate::toy::ENV_CLASS, Arc::new(crate::toy::ToyEnv));
         r
     }
 

@@ -28,7 +28,6 @@ impl Logger for ConsoleLogger {
         let mut line = format!("step {step}");
         for (label, key) in [
             ("reward", "reward/avg_raw_reward"),
-            ("pass@n", "reward/avg_pass_at_n"),
             ("loss", "policy/policy_loss"),
             ("entropy", "policy/policy_entropy"),
             ("clip", "policy/loss_metrics/clip_ratio"),
@@ -40,6 +39,9 @@ impl Logger for ConsoleLogger {
             if m.contains_key(key) {
                 line.push_str(&format!(" | {label} {:.4}", get(key)));
             }
+        }
+        if let Some((k, v)) = m.iter().find(|(k, _)| k.starts_with("reward/avg_pass_at_")) {
+            line.push_str(&format!(" | {} {v:.4}", k.trim_start_matches("reward/avg_")));
         }
         if let Some(score) = m.get("eval/all/avg_score") {
             line.push_str(&format!(" | eval {score:.4}"));

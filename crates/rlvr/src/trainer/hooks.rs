@@ -30,13 +30,12 @@ pub struct HookContext {
 pub fn default_postprocess(mut output: GeneratorOutput, ctx: &HookContext) -> Result<GeneratorOutput> {
     if let Some((len, factor)) = ctx.overlong_buffer {
         let lengths: Vec<usize> = output.response_ids.iter().map(Vec::len).collect();
-        output.rewards = rlvr_algo::overlong::soft_overlong_punishment(
-            &output.rewards,
-            &lengths,
-            ctx.max_generate_length,
+        let buffer = rlvr_algo::overlong::OverlongBuffer {
+            max_generate_length: ctx.max_generate_length,
             len,
-            factor,
-        );
+            penalty_factor: factor,
+        };
+        output.rewards = rlvr_algo::overlong::soft_overlong_punishment(&output.rewards, &lengths, &buffer)?;
     }
     Ok(output)
 }

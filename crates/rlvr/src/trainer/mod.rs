@@ -26,7 +26,7 @@ use crate::generator::{Generator, GeneratorOutput, PromptGroup, Sampling, StopRe
 use crate::logging::{Logger, Metrics};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use rlvr_algo::dynamic_sampling::{DynamicSampler, SamplingDecision};
+use rlvr_algo::dynamic_sampling::{DynamicSampler, Outcome};
 use rlvr_model::optim::Optimizer;
 use rlvr_model::Model;
 use std::path::PathBuf;
@@ -47,7 +47,7 @@ pub struct Trainer {
     pub val_rows: Vec<PromptRow>,
     pub hooks: Box<dyn TrainerHooks>,
     pub loggers: Vec<Box<dyn Logger>>,
-    pub sampler: DynamicSampler,
+    pub sampler: DynamicSampler<usize>,
     pub pad_id: u32,
     pub global_step: usize,
     /// Where checkpoints go (`trainer.ckpt_path`); `None` disables checkpointing.
@@ -107,6 +107,8 @@ impl Trainer {
         let mut zero_std_groups = 0usize;
         let mut total_groups = 0usize;
         let mut gen_tokens = 0usize;
+        // Every generated row of this step lives in `pool`; the sampler hands back which to keep.
+        let mut pool = GeneratorOutput::default();
         let output = loop {
             let prompts = self
                 .loader
@@ -124,9 +126,17 @@ impl Trainer {
             let (zero, groups_here) = zero_std_count(&out.rewards, &out.uids);
             zero_std_groups += zero;
             total_groups += groups_here;
-            match self.sampler.process(out)? {
-                SamplingDecision::Done(out) => break out,
-                SamplingDecision::KeepSampling => continue,
+            let base = pool.len();
+            let rows: Vec<usize> = (base..base + out.len()).collect();
+            let (uids, rewards) = (out.uids.clone(), out.rewards.clone());
+            pool.extend(out);
+            match self.sampler.process(rows, uids, &rewards)? {
+                Outcome::Ready { rows, uids } => {
+                    let mut kept = pool.select(&rows);
+                    kept.uids = uids;
+                    break kept;
+                }
+                Outcome::KeepSampling => continue,
             }
         };
         let gen_secs = t_gen.elapsed().as_secs_f64();
@@ -150,13 +160,19 @@ impl Trainer {
         };
         let uids = output.uids.clone();
         let mut output = self.hooks.postprocess_generator_output(output, &uids, &ctx)?;
-        metrics.extend(reward_metrics(&output, n));
+        metrics.extend(rlvr_algo::overlong::reward_metrics(&output.rewards, &output.uids, n));
         metrics.extend(length_metrics(&output));
 
         // 5. Overlong filtering: responses that hit the length limit leave the loss.
         if cfg.generator.apply_overlong_filtering {
-            let reasons: Vec<&str> = output.stop_reasons.iter().map(|r| r.as_str()).collect();
-            output.loss_masks = rlvr_algo::overlong::apply_overlong_filtering(&output.loss_masks, &reasons);
+            let reasons: Vec<Option<String>> =
+                output.stop_reasons.iter().map(|r| Some(r.as_str().to_string())).collect();
+            let masks: Vec<Vec<u8>> =
+                output.loss_masks.iter().map(|m| m.iter().map(|&x| (x != 0.0) as u8).collect()).collect();
+            output.loss_masks = rlvr_algo::overlong::apply_overlong_filtering(&masks, &reasons)?
+                .into_iter()
+                .map(|m| m.into_iter().map(f32::from).collect())
+                .collect();
         }
 
         // 6-8. Log-probs, advantages, policy update.
@@ -257,26 +273,6 @@ fn zero_std_count(rewards: &[f64], uids: &[String]) -> (usize, usize) {
         .filter(|(_, v)| v.iter().all(|&x| x == v[0]))
         .count();
     (zero, groups.len())
-}
-
-/// SkyRL's reward metrics: mean raw reward, pass@n (a group passes when any sample scores > 0),
-/// and the mean of the positive part of the rewards.
-pub fn reward_metrics(out: &GeneratorOutput, n: usize) -> Metrics {
-    let mut m = Metrics::new();
-    let len = out.rewards.len().max(1) as f64;
-    m.insert("reward/avg_raw_reward".into(), out.rewards.iter().sum::<f64>() / len);
-    m.insert(
-        "reward/mean_positive_reward".into(),
-        out.rewards.iter().map(|r| r.max(0.0)).sum::<f64>() / len,
-    );
-    let mut by_uid: std::collections::BTreeMap<&str, bool> = Default::default();
-    for (r, u) in out.rewards.iter().zip(&out.uids) {
-        *by_uid.entry(u.as_str()).or_default() |= *r > 0.0;
-    }
-    let pass = by_uid.values().filter(|&&p| p).count() as f64 / by_uid.len().max(1) as f64;
-    m.insert(format!("reward/avg_pass_at_{n}"), pass);
-    m.insert("reward/avg_pass_at_n".into(), pass);
-    m
 }
 
 /// `generate/{min,max,avg,std}_num_tokens` and the fraction cut at the length limit.

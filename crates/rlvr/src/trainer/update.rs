@@ -7,7 +7,10 @@ use crate::generator::GeneratorOutput;
 use crate::logging::Metrics;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use rlvr_algo::reduction::{LossReduction, MiniBatchReducer};
+use candle_core::backprop::GradStore;
+use rlvr_algo::kl::{approx_kl, KlEstimator};
+use rlvr_algo::reduction::{self, LossReduction};
+use rlvr_algo::{advantages, policy_loss};
 use rlvr_model::logprobs::LogProbOptions;
 use rlvr_model::Model;
 
@@ -18,6 +21,7 @@ pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch)
     let temperature = cfg.generator.sampling_params.temperature;
     let rows = out.len();
     let micro_fwd = cfg.trainer.micro_forward_batch_size_per_gpu.max(1);
+    let kl_estimator: KlEstimator = alg.kl_estimator_type.parse()?;
 
     // 6. Old-policy (and reference) log-probs, recomputed by the trainer in forward-sized chunks.
     let t0 = std::time::Instant::now();
@@ -28,52 +32,87 @@ pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch)
     };
     let mut metrics = Metrics::new();
     metrics.insert("timing/fwd_logprobs".into(), t0.elapsed().as_secs_f64());
+    if !out.rollout_logprobs.is_empty() {
+        metrics.extend(rollout_logprob_diff(&old_logprobs, &out.rollout_logprobs, &full.response_mask)?);
+    }
 
     // KL in the reward (the alternative to the KL loss): r_t -= coef * kl_t.
     let mut token_rewards = full.token_rewards.clone();
     if alg.use_kl_in_reward {
         if let Some(r) = &ref_logprobs {
-            let kl = rlvr_algo::kl::approx_kl(&old_logprobs, r, alg.kl_estimator_type.parse()?, Some(&full.response_mask))?;
+            let kl = approx_kl(&old_logprobs, r, Some(&full.response_mask), kl_estimator)?;
             token_rewards = (token_rewards - (kl * alg.kl_loss_coef)?)?;
         }
     }
 
-    // 7. Advantages.
-    let (mut advantages, _returns) = rlvr_algo::advantages::compute(
+    // 7. Advantages, then per-mini-batch pre-scaling so each micro-batch loss is a plain masked sum
+    // and the mini-batch loss does not depend on the micro-batch split.
+    let (advantages, _returns) = advantages::compute_advantages_and_returns(
         &alg.advantage_estimator,
-        &rlvr_algo::advantages::AdvantageInput {
+        &advantages::AdvantageInputs {
             token_level_rewards: &token_rewards,
             response_mask: &full.response_mask,
             uids: &out.uids,
             values: None,
+        },
+        &advantages::AdvantageParams {
             gamma: alg.gamma,
             lambd: alg.lambd,
-            norm_by_std: alg.grpo_norm_by_std,
+            grpo_norm_by_std: alg.grpo_norm_by_std,
+            ..Default::default()
         },
     )?;
-    if alg.advantage_batch_normalize {
-        advantages = rlvr_algo::advantages::advantage_batch_normalize(&advantages, &full.response_mask)?;
-    }
-    let masked_adv = (&advantages * &full.response_mask)?;
     let n_tokens = full.response_mask.sum_all()?.to_scalar::<f32>()?.max(1.0);
     metrics.insert(
         "loss/avg_raw_advantages".into(),
-        (masked_adv.sum_all()?.to_scalar::<f32>()? / n_tokens) as f64,
+        ((&advantages * &full.response_mask)?.sum_all()?.to_scalar::<f32>()? / n_tokens) as f64,
     );
-
-    // 8. Policy update: contiguous mini-batches of policy_mini_batch_size prompts.
     let n = cfg.generator.n_samples_per_prompt;
-    let mini_rows = (cfg.trainer.policy_mini_batch_size * n).min(rows).max(1);
     let micro_rows = cfg.trainer.micro_train_batch_size_per_gpu.max(1);
-    let loss_cfg = policy_loss_config(&cfg);
     let reduction: LossReduction = alg.loss_reduction.parse()?;
+    // `replace` copies a good group over a bad one under the same uid; group boundaries only need
+    // contiguous runs, so number the runs.
+    let run_ids = contiguous_run_ids(&out.uids);
+    let prompt_bounds = reduction::prompt_boundaries(&run_ids)?;
+    let mini_bounds = reduction::mini_batch_boundaries(
+        &run_ids,
+        cfg.trainer.policy_mini_batch_size,
+        prompt_bounds.len(),
+        false,
+        n,
+    )?;
+    let scaled_adv = reduction::normalize_advantages(
+        &advantages,
+        &full.response_mask,
+        &full.loss_mask,
+        &reduction::NormalizeOptions {
+            reduction,
+            advantage_batch_normalize: alg.advantage_batch_normalize,
+            micro_batch_size: micro_rows,
+            max_seq_len: alg.max_seq_len,
+            mini_batch_boundaries: &mini_bounds,
+            prompt_boundaries: Some(&prompt_bounds),
+        },
+    )?;
+    // The same per-row weights reduce the entropy and KL terms like the policy loss.
+    let row_tokens: Vec<f64> = full.loss_mask.sum(1)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
+    let mut row_weight = vec![0f64; rows];
+    for &(s, e) in &mini_bounds {
+        let local: Vec<(usize, usize)> = prompt_bounds
+            .iter()
+            .filter(|&&(ps, pe)| ps >= s && pe <= e)
+            .map(|&(ps, pe)| (ps - s, pe - s))
+            .collect();
+        let w = reduction::row_scales(reduction, &row_tokens[s..e], micro_rows, alg.max_seq_len, Some(&local))?;
+        row_weight[s..e].copy_from_slice(&w);
+    }
+
+    // 8. Policy update: one optimizer step per mini-batch, gradients summed over micro-batches.
+    let loss_cfg = policy_loss_config(&cfg)?;
     let mut acc = MetricAcc::default();
     for _epoch in 0..cfg.trainer.update_epochs_per_batch {
-        for mini_start in (0..rows).step_by(mini_rows) {
-            let mini_end = (mini_start + mini_rows).min(rows);
-            let mini_loss_mask = full.loss_mask.narrow(0, mini_start, mini_end - mini_start)?;
-            let reducer = MiniBatchReducer::new(reduction, &mini_loss_mask, n, alg.max_seq_len)?;
-            let mut grads: Option<candle_core::backprop::GradStore> = None;
+        for &(mini_start, mini_end) in &mini_bounds {
+            let mut grads: Option<GradStore> = None;
             for micro_start in (mini_start..mini_end).step_by(micro_rows) {
                 let micro_end = (micro_start + micro_rows).min(mini_end);
                 let idx: Vec<usize> = (micro_start..micro_end).collect();
@@ -82,63 +121,111 @@ pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch)
                 let take = |x: &Tensor| -> Result<Tensor> {
                     Ok(x.narrow(0, micro_start, micro_end - micro_start)?.narrow(1, 0, r)?.contiguous()?)
                 };
-                let old = take(&old_logprobs)?;
-                let adv = take(&advantages)?;
+                let weights = Tensor::from_vec(
+                    row_weight[micro_start..micro_end].iter().map(|&w| w as f32).collect::<Vec<_>>(),
+                    (micro_end - micro_start, 1),
+                    t.policy.device(),
+                )?;
                 let lp = t.policy.response_logprobs(
                     &mb.input_ids,
                     &mb.attention_mask,
                     r,
                     &LogProbOptions { temperature, entropy: true, grad: true, ..Default::default() },
                 )?;
-                let entropy = lp.entropy.clone().expect("entropy requested");
-                let (token_loss, loss_metrics) =
-                    rlvr_algo::policy_loss::compute(&alg.policy_loss_type, &lp.logprobs, &old, &adv, &mb.loss_mask, &loss_cfg)?;
-                let rows_in_mini = micro_start - mini_start..micro_end - mini_start;
-                let policy_loss = reducer.reduce_micro(&token_loss, &mb.loss_mask, rows_in_mini.clone())?;
+                let old = take(&old_logprobs)?;
+                let adv = take(&scaled_adv)?;
+                let token_loss = policy_loss::compute_token_loss(
+                    &alg.policy_loss_type,
+                    &policy_loss::PolicyLossInputs {
+                        log_probs: &lp.logprobs,
+                        old_log_probs: &old,
+                        advantages: &adv,
+                        loss_mask: Some(&mb.loss_mask),
+                        rollout_log_probs: None,
+                    },
+                    &loss_cfg,
+                )?;
+                let policy_loss = reduction::masked_sum(&token_loss.loss, token_loss.loss_mask.as_ref())?;
                 let mut loss = policy_loss.clone();
+                let weighted_sum = |x: &Tensor| -> Result<Tensor> {
+                    Ok((x * &mb.loss_mask)?.broadcast_mul(&weights)?.sum_all()?)
+                };
                 if alg.use_kl_loss {
                     if let Some(reference) = &ref_logprobs {
-                        let ref_lp = take(reference)?;
-                        let kl = rlvr_algo::kl::approx_kl(
-                            &lp.logprobs,
-                            &ref_lp,
-                            alg.kl_estimator_type.parse()?,
-                            Some(&mb.loss_mask),
-                        )?;
-                        let kl_loss = reducer.reduce_micro(&kl, &mb.loss_mask, rows_in_mini.clone())?;
-                        acc.add("policy/policy_kl", kl_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+                        let kl = approx_kl(&lp.logprobs, &take(reference)?, Some(&mb.loss_mask), kl_estimator)?;
+                        let kl_loss = weighted_sum(&kl)?;
+                        acc.add("policy/policy_kl", scalar(&kl_loss)?);
                         loss = (loss + (kl_loss * alg.kl_loss_coef)?)?;
                     }
                 }
-                let entropy_term = reducer.reduce_micro(&entropy, &mb.loss_mask, rows_in_mini)?;
-                acc.add("policy/policy_entropy", entropy_term.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+                let entropy = lp.entropy.as_ref().expect("entropy was requested");
+                let entropy_term = weighted_sum(entropy)?;
+                acc.add("policy/policy_entropy", scalar(&entropy_term)?);
                 if alg.use_entropy_loss {
                     loss = (loss - (entropy_term * alg.entropy_loss_coef)?)?;
                 }
-                acc.add("policy/policy_loss", policy_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
-                acc.add("policy/final_loss", loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
-                for (k, v) in loss_metrics {
+                acc.add("policy/policy_loss", scalar(&policy_loss)?);
+                acc.add("policy/final_loss", scalar(&loss)?);
+                for (k, v) in token_loss.metrics {
                     acc.add_mean(&format!("policy/loss_metrics/{k}"), v);
                 }
                 let g = loss.backward()?;
                 grads = Some(match grads {
                     None => g,
-                    Some(acc_g) => add_grads(acc_g, g, &t.policy)?,
+                    Some(sum) => add_grads(sum, g, &t.policy)?,
                 });
             }
             if let Some(grads) = grads {
                 let stats = t.optimizer.step(&grads)?;
                 acc.add_mean("policy/grad_norm", stats.grad_norm);
                 acc.add_mean("policy/policy_lr", stats.lr);
-                if stats.skipped {
-                    acc.add("policy/skipped_steps", 1.0);
-                }
+                acc.add("policy/skipped_steps", if stats.skipped { 1.0 } else { 0.0 });
             }
             acc.end_mini_batch();
         }
     }
     metrics.extend(acc.finish());
     Ok(metrics)
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// `0, 0, 1, 1, 2, …`: one id per run of equal uids.
+fn contiguous_run_ids(uids: &[String]) -> Vec<String> {
+    let mut run = 0usize;
+    uids.iter()
+        .enumerate()
+        .map(|(i, u)| {
+            if i > 0 && *u != uids[i - 1] {
+                run += 1;
+            }
+            run.to_string()
+        })
+        .collect()
+}
+
+/// SkyRL's `policy/rollout_train_logprobs_abs_diff_{mean,std}`: how far the engine's log-probs
+/// are from the trainer's for the same tokens (0 up to float noise with the embedded engine).
+fn rollout_logprob_diff(trainer_lp: &Tensor, rollout: &[Vec<f32>], mask: &Tensor) -> Result<Metrics> {
+    let trainer_lp = trainer_lp.to_vec2::<f32>()?;
+    let mask = mask.to_vec2::<f32>()?;
+    let mut diffs = Vec::new();
+    for (i, row) in rollout.iter().enumerate() {
+        for (j, &lp) in row.iter().enumerate() {
+            if mask[i].get(j).copied().unwrap_or(0.0) > 0.0 {
+                diffs.push((lp - trainer_lp[i][j]).abs() as f64);
+            }
+        }
+    }
+    let n = diffs.len().max(1) as f64;
+    let mean = diffs.iter().sum::<f64>() / n;
+    let std = (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let mut m = Metrics::new();
+    m.insert("policy/rollout_train_logprobs_abs_diff_mean".into(), mean);
+    m.insert("policy/rollout_train_logprobs_abs_diff_std".into(), std);
+    Ok(m)
 }
 
 /// Log-probs `[B, R]` of every row's response under `model` (no grad), in chunks of `micro` rows.
@@ -170,11 +257,7 @@ fn forward_logprobs(
 }
 
 /// Sums two gradient stores over the policy's parameters.
-fn add_grads(
-    mut acc: candle_core::backprop::GradStore,
-    g: candle_core::backprop::GradStore,
-    model: &Model,
-) -> Result<candle_core::backprop::GradStore> {
+fn add_grads(mut acc: GradStore, g: GradStore, model: &Model) -> Result<GradStore> {
     for var in model.vars() {
         if let Some(new) = g.get(var.as_tensor()) {
             let sum = match acc.get(var.as_tensor()) {
@@ -187,14 +270,27 @@ fn add_grads(
     Ok(acc)
 }
 
-fn policy_loss_config(cfg: &crate::config::Config) -> rlvr_algo::policy_loss::PolicyLossConfig {
+/// `trainer.algorithm.*` → the loss's settings.
+fn policy_loss_config(cfg: &crate::config::Config) -> Result<policy_loss::PolicyLossConfig> {
     let a = &cfg.trainer.algorithm;
-    rlvr_algo::policy_loss::PolicyLossConfig {
+    let mut c = policy_loss::PolicyLossConfig {
         eps_clip_low: a.eps_clip_low,
         eps_clip_high: a.eps_clip_high,
         clip_ratio_c: a.clip_ratio_c,
+        loss_reduction: a.loss_reduction.parse()?,
+        max_seq_len: a.max_seq_len,
         ..Default::default()
-    }
+    };
+    c.sapo.tau_pos = a.sapo.tau_pos;
+    c.sapo.tau_neg = a.sapo.tau_neg;
+    c.cispo.cispo_eps_clip_low = a.cispo.cispo_eps_clip_low;
+    c.cispo.cispo_eps_clip_high = a.cispo.cispo_eps_clip_high;
+    c.clip_cov.clip_ratio = a.clip_cov.clip_ratio;
+    c.clip_cov.clip_cov_lb = a.clip_cov.clip_cov_lb;
+    c.clip_cov.clip_cov_ub = a.clip_cov.clip_cov_ub;
+    c.kl_cov.kl_cov_frac = a.kl_cov.kl_cov_frac;
+    c.kl_cov.ppo_kl_coef = a.kl_cov.ppo_kl_coef;
+    Ok(c)
 }
 
 /// Accumulates per-micro-batch metrics: sums within a mini-batch (the reduced losses add up to the
