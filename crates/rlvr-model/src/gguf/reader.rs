@@ -208,7 +208,7 @@ impl GgufFile {
 pub fn dequantize_bytes(dtype: GgmlDType, data: &[u8], dims: &[usize]) -> Result<Tensor> {
     let elems: usize = dims.iter().product();
     let block = dtype.block_size();
-    if elems % block != 0 {
+    if !elems.is_multiple_of(block) {
         bail!("{dtype:?}: {elems} elements is not a multiple of the block size {block}");
     }
     let need = elems / block * dtype.type_size();
