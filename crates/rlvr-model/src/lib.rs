@@ -9,6 +9,7 @@ pub mod engine;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod model;
+pub mod optim;
 
 pub use kv_cache::KvCache;
 pub use logprobs::{LogProbOptions, TokenLogProbs};

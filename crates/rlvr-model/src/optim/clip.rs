@@ -1,0 +1,101 @@
+//! Global-norm gradient clipping as `torch.nn.utils.clip_grad_norm_`: the L2 norm over all
+//! gradients, and a scale `min(1, max_norm / (norm + 1e-6))` applied to each.
+
+use candle_core::{backprop::GradStore, DType, Result, Var};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipOutcome {
+    /// The global norm before clipping.
+    pub norm: f64,
+    /// False when the norm is NaN or infinite: gradients are left as they are and the caller
+    /// should skip the optimizer step.
+    pub finite: bool,
+}
+
+/// Clips the gradients of `vars` found in `grads` in place; returns the pre-clip norm.
+pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<ClipOutcome> {
+    let mut sq = 0.0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v) {
+            sq += g
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+        }
+    }
+    let norm = sq.sqrt();
+    if !norm.is_finite() {
+        return Ok(ClipOutcome {
+            norm,
+            finite: false,
+        });
+    }
+    let coef = (max_norm / (norm + 1e-6)).min(1.0);
+    if coef < 1.0 {
+        for v in vars {
+            if let Some(g) = grads.get(v) {
+                let scaled = (g * coef)?;
+                grads.insert(v, scaled);
+            }
+        }
+    }
+    Ok(ClipOutcome { norm, finite: true })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn setup(g1: &[f32], g2: &[f32]) -> (GradStore, Vec<Var>) {
+        let dev = Device::Cpu;
+        let a = Var::from_tensor(&Tensor::zeros(g1.len(), DType::F32, &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::zeros(g2.len(), DType::F32, &dev).unwrap()).unwrap();
+        let loss = (a
+            .as_tensor()
+            .mul(&Tensor::new(g1, &dev).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            + b.as_tensor()
+                .mul(&Tensor::new(g2, &dev).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap())
+        .unwrap();
+        (loss.backward().unwrap(), vec![a, b])
+    }
+
+    #[test]
+    fn clips_to_max_norm_and_reports_the_pre_clip_norm() {
+        let (mut grads, vars) = setup(&[3.0, 0.0], &[4.0]);
+        let out = clip_grad_norm(&mut grads, &vars, 1.0).unwrap();
+        assert_eq!(
+            out,
+            ClipOutcome {
+                norm: 5.0,
+                finite: true
+            }
+        );
+        let a = grads.get(&vars[0]).unwrap().to_vec1::<f32>().unwrap();
+        let coef = 1.0 / (5.0 + 1e-6);
+        assert!((a[0] as f64 - 3.0 * coef).abs() < 1e-6);
+        // Below the limit nothing changes.
+        let (mut grads, vars) = setup(&[0.3], &[0.4]);
+        clip_grad_norm(&mut grads, &vars, 1.0).unwrap();
+        assert_eq!(
+            grads.get(&vars[1]).unwrap().to_vec1::<f32>().unwrap(),
+            vec![0.4]
+        );
+    }
+
+    #[test]
+    fn non_finite_norm_is_flagged_and_left_alone() {
+        let (mut grads, vars) = setup(&[f32::NAN], &[1.0]);
+        let out = clip_grad_norm(&mut grads, &vars, 1.0).unwrap();
+        assert!(!out.finite && out.norm.is_nan());
+        let (mut grads, vars) = setup(&[f32::INFINITY], &[1.0]);
+        assert!(!clip_grad_norm(&mut grads, &vars, 1.0).unwrap().finite);
+    }
+}

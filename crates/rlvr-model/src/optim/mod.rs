@@ -1,0 +1,10 @@
+//! Optimizer glue for the trainer: AdamW (torch semantics), global-norm gradient clipping, and
+//! the learning-rate schedules of `transformers`.
+
+pub mod adamw;
+pub mod clip;
+pub mod schedule;
+
+pub use adamw::{AdamW, AdamWConfig, ParamState};
+pub use clip::{clip_grad_norm, ClipOutcome};
+pub use schedule::{LrSchedule, ScheduleKind};
