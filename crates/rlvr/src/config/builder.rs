@@ -373,6 +373,37 @@ mod tests {
     }
 
     #[test]
+    fn every_key_accepts_what_its_kind_promises() {
+        // The typed structs must hold whatever the schema lets through: -1 for signed integer
+        // keys, a large value for non-negative ones, null for nullable ones.
+        let b = ConfigBuilder::new();
+        for key in b.schema.leaf_keys() {
+            let spec = b.schema.leaf(key).unwrap();
+            let mut values = Vec::new();
+            match spec.kind {
+                Kind::Int => values.push("-1".to_string()),
+                Kind::UInt => values.push("4096".to_string()),
+                Kind::Float => values.push("0.5".to_string()),
+                _ => {}
+            }
+            if spec.nullable {
+                values.push("null".to_string());
+            }
+            for v in values {
+                let arg = format!("++{key}={v}");
+                let mut b = ConfigBuilder::new();
+                b.apply_override(&arg).unwrap();
+                if key.starts_with("trainer.algorithm.overlong_buffer.") {
+                    continue; // needs both keys; covered below
+                }
+                if let Err(e) = b.resolve() {
+                    panic!("{arg}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn optional_section_needs_all_its_keys() {
         let e = build(&["+trainer.algorithm.overlong_buffer.len=512"])
             .unwrap_err()

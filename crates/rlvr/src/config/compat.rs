@@ -274,7 +274,9 @@ mod tests {
     }
     const NAMES: NameChecks = NameChecks {
         advantage_estimator: any,
+        advantage_estimator_names: Vec::new,
         policy_loss: any,
+        policy_loss_names: Vec::new,
     };
 
     fn run(args: &[&str]) -> Result<Vec<String>, String> {

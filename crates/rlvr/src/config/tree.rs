@@ -20,6 +20,7 @@ pub fn get<'a>(tree: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 /// Why a value cannot be written at a path: the first prefix holding a non-mapping value.
+#[derive(Debug)]
 pub struct Blocked {
     pub parent: String,
     pub what: String,

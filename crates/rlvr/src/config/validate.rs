@@ -13,26 +13,25 @@ use super::Config;
 #[derive(Clone, Copy)]
 pub struct NameChecks {
     pub advantage_estimator: fn(&str) -> bool,
+    pub advantage_estimator_names: fn() -> Vec<String>,
     pub policy_loss: fn(&str) -> bool,
+    pub policy_loss_names: fn() -> Vec<String>,
 }
 
 impl NameChecks {
     /// The registries of `rlvr_algo` (built-ins plus anything a binary registered).
     pub fn rlvr_algo() -> Self {
         NameChecks {
-            advantage_estimator: |n| ["grpo", "rloo", "reinforce++", "gae"].contains(&n),
-            policy_loss: |n| ["regular", "dual_clip", "gspo", "cispo", "sapo"].contains(&n),
+            advantage_estimator: rlvr_algo::advantages::is_registered,
+            advantage_estimator_names: rlvr_algo::advantages::registered_names,
+            policy_loss: rlvr_algo::policy_loss::is_registered,
+            policy_loss_names: rlvr_algo::policy_loss::registered_names,
         }
     }
 }
 
-pub const LOSS_REDUCTIONS: &[&str] = &[
-    "token_mean",
-    "token_mean_legacy",
-    "sequence_mean",
-    "seq_mean_token_sum_norm",
-    "prompt_mean",
-];
+/// `trainer.algorithm.loss_reduction` values (rlvr-algo's `LossReduction`).
+pub const LOSS_REDUCTIONS: &[&str] = &rlvr_algo::LossReduction::NAMES;
 pub const KL_ESTIMATORS: &[&str] = &["k1", "k2", "k3", "abs"];
 pub const SCHEDULERS: &[&str] = &["constant", "constant_with_warmup", "linear", "cosine"];
 
@@ -139,8 +138,9 @@ fn algorithm(cfg: &Config, names: &NameChecks, errors: &mut Vec<String>) {
     if !(names.advantage_estimator)(&a.advantage_estimator) {
         errors.push(format!(
             "`trainer.algorithm.advantage_estimator` = \"{}\" is not a registered advantage \
-             estimator (built in: grpo, rloo, reinforce++, gae; custom ones must be registered first)",
-            a.advantage_estimator
+             estimator (registered: {})",
+            a.advantage_estimator,
+            (names.advantage_estimator_names)().join(", ")
         ));
     }
     if a.advantage_estimator == "gae" && cfg.trainer.critic.model.path.is_none() {
@@ -153,8 +153,9 @@ fn algorithm(cfg: &Config, names: &NameChecks, errors: &mut Vec<String>) {
     if !(names.policy_loss)(&a.policy_loss_type) {
         errors.push(format!(
             "`trainer.algorithm.policy_loss_type` = \"{}\" is not a registered policy loss \
-             (built in: regular, dual_clip, gspo, cispo, sapo; custom ones must be registered first)",
-            a.policy_loss_type
+             (registered: {})",
+            a.policy_loss_type,
+            (names.policy_loss_names)().join(", ")
         ));
     }
     one_of(
@@ -417,21 +418,26 @@ mod tests {
     use super::*;
     use crate::config::ConfigBuilder;
 
+    const KNOWN: [&str; 7] = [
+        "grpo",
+        "rloo",
+        "reinforce++",
+        "gae",
+        "regular",
+        "dual_clip",
+        "gspo",
+    ];
     fn known(name: &str) -> bool {
-        [
-            "grpo",
-            "rloo",
-            "reinforce++",
-            "gae",
-            "regular",
-            "dual_clip",
-            "gspo",
-        ]
-        .contains(&name)
+        KNOWN.contains(&name)
+    }
+    fn names() -> Vec<String> {
+        KNOWN.iter().map(|s| s.to_string()).collect()
     }
     const NAMES: NameChecks = NameChecks {
         advantage_estimator: known,
+        advantage_estimator_names: names,
         policy_loss: known,
+        policy_loss_names: names,
     };
 
     fn check(args: &[&str]) -> Result<Vec<String>, String> {
