@@ -4,6 +4,8 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+use rlvr::{data, plot, toy};
+
 #[derive(Parser)]
 #[command(name = "rlvr", version, about = "Reinforcement learning from verifiable rewards (GRPO, DAPO)")]
 struct Cli {
@@ -23,6 +25,12 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
+    /// Convert a raw word-problem set (GSM8K, MAWPS, SVAMP) into SkyRL-schema parquet files.
+    Data(cli::data::Args),
+    /// PNG curves of a run's metrics.
+    Plot(cli::plot::Args),
+    /// Write the toy task (tiny random model and data) used by examples/toy.
+    Toy(cli::toy::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +47,9 @@ fn main() -> std::process::ExitCode {
         Command::Conformance(a) => cli::conformance::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Bench(b) => cli::bench::run(b),
+        Command::Data(a) => cli::data::run(a),
+        Command::Plot(a) => cli::plot::run(a),
+        Command::Toy(a) => cli::toy::run(a),
     };
     match result {
         Ok(code) => code,

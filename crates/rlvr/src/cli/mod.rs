@@ -1,4 +1,7 @@
 pub mod bench;
 pub mod conformance;
 pub mod config;
+pub mod data;
 pub mod generate;
+pub mod plot;
+pub mod toy;
