@@ -8,9 +8,9 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-/// Divides by the temperature with a true division (not a multiplication by the reciprocal), as
+/// `logits / temperature` with a true division (not a multiplication by the reciprocal), as
 /// torch does, so the scaled logits match bit for bit.
-fn scale_by_temperature(logits: &Tensor, temperature: f64) -> Result<Tensor> {
+pub fn scale_logits(logits: &Tensor, temperature: f64) -> Result<Tensor> {
     if temperature == 1.0 {
         return Ok(logits.clone());
     }
@@ -53,7 +53,7 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
 pub fn log_probs_from_logits(logits: &Tensor, labels: &Tensor, temperature: f64) -> Result<Tensor> {
     check_temperature(temperature)?;
     let out_dtype = logits.dtype();
-    let scaled = scale_by_temperature(logits, temperature)?.to_dtype(compute_dtype(out_dtype))?;
+    let scaled = scale_logits(logits, temperature)?.to_dtype(compute_dtype(out_dtype))?;
     let picked = scaled
         .gather(&labels.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?
         .squeeze(D::Minus1)?;
@@ -65,7 +65,7 @@ pub fn log_probs_from_logits(logits: &Tensor, labels: &Tensor, temperature: f64)
 pub fn entropy_from_logits(logits: &Tensor, temperature: f64) -> Result<Tensor> {
     check_temperature(temperature)?;
     let out_dtype = logits.dtype();
-    let scaled = scale_by_temperature(logits, temperature)?.to_dtype(compute_dtype(out_dtype))?;
+    let scaled = scale_logits(logits, temperature)?.to_dtype(compute_dtype(out_dtype))?;
     entropy_from_log_probs_f(&log_softmax(&scaled)?)?.to_dtype(out_dtype)
 }
 
