@@ -14,8 +14,17 @@ pub fn scale_logits(logits: &Tensor, temperature: f64) -> Result<Tensor> {
     if temperature == 1.0 {
         return Ok(logits.clone());
     }
-    let t = Tensor::new(temperature, logits.device())?.to_dtype(logits.dtype())?;
-    logits.broadcast_div(&t)
+    match logits.dtype() {
+        // torch divides half tensors in f32 by the f32 scalar, then rounds once.
+        DType::BF16 | DType::F16 => {
+            let t = Tensor::new(temperature as f32, logits.device())?;
+            logits
+                .to_dtype(DType::F32)?
+                .broadcast_div(&t)?
+                .to_dtype(logits.dtype())
+        }
+        dtype => logits.broadcast_div(&Tensor::new(temperature, logits.device())?.to_dtype(dtype)?),
+    }
 }
 
 /// f32/f64 stay as they are; reduced-precision floats are promoted to f32 for the math.

@@ -17,7 +17,7 @@ impl AdvantageEstimator for Grpo {
         let rewards = ops::to_rows_f64(i.token_level_rewards)?;
         let prec = Precision::of(i.token_level_rewards);
         let mut s = scores(&rewards, prec);
-        for (_, rows) in group_rows(i.uids) {
+        for (_, rows) in group_rows(i.uids, s.len()) {
             let vals: Vec<f64> = rows.iter().map(|&r| s[r]).collect();
             let n = vals.len() as f64;
             let (mean, denom) = if vals.len() == 1 {

@@ -30,7 +30,8 @@ pub struct AdvantageInputs<'a> {
     pub token_level_rewards: &'a Tensor,
     /// `[B,R]` 1 for response tokens, 0 for padding.
     pub response_mask: &'a Tensor,
-    /// One group id per row (`B`): rows sharing a uid are samples of the same prompt.
+    /// One group id per row (at least `B`; extra ids are ignored): rows sharing a uid are samples
+    /// of the same prompt.
     pub uids: &'a [String],
     /// `[B,R]` critic values (GAE only).
     pub values: Option<&'a Tensor>,
@@ -116,7 +117,8 @@ fn check_inputs(inputs: &AdvantageInputs) -> Result<()> {
             inputs.response_mask.dims()
         )));
     }
-    if inputs.uids.len() != b {
+    // Like SkyRL, only the first B uids are read; fewer is an error.
+    if inputs.uids.len() < b {
         return Err(crate::Error::invalid(format!(
             "got {} uids for {b} rows of token_level_rewards",
             inputs.uids.len()
@@ -153,10 +155,10 @@ pub(crate) fn from_rows(rows: &[Vec<f64>], like: &Tensor) -> Result<Tensor> {
 }
 
 /// Groups row indices by uid, in order of first appearance.
-pub(crate) fn group_rows(uids: &[String]) -> Vec<(String, Vec<usize>)> {
+pub(crate) fn group_rows(uids: &[String], rows: usize) -> Vec<(String, Vec<usize>)> {
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
     let mut index = std::collections::HashMap::new();
-    for (i, uid) in uids.iter().enumerate() {
+    for (i, uid) in uids.iter().take(rows).enumerate() {
         let g = *index.entry(uid.clone()).or_insert_with(|| {
             groups.push((uid.clone(), Vec::new()));
             groups.len() - 1

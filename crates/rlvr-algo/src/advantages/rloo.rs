@@ -15,7 +15,7 @@ impl AdvantageEstimator for Rloo {
         let rewards = ops::to_rows_f64(i.token_level_rewards)?;
         let prec = Precision::of(i.token_level_rewards);
         let mut s = scores(&rewards, prec);
-        for (_, rows) in group_rows(i.uids) {
+        for (_, rows) in group_rows(i.uids, s.len()) {
             let n = rows.len();
             if n == 1 {
                 s[rows[0]] = 0.0;

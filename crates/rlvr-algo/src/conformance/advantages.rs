@@ -35,7 +35,11 @@ fn estimator_case(c: &Value) -> CaseResult {
     let rewards = tensor(field(inputs, "token_level_rewards")?, dtype)?;
     let mask = tensor(field(inputs, "response_mask")?, dtype)?;
     let values = opt_tensor(inputs.get("values"), dtype)?;
-    let uids = strings(field(inputs, "index")?)?;
+    // REINFORCE++ and GAE ignore groups; SkyRL's tests pass `index=None` for them.
+    let uids = match field(inputs, "index")? {
+        Value::Null => vec![String::new(); rewards.dims().first().copied().unwrap_or(0)],
+        v => strings(v)?,
+    };
     let name = field(call, "adv_estimator")?.as_str().ok_or("adv_estimator")?;
     let params = AdvantageParams {
         gamma: num(field(call, "gamma")?)?,
