@@ -1,3 +1,7 @@
+//! `rlvr conformance DIR`: run every golden file in DIR through rlvr-algo and report pass/fail per
+//! file; the last line is `N passed, M failed`. Exits 0 only when nothing failed.
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,6 +11,14 @@ pub struct Args {
     pub dir: PathBuf,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let summary = rlvr_algo::conformance::run_dir(&args.dir, &mut out)?;
+    out.flush()?;
+    Ok(if summary.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

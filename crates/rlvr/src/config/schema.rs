@@ -286,6 +286,8 @@ pub fn check(spec: Spec, value: Value) -> Result<Value, (String, String)> {
         };
     }
     let ok = match (spec.kind, &value) {
+        // `stop="['</s>']"` through `$(...)` keeps its quotes; read it as the list it spells.
+        (Kind::Any, Value::String(s)) => return Ok(flow_list(s).unwrap_or(value)),
         (Kind::Any, _) => true,
         (Kind::Bool, Value::Bool(_)) => true,
         (Kind::Int, Value::Number(n)) => n.is_i64() || n.is_u64(),
@@ -297,15 +299,10 @@ pub fn check(spec: Spec, value: Value) -> Result<Value, (String, String)> {
         // `trainer.run_name=2024` means the string "2024".
         (Kind::Str, Value::Number(n)) => return Ok(Value::String(n.to_string())),
         (Kind::List, Value::Sequence(_)) => true,
-        (Kind::List, Value::String(s)) => {
-            let t = s.trim();
-            if t.starts_with('[') && t.ends_with(']') {
-                if let Ok(v @ Value::Sequence(_)) = serde_yaml::from_str::<Value>(t) {
-                    return Ok(v);
-                }
-            }
-            false
-        }
+        (Kind::List, Value::String(s)) => match flow_list(s) {
+            Some(list) => return Ok(list),
+            None => false,
+        },
         (Kind::Map, Value::Mapping(_)) => true,
         _ => false,
     };
@@ -319,6 +316,18 @@ pub fn check(spec: Spec, value: Value) -> Result<Value, (String, String)> {
             got_text = format!("{got_text} \"{s}\"");
         }
         Err((expected(), got_text))
+    }
+}
+
+/// `Some(list)` when `s` is a YAML flow sequence such as `['a', 'b']`.
+fn flow_list(s: &str) -> Option<Value> {
+    let t = s.trim();
+    if !(t.starts_with('[') && t.ends_with(']')) {
+        return None;
+    }
+    match serde_yaml::from_str::<Value>(t) {
+        Ok(v @ Value::Sequence(_)) => Some(v),
+        _ => None,
     }
 }
 
@@ -416,6 +425,18 @@ mod tests {
             serde_yaml::from_str::<Value>("[x, y]").unwrap()
         );
         assert!(check(list, Value::from("x")).is_err());
+        let any = Spec {
+            kind: Kind::Any,
+            nullable: true,
+        };
+        assert_eq!(
+            check(any, Value::from("['</s>']")).unwrap(),
+            Value::Sequence(vec![Value::from("</s>")])
+        );
+        assert_eq!(
+            check(any, Value::from("</s>")).unwrap(),
+            Value::from("</s>")
+        );
         assert!(check(int, Value::from("${trainer.seed}")).is_ok());
     }
 }

@@ -101,16 +101,17 @@ fn batch_sizes(cfg: &Config, errors: &mut Vec<String>) {
             errors.push(format!("`{mini_key}` must be > 0"));
             return;
         }
-        if t.train_batch_size % mini != 0 {
+        let left_over = t.train_batch_size % mini;
+        if left_over != 0 {
             errors.push(format!(
-                "trainer.train_batch_size % {mini_key} != 0 ({} % {mini} = {}): a training batch \
-                 must split into whole mini-batches",
-                t.train_batch_size,
-                t.train_batch_size % mini
+                "trainer.train_batch_size % {mini_key} != 0 ({} % {mini} = {left_over}): a \
+                 training batch must split into whole mini-batches",
+                t.train_batch_size
             ));
         }
         let rows = mini * n;
-        if rows % t.micro_train_batch_size_per_gpu != 0 {
+        let left_over = rows % t.micro_train_batch_size_per_gpu;
+        if left_over != 0 {
             errors.push(format!(
                 "{mini_key} * generator.n_samples_per_prompt % trainer.micro_train_batch_size_per_gpu != 0 \
                  ({mini} * {n} = {rows} rows per mini-batch, micro-batch {}): a mini-batch must \
