@@ -359,3 +359,182 @@ fn check_contiguous(uids: &[String]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy_loss::{compute_token_loss, PolicyLossConfig, PolicyLossInputs};
+    use candle_core::{Device, Var};
+    use proptest::prelude::*;
+
+    /// Cuts `0..b` into consecutive chunks of the given sizes (the last one takes the rest).
+    fn chunks(b: usize, sizes: &[usize]) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &s in sizes.iter().cycle() {
+            if start >= b {
+                break;
+            }
+            let end = (start + s).min(b);
+            out.push((start, end));
+            start = end;
+        }
+        out
+    }
+
+    struct Batch {
+        lp: Vec<f64>,
+        old: Vec<f64>,
+        adv: Vec<f64>,
+        mask: Vec<f64>,
+        b: usize,
+        r: usize,
+    }
+
+    fn t(v: &[f64], b: usize, r: usize) -> Tensor {
+        Tensor::from_vec(v.to_vec(), (b, r), &Device::Cpu).unwrap()
+    }
+
+    /// `(loss, d loss / d log_probs)` of the mini-batch, accumulated over the micro-batch split
+    /// with pre-scaled advantages and masked sums.
+    fn split_loss(x: &Batch, scales: &[f64], split: &[(usize, usize)]) -> (f64, Vec<f64>) {
+        let lp = Var::from_tensor(&t(&x.lp, x.b, x.r)).unwrap();
+        let adv = apply_row_scales(&t(&x.adv, x.b, x.r), scales).unwrap();
+        let (old, mask) = (t(&x.old, x.b, x.r), t(&x.mask, x.b, x.r));
+        let mut total = 0.0;
+        let mut grad = vec![0.0; x.b * x.r];
+        for &(s, e) in split {
+            let n = e - s;
+            let lp_m = lp.as_tensor().narrow(0, s, n).unwrap();
+            let (old_m, adv_m, mask_m) = (
+                old.narrow(0, s, n).unwrap(),
+                adv.narrow(0, s, n).unwrap(),
+                mask.narrow(0, s, n).unwrap(),
+            );
+            let inputs = PolicyLossInputs {
+                log_probs: &lp_m,
+                old_log_probs: &old_m,
+                advantages: &adv_m,
+                loss_mask: Some(&mask_m),
+                rollout_log_probs: None,
+            };
+            let tl = compute_token_loss("regular", &inputs, &PolicyLossConfig::default()).unwrap();
+            let loss = masked_sum(&tl.loss, tl.loss_mask.as_ref()).unwrap();
+            total += ops::scalar_f64(&loss).unwrap();
+            let g = loss.backward().unwrap();
+            for (acc, v) in grad.iter_mut().zip(ops::to_vec_f64(g.get(lp.as_tensor()).unwrap()).unwrap()) {
+                *acc += v;
+            }
+        }
+        (total, grad)
+    }
+
+    /// The reduction computed directly from its definition on per-token losses (with raw
+    /// advantages), one call over the whole mini-batch.
+    fn direct_loss(x: &Batch, reduction: LossReduction, prompts: &[(usize, usize)], max_seq_len: usize) -> (f64, Vec<f64>) {
+        let lp = Var::from_tensor(&t(&x.lp, x.b, x.r)).unwrap();
+        let (old, adv, mask) = (t(&x.old, x.b, x.r), t(&x.adv, x.b, x.r), t(&x.mask, x.b, x.r));
+        let inputs = PolicyLossInputs {
+            log_probs: lp.as_tensor(),
+            old_log_probs: &old,
+            advantages: &adv,
+            loss_mask: Some(&mask),
+            rollout_log_probs: None,
+        };
+        let tl = compute_token_loss("regular", &inputs, &PolicyLossConfig::default()).unwrap();
+        let loss = match reduction {
+            LossReduction::PromptMean => {
+                // Mean over prompts of each prompt's token mean.
+                let mut acc: Option<Tensor> = None;
+                for &(s, e) in prompts {
+                    let l = tl.loss.narrow(0, s, e - s).unwrap();
+                    let m = mask.narrow(0, s, e - s).unwrap();
+                    let pm = ops::masked_mean(&l, Some(&m)).unwrap();
+                    acc = Some(match acc {
+                        None => pm,
+                        Some(a) => a.add(&pm).unwrap(),
+                    });
+                }
+                acc.unwrap().affine(1.0 / prompts.len() as f64, 0.0).unwrap()
+            }
+            r => reduce_loss_ref(&tl.loss, Some(&mask), r, Some(max_seq_len)).unwrap(),
+        };
+        let g = loss.backward().unwrap();
+        (
+            ops::scalar_f64(&loss).unwrap(),
+            ops::to_vec_f64(g.get(lp.as_tensor()).unwrap()).unwrap(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Every reduction except `token_mean_legacy` (split-dependent by definition) gives the same
+        /// loss and gradient for every micro-batch split as its direct definition.
+        #[test]
+        fn reductions_do_not_depend_on_the_micro_batch_split(
+            b in 1usize..8,
+            r in 1usize..6,
+            data in proptest::collection::vec(-2.0f64..2.0, 4 * 48),
+            mask_bits in proptest::collection::vec(any::<bool>(), 48),
+            split_a in proptest::collection::vec(1usize..5, 1..4),
+            split_b in proptest::collection::vec(1usize..5, 1..4),
+            prompt_sizes in proptest::collection::vec(1usize..4, 1..8),
+        ) {
+            let n = b * r;
+            let x = Batch {
+                lp: data[..n].iter().map(|v| v - 2.5).collect(),
+                old: data[48..48 + n].iter().map(|v| v * 0.2 - 2.5).collect(),
+                adv: data[96..96 + n].to_vec(),
+                mask: mask_bits[..n].iter().map(|&m| if m { 1.0 } else { 0.0 }).collect(),
+                b,
+                r,
+            };
+            let counts: Vec<f64> = (0..b).map(|i| x.mask[i * r..(i + 1) * r].iter().sum()).collect();
+            let prompts = chunks(b, &prompt_sizes);
+            let max_seq_len = 7;
+            for reduction in [
+                LossReduction::TokenMean,
+                LossReduction::SequenceMean,
+                LossReduction::SeqMeanTokenSumNorm,
+                LossReduction::PromptMean,
+            ] {
+                let scales = row_scales(reduction, &counts, 1, Some(max_seq_len), Some(&prompts)).unwrap();
+                let (want, want_g) = direct_loss(&x, reduction, &prompts, max_seq_len);
+                for split in [chunks(b, &split_a), chunks(b, &split_b), vec![(0, b)]] {
+                    let (got, got_g) = split_loss(&x, &scales, &split);
+                    prop_assert!((got - want).abs() <= 1e-9 * (1.0 + want.abs()),
+                        "{reduction} split {split:?}: {got} vs {want}");
+                    for (a, e) in got_g.iter().zip(&want_g) {
+                        prop_assert!((a - e).abs() <= 1e-9 * (1.0 + e.abs()),
+                            "{reduction} split {split:?}: grad {a} vs {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `token_mean_legacy` with its own micro-batch size is REF's mean of per-micro-batch means.
+    #[test]
+    fn token_mean_legacy_is_the_mean_of_micro_batch_token_means() {
+        let counts = [2.0, 1.0, 3.0, 0.0, 4.0];
+        let s = row_scales(LossReduction::TokenMeanLegacy, &counts, 2, None, None).unwrap();
+        assert_eq!(s, vec![1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0, 0.0]);
+    }
+
+    #[test]
+    fn parse_error_names_the_valid_values() {
+        let err = "sum".parse::<LossReduction>().unwrap_err().to_string();
+        assert!(err.starts_with("Invalid loss reduction type: sum"), "{err}");
+        assert!(err.contains("token_mean_legacy") && err.contains("prompt_mean"), "{err}");
+        assert_eq!("prompt_mean".parse::<LossReduction>().unwrap(), LossReduction::PromptMean);
+    }
+
+    #[test]
+    fn boundaries_follow_contiguous_uids() {
+        let uids: Vec<String> = ["a", "a", "b", "c", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(prompt_boundaries(&uids).unwrap(), vec![(0, 2), (2, 3), (3, 5)]);
+        let bad: Vec<String> = ["a", "b", "a"].iter().map(|s| s.to_string()).collect();
+        assert!(prompt_boundaries(&bad).unwrap_err().to_string().contains("index 2"));
+    }
+}
