@@ -145,7 +145,12 @@ fn run_file_inner(path: &Path, out: &mut dyn Write) -> anyhow::Result<Summary> {
         summary.passed, summary.failed
     )?;
     if let Some(first) = failed.first() {
-        let why = first.result.as_ref().err().map(String::as_str).unwrap_or("");
+        let why = first
+            .result
+            .as_ref()
+            .err()
+            .map(String::as_str)
+            .unwrap_or("");
         writeln!(out, "  first failure: {}: {}", first.name, why)?;
     }
     Ok(summary)

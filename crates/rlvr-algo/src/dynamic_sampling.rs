@@ -137,7 +137,12 @@ impl<T: Clone> DynamicSampler<T> {
 
     /// Processes one generation batch: `rows[i]` has group `uids[i]` and scalar reward
     /// `rewards[i]` (token-level rewards summed by the caller).
-    pub fn process(&mut self, rows: Vec<T>, uids: Vec<String>, rewards: &[f64]) -> Result<Outcome<T>> {
+    pub fn process(
+        &mut self,
+        rows: Vec<T>,
+        uids: Vec<String>,
+        rewards: &[f64],
+    ) -> Result<Outcome<T>> {
         if rows.len() != uids.len() || rows.len() != rewards.len() {
             return Err(Error::invalid(format!(
                 "dynamic sampling got {} rows, {} uids and {} rewards",
@@ -314,7 +319,9 @@ pub fn zero_variance_filter(rewards: &[f64], uids: &[String]) -> Vec<usize> {
         .filter(|(_, v)| v.len() == 1 || population_std(v) > 0.0)
         .map(|(u, _)| u)
         .collect();
-    (0..uids.len()).filter(|&i| keep.contains(&uids[i])).collect()
+    (0..uids.len())
+        .filter(|&i| keep.contains(&uids[i]))
+        .collect()
 }
 
 #[cfg(test)]
@@ -341,7 +348,11 @@ mod tests {
     fn filter_accumulates_across_calls_with_mixed_groups() {
         let mut ds = DynamicSampler::new(cfg(Strategy::Filter, 3, 2, 0), 0);
         let out = ds
-            .process(vec![0, 1, 2, 3], s(&["a", "b", "b", "b"]), &[1.0, 0.0, 0.0, 1.0])
+            .process(
+                vec![0, 1, 2, 3],
+                s(&["a", "b", "b", "b"]),
+                &[1.0, 0.0, 0.0, 1.0],
+            )
             .unwrap();
         assert_eq!(out, Outcome::KeepSampling);
         assert_eq!(ds.filter_state().unwrap().uids, s(&["b", "b", "b"]));
@@ -373,7 +384,9 @@ mod tests {
     #[test]
     fn limit_error_has_skyrl_text() {
         let mut ds = DynamicSampler::new(cfg(Strategy::Filter, 2, 2, 1), 0);
-        let err = ds.process(vec![0, 1], s(&["a", "a"]), &[1.0, 1.0]).unwrap_err();
+        let err = ds
+            .process(vec![0, 1], s(&["a", "a"]), &[1.0, 1.0])
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "Exiting training loop due to hitting dynamic sampling limit for filter strategy with 1 max sample batches. Please check your data difficulty distribution."
@@ -384,9 +397,15 @@ mod tests {
     fn replace_copies_good_groups_over_bad_ones() {
         let mut ds = DynamicSampler::new(cfg(Strategy::Replace, 3, 2, 30), 7);
         let out = ds
-            .process(vec![0, 1, 2, 3, 4, 5], s(&["a", "a", "b", "b", "c", "c"]), &[1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+            .process(
+                vec![0, 1, 2, 3, 4, 5],
+                s(&["a", "a", "b", "b", "c", "c"]),
+                &[1.0, 0.0, 1.0, 1.0, 0.0, 1.0],
+            )
             .unwrap();
-        let Outcome::Ready { rows, uids } = out else { panic!("expected Ready") };
+        let Outcome::Ready { rows, uids } = out else {
+            panic!("expected Ready")
+        };
         assert_eq!(&rows[..2], &[0, 1]);
         assert_eq!(&rows[4..], &[4, 5]);
         assert!(rows[2..4] == [0, 1] || rows[2..4] == [4, 5]);

@@ -129,7 +129,12 @@ mod tests {
         let dev = Device::Cpu;
         let base_t = Tensor::new(&base, &dev)?;
         let mask_t = Tensor::new(&mask, &dev)?;
-        for est in [KlEstimator::K1, KlEstimator::K2, KlEstimator::K3, KlEstimator::Abs] {
+        for est in [
+            KlEstimator::K1,
+            KlEstimator::K2,
+            KlEstimator::K3,
+            KlEstimator::Abs,
+        ] {
             let var = Var::new(&lp, &dev)?;
             let loss = approx_kl(var.as_tensor(), &base_t, Some(&mask_t), est)?.sum_all()?;
             let grads = loss.backward()?;
@@ -143,7 +148,11 @@ mod tests {
                     ops::scalar_f64(&approx_kl(&t, &base_t, Some(&mask_t), est)?.sum_all()?)
                 };
                 let fd = (f(h)? - f(-h)?) / (2.0 * h);
-                assert!((fd - g[i]).abs() < 1e-6, "{est} i={i}: fd {fd} vs autograd {}", g[i]);
+                assert!(
+                    (fd - g[i]).abs() < 1e-6,
+                    "{est} i={i}: fd {fd} vs autograd {}",
+                    g[i]
+                );
             }
         }
         Ok(())

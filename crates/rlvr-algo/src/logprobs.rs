@@ -45,7 +45,10 @@ fn shifted(x: &Tensor) -> Result<(Tensor, Tensor)> {
 /// Numerically stable `logsumexp` over the last dimension, keeping that dimension.
 pub fn logsumexp_keepdim(x: &Tensor) -> Result<Tensor> {
     let (diff, max) = shifted(x)?;
-    diff.exp()?.sum_keepdim(D::Minus1)?.log()?.broadcast_add(&max)
+    diff.exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        .broadcast_add(&max)
 }
 
 /// `log_softmax` over the last dimension.
@@ -96,11 +99,7 @@ pub fn entropy_from_log_probs(log_probs: &Tensor) -> Result<Tensor> {
 }
 
 fn entropy_from_log_probs_f(log_probs: &Tensor) -> Result<Tensor> {
-    log_probs
-        .exp()?
-        .mul(log_probs)?
-        .sum(D::Minus1)?
-        .neg()
+    log_probs.exp()?.mul(log_probs)?.sum(D::Minus1)?.neg()
 }
 
 fn check_temperature(temperature: f64) -> Result<()> {
@@ -119,8 +118,12 @@ mod tests {
     fn uniform_logits_give_log_v_entropy_and_minus_log_v_logprob() -> Result<()> {
         let logits = Tensor::zeros((2, 3, 8), DType::F64, &Device::Cpu)?;
         let labels = Tensor::new(&[[0u32, 1, 7], [3, 3, 3]], &Device::Cpu)?;
-        let lp = log_probs_from_logits(&logits, &labels, 0.7)?.flatten_all()?.to_vec1::<f64>()?;
-        let ent = entropy_from_logits(&logits, 1.0)?.flatten_all()?.to_vec1::<f64>()?;
+        let lp = log_probs_from_logits(&logits, &labels, 0.7)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let ent = entropy_from_logits(&logits, 1.0)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         for v in lp {
             assert!((v + 8f64.ln()).abs() < 1e-12);
         }
@@ -138,7 +141,11 @@ mod tests {
         let t = 0.5;
         let lp = log_probs_from_logits(logits.as_tensor(), &labels, t)?;
         let grads = lp.sum_all()?.backward()?;
-        let g = grads.get(logits.as_tensor()).unwrap().flatten_all()?.to_vec1::<f64>()?;
+        let g = grads
+            .get(logits.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         let z: f64 = data.iter().map(|x| (x / t).exp()).sum();
         for (i, x) in data.iter().enumerate() {
             let p = (x / t).exp() / z;

@@ -107,7 +107,10 @@ mod tests {
         let y = abs(x.as_tensor())?;
         assert_eq!(to_vec_f64(&y)?, vec![2.0, 0.0, 3.0]);
         let g = y.sum_all()?.backward()?;
-        assert_eq!(to_vec_f64(g.get(x.as_tensor()).unwrap())?, vec![-1.0, 0.0, 1.0]);
+        assert_eq!(
+            to_vec_f64(g.get(x.as_tensor()).unwrap())?,
+            vec![-1.0, 0.0, 1.0]
+        );
         Ok(())
     }
 }

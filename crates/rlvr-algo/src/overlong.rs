@@ -127,10 +127,17 @@ pub fn token_level_rewards(rewards: &[f64], response_lengths: &[usize]) -> Vec<V
 
 /// SkyRL's reward metrics: `reward/avg_raw_reward` (mean), `reward/avg_pass_at_{n}` (fraction of
 /// uids with some reward > 0) and `reward/mean_positive_reward` (mean of `max(r, 0)`).
-pub fn reward_metrics(rewards: &[f64], uids: &[String], n_samples_per_prompt: usize) -> BTreeMap<String, f64> {
+pub fn reward_metrics(
+    rewards: &[f64],
+    uids: &[String],
+    n_samples_per_prompt: usize,
+) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     let n = rewards.len().max(1) as f64;
-    m.insert("reward/avg_raw_reward".into(), rewards.iter().sum::<f64>() / n);
+    m.insert(
+        "reward/avg_raw_reward".into(),
+        rewards.iter().sum::<f64>() / n,
+    );
     m.insert(
         "reward/mean_positive_reward".into(),
         rewards.iter().map(|r| r.max(0.0)).sum::<f64>() / n,

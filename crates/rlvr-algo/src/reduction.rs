@@ -316,7 +316,7 @@ pub fn mini_batch_boundaries(
             prompts.len()
         )));
     }
-    if mini_batch_size == 0 || train_batch_size % mini_batch_size != 0 {
+    if mini_batch_size == 0 || !train_batch_size.is_multiple_of(mini_batch_size) {
         return Err(Error::invalid(format!(
             "train_batch_size ({train_batch_size}) % policy_mini_batch_size ({mini_batch_size}) != 0"
         )));
@@ -422,7 +422,10 @@ mod tests {
             let loss = masked_sum(&tl.loss, tl.loss_mask.as_ref()).unwrap();
             total += ops::scalar_f64(&loss).unwrap();
             let g = loss.backward().unwrap();
-            for (acc, v) in grad.iter_mut().zip(ops::to_vec_f64(g.get(lp.as_tensor()).unwrap()).unwrap()) {
+            for (acc, v) in grad
+                .iter_mut()
+                .zip(ops::to_vec_f64(g.get(lp.as_tensor()).unwrap()).unwrap())
+            {
                 *acc += v;
             }
         }
@@ -431,9 +434,18 @@ mod tests {
 
     /// The reduction computed directly from its definition on per-token losses (with raw
     /// advantages), one call over the whole mini-batch.
-    fn direct_loss(x: &Batch, reduction: LossReduction, prompts: &[(usize, usize)], max_seq_len: usize) -> (f64, Vec<f64>) {
+    fn direct_loss(
+        x: &Batch,
+        reduction: LossReduction,
+        prompts: &[(usize, usize)],
+        max_seq_len: usize,
+    ) -> (f64, Vec<f64>) {
         let lp = Var::from_tensor(&t(&x.lp, x.b, x.r)).unwrap();
-        let (old, adv, mask) = (t(&x.old, x.b, x.r), t(&x.adv, x.b, x.r), t(&x.mask, x.b, x.r));
+        let (old, adv, mask) = (
+            t(&x.old, x.b, x.r),
+            t(&x.adv, x.b, x.r),
+            t(&x.mask, x.b, x.r),
+        );
         let inputs = PolicyLossInputs {
             log_probs: lp.as_tensor(),
             old_log_probs: &old,
@@ -455,7 +467,9 @@ mod tests {
                         Some(a) => a.add(&pm).unwrap(),
                     });
                 }
-                acc.unwrap().affine(1.0 / prompts.len() as f64, 0.0).unwrap()
+                acc.unwrap()
+                    .affine(1.0 / prompts.len() as f64, 0.0)
+                    .unwrap()
             }
             r => reduce_loss_ref(&tl.loss, Some(&mask), r, Some(max_seq_len)).unwrap(),
         };
@@ -526,15 +540,30 @@ mod tests {
     fn parse_error_names_the_valid_values() {
         let err = "sum".parse::<LossReduction>().unwrap_err().to_string();
         assert!(err.starts_with("Invalid loss reduction type: sum"), "{err}");
-        assert!(err.contains("token_mean_legacy") && err.contains("prompt_mean"), "{err}");
-        assert_eq!("prompt_mean".parse::<LossReduction>().unwrap(), LossReduction::PromptMean);
+        assert!(
+            err.contains("token_mean_legacy") && err.contains("prompt_mean"),
+            "{err}"
+        );
+        assert_eq!(
+            "prompt_mean".parse::<LossReduction>().unwrap(),
+            LossReduction::PromptMean
+        );
     }
 
     #[test]
     fn boundaries_follow_contiguous_uids() {
-        let uids: Vec<String> = ["a", "a", "b", "c", "c"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(prompt_boundaries(&uids).unwrap(), vec![(0, 2), (2, 3), (3, 5)]);
+        let uids: Vec<String> = ["a", "a", "b", "c", "c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            prompt_boundaries(&uids).unwrap(),
+            vec![(0, 2), (2, 3), (3, 5)]
+        );
         let bad: Vec<String> = ["a", "b", "a"].iter().map(|s| s.to_string()).collect();
-        assert!(prompt_boundaries(&bad).unwrap_err().to_string().contains("index 2"));
+        assert!(prompt_boundaries(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("index 2"));
     }
 }

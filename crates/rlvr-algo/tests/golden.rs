@@ -20,7 +20,11 @@ fn every_golden_case_passes() {
         expected_total += count_cases(&json);
     }
     assert_eq!(summary.failed, 0, "golden failures:\n{report}");
-    assert_eq!(summary.total(), expected_total, "some golden cases were not run");
+    assert_eq!(
+        summary.total(),
+        expected_total,
+        "some golden cases were not run"
+    );
     let last = report.lines().last().unwrap();
     assert_eq!(last, format!("{} passed, 0 failed", expected_total));
 }
@@ -33,7 +37,9 @@ fn a_perturbed_golden_value_is_reported() {
         serde_json::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
     let case = &mut json["cases_head"][2];
     let name = case["name"].as_str().unwrap().to_string();
-    let g = case["expected"]["grad_log_probs_of_sum"][0][1].as_f64().unwrap();
+    let g = case["expected"]["grad_log_probs_of_sum"][0][1]
+        .as_f64()
+        .unwrap();
     case["expected"]["grad_log_probs_of_sum"][0][1] = serde_json::json!(g + 1e-3);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("kl.json"), json.to_string()).unwrap();
@@ -42,9 +48,15 @@ fn a_perturbed_golden_value_is_reported() {
     let summary = conformance::run_dir(dir.path(), &mut out).unwrap();
     let report = String::from_utf8(out).unwrap();
     assert_eq!(summary.failed, 1, "{report}");
-    assert!(report.contains(&format!("first failure: cases_head/{name}")), "{report}");
+    assert!(
+        report.contains(&format!("first failure: cases_head/{name}")),
+        "{report}"
+    );
     assert!(report.contains("grad_log_probs_of_sum"), "{report}");
-    assert_eq!(report.lines().last().unwrap(), format!("{} passed, 1 failed", summary.passed));
+    assert_eq!(
+        report.lines().last().unwrap(),
+        format!("{} passed, 1 failed", summary.passed)
+    );
 }
 
 #[test]

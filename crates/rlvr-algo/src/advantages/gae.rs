@@ -4,7 +4,9 @@
 
 use candle_core::Tensor;
 
-use super::{from_rows, masked_whiten, AdvantageEstimator, AdvantageInputs, AdvantageParams, Precision};
+use super::{
+    from_rows, masked_whiten, AdvantageEstimator, AdvantageInputs, AdvantageParams, Precision,
+};
 use crate::error::{Error, Result};
 use crate::ops;
 
@@ -36,6 +38,9 @@ impl AdvantageEstimator for Gae {
         }
         let adv = from_rows(&adv, i.token_level_rewards)?;
         let mask = i.response_mask.to_dtype(adv.dtype())?;
-        Ok((masked_whiten(&adv, &mask)?, from_rows(&rets, i.token_level_rewards)?))
+        Ok((
+            masked_whiten(&adv, &mask)?,
+            from_rows(&rets, i.token_level_rewards)?,
+        ))
     }
 }

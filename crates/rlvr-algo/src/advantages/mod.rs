@@ -60,8 +60,11 @@ impl Default for AdvantageParams {
 /// An advantage estimator; implement this to add your own and [`register`] it by name.
 pub trait AdvantageEstimator: Send + Sync {
     /// Returns `(advantages, returns)`, both `[B,R]`.
-    fn compute(&self, inputs: &AdvantageInputs, params: &AdvantageParams)
-        -> Result<(Tensor, Tensor)>;
+    fn compute(
+        &self,
+        inputs: &AdvantageInputs,
+        params: &AdvantageParams,
+    ) -> Result<(Tensor, Tensor)>;
 }
 
 fn registry() -> &'static Registry<dyn AdvantageEstimator> {

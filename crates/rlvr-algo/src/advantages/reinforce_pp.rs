@@ -3,7 +3,9 @@
 
 use candle_core::Tensor;
 
-use super::{from_rows, masked_whiten, AdvantageEstimator, AdvantageInputs, AdvantageParams, Precision};
+use super::{
+    from_rows, masked_whiten, AdvantageEstimator, AdvantageInputs, AdvantageParams, Precision,
+};
 use crate::error::Result;
 use crate::ops;
 

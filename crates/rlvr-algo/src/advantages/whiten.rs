@@ -13,7 +13,9 @@ pub fn masked_var(values: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let variance = ops::masked_mean(&centered.sqr()?, Some(mask))?;
     let mask_sum = ops::scalar_f64(&mask.sum_all()?)?;
     if mask_sum == 0.0 {
-        return Err(Error::invalid("At least one element in the mask has to be 1."));
+        return Err(Error::invalid(
+            "At least one element in the mask has to be 1.",
+        ));
     }
     if mask_sum == 1.0 {
         return Err(Error::invalid(

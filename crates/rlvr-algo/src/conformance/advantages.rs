@@ -13,7 +13,13 @@ pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
         ("cases", estimator_case as fn(&Value) -> CaseResult),
         ("batch_normalize_cases", batch_normalize_case),
     ] {
-        for (i, c) in json.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, c) in json
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             out.push(CaseOutcome::new(name_of(c, format!("{list}[{i}]")), f(c)));
         }
     }
@@ -23,7 +29,10 @@ pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
 /// float64 advantages: rtol 1e-10 plus atol 1e-9 for all-equal non-dyadic GRPO groups.
 fn tol(dtype: DType) -> Tol {
     match dtype {
-        DType::F64 => Tol { rtol: 1e-10, atol: 1e-9 },
+        DType::F64 => Tol {
+            rtol: 1e-10,
+            atol: 1e-9,
+        },
         d => Tol::for_dtype(d),
     }
 }
@@ -40,12 +49,18 @@ fn estimator_case(c: &Value) -> CaseResult {
         Value::Null => vec![String::new(); rewards.dims().first().copied().unwrap_or(0)],
         v => strings(v)?,
     };
-    let name = field(call, "adv_estimator")?.as_str().ok_or("adv_estimator")?;
+    let name = field(call, "adv_estimator")?
+        .as_str()
+        .ok_or("adv_estimator")?;
     let params = AdvantageParams {
         gamma: num(field(call, "gamma")?)?,
         lambd: num(field(call, "lambd")?)?,
         grpo_norm_by_std: field(call, "grpo_norm_by_std")?.as_bool().unwrap_or(true),
-        epsilon: call.get("epsilon_grpo_default").map(num).transpose()?.unwrap_or(1e-6),
+        epsilon: call
+            .get("epsilon_grpo_default")
+            .map(num)
+            .transpose()?
+            .unwrap_or(1e-6),
     };
     let inputs = AdvantageInputs {
         token_level_rewards: &rewards,
@@ -69,5 +84,10 @@ fn batch_normalize_case(c: &Value) -> CaseResult {
     let adv = tensor(field(inputs, "advantages")?, dtype)?;
     let mask = tensor(field(inputs, "response_mask")?, dtype)?;
     let got = advantages::advantage_batch_normalize(&adv, &mask).map_err(err_str)?;
-    close_t("advantages", &got, field(field(c, "expected")?, "advantages")?, tol(dtype))
+    close_t(
+        "advantages",
+        &got,
+        field(field(c, "expected")?, "advantages")?,
+        tol(dtype),
+    )
 }

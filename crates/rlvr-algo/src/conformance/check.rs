@@ -11,13 +11,28 @@ pub(crate) struct Tol {
 }
 
 impl Tol {
-    pub const F32: Tol = Tol { rtol: 1e-5, atol: 1e-6 };
-    pub const F64: Tol = Tol { rtol: 1e-10, atol: 1e-12 };
+    pub const F32: Tol = Tol {
+        rtol: 1e-5,
+        atol: 1e-6,
+    };
+    pub const F64: Tol = Tol {
+        rtol: 1e-10,
+        atol: 1e-12,
+    };
     /// float64 results built on the float32 PPO ratio.
-    pub const RATIO64: Tol = Tol { rtol: 2e-7, atol: 1e-9 };
+    pub const RATIO64: Tol = Tol {
+        rtol: 2e-7,
+        atol: 1e-9,
+    };
     /// bfloat16 (8-bit mantissa): 2e-2 relative to the magnitude (at least 1).
-    pub const BF16: Tol = Tol { rtol: 2e-2, atol: 2e-2 };
-    pub const EXACT: Tol = Tol { rtol: 0.0, atol: 0.0 };
+    pub const BF16: Tol = Tol {
+        rtol: 2e-2,
+        atol: 2e-2,
+    };
+    pub const EXACT: Tol = Tol {
+        rtol: 0.0,
+        atol: 0.0,
+    };
 
     pub fn for_dtype(dtype: DType) -> Tol {
         match dtype {
@@ -57,7 +72,12 @@ pub(crate) fn num(v: &Value) -> Result<f64, String> {
 
 /// Flattens a nested list of numbers; returns `(shape, values)`.
 pub(crate) fn nested(v: &Value) -> Result<(Vec<usize>, Vec<f64>), String> {
-    fn walk(v: &Value, depth: usize, shape: &mut Vec<usize>, out: &mut Vec<f64>) -> Result<(), String> {
+    fn walk(
+        v: &Value,
+        depth: usize,
+        shape: &mut Vec<usize>,
+        out: &mut Vec<f64>,
+    ) -> Result<(), String> {
         match v {
             Value::Array(items) => {
                 if shape.len() == depth {
@@ -158,7 +178,10 @@ pub(crate) fn close_t(what: &str, actual: &Tensor, expected: &Value, tol: Tol) -
 
 /// Our error message must contain SkyRL's (an empty expected message only requires an error).
 pub(crate) fn expect_error<T>(what: &str, got: Result<T, String>, expected: &Value) -> CaseResult {
-    let msg = expected.get("message").and_then(Value::as_str).unwrap_or("");
+    let msg = expected
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     match got {
         Ok(_) => Err(format!("{what}: expected error {msg:?}, got success")),
         Err(e) if e.contains(msg) => Ok(()),

@@ -16,8 +16,17 @@ pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
         ("direct_cases", direct),
         ("zero_variance_filter_cases", zero_variance),
     ] {
-        for (i, c) in json.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
-            out.push(CaseOutcome::new(format!("{list}/{}", name_of(c, i.to_string())), f(c)));
+        for (i, c) in json
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            out.push(CaseOutcome::new(
+                format!("{list}/{}", name_of(c, i.to_string())),
+                f(c),
+            ));
         }
     }
     out
@@ -41,7 +50,11 @@ fn sequence(c: &Value) -> CaseResult {
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_str().ok_or("type")?.parse().map_err(err_str)?),
     };
-    let int = |k: &str| field(cfg, k)?.as_i64().ok_or_else(|| format!("{k} must be an integer"));
+    let int = |k: &str| {
+        field(cfg, k)?
+            .as_i64()
+            .ok_or_else(|| format!("{k} must be an integer"))
+    };
     let config = DynamicSamplingConfig {
         strategy,
         train_batch_size: int("train_batch_size")? as usize,
@@ -51,58 +64,104 @@ fn sequence(c: &Value) -> CaseResult {
     };
     // Rows are identified by their tags; each carries its (possibly token-level) reward.
     let mut sampler: DynamicSampler<(String, Value)> = DynamicSampler::new(config, 0);
-    for (k, call) in field(c, "calls")?.as_array().ok_or("calls")?.iter().enumerate() {
+    for (k, call) in field(c, "calls")?
+        .as_array()
+        .ok_or("calls")?
+        .iter()
+        .enumerate()
+    {
         let input = field(call, "input")?;
         let tags = str_list(field(input, "row_tags")?)?;
         let uids = str_list(field(input, "uids")?)?;
-        let raw = field(input, "rewards")?.as_array().ok_or("rewards")?.clone();
+        let raw = field(input, "rewards")?
+            .as_array()
+            .ok_or("rewards")?
+            .clone();
         let rewards: Vec<f64> = raw.iter().map(reward).collect::<Result<_, _>>()?;
         let rows: Vec<(String, Value)> = tags.iter().cloned().zip(raw).collect();
-        let got = sampler.process(rows.clone(), uids.clone(), &rewards).map_err(err_str);
+        let got = sampler
+            .process(rows.clone(), uids.clone(), &rewards)
+            .map_err(err_str);
         let ctx = |m: String| format!("call {k}: {m}");
         if let Some(e) = call.get("expected_error") {
             expect_error("process", got, e).map_err(ctx)?;
             continue;
         }
         let exp = field(call, "expected")?;
-        let keep = field(exp, "keep_sampling")?.as_bool().ok_or("keep_sampling")?;
+        let keep = field(exp, "keep_sampling")?
+            .as_bool()
+            .ok_or("keep_sampling")?;
         match got.map_err(ctx)? {
             Outcome::KeepSampling => {
                 ensure(keep, || ctx("kept sampling, expected a batch".into()))?;
                 // SkyRL hands the untouched input back when it keeps sampling; the trainer
                 // discards it, so we return nothing. The golden data must agree it is the input.
                 if let Some(r) = exp.get("returned_row_tags") {
-                    ensure(str_list(r)? == tags, || ctx("returned rows differ from the input".into()))?;
+                    ensure(str_list(r)? == tags, || {
+                        ctx("returned rows differ from the input".into())
+                    })?;
                 }
                 let st = field(exp, "state_after")?;
-                let count = st.get("sample_batch_count").and_then(Value::as_u64).ok_or("sample_batch_count")?;
+                let count = st
+                    .get("sample_batch_count")
+                    .and_then(Value::as_u64)
+                    .ok_or("sample_batch_count")?;
                 ensure(sampler.sample_batch_count() as u64 == count, || {
-                    ctx(format!("sample_batch_count {} != {count}", sampler.sample_batch_count()))
+                    ctx(format!(
+                        "sample_batch_count {} != {count}",
+                        sampler.sample_batch_count()
+                    ))
                 })?;
                 if let Some(n) = st.get("num_prompts_in_batch").and_then(Value::as_u64) {
-                    let fs = sampler.filter_state().ok_or_else(|| ctx("no filter state".into()))?;
-                    ensure(fs.num_prompts_in_batch as u64 == n, || ctx(format!("num_prompts_in_batch {} != {n}", fs.num_prompts_in_batch)))?;
+                    let fs = sampler
+                        .filter_state()
+                        .ok_or_else(|| ctx("no filter state".into()))?;
+                    ensure(fs.num_prompts_in_batch as u64 == n, || {
+                        ctx(format!(
+                            "num_prompts_in_batch {} != {n}",
+                            fs.num_prompts_in_batch
+                        ))
+                    })?;
                     let got_tags: Vec<String> = fs.rows.iter().map(|r| r.0.clone()).collect();
-                    ensure(got_tags == str_list(field(st, "collected_row_tags")?)?, || ctx(format!("collected rows {got_tags:?}")))?;
-                    ensure(fs.uids == str_list(field(st, "collected_uids")?)?, || ctx(format!("collected uids {:?}", fs.uids)))?;
+                    ensure(
+                        got_tags == str_list(field(st, "collected_row_tags")?)?,
+                        || ctx(format!("collected rows {got_tags:?}")),
+                    )?;
+                    ensure(fs.uids == str_list(field(st, "collected_uids")?)?, || {
+                        ctx(format!("collected uids {:?}", fs.uids))
+                    })?;
                 }
             }
-            Outcome::Ready { rows: out_rows, uids: out_uids } => {
-                ensure(!keep, || ctx("returned a batch, expected to keep sampling".into()))?;
-                ensure(sampler.filter_state().is_none() && sampler.sample_batch_count() == 0, || {
-                    ctx("state must be reset after a batch is returned".into())
+            Outcome::Ready {
+                rows: out_rows,
+                uids: out_uids,
+            } => {
+                ensure(!keep, || {
+                    ctx("returned a batch, expected to keep sampling".into())
                 })?;
+                ensure(
+                    sampler.filter_state().is_none() && sampler.sample_batch_count() == 0,
+                    || ctx("state must be reset after a batch is returned".into()),
+                )?;
                 let out_tags: Vec<String> = out_rows.iter().map(|r| r.0.clone()).collect();
                 if let Some(r) = exp.get("returned_row_tags") {
-                    ensure(out_tags == str_list(r)?, || ctx(format!("returned rows {out_tags:?}")))?;
-                    ensure(out_uids == str_list(field(exp, "returned_uids")?)?, || ctx(format!("returned uids {out_uids:?}")))?;
+                    ensure(out_tags == str_list(r)?, || {
+                        ctx(format!("returned rows {out_tags:?}"))
+                    })?;
+                    ensure(out_uids == str_list(field(exp, "returned_uids")?)?, || {
+                        ctx(format!("returned uids {out_uids:?}"))
+                    })?;
                 }
                 if let Some(r) = exp.get("returned_rewards").and_then(Value::as_array) {
                     let got: Vec<&Value> = out_rows.iter().map(|r| &r.1).collect();
-                    ensure(got.iter().zip(r).all(|(a, b)| *a == b) && got.len() == r.len(), || ctx("returned rewards differ".into()))?;
+                    ensure(
+                        got.iter().zip(r).all(|(a, b)| *a == b) && got.len() == r.len(),
+                        || ctx("returned rewards differ".into()),
+                    )?;
                 }
                 if exp.get("good_uids").is_some_and(|g| !g.is_null()) {
-                    check_replace(exp, &sampler, &tags, &uids, &out_tags, &out_uids).map_err(ctx)?;
+                    check_replace(exp, &sampler, &tags, &uids, &out_tags, &out_uids)
+                        .map_err(ctx)?;
                 }
             }
         }
@@ -124,21 +183,50 @@ fn check_replace(
         v.sort();
         v
     };
-    ensure(sorted(report.good_uids.clone()) == sorted(str_list(field(exp, "good_uids")?)?), || format!("good uids {:?}", report.good_uids))?;
-    ensure(sorted(report.bad_uids.clone()) == sorted(str_list(field(exp, "bad_uids")?)?), || format!("bad uids {:?}", report.bad_uids))?;
+    ensure(
+        sorted(report.good_uids.clone()) == sorted(str_list(field(exp, "good_uids")?)?),
+        || format!("good uids {:?}", report.good_uids),
+    )?;
+    ensure(
+        sorted(report.bad_uids.clone()) == sorted(str_list(field(exp, "bad_uids")?)?),
+        || format!("bad uids {:?}", report.bad_uids),
+    )?;
     let idx = |k: &str| -> Result<Vec<usize>, String> {
-        field(exp, k)?.as_array().ok_or(k)?.iter().map(|v| v.as_u64().map(|x| x as usize).ok_or_else(|| k.to_string())).collect()
+        field(exp, k)?
+            .as_array()
+            .ok_or(k)?
+            .iter()
+            .map(|v| v.as_u64().map(|x| x as usize).ok_or_else(|| k.to_string()))
+            .collect()
     };
     for r in idx("rows_unchanged")? {
-        ensure(out_tags[r] == in_tags[r] && out_uids[r] == in_uids[r], || format!("row {r} changed"))?;
+        ensure(
+            out_tags[r] == in_tags[r] && out_uids[r] == in_uids[r],
+            || format!("row {r} changed"),
+        )?;
     }
-    let unchanged_uids: Vec<String> = idx("rows_unchanged")?.iter().map(|&r| out_uids[r].clone()).collect();
-    ensure(unchanged_uids == str_list(field(exp, "unchanged_rows_uids")?)?, || "unchanged rows' uids differ".into())?;
+    let unchanged_uids: Vec<String> = idx("rows_unchanged")?
+        .iter()
+        .map(|&r| out_uids[r].clone())
+        .collect();
+    ensure(
+        unchanged_uids == str_list(field(exp, "unchanged_rows_uids")?)?,
+        || "unchanged rows' uids differ".into(),
+    )?;
     for r in idx("rows_replaced")? {
-        let src = in_tags.iter().position(|t| *t == out_tags[r]).ok_or("replacement row not from this batch")?;
-        ensure(report.good_uids.contains(&in_uids[src]) && out_uids[r] == in_uids[src], || {
-            format!("row {r} replaced by {} (uid {}), not a good group", out_tags[r], out_uids[r])
-        })?;
+        let src = in_tags
+            .iter()
+            .position(|t| *t == out_tags[r])
+            .ok_or("replacement row not from this batch")?;
+        ensure(
+            report.good_uids.contains(&in_uids[src]) && out_uids[r] == in_uids[src],
+            || {
+                format!(
+                    "row {r} replaced by {} (uid {}), not a good group",
+                    out_tags[r], out_uids[r]
+                )
+            },
+        )?;
     }
     Ok(())
 }
@@ -165,13 +253,22 @@ fn direct(c: &Value) -> CaseResult {
         0,
     );
     let rows: Vec<usize> = (0..uids.len()).collect();
-    let got = sampler.process(rows.clone(), uids.clone(), &vec![0.0; uids.len()]).map_err(err_str)?;
-    ensure(got == Outcome::Ready { rows, uids }, || "passthrough changed the batch".into())
+    let got = sampler
+        .process(rows.clone(), uids.clone(), &vec![0.0; uids.len()])
+        .map_err(err_str)?;
+    ensure(got == Outcome::Ready { rows, uids }, || {
+        "passthrough changed the batch".into()
+    })
 }
 
 fn zero_variance(c: &Value) -> CaseResult {
     let i = field(c, "inputs")?;
-    let rewards: Vec<f64> = field(i, "rewards")?.as_array().ok_or("rewards")?.iter().map(num).collect::<Result<_, _>>()?;
+    let rewards: Vec<f64> = field(i, "rewards")?
+        .as_array()
+        .ok_or("rewards")?
+        .iter()
+        .map(num)
+        .collect::<Result<_, _>>()?;
     let uids = str_list(field(i, "uids")?)?;
     let got = zero_variance_filter(&rewards, &uids);
     let exp: Vec<usize> = field(field(c, "expected")?, "kept_indices")?

@@ -8,7 +8,11 @@ use super::CaseOutcome;
 use crate::logprobs;
 
 pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
-    let cases = json.get("cases").and_then(Value::as_array).cloned().unwrap_or_default();
+    let cases = json
+        .get("cases")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     cases
         .iter()
         .enumerate()
@@ -30,14 +34,24 @@ fn case(c: &Value) -> CaseResult {
 
     // Scaling is one correctly rounded division: exact up to float32 tolerance in every dtype.
     let scaled_tol = if dtype == DType::F64 { tol } else { Tol::F32 };
-    close_t("scaled_logits", &logprobs::scale_logits(&logits, t).map_err(err_str)?, field(exp, "scaled_logits")?, scaled_tol)?;
+    close_t(
+        "scaled_logits",
+        &logprobs::scale_logits(&logits, t).map_err(err_str)?,
+        field(exp, "scaled_logits")?,
+        scaled_tol,
+    )?;
 
     let var = Var::from_tensor(&logits).map_err(err_str)?;
     let lp = logprobs::log_probs_from_logits(var.as_tensor(), &labels, t).map_err(err_str)?;
     close_t("logprobs", &lp, field(exp, "logprobs")?, tol)?;
     let g = lp.sum_all().and_then(|s| s.backward()).map_err(err_str)?;
     let g = g.get(var.as_tensor()).ok_or("no gradient for the logits")?;
-    close_t("grad_raw_logits_of_sum_logprobs", g, field(exp, "grad_raw_logits_of_sum_logprobs")?, tol)?;
+    close_t(
+        "grad_raw_logits_of_sum_logprobs",
+        g,
+        field(exp, "grad_raw_logits_of_sum_logprobs")?,
+        tol,
+    )?;
 
     let var = Var::from_tensor(&logits).map_err(err_str)?;
     let ent = match &mask {
@@ -48,10 +62,20 @@ fn case(c: &Value) -> CaseResult {
     close_t("entropy", &ent, field(exp, "entropy")?, tol)?;
     let g = ent.sum_all().and_then(|s| s.backward()).map_err(err_str)?;
     let g = g.get(var.as_tensor()).ok_or("no gradient for the logits")?;
-    close_t("grad_raw_logits_of_sum_entropy", g, field(exp, "grad_raw_logits_of_sum_entropy")?, tol)?;
+    close_t(
+        "grad_raw_logits_of_sum_entropy",
+        g,
+        field(exp, "grad_raw_logits_of_sum_entropy")?,
+        tol,
+    )?;
 
     let scaled = logprobs::scale_logits(&logits, t).map_err(err_str)?;
     let full_lp = logprobs::log_softmax(&scaled).map_err(err_str)?;
     let e2 = logprobs::entropy_from_log_probs(&full_lp).map_err(err_str)?;
-    close_t("entropy_from_log_probs", &e2, field(exp, "entropy_from_log_probs")?, tol)
+    close_t(
+        "entropy_from_log_probs",
+        &e2,
+        field(exp, "entropy_from_log_probs")?,
+        tol,
+    )
 }

@@ -13,7 +13,13 @@ pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
         ("custom_score_cases", custom_case),
         ("dataset_cases", dataset_case),
     ] {
-        for (i, c) in json.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, c) in json
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let label = c
                 .get("solution_str")
                 .or_else(|| c.get("answer_text"))
@@ -29,13 +35,19 @@ pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
 fn check_score(s: &gsm8k::Score, exp: &Value, score_key: &str) -> CaseResult {
     if let Some(e) = exp.get("extracted") {
         let want = e.as_str().map(str::to_string);
-        ensure(s.extracted == want, || format!("extracted {:?}, expected {want:?}", s.extracted))?;
+        ensure(s.extracted == want, || {
+            format!("extracted {:?}, expected {want:?}", s.extracted)
+        })?;
     }
     let want = num(field(exp, score_key)?)?;
-    ensure(s.value == want, || format!("score {}, expected {want}", s.value))?;
+    ensure(s.value == want, || {
+        format!("score {}, expected {want}", s.value)
+    })?;
     // Python returns int 0 exactly when nothing was extracted.
     if let Some(t) = exp.get("score_type").and_then(Value::as_str) {
-        ensure((t == "int") == s.extracted.is_none(), || format!("score type {t} vs extracted {:?}", s.extracted))?;
+        ensure((t == "int") == s.extracted.is_none(), || {
+            format!("score type {t} vs extracted {:?}", s.extracted)
+        })?;
     }
     Ok(())
 }
@@ -68,7 +80,11 @@ fn dataset_case(c: &Value) -> CaseResult {
     if let Some(e) = c.get("expected_error") {
         return expect_error("extract_ground_truth", got, e);
     }
-    let want = field(c, "expected_ground_truth")?.as_str().ok_or("expected_ground_truth")?;
+    let want = field(c, "expected_ground_truth")?
+        .as_str()
+        .ok_or("expected_ground_truth")?;
     let got = got?;
-    ensure(got == want, || format!("ground truth {got:?}, expected {want:?}"))
+    ensure(got == want, || {
+        format!("ground truth {got:?}, expected {want:?}")
+    })
 }

@@ -10,13 +10,25 @@ use crate::overlong;
 pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
     let mut out = Vec::new();
     for (list, f) in [
-        ("overlong_filtering_ref", filtering_ref as fn(&Value) -> CaseResult),
+        (
+            "overlong_filtering_ref",
+            filtering_ref as fn(&Value) -> CaseResult,
+        ),
         ("overlong_filtering_head", filtering_head),
         ("soft_punishment_ref", punishment),
         ("soft_punishment_head", punishment),
     ] {
-        for (i, c) in json.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
-            out.push(CaseOutcome::new(format!("{list}/{}", name_of(c, i.to_string())), f(c)));
+        for (i, c) in json
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            out.push(CaseOutcome::new(
+                format!("{list}/{}", name_of(c, i.to_string())),
+                f(c),
+            ));
         }
     }
     out
@@ -30,7 +42,11 @@ fn masks(v: &Value) -> Result<Vec<Vec<u8>>, String> {
             row.as_array()
                 .ok_or("expected a mask row")?
                 .iter()
-                .map(|x| x.as_u64().map(|b| b as u8).ok_or_else(|| "mask entries must be 0/1".to_string()))
+                .map(|x| {
+                    x.as_u64()
+                        .map(|b| b as u8)
+                        .ok_or_else(|| "mask entries must be 0/1".to_string())
+                })
                 .collect()
         })
         .collect()
@@ -56,12 +72,17 @@ fn filtering_ref(c: &Value) -> CaseResult {
             r.as_array()
                 .ok_or("response row")?
                 .iter()
-                .map(|x| x.as_u64().map(|v| v as u32).ok_or_else(|| "token id".to_string()))
+                .map(|x| {
+                    x.as_u64()
+                        .map(|v| v as u32)
+                        .ok_or_else(|| "token id".to_string())
+                })
                 .collect()
         })
         .collect::<Result<_, String>>()?;
     let eos = field(i, "eos_token_id")?.as_u64().ok_or("eos_token_id")? as u32;
-    let got = overlong::apply_overlong_filtering_by_eos(&masks(field(i, "loss_masks")?)?, &ids, eos);
+    let got =
+        overlong::apply_overlong_filtering_by_eos(&masks(field(i, "loss_masks")?)?, &ids, eos);
     same_masks(got.map_err(err_str), c)
 }
 
@@ -81,41 +102,80 @@ fn punishment(c: &Value) -> CaseResult {
     let cfg = field(c, "config")?;
     let i = field(c, "inputs")?;
     let buffer = overlong::OverlongBuffer {
-        max_generate_length: field(cfg, "max_generate_length")?.as_u64().ok_or("max_generate_length")? as usize,
-        len: field(cfg, "overlong_buffer_len")?.as_u64().ok_or("overlong_buffer_len")? as usize,
+        max_generate_length: field(cfg, "max_generate_length")?
+            .as_u64()
+            .ok_or("max_generate_length")? as usize,
+        len: field(cfg, "overlong_buffer_len")?
+            .as_u64()
+            .ok_or("overlong_buffer_len")? as usize,
         penalty_factor: num(field(cfg, "overlong_buffer_penalty_factor")?)?,
     };
     let lengths: Vec<usize> = field(i, "response_lengths")?
         .as_array()
         .ok_or("response_lengths")?
         .iter()
-        .map(|v| v.as_u64().map(|x| x as usize).ok_or_else(|| "length".to_string()))
+        .map(|v| {
+            v.as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| "length".to_string())
+        })
         .collect::<Result<_, _>>()?;
-    let rewards: Vec<f64> = field(i, "rewards")?.as_array().ok_or("rewards")?.iter().map(num).collect::<Result<_, _>>()?;
+    let rewards: Vec<f64> = field(i, "rewards")?
+        .as_array()
+        .ok_or("rewards")?
+        .iter()
+        .map(num)
+        .collect::<Result<_, _>>()?;
     let uids = strings(field(i, "uids")?)?;
-    let punished = overlong::soft_overlong_punishment(&rewards, &lengths, &buffer).map_err(err_str)?;
+    let punished =
+        overlong::soft_overlong_punishment(&rewards, &lengths, &buffer).map_err(err_str)?;
     let per_token = overlong::token_level_rewards(&punished, &lengths);
     if c.get("expected_error").is_some() {
         // REF (and HEAD's example) crash with IndexError on a length-0 response. We deliberately
         // handle it: an empty response is not punished and gets an empty reward row.
         for (k, &l) in lengths.iter().enumerate() {
-            ensure(per_token[k].len() == l, || format!("row {k}: {} token rewards for length {l}", per_token[k].len()))?;
+            ensure(per_token[k].len() == l, || {
+                format!(
+                    "row {k}: {} token rewards for length {l}",
+                    per_token[k].len()
+                )
+            })?;
             if l == 0 {
-                ensure(punished[k] == rewards[k], || format!("empty response {k} was punished"))?;
+                ensure(punished[k] == rewards[k], || {
+                    format!("empty response {k} was punished")
+                })?;
             } else {
-                ensure(punished[k] == buffer.punish(rewards[k], l), || format!("row {k} punished inconsistently"))?;
+                ensure(punished[k] == buffer.punish(rewards[k], l), || {
+                    format!("row {k} punished inconsistently")
+                })?;
             }
         }
         return Ok(());
     }
     let exp = field(c, "expected")?;
-    close("rewards_after_punishment", &punished, field(exp, "rewards_after_punishment")?, Tol::F64)?;
+    close(
+        "rewards_after_punishment",
+        &punished,
+        field(exp, "rewards_after_punishment")?,
+        Tol::F64,
+    )?;
     let lens: Vec<f64> = per_token.iter().map(|r| r.len() as f64).collect();
-    close("per_token_lengths", &lens, field(exp, "per_token_lengths")?, Tol::EXACT)?;
-    let nonlast_zero = per_token.iter().all(|r| r.iter().rev().skip(1).all(|&x| x == 0.0));
-    ensure(Some(nonlast_zero) == exp.get("per_token_rewards_nonlast_all_zero").and_then(Value::as_bool), || {
-        "per-token rewards must be zero except on the last token".into()
-    })?;
+    close(
+        "per_token_lengths",
+        &lens,
+        field(exp, "per_token_lengths")?,
+        Tol::EXACT,
+    )?;
+    let nonlast_zero = per_token
+        .iter()
+        .all(|r| r.iter().rev().skip(1).all(|&x| x == 0.0));
+    ensure(
+        Some(nonlast_zero)
+            == exp
+                .get("per_token_rewards_nonlast_all_zero")
+                .and_then(Value::as_bool),
+        || "per-token rewards must be zero except on the last token".into(),
+    )?;
     let mut group_sizes = std::collections::HashMap::new();
     for u in &uids {
         *group_sizes.entry(u).or_insert(0usize) += 1;
@@ -123,7 +183,9 @@ fn punishment(c: &Value) -> CaseResult {
     let n = group_sizes.values().copied().max().unwrap_or(1);
     let metrics = overlong::reward_metrics(&punished, &uids, n);
     for (k, v) in field(exp, "metrics")?.as_object().ok_or("metrics")? {
-        let ours = metrics.get(k).ok_or_else(|| format!("metric {k} missing"))?;
+        let ours = metrics
+            .get(k)
+            .ok_or_else(|| format!("metric {k} missing"))?;
         close(k, &[*ours], v, Tol::F64)?;
     }
     Ok(())

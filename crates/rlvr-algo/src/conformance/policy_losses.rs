@@ -82,14 +82,18 @@ pub(crate) fn config(c: &Value) -> Result<PolicyLossConfig, String> {
 /// Losses built on the float32 PPO ratio need rtol 2e-7 in float64.
 fn tol(dtype: DType, name: &str, has_rollout: bool) -> Tol {
     match dtype {
-        DType::F64 if matches!(name, "regular" | "dual_clip" | "cispo") || has_rollout => Tol::RATIO64,
+        DType::F64 if matches!(name, "regular" | "dual_clip" | "cispo") || has_rollout => {
+            Tol::RATIO64
+        }
         d => Tol::for_dtype(d),
     }
 }
 
 fn case(c: &Value) -> CaseResult {
     let dtype = dtype_of(c)?;
-    let name = field(c, "policy_loss_type")?.as_str().ok_or("policy_loss_type")?;
+    let name = field(c, "policy_loss_type")?
+        .as_str()
+        .ok_or("policy_loss_type")?;
     let cfg = config(field(c, "config")?)?;
     let i = field(c, "inputs")?;
     let lp = tensor(field(i, "log_probs")?, dtype)?;
@@ -114,12 +118,20 @@ fn case(c: &Value) -> CaseResult {
     let tol = tol(dtype, name, rollout.is_some());
     close("loss", &values(&out.loss)?, field(exp, "loss")?, tol)?;
     // Metrics are Python floats from `.item()`, often of float32 tensors.
-    let mtol = Tol { rtol: 1e-6, atol: 1e-7 };
+    let mtol = Tol {
+        rtol: 1e-6,
+        atol: 1e-7,
+    };
     for (k, v) in field(exp, "metrics")?.as_object().ok_or("metrics")? {
-        let ours = out.metrics.get(k).ok_or_else(|| format!("metric {k} missing"))?;
+        let ours = out
+            .metrics
+            .get(k)
+            .ok_or_else(|| format!("metric {k} missing"))?;
         close(&format!("metric {k}"), &[*ours], v, mtol)?;
     }
     let grads = out.loss.backward().map_err(err_str)?;
-    let g = grads.get(var.as_tensor()).ok_or("no gradient for log_probs")?;
+    let g = grads
+        .get(var.as_tensor())
+        .ok_or("no gradient for log_probs")?;
     close_t("grad_log_probs", g, field(exp, "grad_log_probs")?, tol)
 }

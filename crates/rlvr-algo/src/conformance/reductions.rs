@@ -17,7 +17,13 @@ pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
         ("direct_cases", direct_case),
         ("boundary_cases", boundary_case),
     ] {
-        for (i, c) in json.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, c) in json
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             out.push(CaseOutcome::new(
                 format!("{list}/{}", name_of(c, i.to_string())),
                 f(c),
@@ -40,7 +46,10 @@ fn pairs(v: &Value) -> Result<Vec<(usize, usize)>, String> {
         .iter()
         .map(|p| {
             let a = p.as_array().ok_or("expected a pair")?;
-            match (a.first().and_then(Value::as_u64), a.get(1).and_then(Value::as_u64)) {
+            match (
+                a.first().and_then(Value::as_u64),
+                a.get(1).and_then(Value::as_u64),
+            ) {
                 (Some(s), Some(e)) => Ok((s as usize, e as usize)),
                 _ => Err("bad pair".to_string()),
             }
@@ -50,7 +59,9 @@ fn pairs(v: &Value) -> Result<Vec<(usize, usize)>, String> {
 
 fn same_pairs(what: &str, got: &[(usize, usize)], expected: &Value) -> CaseResult {
     let exp = pairs(expected)?;
-    ensure(got == exp.as_slice(), || format!("{what}: got {got:?}, expected {exp:?}"))
+    ensure(got == exp.as_slice(), || {
+        format!("{what}: got {got:?}, expected {exp:?}")
+    })
 }
 
 fn tol(dtype: DType) -> Tol {
@@ -97,8 +108,16 @@ fn pipeline_case(c: &Value) -> CaseResult {
     let reduction = reduction?;
     let boundaries = boundaries?;
     let prompts = prompts?;
-    same_pairs("mini_batch_boundaries", &boundaries, field(c, "mini_batch_boundaries")?)?;
-    same_pairs("prompt_boundaries", &prompts, field(c, "prompt_boundaries")?)?;
+    same_pairs(
+        "mini_batch_boundaries",
+        &boundaries,
+        field(c, "mini_batch_boundaries")?,
+    )?;
+    same_pairs(
+        "prompt_boundaries",
+        &prompts,
+        field(c, "prompt_boundaries")?,
+    )?;
 
     let adv = tensor(field(i, "advantages")?, dtype)?;
     let loss_mask = tensor(field(i, "loss_mask")?, dtype)?;
@@ -119,13 +138,20 @@ fn pipeline_case(c: &Value) -> CaseResult {
         mini_batch_boundaries: &boundaries,
         prompt_boundaries: Some(&prompts),
     };
-    let normalized =
-        reduction::normalize_advantages(&adv, &response_mask, &loss_mask, &opts).map_err(err_str)?;
+    let normalized = reduction::normalize_advantages(&adv, &response_mask, &loss_mask, &opts)
+        .map_err(err_str)?;
     let exp = field(c, "expected")?;
     let tol = tol(dtype);
-    close_t("normalized_advantages", &normalized, field(exp, "normalized_advantages")?, tol)?;
+    close_t(
+        "normalized_advantages",
+        &normalized,
+        field(exp, "normalized_advantages")?,
+        tol,
+    )?;
 
-    let loss_name = key("trainer.algorithm.policy_loss_type")?.as_str().ok_or("policy_loss_type")?;
+    let loss_name = key("trainer.algorithm.policy_loss_type")?
+        .as_str()
+        .ok_or("policy_loss_type")?;
     let pcfg = PolicyLossConfig {
         eps_clip_low: num(key("trainer.algorithm.eps_clip_low")?)?,
         eps_clip_high: num(key("trainer.algorithm.eps_clip_high")?)?,
@@ -134,7 +160,9 @@ fn pipeline_case(c: &Value) -> CaseResult {
         max_seq_len,
         ..Default::default()
     };
-    let per_mb = field(exp, "per_mini_batch")?.as_array().ok_or("per_mini_batch")?;
+    let per_mb = field(exp, "per_mini_batch")?
+        .as_array()
+        .ok_or("per_mini_batch")?;
     let xref = c.get("cross_check_ref").and_then(Value::as_array);
     let mut all_grads = Vec::new();
     for (m, &(start, end)) in boundaries.iter().enumerate() {
@@ -143,46 +171,69 @@ fn pipeline_case(c: &Value) -> CaseResult {
         let mb_old = rows(&old, start, end)?;
         let mb_adv = rows(&normalized, start, end)?;
         let mb_mask = rows(&loss_mask, start, end)?;
-        let micro_losses = |adv: &Tensor, reduce: &dyn Fn(&policy_loss::TokenLoss) -> Result<Tensor, String>| {
-            let mut losses = Vec::new();
-            let mut metrics = Vec::new();
-            let mut s = 0;
-            while s < end - start {
-                let e = (s + micro).min(end - start);
-                let lp_m = mb_lp.as_tensor().narrow(0, s, e - s).map_err(err_str)?;
-                let (old_m, adv_m, mask_m) = (rows(&mb_old, s, e)?, rows(adv, s, e)?, rows(&mb_mask, s, e)?);
-                let inputs = PolicyLossInputs {
-                    log_probs: &lp_m,
-                    old_log_probs: &old_m,
-                    advantages: &adv_m,
-                    loss_mask: Some(&mask_m),
-                    rollout_log_probs: None,
-                };
-                let t = policy_loss::compute_token_loss(loss_name, &inputs, &pcfg).map_err(err_str)?;
-                losses.push(reduce(&t)?);
-                metrics.push(t.metrics);
-                s = e;
-            }
-            Ok::<_, String>((losses, metrics))
-        };
+        let micro_losses =
+            |adv: &Tensor, reduce: &dyn Fn(&policy_loss::TokenLoss) -> Result<Tensor, String>| {
+                let mut losses = Vec::new();
+                let mut metrics = Vec::new();
+                let mut s = 0;
+                while s < end - start {
+                    let e = (s + micro).min(end - start);
+                    let lp_m = mb_lp.as_tensor().narrow(0, s, e - s).map_err(err_str)?;
+                    let (old_m, adv_m, mask_m) = (
+                        rows(&mb_old, s, e)?,
+                        rows(adv, s, e)?,
+                        rows(&mb_mask, s, e)?,
+                    );
+                    let inputs = PolicyLossInputs {
+                        log_probs: &lp_m,
+                        old_log_probs: &old_m,
+                        advantages: &adv_m,
+                        loss_mask: Some(&mask_m),
+                        rollout_log_probs: None,
+                    };
+                    let t = policy_loss::compute_token_loss(loss_name, &inputs, &pcfg)
+                        .map_err(err_str)?;
+                    losses.push(reduce(&t)?);
+                    metrics.push(t.metrics);
+                    s = e;
+                }
+                Ok::<_, String>((losses, metrics))
+            };
         // HEAD: masked sums of pre-scaled advantages, gradients summed over micro-batches.
         let head_reduce = |t: &policy_loss::TokenLoss| {
             reduction::masked_sum(&t.loss, t.loss_mask.as_ref()).map_err(err_str)
         };
         let (losses, metrics) = micro_losses(&mb_adv, &head_reduce)?;
         let vals: Vec<f64> = losses.iter().map(scalar).collect::<Result<_, _>>()?;
-        close("micro_batch_sum_losses", &vals, field(e, "micro_batch_sum_losses")?, tol)?;
-        let exp_metrics = field(e, "micro_batch_metrics")?.as_array().ok_or("micro_batch_metrics")?;
+        close(
+            "micro_batch_sum_losses",
+            &vals,
+            field(e, "micro_batch_sum_losses")?,
+            tol,
+        )?;
+        let exp_metrics = field(e, "micro_batch_metrics")?
+            .as_array()
+            .ok_or("micro_batch_metrics")?;
         for (k, (ours, theirs)) in metrics.iter().zip(exp_metrics).enumerate() {
             let cr = *ours.get("clip_ratio").ok_or("clip_ratio missing")?;
-            close(&format!("micro {k} clip_ratio"), &[cr], field(theirs, "clip_ratio")?, Tol::F32)?;
+            close(
+                &format!("micro {k} clip_ratio"),
+                &[cr],
+                field(theirs, "clip_ratio")?,
+                Tol::F32,
+            )?;
         }
         let total = losses
             .iter()
             .skip(1)
             .try_fold(losses[0].clone(), |a, b| a.add(b))
             .map_err(err_str)?;
-        close("sum_of_micro_losses", &[scalar(&total)?], field(e, "sum_of_micro_losses")?, tol)?;
+        close(
+            "sum_of_micro_losses",
+            &[scalar(&total)?],
+            field(e, "sum_of_micro_losses")?,
+            tol,
+        )?;
         let grads = total.backward().map_err(err_str)?;
         let g = grads.get(mb_lp.as_tensor()).ok_or("no gradient")?.clone();
         close_t("grad_log_probs", &g, field(e, "grad_log_probs")?, tol)?;
@@ -197,30 +248,76 @@ fn pipeline_case(c: &Value) -> CaseResult {
         let whole = policy_loss::compute_token_loss(loss_name, &whole_inputs, &pcfg)
             .and_then(|t| reduction::masked_sum(&t.loss, t.loss_mask.as_ref()))
             .map_err(err_str)?;
-        close("whole_minibatch_sum_loss", &[scalar(&whole)?], field(e, "whole_minibatch_sum_loss")?, tol)?;
+        close(
+            "whole_minibatch_sum_loss",
+            &[scalar(&whole)?],
+            field(e, "whole_minibatch_sum_loss")?,
+            tol,
+        )?;
 
         // REF: reduce_loss per micro-batch on the raw advantages, mean over micro-batches.
         if let Some(x) = xref.and_then(|x| x.get(m)) {
-            let red: LossReduction = field(x, "ref_reduction")?.as_str().ok_or("ref_reduction")?.parse().map_err(err_str)?;
+            let red: LossReduction = field(x, "ref_reduction")?
+                .as_str()
+                .ok_or("ref_reduction")?
+                .parse()
+                .map_err(err_str)?;
             let raw_adv = rows(&adv, start, end)?;
             let ref_reduce = |t: &policy_loss::TokenLoss| {
-                reduction::reduce_loss_ref(&t.loss, t.loss_mask.as_ref(), red, max_seq_len).map_err(err_str)
+                reduction::reduce_loss_ref(&t.loss, t.loss_mask.as_ref(), red, max_seq_len)
+                    .map_err(err_str)
             };
             let (losses, _) = micro_losses(&raw_adv, &ref_reduce)?;
             let vals: Vec<f64> = losses.iter().map(scalar).collect::<Result<_, _>>()?;
-            close("ref_micro_batch_losses", &vals, field(x, "ref_micro_batch_losses")?, tol)?;
-            let sum = losses.iter().skip(1).try_fold(losses[0].clone(), |a, b| a.add(b)).map_err(err_str)?;
-            let mean = sum.affine(1.0 / losses.len() as f64, 0.0).map_err(err_str)?;
-            close("ref_effective_loss_mean_over_micro", &[scalar(&mean)?], field(x, "ref_effective_loss_mean_over_micro")?, tol)?;
-            let g = mean.backward().map_err(err_str)?;
-            close_t("ref_effective_grad_log_probs", g.get(mb_lp.as_tensor()).ok_or("no gradient")?, field(x, "ref_effective_grad_log_probs")?, tol)?;
-            let whole_ref = PolicyLossInputs { advantages: &raw_adv, ..whole_inputs };
-            let whole = policy_loss::compute_token_loss(loss_name, &whole_ref, &pcfg)
-                .and_then(|t| reduction::reduce_loss_ref(&t.loss, t.loss_mask.as_ref(), red, max_seq_len))
+            close(
+                "ref_micro_batch_losses",
+                &vals,
+                field(x, "ref_micro_batch_losses")?,
+                tol,
+            )?;
+            let sum = losses
+                .iter()
+                .skip(1)
+                .try_fold(losses[0].clone(), |a, b| a.add(b))
                 .map_err(err_str)?;
-            close("ref_whole_minibatch_loss", &[scalar(&whole)?], field(x, "ref_whole_minibatch_loss")?, tol)?;
+            let mean = sum
+                .affine(1.0 / losses.len() as f64, 0.0)
+                .map_err(err_str)?;
+            close(
+                "ref_effective_loss_mean_over_micro",
+                &[scalar(&mean)?],
+                field(x, "ref_effective_loss_mean_over_micro")?,
+                tol,
+            )?;
+            let g = mean.backward().map_err(err_str)?;
+            close_t(
+                "ref_effective_grad_log_probs",
+                g.get(mb_lp.as_tensor()).ok_or("no gradient")?,
+                field(x, "ref_effective_grad_log_probs")?,
+                tol,
+            )?;
+            let whole_ref = PolicyLossInputs {
+                advantages: &raw_adv,
+                ..whole_inputs
+            };
+            let whole = policy_loss::compute_token_loss(loss_name, &whole_ref, &pcfg)
+                .and_then(|t| {
+                    reduction::reduce_loss_ref(&t.loss, t.loss_mask.as_ref(), red, max_seq_len)
+                })
+                .map_err(err_str)?;
+            close(
+                "ref_whole_minibatch_loss",
+                &[scalar(&whole)?],
+                field(x, "ref_whole_minibatch_loss")?,
+                tol,
+            )?;
             let g = whole.backward().map_err(err_str)?;
-            close_t("ref_whole_minibatch_grad_log_probs", g.get(mb_lp.as_tensor()).ok_or("no gradient")?, field(x, "ref_whole_minibatch_grad_log_probs")?, tol)?;
+            close_t(
+                "ref_whole_minibatch_grad_log_probs",
+                g.get(mb_lp.as_tensor()).ok_or("no gradient")?,
+                field(x, "ref_whole_minibatch_grad_log_probs")?,
+                tol,
+            )?;
         }
     }
     let all = Tensor::cat(&all_grads, 0).map_err(err_str)?;
@@ -252,7 +349,9 @@ fn direct_case(c: &Value) -> CaseResult {
                 &mask,
                 r,
                 usize_of(call, "micro_batch_size").unwrap_or(1),
-                call.get("max_seq_len").and_then(Value::as_u64).map(|x| x as usize),
+                call.get("max_seq_len")
+                    .and_then(Value::as_u64)
+                    .map(|x| x as usize),
                 pb.as_deref(),
             )
         })
@@ -280,11 +379,19 @@ fn boundary_case(c: &Value) -> CaseResult {
     .map_err(err_str);
     match c.get("expected_mini_batch_boundaries_error") {
         Some(e) => expect_error("mini_batch_boundaries", mb, e)?,
-        None => same_pairs("mini_batch_boundaries", &mb?, field(c, "expected_mini_batch_boundaries")?)?,
+        None => same_pairs(
+            "mini_batch_boundaries",
+            &mb?,
+            field(c, "expected_mini_batch_boundaries")?,
+        )?,
     }
     let pb = reduction::prompt_boundaries(&uids).map_err(err_str);
     match c.get("expected_prompt_boundaries_error") {
         Some(e) => expect_error("prompt_boundaries", pb, e),
-        None => same_pairs("prompt_boundaries", &pb?, field(c, "expected_prompt_boundaries")?),
+        None => same_pairs(
+            "prompt_boundaries",
+            &pb?,
+            field(c, "expected_prompt_boundaries")?,
+        ),
     }
 }

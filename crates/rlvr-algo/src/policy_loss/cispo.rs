@@ -22,9 +22,18 @@ impl PolicyLoss for Cispo {
         let above = ratio.gt(hi)?;
         let clipped = below.maximum(&above)?;
         let mut metrics = BTreeMap::new();
-        metrics.insert("clip_ratio".into(), fraction(&clipped, i.loss_mask, &ratio)?);
-        metrics.insert("clip_ratio_low".into(), fraction(&below, i.loss_mask, &ratio)?);
-        metrics.insert("clip_ratio_high".into(), fraction(&above, i.loss_mask, &ratio)?);
+        metrics.insert(
+            "clip_ratio".into(),
+            fraction(&clipped, i.loss_mask, &ratio)?,
+        );
+        metrics.insert(
+            "clip_ratio_low".into(),
+            fraction(&below, i.loss_mask, &ratio)?,
+        );
+        metrics.insert(
+            "clip_ratio_high".into(),
+            fraction(&above, i.loss_mask, &ratio)?,
+        );
         Ok(TokenLoss {
             loss,
             loss_mask: i.loss_mask.cloned(),

@@ -22,7 +22,11 @@ impl PolicyLoss for ClipCov {
         let adv = i.advantages;
         let ratio = i.log_probs.sub(i.old_log_probs)?.exp()?;
         let pg1 = adv.neg()?.mul(&ratio)?;
-        let clamped = ops::clamp(&ratio, Some(1.0 - c.eps_clip_low), Some(1.0 + c.eps_clip_high))?;
+        let clamped = ops::clamp(
+            &ratio,
+            Some(1.0 - c.eps_clip_low),
+            Some(1.0 + c.eps_clip_high),
+        )?;
         let pg2 = adv.neg()?.mul(&clamped)?;
 
         let n_tok = adv.elem_count();
@@ -42,7 +46,10 @@ impl PolicyLoss for ClipCov {
                 let valid = mask_v[k] > 0.0;
                 let clipped_by_origin = pg2_v[k] > pg1_v[k] && valid;
                 let cov = prec.r(prec.r(adv_v[k] - mean_a) * prec.r(lp_v[k] - mean_l));
-                valid && !clipped_by_origin && cov > c.clip_cov.clip_cov_lb && cov < c.clip_cov.clip_cov_ub
+                valid
+                    && !clipped_by_origin
+                    && cov > c.clip_cov.clip_cov_lb
+                    && cov < c.clip_cov.clip_cov_ub
             })
             .collect();
         let n_valid: f64 = mask_v.iter().sum();

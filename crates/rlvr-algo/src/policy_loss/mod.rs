@@ -9,8 +9,8 @@
 //! The PPO ratio is `exp(clamp(float32(logp - logp_old), ±20))` — always f32, like SkyRL's
 //! `_safe_exp_delta` — for `regular`, `dual_clip` and `cispo`.
 
-mod clip_cov;
 mod cispo;
+mod clip_cov;
 mod config;
 mod gspo;
 mod kl_cov;
@@ -27,8 +27,8 @@ use crate::error::Result;
 use crate::reduction;
 use crate::registry::Registry;
 
-pub use clip_cov::ClipCov;
 pub use cispo::Cispo;
+pub use clip_cov::ClipCov;
 pub use config::{
     CispoConfig, ClipCovConfig, KlCovConfig, OffPolicyCorrectionConfig, PolicyLossConfig,
     SapoConfig,
@@ -73,7 +73,8 @@ pub struct PolicyLossOutput {
 
 /// A policy loss; implement this to add your own and [`register`] it by name.
 pub trait PolicyLoss: Send + Sync {
-    fn token_loss(&self, inputs: &PolicyLossInputs, config: &PolicyLossConfig) -> Result<TokenLoss>;
+    fn token_loss(&self, inputs: &PolicyLossInputs, config: &PolicyLossConfig)
+        -> Result<TokenLoss>;
 }
 
 fn registry() -> &'static Registry<dyn PolicyLoss> {

@@ -40,8 +40,14 @@ pub fn apply_off_policy_correction(
         ops::scalar_f64(&ops::masked_mean(&is_ratio, Some(&mask))?)?,
     );
     metrics.insert("is_ratio_std".into(), unbiased_std(&masked_ratio)?);
-    metrics.insert("is_ratio_max".into(), ops::scalar_f64(&masked_ratio.flatten_all()?.max(0)?)?);
-    metrics.insert("is_ratio_min".into(), ops::scalar_f64(&masked_ratio.flatten_all()?.min(0)?)?);
+    metrics.insert(
+        "is_ratio_max".into(),
+        ops::scalar_f64(&masked_ratio.flatten_all()?.max(0)?)?,
+    );
+    metrics.insert(
+        "is_ratio_min".into(),
+        ops::scalar_f64(&masked_ratio.flatten_all()?.min(0)?)?,
+    );
 
     // Outlier tokens reject their whole sequence.
     let valid = mask.gt(0.0)?;
@@ -55,7 +61,11 @@ pub fn apply_off_policy_correction(
     };
     let seq_over = over.to_dtype(DType::F64)?.sum_keepdim(1)?.gt(0.0)?;
     let seq_under = under.to_dtype(DType::F64)?.sum_keepdim(1)?.gt(0.0)?;
-    let bad = over.maximum(&under)?.to_dtype(DType::F64)?.sum_keepdim(1)?.gt(0.0)?;
+    let bad = over
+        .maximum(&under)?
+        .to_dtype(DType::F64)?
+        .sum_keepdim(1)?
+        .gt(0.0)?;
     metrics.insert("outlier_seq_masked_ratio".into(), count(&bad)? / b);
     metrics.insert("outlier_seq_over_high_ratio".into(), count(&seq_over)? / b);
     metrics.insert("outlier_seq_under_low_ratio".into(), count(&seq_under)? / b);
@@ -104,7 +114,11 @@ pub fn apply_off_policy_correction(
                 cfg.product_mask_low,
                 "product_sequence_mask",
             ),
-            other => return Err(Error::invalid(format!("Unknown sequence_mask_metric: {other}"))),
+            other => {
+                return Err(Error::invalid(format!(
+                    "Unknown sequence_mask_metric: {other}"
+                )))
+            }
         };
         let over = ratio.gt(high)?;
         let under = ratio.lt(low)?;

@@ -20,8 +20,8 @@ impl PolicyLoss for Sapo {
         let ratio = log_ratio.exp()?;
         let taus = adv.gt(0.0)?.where_cond(&tau_pos, &tau_neg)?;
         let four = ops::scalar_like(4.0, adv)?;
-        let gates = sigmoid(&taus.mul(&ratio.affine(1.0, -1.0)?)?)?
-            .mul(&four.broadcast_div(&taus)?)?;
+        let gates =
+            sigmoid(&taus.mul(&ratio.affine(1.0, -1.0)?)?)?.mul(&four.broadcast_div(&taus)?)?;
         let loss = gates.neg()?.mul(adv)?;
         let mut metrics = BTreeMap::new();
         metrics.insert("clip_ratio".into(), 0.0);

@@ -186,7 +186,10 @@ mod tests {
         assert_eq!(strict_reward("so #### 1,234", "1234"), 1.0);
         assert_eq!(strict_reward("####42", "42"), 0.0);
         assert_eq!(extract_solution("#### --5", Method::Strict), None);
-        assert_eq!(extract_solution("#### --5", Method::Flexible).as_deref(), Some("-5"));
+        assert_eq!(
+            extract_solution("#### --5", Method::Flexible).as_deref(),
+            Some("-5")
+        );
     }
 
     #[test]
