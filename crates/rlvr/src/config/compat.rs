@@ -1,6 +1,7 @@
 //! SkyRL keys that steer its GPU stack (Ray placement, FSDP, vLLM/SGLang engines, weight sync,
 //! wandb). They parse so a SkyRL command line carries over; when a file or an override sets one,
-//! rlvr says in one line what it does instead. Features rlvr lacks whose absence would silently
+//! rlvr says in one line what it does instead. (`trainer.logger` names rlvr cannot serve, such as
+//! wandb, are reported by `crate::logging` when a run starts.) Features rlvr lacks whose absence would silently
 //! change results are errors instead.
 
 use serde_yaml::Value;
@@ -63,10 +64,6 @@ const IGNORED: &[(&str, &str)] = &[
     (
         "trainer.fully_async.",
         "fully-async training is SkyRL-only; ignored",
-    ),
-    (
-        "trainer.logger",
-        "rlvr has no wandb/mlflow client; metrics are logged locally instead",
     ),
     (
         "generator.backend",
@@ -200,7 +197,6 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
         let value = r.get(key);
         let one = value.and_then(Value::as_u64) == Some(1);
         let honoured = match key {
-            "trainer.logger" => cfg.trainer.logger == "console",
             "generator.backend" => cfg.generator.backend == "embedded",
             // One engine, one device, everything colocated: what rlvr does anyway.
             k if k.ends_with("_size") || k.ends_with("_num_nodes") => one,
@@ -294,7 +290,6 @@ mod tests {
             "generator.backend=vllm",
             "trainer.placement.policy_num_gpus_per_node=4",
             "generator.inference_engine_tensor_parallel_size=1",
-            "trainer.logger=console",
         ])
         .unwrap();
         assert_eq!(w.len(), 2, "{w:?}");

@@ -20,7 +20,11 @@ pub enum Kind {
     List,
     /// A free-form mapping (`{}` default, e.g. `model_config_kwargs`).
     Map,
-    /// Anything (e.g. `stop`: a string or a list).
+    /// A string or a list of strings (`stop`, `exclude_modules`).
+    StrOrList,
+    /// Names as one comma-separated string; a list of names is joined (`trainer.logger`).
+    Names,
+    /// Anything (e.g. `rope_scaling`).
     Any,
 }
 
@@ -34,6 +38,8 @@ impl Kind {
             Kind::Str => "a string",
             Kind::List => "a list (e.g. ['a','b'])",
             Kind::Map => "a mapping",
+            Kind::StrOrList => "a string or a list of strings",
+            Kind::Names => "a name or a list of names",
             Kind::Any => "any value",
         }
     }
@@ -47,8 +53,8 @@ pub struct Spec {
 
 /// Types for keys whose SkyRL default is `null`.
 const NULL_DEFAULT_HINTS: &[(&str, Kind)] = &[
-    ("trainer.policy.model.lora.exclude_modules", Kind::Any),
-    ("trainer.critic.model.lora.exclude_modules", Kind::Any),
+    ("trainer.policy.model.lora.exclude_modules", Kind::StrOrList),
+    ("trainer.critic.model.lora.exclude_modules", Kind::StrOrList),
     ("trainer.critic.model.path", Kind::Str),
     ("trainer.algorithm.max_seq_len", Kind::UInt),
     (
@@ -75,8 +81,8 @@ const NULL_DEFAULT_HINTS: &[(&str, Kind)] = &[
     ("generator.external_server_urls", Kind::List),
     ("generator.served_model_name", Kind::Str),
     ("generator.chat_template.name_or_path", Kind::Str),
-    ("generator.sampling_params.stop", Kind::Any),
-    ("generator.eval_sampling_params.stop", Kind::Any),
+    ("generator.sampling_params.stop", Kind::StrOrList),
+    ("generator.eval_sampling_params.stop", Kind::StrOrList),
     ("environment.skyrl_gym.llm_as_a_judge.base_url", Kind::Str),
 ];
 
@@ -94,6 +100,9 @@ const SIGNED_INT: &[&str] = &[
     "trainer.eval_interval",
     "trainer.algorithm.dynamic_sampling.max_sample_batches",
 ];
+
+/// String keys that also take a list (SkyRL's logger takes one backend or several).
+const NAMES: &[&str] = &["trainer.logger"];
 
 /// Keys with a non-null default that SkyRL also accepts as `null`.
 const ALSO_NULLABLE: &[&str] = &[
@@ -179,6 +188,7 @@ impl Schema {
                     Value::Number(n) if n.is_i64() && n.as_i64() < Some(0) => Kind::Int,
                     Value::Number(_) if SIGNED_INT.contains(&path) => Kind::Int,
                     Value::Number(_) => Kind::UInt,
+                    Value::String(_) if NAMES.contains(&path) => Kind::Names,
                     Value::String(_) => Kind::Str,
                     Value::Sequence(_) => Kind::List,
                     Value::Mapping(_) => Kind::Map,
@@ -286,9 +296,18 @@ pub fn check(spec: Spec, value: Value) -> Result<Value, (String, String)> {
         };
     }
     let ok = match (spec.kind, &value) {
-        // `stop="['</s>']"` through `$(...)` keeps its quotes; read it as the list it spells.
-        (Kind::Any, Value::String(s)) => return Ok(flow_list(s).unwrap_or(value)),
         (Kind::Any, _) => true,
+        // `stop="['</s>']"` through `$(...)` keeps its quotes; read it as the list it spells.
+        (Kind::StrOrList, Value::String(s)) => return Ok(flow_list(s).unwrap_or(value)),
+        (Kind::StrOrList, Value::Sequence(items)) => items.iter().all(Value::is_string),
+        (Kind::Names, Value::String(s)) => match flow_list(s) {
+            Some(list) => return check(spec, list),
+            None => true,
+        },
+        (Kind::Names, Value::Sequence(items)) if items.iter().all(Value::is_string) => {
+            let names: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            return Ok(Value::String(names.join(",")));
+        }
         (Kind::Bool, Value::Bool(_)) => true,
         (Kind::Int, Value::Number(n)) => n.is_i64() || n.is_u64(),
         (Kind::UInt, Value::Number(n)) => n.is_u64(),
@@ -425,17 +444,35 @@ mod tests {
             serde_yaml::from_str::<Value>("[x, y]").unwrap()
         );
         assert!(check(list, Value::from("x")).is_err());
-        let any = Spec {
-            kind: Kind::Any,
+        let stop = Spec {
+            kind: Kind::StrOrList,
             nullable: true,
         };
         assert_eq!(
-            check(any, Value::from("['</s>']")).unwrap(),
+            check(stop, Value::from("['</s>']")).unwrap(),
             Value::Sequence(vec![Value::from("</s>")])
         );
         assert_eq!(
-            check(any, Value::from("</s>")).unwrap(),
+            check(stop, Value::from("</s>")).unwrap(),
             Value::from("</s>")
+        );
+        assert!(check(stop, Value::from(3)).is_err());
+        let names = Spec {
+            kind: Kind::Names,
+            nullable: false,
+        };
+        let joined = Value::from("console,jsonl");
+        assert_eq!(
+            check(names, Value::from("['console', 'jsonl']")).unwrap(),
+            joined
+        );
+        assert_eq!(
+            check(names, serde_yaml::from_str("[console, jsonl]").unwrap()).unwrap(),
+            joined
+        );
+        assert_eq!(
+            check(names, Value::from("wandb")).unwrap(),
+            Value::from("wandb")
         );
         assert!(check(int, Value::from("${trainer.seed}")).is_ok());
     }

@@ -53,6 +53,8 @@ pub struct TrainerConfig {
     pub disable_fast_tokenizer: bool,
     pub project_name: String,
     pub run_name: String,
+    /// Comma-separated sink names (`console`, `jsonl`, `csv`, `tensorboard`, SkyRL's `wandb`);
+    /// a list (`['console','jsonl']`) is joined.
     pub logger: String,
     pub dump_data_batch: bool,
     pub dump_eval_results: bool,
