@@ -61,6 +61,19 @@ pub struct DynamicSamplingConfig {
     pub min_replace_ratio: f64,
 }
 
+impl Default for DynamicSamplingConfig {
+    /// Off, with SkyRL's defaults for the rest.
+    fn default() -> Self {
+        DynamicSamplingConfig {
+            strategy: None,
+            train_batch_size: 1,
+            n_samples_per_prompt: 1,
+            max_sample_batches: 30,
+            min_replace_ratio: 0.3,
+        }
+    }
+}
+
 /// Accumulated state of the `filter` strategy between generation batches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilterState<T> {
