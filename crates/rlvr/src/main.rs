@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use rlvr::{data, plot, toy};
+use rlvr::{config, data, export, plot, run, toy, trainer};
 
 #[derive(Parser)]
 #[command(name = "rlvr", version, about = "Reinforcement learning from verifiable rewards (GRPO, DAPO)")]
@@ -15,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a policy (GRPO, DAPO, ...) with SkyRL's config keys and overrides.
+    Train(cli::train::Args),
     /// Inspect the resolved configuration.
     #[command(subcommand)]
     Config(cli::config::ConfigCommand),
@@ -43,6 +45,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(a) => cli::train::run(a),
         Command::Config(c) => cli::config::run(c),
         Command::Conformance(a) => cli::conformance::run(a),
         Command::Generate(a) => cli::generate::run(a),

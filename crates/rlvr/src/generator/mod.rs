@@ -2,9 +2,9 @@
 //! engine runs in this process on the trainer's own weights; remote engines plug in behind the
 //! same trait.
 
-// mod embedded;
+mod embedded;
 
-// pub use embedded::EmbeddedGenerator;
+pub use embedded::EmbeddedGenerator;
 
 use crate::data::PromptRow;
 use anyhow::Result;

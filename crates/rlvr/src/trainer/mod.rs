@@ -27,7 +27,7 @@ use crate::logging::{Logger, Metrics};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rlvr_algo::dynamic_sampling::{DynamicSampler, Outcome};
-use rlvr_model::optim::Optimizer;
+use crate::optimizer::Optimizer;
 use rlvr_model::Model;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

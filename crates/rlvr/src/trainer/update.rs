@@ -176,7 +176,7 @@ pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch)
                 });
             }
             if let Some(grads) = grads {
-                let stats = t.optimizer.step(&grads)?;
+                let stats = t.optimizer.step(grads)?;
                 acc.add_mean("policy/grad_norm", stats.grad_norm);
                 acc.add_mean("policy/policy_lr", stats.lr);
                 acc.add("policy/skipped_steps", if stats.skipped { 1.0 } else { 0.0 });
