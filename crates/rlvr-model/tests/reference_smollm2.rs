@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
-use rlvr_model::{load_pretrained, ChatMessage};
+use candle_core::{DType, Device, Tensor};
+use rlvr_model::{load_pretrained, ChatMessage, KvCache, Model};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -22,6 +22,12 @@ struct Case {
     messages: Option<Vec<ChatMessage>>,
     prompt_text: Option<String>,
     prompt_ids: Option<Vec<u32>>,
+    last_position_top5_ids: Option<Vec<u32>>,
+    last_position_top5_logits: Option<Vec<f32>>,
+    positions_sampled: Option<Vec<usize>>,
+    logits_at_positions_top5_ids: Option<Vec<Vec<u32>>>,
+    logits_at_positions_top5_values: Option<Vec<Vec<f32>>>,
+    logprob_of_next_prompt_token: Option<Vec<f32>>,
     greedy_32_ids: Option<Vec<u32>>,
     greedy_32_text: Option<String>,
 }
@@ -112,4 +118,74 @@ fn smollm2_gguf_matches_transformers() {
     }
     eprintln!("reference: {encode_ok} encode cases, {chat_ok} chat prompts, {greedy_ok} greedy decodes identical");
     assert_eq!((encode_ok, chat_ok), (2, 3));
+
+    // Logits, log-probs and greedy continuations through the decoder.
+    let model = Model::from_tensors(&pre.config, &pre.tensors, &Device::Cpu).unwrap();
+    let (mut max_logit, mut max_logprob, mut greedy_same) = (0f32, 0f32, 0);
+    for case in reference.cases.iter().filter(|c| c.kind == "chat") {
+        let ids = case.prompt_ids.as_ref().unwrap();
+        let rows = logits(&model, ids);
+        let top = top5(&rows[ids.len() - 1]);
+        assert_eq!(&top, case.last_position_top5_ids.as_ref().unwrap());
+        for (id, want) in top
+            .iter()
+            .zip(case.last_position_top5_logits.as_ref().unwrap())
+        {
+            max_logit = max_logit.max((rows[ids.len() - 1][*id as usize] - want).abs());
+        }
+        let sampled = case.positions_sampled.as_ref().unwrap();
+        let sampled_ids = case.logits_at_positions_top5_ids.as_ref().unwrap();
+        let sampled_vals = case.logits_at_positions_top5_values.as_ref().unwrap();
+        for ((&p, want_ids), want_vals) in sampled.iter().zip(sampled_ids).zip(sampled_vals) {
+            assert_eq!(top5(&rows[p])[0], want_ids[0], "argmax at position {p}");
+            for (id, want) in want_ids.iter().zip(want_vals) {
+                max_logit = max_logit.max((rows[p][*id as usize] - want).abs());
+            }
+        }
+        let want_lp = case.logprob_of_next_prompt_token.as_ref().unwrap();
+        assert_eq!(want_lp.len(), ids.len() - 1);
+        for (t, want) in want_lp.iter().enumerate() {
+            let row = &rows[t];
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+            let lp = (row[ids[t + 1] as usize] as f64 - lse) as f32;
+            max_logprob = max_logprob.max((lp - want).abs());
+        }
+        // Greedy decoding, 32 tokens, through the KV cache.
+        let mut cache =
+            KvCache::new(&pre.config, 1, ids.len() + 32, DType::F32, &Device::Cpu).unwrap();
+        let mut seq = ids.clone();
+        let mut next = model.forward_cached(&mut cache, 0, ids, 1).unwrap();
+        for _ in 0..32 {
+            let row = next.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+            let tok = top5(&row)[0];
+            seq.push(tok);
+            next = model.forward_cached(&mut cache, 0, &[tok], 1).unwrap();
+        }
+        assert_eq!(
+            &seq[ids.len()..],
+            case.greedy_32_ids.as_ref().unwrap().as_slice()
+        );
+        greedy_same += 1;
+    }
+    eprintln!("reference: max |logit diff| {max_logit:.3e}, max |log-prob diff| {max_logprob:.3e}, {greedy_same}/3 greedy continuations identical");
+    assert!(max_logit < 1e-3, "max logit difference {max_logit}");
+    assert!(max_logprob < 1e-3, "max log-prob difference {max_logprob}");
+}
+
+fn logits(model: &Model, ids: &[u32]) -> Vec<Vec<f32>> {
+    let input = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mask = Tensor::ones((1, ids.len()), DType::F32, &Device::Cpu).unwrap();
+    let out = model.forward_logits(&input, &mask, false).unwrap();
+    out.squeeze(0).unwrap().to_vec2::<f32>().unwrap()
+}
+
+fn top5(row: &[f32]) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+    idx.truncate(5);
+    idx
 }
