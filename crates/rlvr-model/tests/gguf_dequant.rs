@@ -127,7 +127,7 @@ fn q6_k_block_by_hand() {
 #[test]
 fn random_blocks_match_the_reference_decoders() {
     let mut rng = Lcg(42);
-    let cases: [(GgmlDType, usize, usize, fn(&[u8]) -> Vec<f32>); 6] = [
+    let cases: [(GgmlDType, usize, usize, BlockDecoder); 6] = [
         (GgmlDType::Q8_0, 34, 32, ref_q8_0),
         (GgmlDType::Q4_0, 18, 32, ref_q4_0),
         (GgmlDType::Q4_1, 20, 32, ref_q4_1),

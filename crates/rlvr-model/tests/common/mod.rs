@@ -319,9 +319,12 @@ pub fn llama_cpp_permute(w: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// Decodes one block into its weights.
+pub type BlockDecoder = fn(&[u8]) -> Vec<f32>;
+
 /// Random blocks of `ggml_type` for `n` weights, with sane f16 scales.
 pub fn random_blocks(rng: &mut Lcg, ggml_type: u32, n: usize) -> (Vec<u8>, Vec<f32>) {
-    let (block_bytes, decode): (usize, fn(&[u8]) -> Vec<f32>) = match ggml_type {
+    let (block_bytes, decode): (usize, BlockDecoder) = match ggml_type {
         Q8_0 => (34, ref_q8_0),
         Q4_0 => (18, ref_q4_0),
         Q4_1 => (20, ref_q4_1),
