@@ -159,6 +159,39 @@ fn gpt2_default_pre_tokenizer_lets_digits_merge() {
 }
 
 #[test]
+fn llama3_and_qwen2_pre_tokenizers_split_digits_their_way() {
+    let dir = tempfile::tempdir().unwrap();
+    // Llama 3 groups up to three digits, Qwen2 isolates each one.
+    for (pre, want) in [
+        ("llama-bpe", vec!["hello", "Ġworld", "Ġ", "12"]),
+        ("qwen2", vec!["hello", "Ġworld", "Ġ", "1", "2"]),
+    ] {
+        let path = dir.path().join(format!("{pre}.gguf"));
+        write(&path, &tiny_gguf(true, pre).bytes);
+        let tok = load_pretrained(&path, &Device::Cpu).unwrap().tokenizer;
+        let want: Vec<u32> = want.iter().map(|t| id_of(t)).collect();
+        assert_eq!(tok.encode("hello world 12", false).unwrap(), want, "{pre}");
+        assert_eq!(tok.decode(&want, false).unwrap(), "hello world 12", "{pre}");
+    }
+}
+
+#[test]
+fn add_bos_token_prepends_bos_only_with_special_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bos.gguf");
+    write(&path, &tiny_gguf_with(true, "smollm", true).bytes);
+    let tok = load_pretrained(&path, &Device::Cpu).unwrap().tokenizer;
+    assert!(tok.add_bos_token());
+    assert_eq!(tok.encode("hello", true).unwrap(), vec![1, id_of("hello")]);
+    assert_eq!(tok.encode("hello", false).unwrap(), vec![id_of("hello")]);
+    // Chat templates write their own special tokens: no second BOS.
+    let ids = tok
+        .apply_chat_template_ids(&[ChatMessage::user("hello")], false)
+        .unwrap();
+    assert_eq!(&ids[..2], &[1, id_of("u")]);
+}
+
+#[test]
 fn unknown_pre_tokenizer_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("odd.gguf");

@@ -191,6 +191,15 @@ impl GgufFile {
                 info.shape.dims()
             )
         };
+        // A corrupt header can declare dims whose product overflows; candle would not check.
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if elems.is_none_or(|n| n > isize::MAX as usize) {
+            bail!("{}: implausible dims", ctx());
+        }
         let q = info
             .read(
                 &mut self.reader,

@@ -357,6 +357,11 @@ pub struct TinyGguf {
 /// A 2-layer Llama (hidden 64, 4 heads, 2 KV heads, FFN 96) with F32, F16, Q8_0, Q4_0 and Q4_1
 /// tensors and the tiny tokenizer. `tied`: no `output.weight`.
 pub fn tiny_gguf(tied: bool, pre: &str) -> TinyGguf {
+    tiny_gguf_with(tied, pre, false)
+}
+
+/// As [`tiny_gguf`], with `tokenizer.ggml.add_bos_token` set to `add_bos`.
+pub fn tiny_gguf_with(tied: bool, pre: &str, add_bos: bool) -> TinyGguf {
     let mut rng = Lcg(7);
     let vocab = tiny_vocab();
     let mut tensors = Vec::new();
@@ -522,7 +527,7 @@ pub fn tiny_gguf(tied: bool, pre: &str) -> TinyGguf {
         ("tokenizer.ggml.eos_token_id", Md::U32(2)),
         ("tokenizer.ggml.padding_token_id", Md::U32(2)),
         ("tokenizer.ggml.unknown_token_id", Md::U32(0)),
-        ("tokenizer.ggml.add_bos_token", Md::Bool(false)),
+        ("tokenizer.ggml.add_bos_token", Md::Bool(add_bos)),
         ("tokenizer.chat_template", Md::Str(CHATML.into())),
     ];
     TinyGguf {
