@@ -171,6 +171,43 @@ fn smollm2_gguf_matches_transformers() {
     eprintln!("reference: max |logit diff| {max_logit:.3e}, max |log-prob diff| {max_logprob:.3e}, {greedy_same}/3 greedy continuations identical");
     assert!(max_logit < 1e-3, "max logit difference {max_logit}");
     assert!(max_logprob < 1e-3, "max log-prob difference {max_logprob}");
+    drop(model);
+
+    // The exported HF directory loads back bit for bit, with the same tokenizer.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("smollm2-hf");
+    rlvr_model::save_hf(
+        &out,
+        &pre.config,
+        &pre.tensors,
+        tok,
+        pre.generation_config.as_ref(),
+    )
+    .unwrap();
+    let back = load_pretrained(&out, &Device::Cpu).unwrap();
+    assert_eq!(back.config, pre.config);
+    assert_eq!(back.tensors.len(), pre.tensors.len());
+    for (name, t) in &pre.tensors {
+        let same = t
+            .eq(&back.tensors[name])
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let same = same.sum_all().unwrap().to_scalar::<f32>().unwrap() as usize;
+        assert_eq!(same, t.elem_count(), "{name}");
+    }
+    for case in &reference.cases {
+        if let Some(msgs) = &case.messages {
+            let ids = back.tokenizer.apply_chat_template_ids(msgs, true).unwrap();
+            assert_eq!(&ids, case.prompt_ids.as_ref().unwrap());
+        } else {
+            let ids = back
+                .tokenizer
+                .encode(case.text.as_ref().unwrap(), false)
+                .unwrap();
+            assert_eq!(&ids, case.ids.as_ref().unwrap());
+        }
+    }
 }
 
 fn logits(model: &Model, ids: &[u32]) -> Vec<Vec<f32>> {
