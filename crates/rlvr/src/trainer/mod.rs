@@ -24,10 +24,10 @@ use crate::env::EnvRegistry;
 use crate::eval;
 use crate::generator::{Generator, GeneratorOutput, PromptGroup, Sampling, StopReason};
 use crate::logging::{Logger, Metrics};
+use crate::optimizer::Optimizer;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rlvr_algo::dynamic_sampling::{DynamicSampler, Outcome};
-use crate::optimizer::Optimizer;
 use rlvr_model::Model;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,7 +78,8 @@ impl Trainer {
     /// Runs until `trainer.epochs` are done, or `stop` is set. Returns the last step's metrics.
     pub fn fit(&mut self) -> Result<Metrics> {
         let total = self.total_steps();
-        if self.cfg.trainer.eval_before_train && self.global_step == 0 && !self.val_rows.is_empty() {
+        if self.cfg.trainer.eval_before_train && self.global_step == 0 && !self.val_rows.is_empty()
+        {
             let m = self.evaluate()?;
             self.log(0, &m)?;
         }
@@ -117,10 +118,16 @@ impl Trainer {
             let epoch = self.loader.state().epoch;
             let groups: Vec<PromptGroup> = prompts
                 .into_iter()
-                .map(|(idx, row)| PromptGroup { uid: format!("{epoch}-{idx}"), row, n })
+                .map(|(idx, row)| PromptGroup {
+                    uid: format!("{epoch}-{idx}"),
+                    row,
+                    n,
+                })
                 .collect();
             let seed = cfg.trainer.seed ^ ((step as u64) << 20) ^ (num_gen_batches as u64);
-            let out = self.generator.generate(&groups, &self.train_sampling(), seed)?;
+            let out = self
+                .generator
+                .generate(&groups, &self.train_sampling(), seed)?;
             num_gen_batches += 1;
             gen_tokens += out.response_ids.iter().map(Vec::len).sum::<usize>();
             let (zero, groups_here) = zero_std_count(&out.rewards, &out.uids);
@@ -141,12 +148,18 @@ impl Trainer {
         };
         let gen_secs = t_gen.elapsed().as_secs_f64();
         metrics.insert("timing/generate".into(), gen_secs);
-        metrics.insert("dynamic_sampling/num_gen_batches".into(), num_gen_batches as f64);
+        metrics.insert(
+            "dynamic_sampling/num_gen_batches".into(),
+            num_gen_batches as f64,
+        );
         metrics.insert(
             "dynamic_sampling/zero_std_group_fraction".into(),
             zero_std_groups as f64 / total_groups.max(1) as f64,
         );
-        metrics.insert("generate/tokens_per_sec".into(), gen_tokens as f64 / gen_secs.max(1e-9));
+        metrics.insert(
+            "generate/tokens_per_sec".into(),
+            gen_tokens as f64 / gen_secs.max(1e-9),
+        );
 
         // 4. Post-process (soft overlong punishment by default), then reward metrics.
         let ctx = HookContext {
@@ -159,16 +172,28 @@ impl Trainer {
                 .map(|b| (b.len, b.penalty_factor)),
         };
         let uids = output.uids.clone();
-        let mut output = self.hooks.postprocess_generator_output(output, &uids, &ctx)?;
-        metrics.extend(rlvr_algo::overlong::reward_metrics(&output.rewards, &output.uids, n));
+        let mut output = self
+            .hooks
+            .postprocess_generator_output(output, &uids, &ctx)?;
+        metrics.extend(rlvr_algo::overlong::reward_metrics(
+            &output.rewards,
+            &output.uids,
+            n,
+        ));
         metrics.extend(length_metrics(&output));
 
         // 5. Overlong filtering: responses that hit the length limit leave the loss.
         if cfg.generator.apply_overlong_filtering {
-            let reasons: Vec<Option<String>> =
-                output.stop_reasons.iter().map(|r| Some(r.as_str().to_string())).collect();
-            let masks: Vec<Vec<u8>> =
-                output.loss_masks.iter().map(|m| m.iter().map(|&x| (x != 0.0) as u8).collect()).collect();
+            let reasons: Vec<Option<String>> = output
+                .stop_reasons
+                .iter()
+                .map(|r| Some(r.as_str().to_string()))
+                .collect();
+            let masks: Vec<Vec<u8>> = output
+                .loss_masks
+                .iter()
+                .map(|m| m.iter().map(|&x| (x != 0.0) as u8).collect())
+                .collect();
             output.loss_masks = rlvr_algo::overlong::apply_overlong_filtering(&masks, &reasons)?
                 .into_iter()
                 .map(|m| m.into_iter().map(f32::from).collect())
@@ -194,35 +219,37 @@ impl Trainer {
         metrics.insert("trainer/global_step".into(), step as f64);
         metrics.insert("trainer/epoch".into(), self.loader.state().epoch as f64);
 
-        // 9. Checkpoint, evaluate, log.
+        // 9. Evaluate, log, then checkpoint: a step whose checkpoint exists has been logged (a
+        // step killed between the two is re-run on resume and logged again, identically).
         let last_step = step == self.total_steps();
-        if let Some(dir) = &self.ckpt_dir {
-            let interval = cfg.trainer.ckpt_interval;
-            if interval > 0 && (step as i64 % interval == 0 || last_step) {
-                let t = Instant::now();
-                checkpoint::save(self, dir)?;
-                metrics.insert("timing/save_checkpoint".into(), t.elapsed().as_secs_f64());
-            }
-        }
         let eval_interval = cfg.trainer.eval_interval;
-        if !self.val_rows.is_empty() && eval_interval > 0 && (step as i64 % eval_interval == 0 || last_step) {
+        if !self.val_rows.is_empty()
+            && eval_interval > 0
+            && (step as i64 % eval_interval == 0 || last_step)
+        {
             let t = Instant::now();
             metrics.extend(self.evaluate()?);
             metrics.insert("timing/eval".into(), t.elapsed().as_secs_f64());
         }
         metrics.insert("timing/step".into(), t_step.elapsed().as_secs_f64());
         self.log(step, &metrics)?;
+        if let Some(dir) = &self.ckpt_dir {
+            let interval = cfg.trainer.ckpt_interval;
+            if interval > 0 && (step as i64 % interval == 0 || last_step) {
+                checkpoint::save(self, dir)?;
+            }
+        }
         Ok(metrics)
     }
 
     /// Evaluates the current policy on the validation rows with `eval_sampling_params`.
     pub fn evaluate(&mut self) -> Result<Metrics> {
         let sampling = sampling_from(&self.cfg.generator.eval_sampling_params);
-        let dump = self
-            .cfg
-            .trainer
-            .dump_eval_results
-            .then(|| self.run_dir.join("dumped_evals").join(format!("global_step_{}_evals.jsonl", self.global_step)));
+        let dump = self.cfg.trainer.dump_eval_results.then(|| {
+            self.run_dir
+                .join("dumped_evals")
+                .join(format!("global_step_{}_evals.jsonl", self.global_step))
+        });
         eval::evaluate(
             self.generator.as_mut(),
             &self.val_rows,
@@ -282,11 +309,21 @@ pub fn length_metrics(out: &GeneratorOutput) -> Metrics {
     let avg = lens.iter().sum::<f64>() / n;
     let var = lens.iter().map(|l| (l - avg).powi(2)).sum::<f64>() / n;
     let mut m = Metrics::new();
-    m.insert("generate/min_num_tokens".into(), lens.iter().copied().fold(f64::INFINITY, f64::min));
-    m.insert("generate/max_num_tokens".into(), lens.iter().copied().fold(0.0, f64::max));
+    m.insert(
+        "generate/min_num_tokens".into(),
+        lens.iter().copied().fold(f64::INFINITY, f64::min),
+    );
+    m.insert(
+        "generate/max_num_tokens".into(),
+        lens.iter().copied().fold(0.0, f64::max),
+    );
     m.insert("generate/avg_num_tokens".into(), avg);
     m.insert("generate/std_num_tokens".into(), var.sqrt());
-    let truncated = out.stop_reasons.iter().filter(|r| **r == StopReason::Length).count();
+    let truncated = out
+        .stop_reasons
+        .iter()
+        .filter(|r| **r == StopReason::Length)
+        .count();
     m.insert("generate/truncated_fraction".into(), truncated as f64 / n);
     m
 }

@@ -1,0 +1,126 @@
+//! A training process killed with SIGKILL in the middle of a step resumes from its last
+//! checkpoint, and the resumed run's steps equal those of an uninterrupted run with the same seed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// 128 toy prompts, 8 per step, one epoch.
+const STEPS: usize = 16;
+
+fn rlvr() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rlvr"))
+}
+
+fn train_cmd(dir: &Path, extra: &[&str]) -> Command {
+    let toy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/toy/dapo_toy.yaml");
+    let d = dir.display();
+    let mut cmd = rlvr();
+    cmd.arg("train")
+        .arg("--config")
+        .arg(toy)
+        .args([
+            format!("trainer.policy.model.path={d}/model"),
+            format!("data.train_data=['{d}/data/train.parquet']"),
+            format!("data.val_data=['{d}/data/validation.parquet']"),
+            format!("trainer.log_path={d}/logs"),
+            format!("trainer.ckpt_path={d}/ckpt"),
+            format!("trainer.export_path={d}/export"),
+            "trainer.logger=jsonl".into(),
+            "trainer.epochs=1".into(),
+            "trainer.eval_before_train=false".into(),
+            "trainer.eval_interval=-1".into(),
+            "trainer.ckpt_interval=1".into(),
+            "trainer.max_ckpts_to_keep=-1".into(),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+fn setup(dir: &Path) {
+    let ok = rlvr()
+        .arg("toy")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// step → metrics, keeping the last line logged for each step.
+fn metrics(dir: &Path) -> BTreeMap<u64, serde_json::Map<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(dir.join("logs/toy_dapo/metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let m: serde_json::Map<String, serde_json::Value> = serde_json::from_str(l).unwrap();
+            (m["step"].as_u64().unwrap(), m)
+        })
+        .collect()
+}
+
+fn latest_checkpoint(dir: &Path) -> Option<usize> {
+    std::fs::read_to_string(dir.join("ckpt/latest_ckpt_global_step.txt"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+#[test]
+fn sigkill_mid_step_then_resume_matches_an_uninterrupted_run() {
+    let full = tempfile::tempdir().unwrap();
+    setup(full.path());
+    assert!(train_cmd(full.path(), &[]).status().unwrap().success());
+    let reference = metrics(full.path());
+    assert_eq!(
+        reference.len(),
+        STEPS,
+        "the uninterrupted run logs every step"
+    );
+
+    let killed = tempfile::tempdir().unwrap();
+    setup(killed.path());
+    let mut child = train_cmd(killed.path(), &[]).spawn().unwrap();
+    // Kill right after checkpoint 3 lands, while step 4 is in flight.
+    let start = Instant::now();
+    while latest_checkpoint(killed.path()).unwrap_or(0) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let saved = latest_checkpoint(killed.path()).unwrap();
+    assert!(saved < STEPS, "the run was killed before its end");
+    let before = metrics(killed.path());
+    assert!(before.len() < STEPS);
+
+    let status = train_cmd(killed.path(), &["trainer.resume_mode=latest"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let resumed = metrics(killed.path());
+    assert_eq!(resumed.len(), STEPS);
+    for step in (saved as u64 + 1)..=STEPS as u64 {
+        for key in [
+            "policy/policy_loss",
+            "reward/avg_raw_reward",
+            "policy/grad_norm",
+            "policy/policy_entropy",
+        ] {
+            let (a, b) = (&reference[&step][key], &resumed[&step][key]);
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "step {step} {key}: {a} vs {b} after resume"
+            );
+        }
+    }
+}
