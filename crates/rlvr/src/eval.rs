@@ -35,7 +35,9 @@ pub fn evaluate(
             .collect();
         let out = generator.generate(&groups, sampling, seed.wrapping_add(chunk_idx as u64))?;
         for (g, group) in groups.iter().enumerate() {
-            let scores: Vec<f64> = (0..n_samples).map(|j| out.rewards[g * n_samples + j]).collect();
+            let scores: Vec<f64> = (0..n_samples)
+                .map(|j| out.rewards[g * n_samples + j])
+                .collect();
             for j in 0..n_samples {
                 let k = g * n_samples + j;
                 lines.push(serde_json::json!({
@@ -49,7 +51,10 @@ pub fn evaluate(
                     "score": out.rewards[k],
                 }));
             }
-            per_source.entry(group.row.data_source.clone()).or_default().push(scores.clone());
+            per_source
+                .entry(group.row.data_source.clone())
+                .or_default()
+                .push(scores.clone());
             all.push(scores);
         }
     }
@@ -57,7 +62,8 @@ pub fn evaluate(
     let mut add = |name: &str, groups: &[Vec<f64>]| {
         let flat: Vec<f64> = groups.iter().flatten().copied().collect();
         let avg = flat.iter().sum::<f64>() / flat.len().max(1) as f64;
-        let pass = groups.iter().filter(|g| g.iter().any(|&s| s > 0.0)).count() as f64 / groups.len().max(1) as f64;
+        let pass = groups.iter().filter(|g| g.iter().any(|&s| s > 0.0)).count() as f64
+            / groups.len().max(1) as f64;
         metrics.insert(format!("eval/{name}/avg_score"), avg);
         metrics.insert(format!("eval/{name}/pass_at_{n_samples}"), pass);
     };

@@ -7,7 +7,11 @@ mod cli;
 use rlvr::{config, data, export, plot, run, toy, trainer};
 
 #[derive(Parser)]
-#[command(name = "rlvr", version, about = "Reinforcement learning from verifiable rewards (GRPO, DAPO)")]
+#[command(
+    name = "rlvr",
+    version,
+    about = "Reinforcement learning from verifiable rewards (GRPO, DAPO)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -85,13 +85,24 @@ impl Optimizer {
         let clip = clip_grad_norm(&mut grads, &self.vars, self.max_grad_norm)?;
         let lr = self.schedule.lr(self.steps_taken);
         if !clip.finite {
-            tracing::warn!("gradient norm is {}: skipping this optimizer step", clip.norm);
-            return Ok(StepStats { grad_norm: clip.norm, lr, skipped: true });
+            tracing::warn!(
+                "gradient norm is {}: skipping this optimizer step",
+                clip.norm
+            );
+            return Ok(StepStats {
+                grad_norm: clip.norm,
+                lr,
+                skipped: true,
+            });
         }
         self.adamw.set_lr(lr);
         self.adamw.step(&grads)?;
         self.steps_taken += 1;
-        Ok(StepStats { grad_norm: clip.norm, lr, skipped: false })
+        Ok(StepStats {
+            grad_norm: clip.norm,
+            lr,
+            skipped: false,
+        })
     }
 
     /// The learning rate the next step will use.
@@ -108,13 +119,21 @@ impl Optimizer {
             tensors.insert(format!("{name}.exp_avg_sq"), st.exp_avg_sq.clone());
             param_steps.insert(name.to_string(), st.step);
         }
-        let meta = Meta { steps_taken: self.steps_taken, param_steps };
+        let meta = Meta {
+            steps_taken: self.steps_taken,
+            param_steps,
+        };
         Ok((tensors, serde_json::to_value(meta)?))
     }
 
     /// Restores what [`Optimizer::state`] produced.
-    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, meta: &serde_json::Value) -> Result<()> {
-        let meta: Meta = serde_json::from_value(meta.clone()).context("optimizer state in trainer_state.json")?;
+    pub fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        meta: &serde_json::Value,
+    ) -> Result<()> {
+        let meta: Meta = serde_json::from_value(meta.clone())
+            .context("optimizer state in trainer_state.json")?;
         let names: Vec<String> = self.adamw.names().map(str::to_string).collect();
         for name in names {
             let get = |suffix: &str| {
@@ -160,11 +179,18 @@ mod tests {
     #[test]
     fn warmup_clipping_and_state_round_trip() {
         let v = Var::from_tensor(&Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap()).unwrap();
-        let mut opt = Optimizer::new(vec![("w".into(), v.clone())], settings("constant_with_warmup")).unwrap();
+        let mut opt = Optimizer::new(
+            vec![("w".into(), v.clone())],
+            settings("constant_with_warmup"),
+        )
+        .unwrap();
         // Warmup: step 0 uses lr 0, step 1 uses lr 0.05, then 0.1.
         let s0 = opt.step(grads_of(&v, 3.0)).unwrap();
         assert_eq!(s0.lr, 0.0);
-        assert!((s0.grad_norm - 6.0).abs() < 1e-6, "pre-clip norm of four 3s");
+        assert!(
+            (s0.grad_norm - 6.0).abs() < 1e-6,
+            "pre-clip norm of four 3s"
+        );
         assert_eq!(v.to_vec1::<f32>().unwrap(), vec![0.0; 4]);
         let s1 = opt.step(grads_of(&v, 3.0)).unwrap();
         assert!((s1.lr - 0.05).abs() < 1e-12);
@@ -173,7 +199,11 @@ mod tests {
         let (tensors, meta) = opt.state().unwrap();
         let w = v.as_tensor().copy().unwrap();
         let v2 = Var::from_tensor(&w).unwrap();
-        let mut restored = Optimizer::new(vec![("w".into(), v2.clone())], settings("constant_with_warmup")).unwrap();
+        let mut restored = Optimizer::new(
+            vec![("w".into(), v2.clone())],
+            settings("constant_with_warmup"),
+        )
+        .unwrap();
         restored.load_state(&tensors, &meta).unwrap();
         assert_eq!(restored.current_lr(), opt.current_lr());
         opt.step(grads_of(&v, -1.0)).unwrap();
@@ -188,13 +218,22 @@ mod tests {
         let s = opt.step(grads_of(&v, f32::NAN)).unwrap();
         assert!(s.skipped && s.grad_norm.is_nan());
         assert_eq!(v.to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
-        assert_eq!(opt.current_lr(), 0.0, "a skipped step does not advance the schedule");
+        assert_eq!(
+            opt.current_lr(),
+            0.0,
+            "a skipped step does not advance the schedule"
+        );
     }
 
     #[test]
     fn unknown_scheduler_names_the_key() {
         let v = Var::from_tensor(&Tensor::ones(2, DType::F32, &Device::Cpu).unwrap()).unwrap();
-        let err = Optimizer::new(vec![("w".into(), v)], settings("linear")).err().unwrap();
-        assert!(format!("{err:#}").contains("optimizer_config.scheduler"), "{err:#}");
+        let err = Optimizer::new(vec![("w".into(), v)], settings("linear"))
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("optimizer_config.scheduler"),
+            "{err:#}"
+        );
     }
 }

@@ -10,22 +10,39 @@ const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 /// One figure per entry: file name, title, the metric keys drawn on it.
 const FIGURES: &[(&str, &str, &[&str])] = &[
-    ("reward.png", "Reward", &["reward/avg_raw_reward", "reward/mean_positive_reward"]),
+    (
+        "reward.png",
+        "Reward",
+        &["reward/avg_raw_reward", "reward/mean_positive_reward"],
+    ),
     ("eval_score.png", "Eval score", &["eval/all/avg_score"]),
-    ("response_length.png", "Response length (tokens)", &["generate/avg_num_tokens", "generate/max_num_tokens"]),
+    (
+        "response_length.png",
+        "Response length (tokens)",
+        &["generate/avg_num_tokens", "generate/max_num_tokens"],
+    ),
     ("entropy.png", "Policy entropy", &["policy/policy_entropy"]),
     (
         "clip_fraction.png",
         "Clip fraction",
-        &["policy/loss_metrics/clip_ratio", "policy/loss_metrics/clip_ratio_low", "policy/loss_metrics/clip_ratio_high"],
+        &[
+            "policy/loss_metrics/clip_ratio",
+            "policy/loss_metrics/clip_ratio_low",
+            "policy/loss_metrics/clip_ratio_high",
+        ],
     ),
 ];
 
 /// Reads `metrics.jsonl`: metric → (step, value) points.
 pub fn read_metrics(path: &Path) -> Result<BTreeMap<String, Vec<(f64, f64)>>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
             .with_context(|| format!("{}: line {} is not a JSON object", path.display(), i + 1))?;
         let step = obj
@@ -50,8 +67,11 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&out_dir)?;
     let mut written = Vec::new();
     for (file, title, keys) in FIGURES {
-        let lines: Vec<(&str, &Vec<(f64, f64)>)> =
-            keys.iter().filter_map(|k| metrics.get(*k).map(|s| (*k, s))).filter(|(_, s)| !s.is_empty()).collect();
+        let lines: Vec<(&str, &Vec<(f64, f64)>)> = keys
+            .iter()
+            .filter_map(|k| metrics.get(*k).map(|s| (*k, s)))
+            .filter(|(_, s)| !s.is_empty())
+            .collect();
         if lines.is_empty() {
             continue;
         }
@@ -60,7 +80,10 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
         written.push(path);
     }
     if written.is_empty() {
-        bail!("{}: none of the plotted metrics were logged", run_dir.join("metrics.jsonl").display());
+        bail!(
+            "{}: none of the plotted metrics were logged",
+            run_dir.join("metrics.jsonl").display()
+        );
     }
     Ok(written)
 }
@@ -68,7 +91,10 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
 fn draw(path: &Path, title: &str, lines: &[(&str, &Vec<(f64, f64)>)]) -> Result<()> {
     let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
-    let pts = lines.iter().flat_map(|(_, s)| s.iter()).filter(|(_, y)| y.is_finite());
+    let pts = lines
+        .iter()
+        .flat_map(|(_, s)| s.iter())
+        .filter(|(_, y)| y.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         x0 = x0.min(x);
@@ -86,16 +112,29 @@ fn draw(path: &Path, title: &str, lines: &[(&str, &Vec<(f64, f64)>)]) -> Result<
         .x_label_area_size(40)
         .y_label_area_size(64)
         .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
-    chart.configure_mesh().x_desc("step").label_style(("sans-serif", 15)).draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .label_style(("sans-serif", 15))
+        .draw()?;
     let palette = [BLUE, RED, GREEN, MAGENTA, CYAN];
     for (i, (name, series)) in lines.iter().enumerate() {
         let color = palette[i % palette.len()];
-        let data: Vec<(f64, f64)> = series.iter().copied().filter(|(_, y)| y.is_finite()).collect();
+        let data: Vec<(f64, f64)> = series
+            .iter()
+            .copied()
+            .filter(|(_, y)| y.is_finite())
+            .collect();
         chart
             .draw_series(LineSeries::new(data.clone(), color.stroke_width(2)))?
             .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(data.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled())))?;
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            data.iter()
+                .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+        )?;
     }
     chart
         .configure_series_labels()

@@ -6,12 +6,12 @@ use crate::data::{self, PromptLoader, PromptRow};
 use crate::env::EnvRegistry;
 use crate::generator::{EmbeddedGenerator, Generator};
 use crate::logging;
+use crate::optimizer::{Optimizer, OptimizerSettings};
 use crate::trainer::{checkpoint, DefaultHooks, Trainer, TrainerHooks};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use rlvr_algo::dynamic_sampling::{DynamicSampler, DynamicSamplingConfig, Strategy};
 use rlvr_algo::rewards::gsm8k::Method;
-use crate::optimizer::{Optimizer, OptimizerSettings};
 use rlvr_model::{Model, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -26,14 +26,18 @@ pub struct Extensions {
 impl Extensions {
     /// The stock hooks and the built-in environments configured from `cfg`.
     pub fn defaults(cfg: &Config) -> Result<Self> {
-        Ok(Self { hooks: Box::new(DefaultHooks), envs: EnvRegistry::with_builtins(gsm8k_method(cfg)?) })
+        Ok(Self {
+            hooks: Box::new(DefaultHooks),
+            envs: EnvRegistry::with_builtins(gsm8k_method(cfg)?),
+        })
     }
 }
 
 pub fn gsm8k_method(cfg: &Config) -> Result<Method> {
     let m = &cfg.environment.skyrl_gym.gsm8k.method;
-    m.parse()
-        .with_context(|| format!("environment.skyrl_gym.gsm8k.method={m:?}: expected strict or flexible"))
+    m.parse().with_context(|| {
+        format!("environment.skyrl_gym.gsm8k.method={m:?}: expected strict or flexible")
+    })
 }
 
 /// Directory for metrics, eval dumps and plots: `trainer.log_path/trainer.run_name`.
@@ -52,7 +56,11 @@ pub fn read_datasets(paths: &[String]) -> Result<Vec<PromptRow>> {
 
 /// Drops rows whose chat-templated prompt exceeds `max_len` tokens; returns kept rows and the
 /// number dropped.
-pub fn filter_long_prompts(rows: Vec<PromptRow>, tokenizer: &Tokenizer, max_len: usize) -> Result<(Vec<PromptRow>, usize)> {
+pub fn filter_long_prompts(
+    rows: Vec<PromptRow>,
+    tokenizer: &Tokenizer,
+    max_len: usize,
+) -> Result<(Vec<PromptRow>, usize)> {
     let before = rows.len();
     let mut kept = Vec::with_capacity(before);
     for row in rows {
@@ -74,7 +82,11 @@ pub fn build(resolved: &ResolvedConfig, ext: Extensions) -> Result<Trainer> {
     tracing::info!("loading {}", model_path.display());
     let pretrained = rlvr_model::load_pretrained(&model_path, &device)
         .with_context(|| format!("trainer.policy.model.path={}", model_path.display()))?;
-    let policy = Arc::new(Model::from_tensors(&pretrained.config, &pretrained.tensors, &device)?);
+    let policy = Arc::new(Model::from_tensors(
+        &pretrained.config,
+        &pretrained.tensors,
+        &device,
+    )?);
     let reference = if cfg.trainer.algorithm.use_kl_loss || cfg.trainer.algorithm.use_kl_in_reward {
         let ref_path = PathBuf::from(&cfg.trainer.reference.model.path);
         let reference = if ref_path == model_path {
@@ -102,18 +114,34 @@ pub fn build_with_model(
 ) -> Result<Trainer> {
     let cfg = resolved.config.clone();
     let max_prompt = cfg.trainer.max_prompt_length;
-    let (train_rows, dropped) = filter_long_prompts(read_datasets(&cfg.data.train_data)?, &tokenizer, max_prompt)?;
+    let (train_rows, dropped) =
+        filter_long_prompts(read_datasets(&cfg.data.train_data)?, &tokenizer, max_prompt)?;
     if dropped > 0 {
-        tracing::warn!("dropped {dropped} training prompts longer than trainer.max_prompt_length={max_prompt}");
+        tracing::warn!(
+            "dropped {dropped} training prompts longer than trainer.max_prompt_length={max_prompt}"
+        );
     }
-    let (val_rows, val_dropped) = filter_long_prompts(read_datasets(&cfg.data.val_data)?, &tokenizer, max_prompt)?;
+    let (val_rows, val_dropped) =
+        filter_long_prompts(read_datasets(&cfg.data.val_data)?, &tokenizer, max_prompt)?;
     if val_dropped > 0 {
         tracing::warn!("dropped {val_dropped} validation prompts longer than trainer.max_prompt_length={max_prompt}");
     }
-    tracing::info!("{} training prompts, {} validation prompts", train_rows.len(), val_rows.len());
-    let loader = PromptLoader::new(train_rows, cfg.trainer.train_batch_size, cfg.trainer.seed, true);
+    tracing::info!(
+        "{} training prompts, {} validation prompts",
+        train_rows.len(),
+        val_rows.len()
+    );
+    let loader = PromptLoader::new(
+        train_rows,
+        cfg.trainer.train_batch_size,
+        cfg.trainer.seed,
+        true,
+    );
 
-    let pad_id = tokenizer.pad_token_id().or(tokenizer.eos_token_id()).unwrap_or(0);
+    let pad_id = tokenizer
+        .pad_token_id()
+        .or(tokenizer.eos_token_id())
+        .unwrap_or(0);
     let generator: Box<dyn Generator> = Box::new(EmbeddedGenerator::new(
         policy.clone(),
         tokenizer.clone(),
@@ -124,7 +152,8 @@ pub fn build_with_model(
     let opt = &cfg.trainer.policy.optimizer_config;
     let batches = loader.batches_per_epoch();
     let mini_batches = cfg.trainer.train_batch_size / cfg.trainer.policy_mini_batch_size.max(1);
-    let total_updates = cfg.trainer.epochs * batches * mini_batches.max(1) * cfg.trainer.update_epochs_per_batch;
+    let total_updates =
+        cfg.trainer.epochs * batches * mini_batches.max(1) * cfg.trainer.update_epochs_per_batch;
     let optimizer = Optimizer::new(
         policy.named_vars().to_vec(),
         OptimizerSettings {
@@ -154,7 +183,12 @@ pub fn build_with_model(
     let run_dir = run_dir(&cfg);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     std::fs::write(run_dir.join("config.yaml"), resolved.to_yaml())?;
-    let names: Vec<String> = cfg.trainer.logger.split(',').map(|s| s.trim().to_string()).collect();
+    let names: Vec<String> = cfg
+        .trainer
+        .logger
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
     let (loggers, warnings) = logging::from_names(&names, &run_dir)?;
     for w in warnings {
         tracing::warn!("{w}");

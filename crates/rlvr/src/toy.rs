@@ -23,7 +23,11 @@ pub struct ToyEnv;
 impl Environment for ToyEnv {
     fn reward(&self, response: &str, row: &PromptRow) -> Result<f64> {
         let first = response.split_whitespace().next().unwrap_or("");
-        Ok(if first == row.reward_spec.ground_truth { 1.0 } else { 0.0 })
+        Ok(if first == row.reward_spec.ground_truth {
+            1.0
+        } else {
+            0.0
+        })
     }
 }
 
@@ -35,7 +39,11 @@ pub fn tokenizer() -> Result<Tokenizer> {
     let mut words = vec!["<pad>".to_string(), "<eos>".to_string()];
     words.extend((0..NUM_KEYS).map(|k| format!("q{k}")));
     words.extend((0..NUM_KEYS).map(|k| format!("a{k}")));
-    let vocab: HashMap<String, u32> = words.iter().enumerate().map(|(i, w)| (w.clone(), i as u32)).collect();
+    let vocab: HashMap<String, u32> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.clone(), i as u32))
+        .collect();
     let model = WordLevel::builder()
         .vocab(vocab.into_iter().collect())
         .unk_token("<pad>".into())
@@ -44,7 +52,10 @@ pub fn tokenizer() -> Result<Tokenizer> {
     let mut inner = tokenizers::Tokenizer::new(model);
     inner.with_pre_tokenizer(Some(WhitespaceSplit));
     inner
-        .add_special_tokens(vec![AddedToken::from("<pad>", true), AddedToken::from("<eos>", true)])
+        .add_special_tokens(vec![
+            AddedToken::from("<pad>", true),
+            AddedToken::from("<eos>", true),
+        ])
         .map_err(|e| anyhow::anyhow!("toy tokenizer: {e}"))?;
     let special = SpecialTokens {
         bos_token: None,
@@ -52,7 +63,12 @@ pub fn tokenizer() -> Result<Tokenizer> {
         pad_token: Some("<pad>".into()),
         unk_token: Some("<pad>".into()),
     };
-    Tokenizer::from_parts(inner, special, Some("{% for m in messages %}{{ m.content }}{% endfor %}"), false)
+    Tokenizer::from_parts(
+        inner,
+        special,
+        Some("{% for m in messages %}{{ m.content }}{% endfor %}"),
+        false,
+    )
 }
 
 /// A 2-layer Llama-style decoder over the toy vocabulary.
@@ -92,7 +108,10 @@ pub fn random_tensors(cfg: &ModelConfig, seed: u64) -> Result<HashMap<String, Te
         Ok(Tensor::from_vec(data, shape, &dev)?)
     };
     let (h, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim(), cfg.num_kv_heads() * cfg.head_dim());
+    let (q, kv) = (
+        cfg.num_attention_heads * cfg.head_dim(),
+        cfg.num_kv_heads() * cfg.head_dim(),
+    );
     out.insert("model.embed_tokens.weight".into(), normal(&[v, h])?);
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -107,10 +126,19 @@ pub fn random_tensors(cfg: &ModelConfig, seed: u64) -> Result<HashMap<String, Te
         ] {
             out.insert(format!("{p}.{name}.weight"), normal(&shape)?);
         }
-        out.insert(format!("{p}.input_layernorm.weight"), Tensor::ones(h, candle_core::DType::F32, &dev)?);
-        out.insert(format!("{p}.post_attention_layernorm.weight"), Tensor::ones(h, candle_core::DType::F32, &dev)?);
+        out.insert(
+            format!("{p}.input_layernorm.weight"),
+            Tensor::ones(h, candle_core::DType::F32, &dev)?,
+        );
+        out.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            Tensor::ones(h, candle_core::DType::F32, &dev)?,
+        );
     }
-    out.insert("model.norm.weight".into(), Tensor::ones(h, candle_core::DType::F32, &dev)?);
+    out.insert(
+        "model.norm.weight".into(),
+        Tensor::ones(h, candle_core::DType::F32, &dev)?,
+    );
     Ok(out)
 }
 
@@ -120,9 +148,15 @@ pub fn rows(copies: usize) -> Vec<PromptRow> {
         .flat_map(|_| 0..NUM_KEYS)
         .map(|k| PromptRow {
             data_source: "toy".into(),
-            prompt: vec![Message { role: "user".into(), content: format!("q{k}") }],
+            prompt: vec![Message {
+                role: "user".into(),
+                content: format!("q{k}"),
+            }],
             env_class: ENV_CLASS.into(),
-            reward_spec: RewardSpec { method: "rule".into(), ground_truth: format!("a{k}") },
+            reward_spec: RewardSpec {
+                method: "rule".into(),
+                ground_truth: format!("a{k}"),
+            },
             extra_info: serde_json::json!({ "key": k }),
         })
         .collect()
@@ -152,6 +186,9 @@ mod tests {
         assert_eq!(ToyEnv.reward("a3 a1", row).unwrap(), 1.0);
         assert_eq!(ToyEnv.reward("a1 a3", row).unwrap(), 0.0);
         assert_eq!(ToyEnv.reward("", row).unwrap(), 0.0);
-        assert_eq!(t.apply_chat_template_ids(&row.prompt, true).unwrap(), vec![5]);
+        assert_eq!(
+            t.apply_chat_template_ids(&row.prompt, true).unwrap(),
+            vec![5]
+        );
     }
 }

@@ -58,9 +58,17 @@ fn train(dir: &Path, overrides: &[&str], max_steps: usize) -> Vec<f64> {
 
 fn assert_learns(name: &str, rewards: &[f64]) {
     eprintln!("{name}: {rewards:.2?}");
-    assert!(rewards[0] < 0.3, "{name}: the untrained policy should score below 0.3, got {}", rewards[0]);
+    assert!(
+        rewards[0] < 0.3,
+        "{name}: the untrained policy should score below 0.3, got {}",
+        rewards[0]
+    );
     let last = *rewards.last().unwrap();
-    assert!(last > 0.8, "{name}: sampled eval reward is {last:.3} after {} steps", 8 * (rewards.len() - 1));
+    assert!(
+        last > 0.8,
+        "{name}: sampled eval reward is {last:.3} after {} steps",
+        8 * (rewards.len() - 1)
+    );
 }
 
 #[test]

@@ -66,7 +66,11 @@ fn reset_peak_rss() {
 
 fn load_rows(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
-        .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -112,9 +116,14 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         path.display(),
         t0.elapsed().as_secs_f64(),
         std::env::var("RAYON_NUM_THREADS").ok(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
-    let eos = tokenizer.token_to_id("<|im_end|>").or(tokenizer.eos_token_id()).context("no EOS token")?;
+    let eos = tokenizer
+        .token_to_id("<|im_end|>")
+        .or(tokenizer.eos_token_id())
+        .context("no EOS token")?;
     let chat = |q: &str| {
         tokenizer.apply_chat_template_ids(&[ChatMessage::user(format!("{q}{SUFFIX}"))], true)
     };
@@ -122,11 +131,21 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     if !skip_gen {
         let mut test = load_rows(&gsm8k.join("test.jsonl"));
         if test.is_empty() {
-            eprintln!("note: {} not found, using built-in prompts", gsm8k.display());
+            eprintln!(
+                "note: {} not found, using built-in prompts",
+                gsm8k.display()
+            );
             test = builtin_rows(64);
         }
         // Warm-up (not timed).
-        let warm = Request { prompt: chat(test[0]["question"].as_str().unwrap_or(""))?, params: SamplingParams { max_tokens: 4, seed: Some(0), ..Default::default() } };
+        let warm = Request {
+            prompt: chat(test[0]["question"].as_str().unwrap_or(""))?,
+            params: SamplingParams {
+                max_tokens: 4,
+                seed: Some(0),
+                ..Default::default()
+            },
+        };
         Engine::new(&model, EngineConfig::default()).generate(&[warm])?;
         for &b in &batches {
             reset_peak_rss();
@@ -151,12 +170,22 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                         })
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                let engine = Engine::new(&model, EngineConfig { max_batch: b, progress: true, ..Default::default() });
+                let engine = Engine::new(
+                    &model,
+                    EngineConfig {
+                        max_batch: b,
+                        progress: true,
+                        ..Default::default()
+                    },
+                );
                 let t = Instant::now();
                 let out = engine.generate(&reqs)?;
                 let dt = t.elapsed().as_secs_f64();
                 let real: usize = out.iter().map(|o| o.token_ids.len()).sum();
-                let n_eos = out.iter().filter(|o| o.token_ids.last() == Some(&eos)).count();
+                let n_eos = out
+                    .iter()
+                    .filter(|o| o.token_ids.last() == Some(&eos))
+                    .count();
                 rates.push(real as f64 / dt);
                 last = serde_json::json!({"seconds": dt, "real_tokens": real, "real_tok_s": real as f64 / dt, "n_eos": n_eos});
                 eprintln!("gen batch {b} run {r}: {last}");
@@ -179,7 +208,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         let mut max_prompt = 0;
         for (i, row) in train.iter().cycle().take(train_batch).enumerate() {
             let p = chat(row["question"].as_str().unwrap_or(""))?;
-            let c = tokenizer.encode(&format!("{}<|im_end|>", row["answer"].as_str().unwrap_or("")), false)?;
+            let c = tokenizer.encode(
+                &format!("{}<|im_end|>", row["answer"].as_str().unwrap_or("")),
+                false,
+            )?;
             let s: Vec<u32> = p.iter().chain(&c).copied().take(train_seq).collect();
             max_prompt = max_prompt.max(p.len());
             for (j, &t) in s.iter().enumerate() {
@@ -190,23 +222,44 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        let resp = if answer_only { train_seq - max_prompt.min(train_seq - 1) } else { train_seq - 1 };
+        let resp = if answer_only {
+            train_seq - max_prompt.min(train_seq - 1)
+        } else {
+            train_seq - 1
+        };
         let ids = Tensor::from_vec(ids, (train_batch, train_seq), &device)?;
         let mask = Tensor::from_vec(mask, (train_batch, train_seq), &device)?;
-        let m = Tensor::from_vec(cmask, (train_batch, train_seq), &device)?.narrow(1, train_seq - resp, resp)?;
+        let m = Tensor::from_vec(cmask, (train_batch, train_seq), &device)?.narrow(
+            1,
+            train_seq - resp,
+            resp,
+        )?;
         let adv = Tensor::randn(0f32, 1.0, (train_batch, 1), &device)?;
-        let opts = LogProbOptions { grad: false, ..Default::default() };
+        let opts = LogProbOptions {
+            grad: false,
+            ..Default::default()
+        };
         let old = model.response_logprobs(&ids, &mask, resp, &opts)?.logprobs;
-        let mut opt = AdamW::new(model.named_vars().to_vec(), AdamWConfig { lr: 1e-6, weight_decay: 0.0, ..Default::default() })?;
+        let mut opt = AdamW::new(
+            model.named_vars().to_vec(),
+            AdamWConfig {
+                lr: 1e-6,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
         let vars = model.vars();
         let mut rates = Vec::new();
         for step in 0..=train_steps {
             let t = Instant::now();
-            let lp = model.response_logprobs(&ids, &mask, resp, &LogProbOptions::default())?.logprobs;
+            let lp = model
+                .response_logprobs(&ids, &mask, resp, &LogProbOptions::default())?
+                .logprobs;
             let ratio = (lp - &old)?.exp()?;
             let l1 = ratio.broadcast_mul(&adv)?;
             let l2 = ratio.clamp(0.8f32, 1.28f32)?.broadcast_mul(&adv)?;
-            let loss = ((l1.minimum(&l2)? * &m)?.sum_all()?.neg()? / m.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?;
+            let loss = ((l1.minimum(&l2)? * &m)?.sum_all()?.neg()?
+                / m.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?;
             let t_fwd = t.elapsed().as_secs_f64();
             let mut grads = loss.backward()?;
             let t_bwd = t.elapsed().as_secs_f64() - t_fwd;

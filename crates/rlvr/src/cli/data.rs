@@ -36,7 +36,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             };
             let mut rows = convert_file(args.source, &file, "train")?;
             if rows.len() <= args.val_size {
-                bail!("{}: {} rows, not more than --val-size {}", file.display(), rows.len(), args.val_size);
+                bail!(
+                    "{}: {} rows, not more than --val-size {}",
+                    file.display(),
+                    rows.len(),
+                    args.val_size
+                );
             }
             let train = rows.split_off(args.val_size);
             let mut val = rows;

@@ -48,9 +48,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
     };
-    let out = Engine::new(&model, EngineConfig { max_batch: 1, ..Default::default() })
-        .generate(&[request])?
-        .remove(0);
+    let out = Engine::new(
+        &model,
+        EngineConfig {
+            max_batch: 1,
+            ..Default::default()
+        },
+    )
+    .generate(&[request])?
+    .remove(0);
     println!("{}", pre.tokenizer.decode(&out.token_ids, true)?);
     Ok(ExitCode::SUCCESS)
 }

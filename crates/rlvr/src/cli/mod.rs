@@ -1,6 +1,6 @@
 pub mod bench;
-pub mod conformance;
 pub mod config;
+pub mod conformance;
 pub mod data;
 pub mod generate;
 pub mod plot;

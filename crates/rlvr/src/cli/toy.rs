@@ -12,6 +12,10 @@ pub struct Args {
 /// `rlvr toy DIR`: the toy task of `examples/toy/`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::toy::write(&args.dir, args.seed)?;
-    println!("wrote {}/model and {}/data", args.dir.display(), args.dir.display());
+    println!(
+        "wrote {}/model and {}/data",
+        args.dir.display(),
+        args.dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

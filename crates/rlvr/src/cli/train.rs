@@ -35,7 +35,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             eprintln!("\ninterrupted twice: exiting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit now)");
+        eprintln!(
+            "\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit now)"
+        );
     })?;
 
     let last = trainer.fit()?;

@@ -145,7 +145,8 @@ fn write_parquet(path: &Path, rows: &[PromptRow]) -> Result<()> {
     ]));
     let mut decoder = arrow_json::ReaderBuilder::new(schema.clone()).build_decoder()?;
     decoder.serialize(rows)?;
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None)?;
     while let Some(batch) = decoder.flush()? {
         writer.write(&batch)?;

@@ -83,8 +83,9 @@ impl PromptLoader {
     fn reorder(&mut self) {
         self.order = (0..self.rows.len()).collect();
         if self.shuffle {
-            let mut rng =
-                rand::rngs::StdRng::seed_from_u64(self.seed ^ (self.state.epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                self.seed ^ (self.state.epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             self.order.shuffle(&mut rng);
         }
     }
@@ -99,9 +100,15 @@ mod tests {
         (0..n)
             .map(|i| PromptRow {
                 data_source: "t".into(),
-                prompt: vec![Message { role: "user".into(), content: i.to_string() }],
+                prompt: vec![Message {
+                    role: "user".into(),
+                    content: i.to_string(),
+                }],
                 env_class: "t".into(),
-                reward_spec: RewardSpec { method: "rule".into(), ground_truth: i.to_string() },
+                reward_spec: RewardSpec {
+                    method: "rule".into(),
+                    ground_truth: i.to_string(),
+                },
                 extra_info: serde_json::Value::Null,
             })
             .collect()
@@ -140,6 +147,8 @@ mod tests {
 
     #[test]
     fn too_small_dataset_gives_none() {
-        assert!(PromptLoader::new(rows(2), 3, 0, true).next_batch().is_none());
+        assert!(PromptLoader::new(rows(2), 3, 0, true)
+            .next_batch()
+            .is_none());
     }
 }

@@ -8,7 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 /// Appended to every question, exactly as SkyRL's GSM8K preparation does.
-pub const INSTRUCTION: &str = "Let's think step by step and output the final answer after \"####\".";
+pub const INSTRUCTION: &str =
+    "Let's think step by step and output the final answer after \"####\".";
 
 /// A word-problem source whose rows can be converted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -39,9 +40,16 @@ pub fn convert_file(source: Source, path: &Path, split: &str) -> Result<Vec<Prom
         }
         let raw: Value = serde_json::from_str(&line)
             .with_context(|| format!("{}: line {} is not JSON", path.display(), i + 1))?;
-        let (question, ground_truth, answer) = fields(source, &raw)
-            .with_context(|| format!("{}: line {}", path.display(), i + 1))?;
-        rows.push(row(source, rows.len(), split, &question, ground_truth, answer));
+        let (question, ground_truth, answer) =
+            fields(source, &raw).with_context(|| format!("{}: line {}", path.display(), i + 1))?;
+        rows.push(row(
+            source,
+            rows.len(),
+            split,
+            &question,
+            ground_truth,
+            answer,
+        ));
     }
     Ok(rows)
 }
@@ -94,7 +102,11 @@ fn fields(source: Source, raw: &Value) -> Result<(String, String, Value)> {
         }
         Source::Svamp => {
             let target = number("Answer")?;
-            (join_svamp(&text("Body")?, &text("Question")?), format_number(target), json!(target))
+            (
+                join_svamp(&text("Body")?, &text("Question")?),
+                format_number(target),
+                json!(target),
+            )
         }
     })
 }
@@ -102,7 +114,11 @@ fn fields(source: Source, raw: &Value) -> Result<(String, String, Value)> {
 /// SVAMP splits each problem into a body and a question; join them as one text.
 fn join_svamp(body: &str, question: &str) -> String {
     let body = body.trim();
-    let sep = if body.ends_with(['.', '?', '!']) { " " } else { ". " };
+    let sep = if body.ends_with(['.', '?', '!']) {
+        " "
+    } else {
+        ". "
+    };
     format!("{body}{sep}{}", question.trim())
 }
 
@@ -148,21 +164,37 @@ mod tests {
     #[test]
     fn mawps_and_svamp_numbers() {
         let d = tempfile::tempdir().unwrap();
-        let p = write(d.path(), "m.jsonl", "{\"input\":\"How many?\",\"target\":43.0}\n{\"input\":\"Half?\",\"target\":2.5}\n");
+        let p = write(
+            d.path(),
+            "m.jsonl",
+            "{\"input\":\"How many?\",\"target\":43.0}\n{\"input\":\"Half?\",\"target\":2.5}\n",
+        );
         let rows = convert_file(Source::Mawps, &p, "train").unwrap();
         assert_eq!(rows[0].reward_spec.ground_truth, "43");
         assert_eq!(rows[1].reward_spec.ground_truth, "2.5");
         let p = write(d.path(), "s.jsonl", "{\"Answer\":145.0,\"Question\":\"How big is each group?\",\"Body\":\"There are 290 bananas in 2 groups\"}\n");
         let rows = convert_file(Source::Svamp, &p, "test").unwrap();
         assert_eq!(rows[0].reward_spec.ground_truth, "145");
-        assert!(rows[0].prompt[0].content.starts_with("There are 290 bananas in 2 groups. How big is each group?"));
+        assert!(rows[0].prompt[0]
+            .content
+            .starts_with("There are 290 bananas in 2 groups. How big is each group?"));
     }
 
     #[test]
     fn bad_line_names_file_and_line() {
         let d = tempfile::tempdir().unwrap();
-        let p = write(d.path(), "b.jsonl", "{\"question\":\"Q\",\"answer\":\"no marker\"}\n");
-        let err = format!("{:#}", convert_file(Source::Gsm8k, &p, "train").unwrap_err());
-        assert!(err.contains("b.jsonl") && err.contains("line 1") && err.contains("####"), "{err}");
+        let p = write(
+            d.path(),
+            "b.jsonl",
+            "{\"question\":\"Q\",\"answer\":\"no marker\"}\n",
+        );
+        let err = format!(
+            "{:#}",
+            convert_file(Source::Gsm8k, &p, "train").unwrap_err()
+        );
+        assert!(
+            err.contains("b.jsonl") && err.contains("line 1") && err.contains("####"),
+            "{err}"
+        );
     }
 }

@@ -18,7 +18,12 @@ pub struct EmbeddedGenerator {
 
 impl EmbeddedGenerator {
     /// `max_num_seqs` sequences decode at once (`generator.max_num_seqs`).
-    pub fn new(model: Arc<Model>, tokenizer: Arc<Tokenizer>, envs: EnvRegistry, max_num_seqs: usize) -> Self {
+    pub fn new(
+        model: Arc<Model>,
+        tokenizer: Arc<Tokenizer>,
+        envs: EnvRegistry,
+        max_num_seqs: usize,
+    ) -> Self {
         let mut stop_token_ids: Vec<u32> = model.config().eos_token_ids();
         if let Some(eos) = tokenizer.eos_token_id() {
             if !stop_token_ids.contains(&eos) {
@@ -29,7 +34,11 @@ impl EmbeddedGenerator {
             model,
             tokenizer,
             envs,
-            engine: EngineConfig { max_batch: max_num_seqs.max(1), progress: true, ..Default::default() },
+            engine: EngineConfig {
+                max_batch: max_num_seqs.max(1),
+                progress: true,
+                ..Default::default()
+            },
             stop_token_ids,
         }
     }
@@ -43,7 +52,12 @@ impl EmbeddedGenerator {
 }
 
 impl Generator for EmbeddedGenerator {
-    fn generate(&mut self, groups: &[PromptGroup], sampling: &Sampling, seed: u64) -> Result<GeneratorOutput> {
+    fn generate(
+        &mut self,
+        groups: &[PromptGroup],
+        sampling: &Sampling,
+        seed: u64,
+    ) -> Result<GeneratorOutput> {
         let mut out = GeneratorOutput::default();
         let mut requests = Vec::new();
         for (g, group) in groups.iter().enumerate() {

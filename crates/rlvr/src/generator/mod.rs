@@ -111,5 +111,10 @@ impl GeneratorOutput {
 /// Generates and scores responses for prompt groups.
 pub trait Generator {
     /// `seed` makes the call reproducible: sample `j` of group `i` gets its own seed derived from it.
-    fn generate(&mut self, groups: &[PromptGroup], sampling: &Sampling, seed: u64) -> Result<GeneratorOutput>;
+    fn generate(
+        &mut self,
+        groups: &[PromptGroup],
+        sampling: &Sampling,
+        seed: u64,
+    ) -> Result<GeneratorOutput>;
 }

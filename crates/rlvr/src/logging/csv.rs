@@ -16,7 +16,11 @@ impl CsvLogger {
         if let Some(p) = path.parent() {
             std::fs::create_dir_all(p)?;
         }
-        Ok(Self { path: path.to_path_buf(), columns: Vec::new(), rows: Vec::new() })
+        Ok(Self {
+            path: path.to_path_buf(),
+            columns: Vec::new(),
+            rows: Vec::new(),
+        })
     }
 
     fn write_all(&self) -> Result<()> {

@@ -41,7 +41,10 @@ impl Logger for ConsoleLogger {
             }
         }
         if let Some((k, v)) = m.iter().find(|(k, _)| k.starts_with("reward/avg_pass_at_")) {
-            line.push_str(&format!(" | {} {v:.4}", k.trim_start_matches("reward/avg_")));
+            line.push_str(&format!(
+                " | {} {v:.4}",
+                k.trim_start_matches("reward/avg_")
+            ));
         }
         if let Some(score) = m.get("eval/all/avg_score") {
             line.push_str(&format!(" | eval {score:.4}"));
@@ -68,7 +71,9 @@ pub fn from_names(names: &[String], dir: &Path) -> Result<(Vec<Box<dyn Logger>>,
                 }
             }
             "csv" => loggers.push(Box::new(CsvLogger::create(&dir.join("metrics.csv"))?)),
-            "tensorboard" => loggers.push(Box::new(TensorBoardLogger::create(&dir.join("tensorboard"))?)),
+            "tensorboard" => loggers.push(Box::new(TensorBoardLogger::create(
+                &dir.join("tensorboard"),
+            )?)),
             other => {
                 warnings.push(format!(
                     "trainer.logger={other}: not available in rlvr (no network services); logging to console and {}",

@@ -15,8 +15,13 @@ impl TensorBoardLogger {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "localhost".into());
-        let path = dir.join(format!("events.out.tfevents.{}.{}", now.as_secs(), host.trim()));
-        let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let path = dir.join(format!(
+            "events.out.tfevents.{}.{}",
+            now.as_secs(),
+            host.trim()
+        ));
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut logger = Self { file };
         // The first record names the file format version.
         let mut ev = event_header(wall_time(), 0);
@@ -103,7 +108,10 @@ mod tests {
         while pos < data.len() {
             let len_bytes = &data[pos..pos + 8];
             let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
-            assert_eq!(u32::from_le_bytes(data[pos + 8..pos + 12].try_into().unwrap()), masked_crc(len_bytes));
+            assert_eq!(
+                u32::from_le_bytes(data[pos + 8..pos + 12].try_into().unwrap()),
+                masked_crc(len_bytes)
+            );
             let rec = &data[pos + 12..pos + 12 + len];
             assert_eq!(
                 u32::from_le_bytes(data[pos + 12 + len..pos + 16 + len].try_into().unwrap()),
@@ -152,7 +160,12 @@ mod tests {
         m.insert("policy/policy_loss".into(), -1.5);
         l.log(3, &m).unwrap();
         l.log(300, &m).unwrap();
-        let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let got = read_scalars(&file);
         assert_eq!(
             got,
@@ -170,6 +183,9 @@ mod tests {
         // crc32c("") = 0, masked = 0xa282ead8 (TensorFlow's kMaskDelta).
         assert_eq!(masked_crc(b""), 0xa282_ead8);
         // crc32c("123456789") = 0xe3069283 (the CRC-32C check value).
-        assert_eq!(masked_crc(b"123456789"), 0xe306_9283u32.rotate_right(15).wrapping_add(0xa282_ead8));
+        assert_eq!(
+            masked_crc(b"123456789"),
+            0xe306_9283u32.rotate_right(15).wrapping_add(0xa282_ead8)
+        );
     }
 }

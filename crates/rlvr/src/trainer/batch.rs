@@ -21,11 +21,25 @@ pub struct TrainBatch {
     pub lengths: Vec<usize>,
 }
 
-pub fn build(out: &GeneratorOutput, rows: &[usize], pad_id: u32, device: &Device) -> Result<TrainBatch> {
+pub fn build(
+    out: &GeneratorOutput,
+    rows: &[usize],
+    pad_id: u32,
+    device: &Device,
+) -> Result<TrainBatch> {
     let b = rows.len();
-    let p = rows.iter().map(|&i| out.prompt_token_ids[i].len()).max().unwrap_or(0);
+    let p = rows
+        .iter()
+        .map(|&i| out.prompt_token_ids[i].len())
+        .max()
+        .unwrap_or(0);
     // At least one response column, so a batch of empty responses still has a shape.
-    let r = rows.iter().map(|&i| out.response_ids[i].len()).max().unwrap_or(0).max(1);
+    let r = rows
+        .iter()
+        .map(|&i| out.response_ids[i].len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let s = p + r;
     let mut ids = vec![pad_id; b * s];
     let mut attn = vec![0u32; b * s];
@@ -77,13 +91,31 @@ mod tests {
             ..Default::default()
         };
         let b = build(&out, &[0, 1], 0, &Device::Cpu).unwrap();
-        assert_eq!(b.input_ids.to_vec2::<u32>().unwrap(), vec![vec![5, 6, 8, 0, 0], vec![0, 7, 9, 10, 11]]);
-        assert_eq!(b.attention_mask.to_vec2::<u32>().unwrap(), vec![vec![1, 1, 1, 0, 0], vec![0, 1, 1, 1, 1]]);
-        assert_eq!(b.response_mask.to_vec2::<f32>().unwrap(), vec![vec![1., 0., 0.], vec![1., 1., 1.]]);
-        assert_eq!(b.loss_mask.to_vec2::<f32>().unwrap(), vec![vec![1., 0., 0.], vec![1., 0., 1.]]);
-        assert_eq!(b.token_rewards.to_vec2::<f32>().unwrap(), vec![vec![1., 0., 0.], vec![0., 0., 0.5]]);
+        assert_eq!(
+            b.input_ids.to_vec2::<u32>().unwrap(),
+            vec![vec![5, 6, 8, 0, 0], vec![0, 7, 9, 10, 11]]
+        );
+        assert_eq!(
+            b.attention_mask.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 1, 1, 0, 0], vec![0, 1, 1, 1, 1]]
+        );
+        assert_eq!(
+            b.response_mask.to_vec2::<f32>().unwrap(),
+            vec![vec![1., 0., 0.], vec![1., 1., 1.]]
+        );
+        assert_eq!(
+            b.loss_mask.to_vec2::<f32>().unwrap(),
+            vec![vec![1., 0., 0.], vec![1., 0., 1.]]
+        );
+        assert_eq!(
+            b.token_rewards.to_vec2::<f32>().unwrap(),
+            vec![vec![1., 0., 0.], vec![0., 0., 0.5]]
+        );
         // Selecting rows reorders them.
         let b = build(&out, &[1], 0, &Device::Cpu).unwrap();
-        assert_eq!(b.input_ids.to_vec2::<u32>().unwrap(), vec![vec![7, 9, 10, 11]]);
+        assert_eq!(
+            b.input_ids.to_vec2::<u32>().unwrap(),
+            vec![vec![7, 9, 10, 11]]
+        );
     }
 }

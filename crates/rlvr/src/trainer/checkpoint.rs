@@ -28,7 +28,8 @@ pub fn step_dir(ckpt_root: &Path, step: usize) -> PathBuf {
 
 /// Writes the checkpoint of the trainer's current step and prunes old ones.
 pub fn save(t: &Trainer, ckpt_root: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(ckpt_root).with_context(|| format!("creating {}", ckpt_root.display()))?;
+    std::fs::create_dir_all(ckpt_root)
+        .with_context(|| format!("creating {}", ckpt_root.display()))?;
     let final_dir = step_dir(ckpt_root, t.global_step);
     let tmp = ckpt_root.join(format!(".global_step_{}.tmp", t.global_step));
     if tmp.exists() {
@@ -46,7 +47,10 @@ pub fn save(t: &Trainer, ckpt_root: &Path) -> Result<PathBuf> {
         optimizer: opt_meta,
         seed: t.cfg.trainer.seed,
     };
-    std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?)?;
+    std::fs::write(
+        tmp.join("trainer_state.json"),
+        serde_json::to_string_pretty(&state)?,
+    )?;
     std::fs::write(tmp.join("config.yaml"), serde_yaml::to_string(&t.cfg)?)?;
     sync_dir(&tmp)?;
 
@@ -55,7 +59,10 @@ pub fn save(t: &Trainer, ckpt_root: &Path) -> Result<PathBuf> {
     }
     std::fs::rename(&tmp, &final_dir)
         .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
-    write_atomic(&ckpt_root.join(LATEST), t.global_step.to_string().as_bytes())?;
+    write_atomic(
+        &ckpt_root.join(LATEST),
+        t.global_step.to_string().as_bytes(),
+    )?;
     prune(ckpt_root, t.cfg.trainer.max_ckpts_to_keep)?;
     tracing::info!("saved checkpoint {}", final_dir.display());
     Ok(final_dir)
@@ -63,7 +70,11 @@ pub fn save(t: &Trainer, ckpt_root: &Path) -> Result<PathBuf> {
 
 /// The directory `trainer.resume_mode` points at, if any: `latest` reads SkyRL's pointer file
 /// (no checkpoint yet = fresh start), `from_path` uses `trainer.resume_path`, `none`/null = fresh.
-pub fn resume_dir(mode: Option<&str>, resume_path: Option<&str>, ckpt_root: &Path) -> Result<Option<PathBuf>> {
+pub fn resume_dir(
+    mode: Option<&str>,
+    resume_path: Option<&str>,
+    ckpt_root: &Path,
+) -> Result<Option<PathBuf>> {
     match mode.unwrap_or("none") {
         "none" | "null" | "" => Ok(None),
         "latest" => {
@@ -72,10 +83,12 @@ pub fn resume_dir(mode: Option<&str>, resume_path: Option<&str>, ckpt_root: &Pat
                 return Ok(None);
             }
             let text = std::fs::read_to_string(&pointer)?;
-            let step: usize = text
-                .trim()
-                .parse()
-                .with_context(|| format!("{}: expected a step number, found {text:?}", pointer.display()))?;
+            let step: usize = text.trim().parse().with_context(|| {
+                format!(
+                    "{}: expected a step number, found {text:?}",
+                    pointer.display()
+                )
+            })?;
             Ok(Some(step_dir(ckpt_root, step)))
         }
         "from_path" => match resume_path {
@@ -89,8 +102,12 @@ pub fn resume_dir(mode: Option<&str>, resume_path: Option<&str>, ckpt_root: &Pat
 /// Restores weights, optimizer, loader position and step from `dir`.
 pub fn load(t: &mut Trainer, dir: &Path) -> Result<()> {
     let state: TrainerState = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("trainer_state.json"))
-            .with_context(|| format!("{}: not a checkpoint (no trainer_state.json)", dir.display()))?,
+        &std::fs::read_to_string(dir.join("trainer_state.json")).with_context(|| {
+            format!(
+                "{}: not a checkpoint (no trainer_state.json)",
+                dir.display()
+            )
+        })?,
     )
     .with_context(|| format!("{}/trainer_state.json is malformed", dir.display()))?;
     let device = t.policy.device().clone();
@@ -107,7 +124,11 @@ pub fn load(t: &mut Trainer, dir: &Path) -> Result<()> {
     t.optimizer.load_state(&opt, &state.optimizer)?;
     t.loader.set_state(state.loader);
     t.global_step = state.global_step;
-    tracing::info!("resumed from {} (step {})", dir.display(), state.global_step);
+    tracing::info!(
+        "resumed from {} (step {})",
+        dir.display(),
+        state.global_step
+    );
     Ok(())
 }
 
@@ -117,7 +138,13 @@ fn prune(root: &Path, keep: i64) -> Result<()> {
     }
     let mut steps: Vec<usize> = std::fs::read_dir(root)?
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("global_step_")?.parse().ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("global_step_")?
+                .parse()
+                .ok()
+        })
         .collect();
     steps.sort_unstable();
     let excess = steps.len().saturating_sub(keep as usize);

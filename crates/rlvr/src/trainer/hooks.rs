@@ -27,7 +27,10 @@ pub struct HookContext {
 }
 
 /// The built-in behaviour: soft overlong punishment when configured.
-pub fn default_postprocess(mut output: GeneratorOutput, ctx: &HookContext) -> Result<GeneratorOutput> {
+pub fn default_postprocess(
+    mut output: GeneratorOutput,
+    ctx: &HookContext,
+) -> Result<GeneratorOutput> {
     if let Some((len, factor)) = ctx.overlong_buffer {
         let lengths: Vec<usize> = output.response_ids.iter().map(Vec::len).collect();
         let buffer = rlvr_algo::overlong::OverlongBuffer {
@@ -35,7 +38,8 @@ pub fn default_postprocess(mut output: GeneratorOutput, ctx: &HookContext) -> Re
             len,
             penalty_factor: factor,
         };
-        output.rewards = rlvr_algo::overlong::soft_overlong_punishment(&output.rewards, &lengths, &buffer)?;
+        output.rewards =
+            rlvr_algo::overlong::soft_overlong_punishment(&output.rewards, &lengths, &buffer)?;
     }
     Ok(output)
 }

@@ -6,8 +6,8 @@ use super::Trainer;
 use crate::generator::GeneratorOutput;
 use crate::logging::Metrics;
 use anyhow::Result;
-use candle_core::{DType, Tensor};
 use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
 use rlvr_algo::kl::{approx_kl, KlEstimator};
 use rlvr_algo::reduction::{self, LossReduction};
 use rlvr_algo::{advantages, policy_loss};
@@ -15,7 +15,11 @@ use rlvr_model::logprobs::LogProbOptions;
 use rlvr_model::Model;
 
 /// Runs steps 6-8 on the whole (post-processed) batch and returns the policy metrics.
-pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch) -> Result<Metrics> {
+pub fn train_on_batch(
+    t: &mut Trainer,
+    out: &GeneratorOutput,
+    full: &TrainBatch,
+) -> Result<Metrics> {
     let cfg = t.cfg.clone();
     let alg = &cfg.trainer.algorithm;
     let temperature = cfg.generator.sampling_params.temperature;
@@ -27,13 +31,24 @@ pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch)
     let t0 = std::time::Instant::now();
     let old_logprobs = forward_logprobs(&t.policy, out, full, micro_fwd, temperature, t.pad_id)?;
     let ref_logprobs = match &t.reference {
-        Some(reference) => Some(forward_logprobs(reference, out, full, micro_fwd, temperature, t.pad_id)?),
+        Some(reference) => Some(forward_logprobs(
+            reference,
+            out,
+            full,
+            micro_fwd,
+            temperature,
+            t.pad_id,
+        )?),
         None => None,
     };
     let mut metrics = Metrics::new();
     metrics.insert("timing/fwd_logprobs".into(), t0.elapsed().as_secs_f64());
     if !out.rollout_logprobs.is_empty() {
-        metrics.extend(rollout_logprob_diff(&old_logprobs, &out.rollout_logprobs, &full.response_mask)?);
+        metrics.extend(rollout_logprob_diff(
+            &old_logprobs,
+            &out.rollout_logprobs,
+            &full.response_mask,
+        )?);
     }
 
     // KL in the reward (the alternative to the KL loss): r_t -= coef * kl_t.
@@ -65,7 +80,10 @@ pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch)
     let n_tokens = full.response_mask.sum_all()?.to_scalar::<f32>()?.max(1.0);
     metrics.insert(
         "loss/avg_raw_advantages".into(),
-        ((&advantages * &full.response_mask)?.sum_all()?.to_scalar::<f32>()? / n_tokens) as f64,
+        ((&advantages * &full.response_mask)?
+            .sum_all()?
+            .to_scalar::<f32>()?
+            / n_tokens) as f64,
     );
     let n = cfg.generator.n_samples_per_prompt;
     let micro_rows = cfg.trainer.micro_train_batch_size_per_gpu.max(1);
@@ -95,7 +113,13 @@ pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch)
         },
     )?;
     // The same per-row weights reduce the entropy and KL terms like the policy loss.
-    let row_tokens: Vec<f64> = full.loss_mask.sum(1)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
+    let row_tokens: Vec<f64> = full
+        .loss_mask
+        .sum(1)?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect();
     let mut row_weight = vec![0f64; rows];
     for &(s, e) in &mini_bounds {
         let local: Vec<(usize, usize)> = prompt_bounds
@@ -103,7 +127,13 @@ pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch)
             .filter(|&&(ps, pe)| ps >= s && pe <= e)
             .map(|&(ps, pe)| (ps - s, pe - s))
             .collect();
-        let w = reduction::row_scales(reduction, &row_tokens[s..e], micro_rows, alg.max_seq_len, Some(&local))?;
+        let w = reduction::row_scales(
+            reduction,
+            &row_tokens[s..e],
+            micro_rows,
+            alg.max_seq_len,
+            Some(&local),
+        )?;
         row_weight[s..e].copy_from_slice(&w);
     }
 
@@ -119,10 +149,15 @@ pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch)
                 let mb = batch::build(out, &idx, t.pad_id, t.policy.device())?;
                 let r = mb.response_len;
                 let take = |x: &Tensor| -> Result<Tensor> {
-                    Ok(x.narrow(0, micro_start, micro_end - micro_start)?.narrow(1, 0, r)?.contiguous()?)
+                    Ok(x.narrow(0, micro_start, micro_end - micro_start)?
+                        .narrow(1, 0, r)?
+                        .contiguous()?)
                 };
                 let weights = Tensor::from_vec(
-                    row_weight[micro_start..micro_end].iter().map(|&w| w as f32).collect::<Vec<_>>(),
+                    row_weight[micro_start..micro_end]
+                        .iter()
+                        .map(|&w| w as f32)
+                        .collect::<Vec<_>>(),
                     (micro_end - micro_start, 1),
                     t.policy.device(),
                 )?;
@@ -130,7 +165,12 @@ pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch)
                     &mb.input_ids,
                     &mb.attention_mask,
                     r,
-                    &LogProbOptions { temperature, entropy: true, grad: true, ..Default::default() },
+                    &LogProbOptions {
+                        temperature,
+                        entropy: true,
+                        grad: true,
+                        ..Default::default()
+                    },
                 )?;
                 let old = take(&old_logprobs)?;
                 let adv = take(&scaled_adv)?;
@@ -145,14 +185,20 @@ pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch)
                     },
                     &loss_cfg,
                 )?;
-                let policy_loss = reduction::masked_sum(&token_loss.loss, token_loss.loss_mask.as_ref())?;
+                let policy_loss =
+                    reduction::masked_sum(&token_loss.loss, token_loss.loss_mask.as_ref())?;
                 let mut loss = policy_loss.clone();
                 let weighted_sum = |x: &Tensor| -> Result<Tensor> {
                     Ok((x * &mb.loss_mask)?.broadcast_mul(&weights)?.sum_all()?)
                 };
                 if alg.use_kl_loss {
                     if let Some(reference) = &ref_logprobs {
-                        let kl = approx_kl(&lp.logprobs, &take(reference)?, Some(&mb.loss_mask), kl_estimator)?;
+                        let kl = approx_kl(
+                            &lp.logprobs,
+                            &take(reference)?,
+                            Some(&mb.loss_mask),
+                            kl_estimator,
+                        )?;
                         let kl_loss = weighted_sum(&kl)?;
                         acc.add("policy/policy_kl", scalar(&kl_loss)?);
                         loss = (loss + (kl_loss * alg.kl_loss_coef)?)?;
@@ -179,7 +225,10 @@ pub fn train_on_batch(t: &mut Trainer, out: &GeneratorOutput, full: &TrainBatch)
                 let stats = t.optimizer.step(grads)?;
                 acc.add_mean("policy/grad_norm", stats.grad_norm);
                 acc.add_mean("policy/policy_lr", stats.lr);
-                acc.add("policy/skipped_steps", if stats.skipped { 1.0 } else { 0.0 });
+                acc.add(
+                    "policy/skipped_steps",
+                    if stats.skipped { 1.0 } else { 0.0 },
+                );
             }
             acc.end_mini_batch();
         }
@@ -208,7 +257,11 @@ fn contiguous_run_ids(uids: &[String]) -> Vec<String> {
 
 /// SkyRL's `policy/rollout_train_logprobs_abs_diff_{mean,std}`: how far the engine's log-probs
 /// are from the trainer's for the same tokens (0 up to float noise with the embedded engine).
-fn rollout_logprob_diff(trainer_lp: &Tensor, rollout: &[Vec<f32>], mask: &Tensor) -> Result<Metrics> {
+fn rollout_logprob_diff(
+    trainer_lp: &Tensor,
+    rollout: &[Vec<f32>],
+    mask: &Tensor,
+) -> Result<Metrics> {
     let trainer_lp = trainer_lp.to_vec2::<f32>()?;
     let mask = mask.to_vec2::<f32>()?;
     let mut diffs = Vec::new();
@@ -247,11 +300,20 @@ fn forward_logprobs(
             &mb.input_ids,
             &mb.attention_mask,
             mb.response_len,
-            &LogProbOptions { temperature, entropy: false, grad: false, ..Default::default() },
+            &LogProbOptions {
+                temperature,
+                entropy: false,
+                grad: false,
+                ..Default::default()
+            },
         )?;
         let lp = lp.logprobs.detach();
         let pad = r_full - mb.response_len;
-        parts.push(if pad > 0 { lp.pad_with_zeros(1, 0, pad)? } else { lp });
+        parts.push(if pad > 0 {
+            lp.pad_with_zeros(1, 0, pad)?
+        } else {
+            lp
+        });
     }
     Ok(Tensor::cat(&parts, 0)?)
 }
