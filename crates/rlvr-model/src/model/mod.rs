@@ -7,6 +7,7 @@
 
 pub mod ops;
 pub mod rope;
+pub mod skinny;
 
 use crate::config::ModelConfig;
 use crate::kv_cache::KvCache;
@@ -26,9 +27,13 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// `x: [N, in]` → `[N, out]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.as_tensor().t()?)?;
+    /// `x: [N, in]` → `[N, out]`. Without `grad`, few-row inputs take the decoding kernel.
+    pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
+        let w = self.weight.as_tensor();
+        let y = match (grad, skinny::try_matmul_t(x, w)?) {
+            (false, Some(y)) => y,
+            _ => x.matmul(&w.t()?)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b.as_tensor()),
             None => Ok(y),
@@ -334,17 +339,17 @@ impl Model {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(layer.q.forward(&hn)?, heads)?;
-        let k = split(layer.k.forward(&hn)?, kv_heads)?;
-        let v = split(layer.v.forward(&hn)?, kv_heads)?;
+        let q = split(layer.q.forward(&hn, grad)?, heads)?;
+        let k = split(layer.k.forward(&hn, grad)?, kv_heads)?;
+        let v = split(layer.v.forward(&hn, grad)?, kv_heads)?;
         let q = ops::rope(&q, cos, sin, grad)?;
         let k = ops::rope(&k, cos, sin, grad)?;
         let a = attn(&q, &k, &v)?;
         let a = a.transpose(1, 2)?.reshape((b * l, heads * head_dim))?;
-        let x = (x + layer.o.forward(&a)?.reshape((b, l, h))?)?;
+        let x = (x + layer.o.forward(&a, grad)?.reshape((b, l, h))?)?;
         let hn = ops::rms_norm(&x, layer.post_norm.as_tensor(), eps, grad)?.reshape((b * l, h))?;
-        let m = (layer.gate.forward(&hn)?.silu()? * layer.up.forward(&hn)?)?;
-        x + layer.down.forward(&m)?.reshape((b, l, h))?
+        let m = (layer.gate.forward(&hn, grad)?.silu()? * layer.up.forward(&hn, grad)?)?;
+        x + layer.down.forward(&m, grad)?.reshape((b, l, h))?
     }
 
     /// KV-cached forward of `tokens` (row-major `[n, L]`) for the cache slots
@@ -401,7 +406,10 @@ impl Model {
         cache.advance(first_slot, n, l);
         let last = x.narrow(1, l - 1, 1)?.squeeze(1)?;
         let hn = ops::rms_norm(&last, self.norm.as_tensor(), self.cfg.rms_norm_eps, false)?;
-        hn.matmul(&self.lm_head_weight().t()?)
+        match skinny::try_matmul_t(&hn, self.lm_head_weight())? {
+            Some(y) => Ok(y),
+            None => hn.matmul(&self.lm_head_weight().t()?),
+        }
     }
 }
 
