@@ -79,7 +79,11 @@ impl Tokenizer {
             unk_token: pick("unk_token"),
         };
         let jinja = dir.join("chat_template.jinja");
-        let template = match config.as_ref().and_then(|c| c.get("chat_template")) {
+        let template = match config
+            .as_ref()
+            .and_then(|c| c.get("chat_template"))
+            .filter(|t| !t.is_null())
+        {
             Some(t) => Some(template_string(t).with_context(|| {
                 format!(
                     "{}: chat_template",
@@ -310,5 +314,109 @@ fn template_string(v: &Json) -> Result<String> {
             named("default").context("a list of templates without a \"default\" entry")
         }
         _ => bail!("expected a string or a list of {{name, template}}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::AddedToken;
+
+    fn write_inner(dir: &Path) {
+        let vocab: Vocab = [("a", 0), ("b", 1), ("ab", 2), ("<s>", 3), ("</s>", 4)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, vec![("a".into(), "b".into())])
+            .build()
+            .unwrap();
+        let mut t = tokenizers::Tokenizer::new(bpe);
+        t.add_special_tokens([
+            AddedToken::from("<s>", true),
+            AddedToken::from("</s>", true),
+        ])
+        .unwrap();
+        t.save(dir.join("tokenizer.json"), false).unwrap();
+    }
+
+    #[test]
+    fn hf_dir_special_token_dicts_and_template_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        write_inner(dir.path());
+        let config = serde_json::json!({
+            "bos_token": {"__type": "AddedToken", "content": "<s>", "special": true},
+            "eos_token": "</s>",
+            "pad_token": null,
+            "chat_template": [
+                {"name": "tool_use", "template": "unused"},
+                {"name": "default", "template": "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}{{ eos_token }}"}
+            ],
+        });
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        let tok = Tokenizer::from_hf_dir(dir.path()).unwrap();
+        assert_eq!(
+            (tok.bos_token_id(), tok.eos_token_id(), tok.pad_token_id()),
+            (Some(3), Some(4), None)
+        );
+        let msgs = [ChatMessage::user("ab")];
+        assert_eq!(tok.apply_chat_template(&msgs, false).unwrap(), "<s>ab</s>");
+        assert_eq!(
+            tok.apply_chat_template_ids(&msgs, false).unwrap(),
+            vec![3, 2, 4]
+        );
+        assert_eq!(tok.decode(&[3, 2, 4], true).unwrap(), "ab");
+    }
+
+    #[test]
+    fn hf_dir_reads_chat_template_jinja_and_special_tokens_map() {
+        let dir = tempfile::tempdir().unwrap();
+        write_inner(dir.path());
+        std::fs::write(
+            dir.path().join("special_tokens_map.json"),
+            r#"{"eos_token": "</s>"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("chat_template.jinja"),
+            "{{ messages[0].content }}{{ eos_token }}",
+        )
+        .unwrap();
+        let tok = Tokenizer::from_hf_dir(dir.path()).unwrap();
+        assert_eq!(
+            tok.apply_chat_template(&[ChatMessage::user("a")], false)
+                .unwrap(),
+            "a</s>"
+        );
+        assert!(tok.bos_token_id().is_none());
+    }
+
+    #[test]
+    fn hf_dir_errors_name_the_file_and_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Tokenizer::from_hf_dir(dir.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("tokenizer.json"), "{err:#}");
+        write_inner(dir.path());
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"eos_token": "<eos>"}"#,
+        )
+        .unwrap();
+        let err = format!("{:#}", Tokenizer::from_hf_dir(dir.path()).unwrap_err());
+        assert!(err.contains("eos_token") && err.contains("<eos>"), "{err}");
+        std::fs::write(dir.path().join("tokenizer_config.json"), "{not json").unwrap();
+        let err = format!("{:#}", Tokenizer::from_hf_dir(dir.path()).unwrap_err());
+        assert!(err.contains("tokenizer_config.json"), "{err}");
+        let tok = Tokenizer::from_parts(
+            tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap(),
+            SpecialTokens::default(),
+            None,
+            false,
+        )
+        .unwrap();
+        assert!(tok
+            .apply_chat_template(&[ChatMessage::user("a")], true)
+            .is_err());
     }
 }
