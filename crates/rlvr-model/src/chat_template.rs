@@ -109,6 +109,9 @@ impl ChatTemplate {
         extra: &[(&str, Value)],
     ) -> Result<String> {
         let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
+        // transformers always passes these, as None when unused; templates test `is not none`.
+        ctx.insert("tools".into(), Value::from(()));
+        ctx.insert("documents".into(), Value::from(()));
         for (k, v) in extra {
             ctx.insert((*k).to_owned(), v.clone());
         }
@@ -458,6 +461,20 @@ mod tests {
             .render(&[ChatMessage::new("tool", "x")], false, &toks)
             .unwrap_err();
         assert!(format!("{err:#}").contains("bad role tool"), "{err:#}");
+    }
+
+    #[test]
+    fn tools_and_documents_default_to_none() {
+        let src = "{% if tools is not none %}T{% endif %}{% if documents is none %}D{% endif %}";
+        let t = ChatTemplate::new(src).unwrap();
+        let toks = TemplateTokens::default();
+        assert_eq!(t.render(&[], false, &toks).unwrap(), "D");
+        let tools = Value::from_serialize(serde_json::json!([{"name": "calc"}]));
+        assert_eq!(
+            t.render_with(&[], false, &toks, &[("tools", tools)])
+                .unwrap(),
+            "TD"
+        );
     }
 
     #[test]
