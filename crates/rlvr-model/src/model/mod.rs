@@ -5,6 +5,7 @@
 //! forward with an attention mask) and generation (KV-cached forward): an optimizer step is seen by
 //! the next generation without any copy.
 
+mod autograd;
 pub mod ops;
 pub mod rope;
 pub mod skinny;
@@ -54,13 +55,7 @@ struct Layer {
     down: Linear,
 }
 
-/// Shapes of one attention call.
-#[derive(Clone, Copy)]
-struct Dims {
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-}
+use ops::AttnDims as Dims;
 
 #[derive(Debug)]
 pub struct Model {
@@ -295,7 +290,7 @@ impl Model {
         let dims = self.dims();
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, &cos, &sin, grad, |q, k, v| {
-                attend(q, k, v, &mask, dims, grad)
+                ops::attention(q, k, v, &mask, dims, grad)
             })?;
         }
         ops::rms_norm(&x, self.norm.as_tensor(), self.cfg.rms_norm_eps, grad)
@@ -348,7 +343,11 @@ impl Model {
         let a = a.transpose(1, 2)?.reshape((b * l, heads * head_dim))?;
         let x = (x + layer.o.forward(&a, grad)?.reshape((b, l, h))?)?;
         let hn = ops::rms_norm(&x, layer.post_norm.as_tensor(), eps, grad)?.reshape((b * l, h))?;
-        let m = (layer.gate.forward(&hn, grad)?.silu()? * layer.up.forward(&hn, grad)?)?;
+        let m = ops::swiglu(
+            &layer.gate.forward(&hn, grad)?,
+            &layer.up.forward(&hn, grad)?,
+            grad,
+        )?;
         x + layer.down.forward(&m, grad)?.reshape((b, l, h))?
     }
 
@@ -400,7 +399,7 @@ impl Model {
             x = self.layer_forward(layer, &x, &cos, &sin, false, |q, k, v| {
                 cache.write(li, first_slot, &starts, k, v)?;
                 let (kc, vc) = cache.view(li, first_slot, n, total)?;
-                attend(q, &kc, &vc, &mask, dims, false)
+                ops::attention(q, &kc, &vc, &mask, dims, false)
             })?;
         }
         cache.advance(first_slot, n, l);
@@ -411,28 +410,6 @@ impl Model {
             None => hn.matmul(&self.lm_head_weight().t()?),
         }
     }
-}
-
-/// Scaled dot-product attention with GQA (query head `h` reads kv head `h / group`, as HF's
-/// `repeat_kv`), without materialising repeated keys. `q: [B,nh,L,hd]`, `k, v: [B,nkv,T,hd]`,
-/// additive `mask: [B,1,1,L,T]`.
-fn attend(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &Tensor,
-    d: Dims,
-    grad: bool,
-) -> Result<Tensor> {
-    let (b, _, l, _) = q.dims4()?;
-    let t = k.dim(2)?;
-    let g = d.heads / d.kv_heads;
-    let scale = 1.0 / (d.head_dim as f64).sqrt();
-    let q = q.reshape((b, d.kv_heads, g * l, d.head_dim))?;
-    let att = (q.matmul(&k.t()?)? * scale)?;
-    let att = att.reshape((b, d.kv_heads, g, l, t))?.broadcast_add(mask)?;
-    let p = ops::softmax_last(&att, grad)?.reshape((b, d.kv_heads, g * l, t))?;
-    p.matmul(v)?.reshape((b, d.heads, l, d.head_dim))
 }
 
 #[cfg(test)]

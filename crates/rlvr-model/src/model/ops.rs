@@ -1,22 +1,61 @@
-//! The few kernels the decoder needs, each in a differentiable form (for training) and a fused
-//! inference form (no backward). The two agree to float rounding; tests check that.
+//! The decoder's kernels. Inference uses candle's fused kernels (no backward). Training uses the
+//! same forward plus a hand-written backward ([`autograd`](super::autograd)), so the graph keeps
+//! only each op's inputs; f64 (gradient checks) goes through composite ops for full precision.
 
-use candle_core::{Result, Tensor, D};
+use super::autograd::{op1, op2, op3};
+use candle_core::{DType, Result, Tensor, D};
+
+fn fused(x: &Tensor) -> bool {
+    x.dtype() == DType::F32
+}
 
 /// RMSNorm over the last dim: `x / sqrt(mean(x^2) + eps) * w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, grad: bool) -> Result<Tensor> {
+    let y = if fused(x) {
+        candle_nn::ops::rms_norm(&x.detach().contiguous()?, &w.detach(), eps as f32)?
+    } else {
+        let inv = inv_rms(&x.detach(), eps)?;
+        x.detach().broadcast_mul(&inv)?.broadcast_mul(&w.detach())?
+    };
     if !grad {
-        return candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32);
+        return Ok(y);
     }
+    op2("rms-norm", x, w, y, move |x, w, g| {
+        let h = x.dim(D::Minus1)? as f64;
+        let r = inv_rms(x, eps)?;
+        let gw = g.broadcast_mul(w)?;
+        let dot = (&gw * x)?.sum_keepdim(D::Minus1)?;
+        let coef = (r.powf(3.0)? * dot)? / h;
+        let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&coef?)?)?;
+        let xr = x.broadcast_mul(&r)?;
+        let n = xr.elem_count() / xr.dim(D::Minus1)?;
+        let dw = (g * xr)?.reshape((n, ()))?.sum(0)?;
+        Ok((Some(dx), Some(dw)))
+    })
+}
+
+fn inv_rms(x: &Tensor, eps: f64) -> Result<Tensor> {
     let h = x.dim(D::Minus1)? as f64;
-    let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / h)?;
-    let inv = (ms + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(w)
+    ((x.sqr()?.sum_keepdim(D::Minus1)? / h)? + eps)?
+        .sqrt()?
+        .recip()
 }
 
 /// RoPE on `x: [B, H, S, D]` with `cos, sin: [B, S, D/2]` (HF `rotate_half` layout).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, grad: bool) -> Result<Tensor> {
+    let y = rope_nograd(&x.detach(), cos, sin)?;
     if !grad {
+        return Ok(y);
+    }
+    // RoPE is a rotation: its transpose is the rotation by the opposite angle.
+    let (cos, neg_sin) = (cos.clone(), sin.neg()?);
+    op1("rope", x, y, move |_, g| {
+        Ok(Some(rope_nograd(g, &cos, &neg_sin)?))
+    })
+}
+
+fn rope_nograd(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused(x) {
         return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
     }
     let half = x.dim(D::Minus1)? / 2;
@@ -28,50 +67,201 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, grad: bool) -> Result<Tensor
     x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?
 }
 
-/// Softmax over the last dim.
-pub fn softmax_last(x: &Tensor, grad: bool) -> Result<Tensor> {
-    if !grad {
+/// Softmax over the last dim (no backward; attention's backward is written out below).
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
         return candle_nn::ops::softmax_last_dim(&x.contiguous()?);
     }
-    // The max only keeps exp() in range; softmax does not depend on it, so no gradient is needed.
-    let max = x.max_keepdim(D::Minus1)?.detach();
+    let max = x.max_keepdim(D::Minus1)?;
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// `silu(gate) * up`.
+pub fn swiglu(gate: &Tensor, up: &Tensor, grad: bool) -> Result<Tensor> {
+    let y = (gate.detach().silu()? * up.detach())?;
+    if !grad {
+        return Ok(y);
+    }
+    op2("swiglu", gate, up, y, |gate, up, g| {
+        let s = (gate.neg()?.exp()? + 1.0)?.recip()?;
+        let silu = (gate * &s)?;
+        let d_up = (g * &silu)?;
+        // silu'(x) = s (1 + x (1 - s))
+        let dsilu = (&s * ((gate * (1.0 - &s)?)? + 1.0)?)?;
+        let d_gate = ((g * up)? * dsilu)?;
+        Ok((Some(d_gate), Some(d_up)))
+    })
+}
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Scaled dot-product attention with GQA (query head `h` reads kv head `h / group`, as HF's
+/// `repeat_kv`) without materialising repeated keys. `q: [B,nh,L,hd]`, `k, v: [B,nkv,T,hd]`,
+/// additive `mask: [B,1,1,L,T]` → `[B,nh,L,hd]`. With `grad`, the backward recomputes the
+/// probabilities instead of keeping them (`B x nh x L x T` per layer).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    d: AttnDims,
+    grad: bool,
+) -> Result<Tensor> {
+    let (p, qr) = attention_probs(&q.detach(), &k.detach(), mask, d)?;
+    let (b, _, l, _) = q.dims4()?;
+    let out = p
+        .matmul(&v.detach())?
+        .reshape((b, d.heads, l, d.head_dim))?;
+    if !grad {
+        return Ok(out);
+    }
+    drop((p, qr));
+    let mask = mask.clone();
+    op3("attention", q, k, v, out, move |q, k, v, g| {
+        let (b, _, l, _) = q.dims4()?;
+        let t = k.dim(2)?;
+        let grp = d.heads / d.kv_heads;
+        let scale = 1.0 / (d.head_dim as f64).sqrt();
+        let (p, qr) = attention_probs(q, k, &mask, d)?;
+        let go = g.reshape((b, d.kv_heads, grp * l, d.head_dim))?;
+        let dv = p.t()?.matmul(&go)?;
+        let dp = go.matmul(&v.t()?)?;
+        let ds = (&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(D::Minus1)?)?)?;
+        let dq = (ds.matmul(&k.contiguous()?)? * scale)?.reshape((b, d.heads, l, d.head_dim))?;
+        let dk = (ds.t()?.matmul(&qr)? * scale)?;
+        debug_assert_eq!(dk.dims(), [b, d.kv_heads, t, d.head_dim]);
+        Ok((Some(dq), Some(dk), Some(dv)))
+    })
+}
+
+/// Probabilities `[B, nkv, group * L, T]` and the regrouped queries `[B, nkv, group * L, hd]`.
+fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, d: AttnDims) -> Result<(Tensor, Tensor)> {
+    let (b, _, l, _) = q.dims4()?;
+    let t = k.dim(2)?;
+    let g = d.heads / d.kv_heads;
+    let scale = 1.0 / (d.head_dim as f64).sqrt();
+    let qr = q
+        .contiguous()?
+        .reshape((b, d.kv_heads, g * l, d.head_dim))?;
+    let att = (qr.matmul(&k.t()?)? * scale)?;
+    let att = att.reshape((b, d.kv_heads, g, l, t))?.broadcast_add(mask)?;
+    let p = softmax_last(&att)?.reshape((b, d.kv_heads, g * l, t))?;
+    Ok((p, qr))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::{Device, Tensor, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let (a, b) = (
+            a.to_dtype(DType::F64).unwrap(),
+            b.to_dtype(DType::F64).unwrap(),
+        );
         (a - b)
             .unwrap()
             .abs()
             .unwrap()
             .flatten_all()
             .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
             .max(0)
             .unwrap()
-            .to_scalar::<f32>()
+            .to_scalar::<f64>()
             .unwrap()
     }
 
+    /// The f32 fused forward agrees with the f64 composite one.
     #[test]
-    fn fused_and_differentiable_forms_agree() {
+    fn fused_f32_forward_matches_f64() {
         let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1.0, 8, &dev).unwrap();
+        let x = Tensor::randn(0f64, 1.0, (2, 3, 5, 8), &dev).unwrap();
+        let w = Tensor::randn(0f64, 1.0, 8, &dev).unwrap();
+        let cos = Tensor::randn(0f64, 1.0, (2, 5, 4), &dev).unwrap();
+        let sin = Tensor::randn(0f64, 1.0, (2, 5, 4), &dev).unwrap();
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
         let a = rms_norm(&x, &w, 1e-5, true).unwrap();
-        let b = rms_norm(&x, &w, 1e-5, false).unwrap();
+        let b = rms_norm(&f(&x), &f(&w), 1e-5, false).unwrap();
         assert!(max_diff(&a, &b) < 1e-5);
-        let a = softmax_last(&x, true).unwrap();
-        let b = softmax_last(&x, false).unwrap();
-        assert!(max_diff(&a, &b) < 1e-6);
-        let cos = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
-        let sin = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
         let a = rope(&x, &cos, &sin, true).unwrap();
-        let b = rope(&x, &cos, &sin, false).unwrap();
+        let b = rope(&f(&x), &f(&cos), &f(&sin), false).unwrap();
         assert!(max_diff(&a, &b) < 1e-5);
+        let a = softmax_last(&x).unwrap();
+        let b = softmax_last(&f(&x)).unwrap();
+        assert!(max_diff(&a, &b) < 1e-6);
+    }
+
+    /// Every hand-written backward against central finite differences in f64.
+    #[test]
+    fn backward_rules_match_finite_differences() {
+        let dev = Device::Cpu;
+        let var = |shape: &[usize]| {
+            Var::from_tensor(&Tensor::randn(0f64, 1.0, shape, &dev).unwrap()).unwrap()
+        };
+        let x = var(&[2, 4, 3, 8]);
+        let w = var(&[8]);
+        let up = var(&[2, 4, 3, 8]);
+        let k = var(&[2, 2, 3, 8]);
+        let v = var(&[2, 2, 3, 8]);
+        let cos = Tensor::randn(0f64, 1.0, (2, 3, 4), &dev).unwrap();
+        let sin = Tensor::randn(0f64, 1.0, (2, 3, 4), &dev).unwrap();
+        let mut m = vec![0f64; 2 * 3 * 3];
+        m[3 * 3 + 2] = -1e30; // one masked key
+        let mask = Tensor::from_vec(m, (2, 1, 1, 3, 3), &dev).unwrap();
+        let d = AttnDims {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let probe = Tensor::randn(0f64, 1.0, (2, 4, 3, 8), &dev).unwrap();
+        let loss = || -> Tensor {
+            let h = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, true).unwrap();
+            let h = rope(&h, &cos, &sin, true).unwrap();
+            let h = swiglu(&h, up.as_tensor(), true).unwrap();
+            let h = attention(&h, k.as_tensor(), v.as_tensor(), &mask, d, true).unwrap();
+            (h * &probe).unwrap().sum_all().unwrap()
+        };
+        let grads = loss().backward().unwrap();
+        for (name, p) in [("x", &x), ("w", &w), ("up", &up), ("k", &k), ("v", &v)] {
+            let g = grads
+                .get(p)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let base = p
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            for i in [0, base.len() / 2, base.len() - 1] {
+                let eps = 1e-6;
+                let mut at = |delta: f64| {
+                    let mut b = base.clone();
+                    b[i] += delta;
+                    p.set(&Tensor::from_vec(b, p.shape(), &dev).unwrap())
+                        .unwrap();
+                    loss().to_scalar::<f64>().unwrap()
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                at(0.0);
+                assert!(
+                    (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{name}[{i}]: {} vs {fd}",
+                    g[i]
+                );
+            }
+        }
     }
 }
