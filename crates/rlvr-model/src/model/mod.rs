@@ -361,7 +361,7 @@ impl Model {
         tokens: &[u32],
         n: usize,
     ) -> Result<Tensor> {
-        if n == 0 || tokens.len() % n != 0 || tokens.is_empty() {
+        if n == 0 || !tokens.len().is_multiple_of(n) || tokens.is_empty() {
             candle_core::bail!(
                 "forward_cached: {} tokens do not split into {n} rows",
                 tokens.len()

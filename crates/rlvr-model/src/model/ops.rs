@@ -247,7 +247,7 @@ mod tests {
                 .unwrap();
             for i in [0, base.len() / 2, base.len() - 1] {
                 let eps = 1e-6;
-                let mut at = |delta: f64| {
+                let at = |delta: f64| {
                     let mut b = base.clone();
                     b[i] += delta;
                     p.set(&Tensor::from_vec(b, p.shape(), &dev).unwrap())
