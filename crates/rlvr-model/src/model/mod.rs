@@ -91,7 +91,9 @@ impl Params<'_> {
             );
         }
         let t = t.to_dtype(self.dtype)?.to_device(self.device)?;
-        let v = Var::from_tensor(&t)?;
+        // `detach` makes `from_tensor` copy: a Var built from another model's Var would otherwise
+        // share its storage, and a reference model would silently follow the policy's updates.
+        let v = Var::from_tensor(&t.detach())?;
         self.named.push((name.to_string(), v.clone()));
         Ok(v)
     }
@@ -213,11 +215,13 @@ impl Model {
         self.named.iter().map(|(_, v)| v.clone()).collect()
     }
 
-    /// Parameters as plain tensors under their HF names, `lm_head.weight` included only if untied.
+    /// The parameters under their HF names (`lm_head.weight` only if untied), for export or to
+    /// build a reference model. These alias the live parameters (optimizer steps update them in
+    /// place); [`Model::from_tensors`] copies, so a model built from them is frozen.
     pub fn tensors(&self) -> HashMap<String, Tensor> {
         self.named
             .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
             .collect()
     }
 

@@ -289,3 +289,17 @@ fn moving_a_slot_keeps_its_sequence() {
     let b = model.forward_cached(&mut other, 0, &[16], 1).unwrap();
     assert!(max_abs_diff(&a, &b) < 1e-6);
 }
+
+#[test]
+fn reference_model_from_policy_tensors_does_not_follow_updates() {
+    let policy = tiny_model(false, true, 7);
+    let reference = Model::from_tensors(policy.config(), &policy.tensors(), &Device::Cpu).unwrap();
+    let (ids, mask) = padded_batch(policy.device());
+    let before = reference.forward_logits(&ids, &mask, false).unwrap();
+    let w = &policy.named_vars()[0].1;
+    w.set(&(w.as_tensor() * 2.0).unwrap()).unwrap();
+    let after = reference.forward_logits(&ids, &mask, false).unwrap();
+    assert_eq!(max_abs_diff(&before, &after), 0.0);
+    let moved = policy.forward_logits(&ids, &mask, false).unwrap();
+    assert!(max_abs_diff(&before, &moved) > 1e-3);
+}

@@ -110,7 +110,8 @@ impl AdamW {
         self.params.iter().map(|(n, _)| n.as_str())
     }
 
-    /// Per-parameter state, in parameter order (for checkpoints).
+    /// Per-parameter state, in parameter order (for checkpoints). The CPU path updates these
+    /// tensors in place at the next step: copy them if they must outlive it unchanged.
     pub fn state(&self) -> &[ParamState] {
         &self.state
     }
