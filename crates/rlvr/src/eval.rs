@@ -1,7 +1,9 @@
-//! Evaluation on the validation set: SkyRL's `eval/{all,<data_source>}/{avg_score,pass_at_k}`, and
-//! a JSONL dump of every prompt, response and score.
+//! Evaluation on the validation set: SkyRL's `eval/{all,<data_source>}/{avg_score,pass_at_k}`, the
+//! environments' extra scores (e.g. GSM8K's strict and flexible accuracy), and a JSONL dump of
+//! every prompt, response and score.
 
 use crate::data::PromptRow;
+use crate::env::EnvRegistry;
 use crate::generator::{Generator, PromptGroup, Sampling};
 use crate::logging::Metrics;
 use anyhow::{Context, Result};
@@ -9,38 +11,71 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-/// Generates `n_samples` responses per validation row and scores them. Rows are processed in
-/// chunks of `batch_size` prompts. When `dump` is set, writes one JSON line per response there.
-pub fn evaluate(
-    generator: &mut dyn Generator,
-    rows: &[PromptRow],
-    sampling: &Sampling,
-    n_samples: usize,
-    batch_size: usize,
-    seed: u64,
-    dump: Option<&Path>,
-) -> Result<Metrics> {
-    let mut per_source: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
-    let mut all: Vec<Vec<f64>> = Vec::new();
+/// What evaluation needs besides the generator and the rows.
+pub struct EvalSettings<'a> {
+    pub sampling: &'a Sampling,
+    pub n_samples: usize,
+    /// Prompts per generation call.
+    pub batch_size: usize,
+    pub seed: u64,
+    pub envs: &'a EnvRegistry,
+    /// One JSON line per response is written here when set.
+    pub dump: Option<&'a Path>,
+}
+
+/// Scores of one data source (or of all rows): per group, the samples' rewards; per extra score
+/// name, the sum and count.
+#[derive(Default)]
+struct Tally {
+    groups: Vec<Vec<f64>>,
+    extra: BTreeMap<&'static str, (f64, usize)>,
+}
+
+impl Tally {
+    fn metrics(&self, name: &str, n: usize, out: &mut Metrics) {
+        let flat: Vec<f64> = self.groups.iter().flatten().copied().collect();
+        let avg = flat.iter().sum::<f64>() / flat.len().max(1) as f64;
+        let passed = self.groups.iter().filter(|g| g.iter().any(|&s| s > 0.0)).count();
+        out.insert(format!("eval/{name}/avg_score"), avg);
+        out.insert(format!("eval/{name}/pass_at_{n}"), passed as f64 / self.groups.len().max(1) as f64);
+        for (k, (sum, count)) in &self.extra {
+            out.insert(format!("eval/{name}/{k}"), sum / (*count).max(1) as f64);
+        }
+    }
+}
+
+/// Generates `n_samples` responses per row and scores them.
+pub fn evaluate(generator: &mut dyn Generator, rows: &[PromptRow], s: &EvalSettings) -> Result<Metrics> {
+    let n = s.n_samples.max(1);
+    let batch = s.batch_size.max(1);
+    let mut per_source: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut all = Tally::default();
     let mut lines = Vec::new();
-    for (chunk_idx, chunk) in rows.chunks(batch_size.max(1)).enumerate() {
+    for (chunk_idx, chunk) in rows.chunks(batch).enumerate() {
         let groups: Vec<PromptGroup> = chunk
             .iter()
             .enumerate()
             .map(|(i, row)| PromptGroup {
-                uid: format!("eval-{}", chunk_idx * batch_size + i),
+                uid: format!("eval-{}", chunk_idx * batch + i),
                 row: row.clone(),
-                n: n_samples,
+                n,
             })
             .collect();
-        let out = generator.generate(&groups, sampling, seed.wrapping_add(chunk_idx as u64))?;
+        let out = generator.generate(&groups, s.sampling, s.seed.wrapping_add(chunk_idx as u64))?;
         for (g, group) in groups.iter().enumerate() {
-            let scores: Vec<f64> = (0..n_samples)
-                .map(|j| out.rewards[g * n_samples + j])
-                .collect();
-            for j in 0..n_samples {
-                let k = g * n_samples + j;
-                lines.push(serde_json::json!({
+            let source = per_source.entry(group.row.data_source.clone()).or_default();
+            let mut scores = Vec::with_capacity(n);
+            for k in g * n..(g + 1) * n {
+                let extra = s.envs.eval_scores(&out.responses[k], &group.row);
+                for &(name, v) in &extra {
+                    for t in [&mut *source, &mut all] {
+                        let e = t.extra.entry(name).or_default();
+                        e.0 += v;
+                        e.1 += 1;
+                    }
+                }
+                scores.push(out.rewards[k]);
+                let mut line = serde_json::json!({
                     "uid": group.uid,
                     "data_source": group.row.data_source,
                     "prompt": group.row.prompt,
@@ -49,29 +84,22 @@ pub fn evaluate(
                     "num_tokens": out.response_ids[k].len(),
                     "stop_reason": out.stop_reasons[k].as_str(),
                     "score": out.rewards[k],
-                }));
+                });
+                for (name, v) in extra {
+                    line[name] = v.into();
+                }
+                lines.push(line);
             }
-            per_source
-                .entry(group.row.data_source.clone())
-                .or_default()
-                .push(scores.clone());
-            all.push(scores);
+            source.groups.push(scores.clone());
+            all.groups.push(scores);
         }
     }
     let mut metrics = Metrics::new();
-    let mut add = |name: &str, groups: &[Vec<f64>]| {
-        let flat: Vec<f64> = groups.iter().flatten().copied().collect();
-        let avg = flat.iter().sum::<f64>() / flat.len().max(1) as f64;
-        let pass = groups.iter().filter(|g| g.iter().any(|&s| s > 0.0)).count() as f64
-            / groups.len().max(1) as f64;
-        metrics.insert(format!("eval/{name}/avg_score"), avg);
-        metrics.insert(format!("eval/{name}/pass_at_{n_samples}"), pass);
-    };
-    add("all", &all);
-    for (source, groups) in &per_source {
-        add(source, groups);
+    all.metrics("all", n, &mut metrics);
+    for (source, tally) in &per_source {
+        tally.metrics(source, n, &mut metrics);
     }
-    if let Some(path) = dump {
+    if let Some(path) = s.dump {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }

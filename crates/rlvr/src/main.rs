@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Train a policy (GRPO, DAPO, ...) with SkyRL's config keys and overrides.
     Train(cli::train::Args),
+    /// Evaluate a model on `data.val_data` with `generator.eval_sampling_params`, without training.
+    Eval(cli::eval::Args),
     /// Inspect the resolved configuration.
     #[command(subcommand)]
     Config(cli::config::ConfigCommand),
@@ -50,6 +52,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => cli::train::run(a),
+        Command::Eval(a) => cli::eval::run(a),
         Command::Config(c) => cli::config::run(c),
         Command::Conformance(a) => cli::conformance::run(a),
         Command::Generate(a) => cli::generate::run(a),

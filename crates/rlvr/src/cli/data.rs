@@ -15,18 +15,20 @@ pub struct Args {
     /// Where `train.parquet` and `validation.parquet` go.
     #[arg(long)]
     pub output: PathBuf,
-    /// Hold out this many rows for validation (sets with one split only: MAWPS, SVAMP).
-    #[arg(long, default_value_t = 200)]
-    pub val_size: usize,
+    /// Validation rows. MAWPS and SVAMP have one file: its first N rows are held out (default
+    /// 200). GSM8K's validation is its test split: the first N test rows (default: all 1,319).
+    #[arg(long)]
+    pub val_size: Option<usize>,
 }
 
 /// `rlvr data gsm8k --input DIR --output DIR`: SkyRL-schema parquet files from the raw jsonl.
 pub fn run(args: Args) -> Result<ExitCode> {
     let (train, val) = match args.source {
-        Source::Gsm8k => (
-            convert_file(args.source, &args.input.join("train.jsonl"), "train")?,
-            convert_file(args.source, &args.input.join("test.jsonl"), "test")?,
-        ),
+        Source::Gsm8k => {
+            let mut val = convert_file(args.source, &args.input.join("test.jsonl"), "test")?;
+            val.truncate(args.val_size.unwrap_or(val.len()));
+            (convert_file(args.source, &args.input.join("train.jsonl"), "train")?, val)
+        }
         Source::Mawps | Source::Svamp => {
             // One file of problems: the first `val_size` rows are the held-out split.
             let file = if args.input.join("test.jsonl").exists() {
@@ -34,16 +36,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
             } else {
                 args.input.clone()
             };
+            let val_size = args.val_size.unwrap_or(200);
             let mut rows = convert_file(args.source, &file, "train")?;
-            if rows.len() <= args.val_size {
+            if rows.len() <= val_size {
                 bail!(
                     "{}: {} rows, not more than --val-size {}",
                     file.display(),
                     rows.len(),
-                    args.val_size
+                    val_size
                 );
             }
-            let train = rows.split_off(args.val_size);
+            let train = rows.split_off(val_size);
             let mut val = rows;
             for r in &mut val {
                 r.extra_info["split"] = "test".into();

@@ -2,6 +2,7 @@ pub mod bench;
 pub mod config;
 pub mod conformance;
 pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod plot;
 pub mod toy;

@@ -22,4 +22,12 @@ impl Environment for Gsm8kEnv {
         let gt = Value::String(row.reward_spec.ground_truth.clone());
         Ok(compute_score(response, &gt, self.method, 0.0, 1.0).value)
     }
+
+    fn eval_scores(&self, response: &str, row: &PromptRow) -> Vec<(&'static str, f64)> {
+        let gt = Value::String(row.reward_spec.ground_truth.clone());
+        vec![
+            ("strict_accuracy", compute_score(response, &gt, Method::Strict, 0.0, 1.0).value),
+            ("flexible_accuracy", compute_score(response, &gt, Method::Flexible, 0.0, 1.0).value),
+        ]
+    }
 }

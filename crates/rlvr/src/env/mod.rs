@@ -14,6 +14,12 @@ use std::sync::Arc;
 pub trait Environment: Send + Sync {
     /// The reward of `response` (detokenised, special tokens skipped) to the prompt in `row`.
     fn reward(&self, response: &str, row: &PromptRow) -> Result<f64>;
+
+    /// Extra per-response scores reported by evaluation as `eval/<data_source>/<name>` (e.g.
+    /// GSM8K reports both strict and flexible accuracy whichever one is the reward).
+    fn eval_scores(&self, _response: &str, _row: &PromptRow) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
 }
 
 /// Maps `env_class` names to environments.
@@ -46,6 +52,11 @@ impl EnvRegistry {
 
     pub fn names(&self) -> Vec<String> {
         self.envs.keys().cloned().collect()
+    }
+
+    /// The environment's extra evaluation scores for `response` (empty if it has none).
+    pub fn eval_scores(&self, response: &str, row: &PromptRow) -> Vec<(&'static str, f64)> {
+        self.get(&row.env_class).map(|e| e.eval_scores(response, row)).unwrap_or_default()
     }
 
     /// Scores `response` with the environment the row names.

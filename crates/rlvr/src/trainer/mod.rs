@@ -125,12 +125,21 @@ impl Trainer {
                 })
                 .collect();
             let seed = cfg.trainer.seed ^ ((step as u64) << 20) ^ (num_gen_batches as u64);
+            let t_batch = Instant::now();
             let out = self
                 .generator
                 .generate(&groups, &self.train_sampling(), seed)?;
             num_gen_batches += 1;
-            gen_tokens += out.response_ids.iter().map(Vec::len).sum::<usize>();
+            let batch_tokens = out.response_ids.iter().map(Vec::len).sum::<usize>();
+            gen_tokens += batch_tokens;
             let (zero, groups_here) = zero_std_count(&out.rewards, &out.uids);
+            tracing::info!(
+                "step {step}: generation batch {num_gen_batches}: {} responses, {batch_tokens} tokens in {:.1}s, mean reward {:.3}, {}/{groups_here} groups with varied rewards",
+                out.len(),
+                t_batch.elapsed().as_secs_f64(),
+                out.rewards.iter().sum::<f64>() / out.len().max(1) as f64,
+                groups_here - zero,
+            );
             zero_std_groups += zero;
             total_groups += groups_here;
             let base = pool.len();
@@ -253,11 +262,14 @@ impl Trainer {
         eval::evaluate(
             self.generator.as_mut(),
             &self.val_rows,
-            &sampling,
-            self.cfg.generator.eval_n_samples_per_prompt.max(1),
-            self.cfg.trainer.eval_batch_size.max(1),
-            self.cfg.trainer.seed,
-            dump.as_deref(),
+            &eval::EvalSettings {
+                sampling: &sampling,
+                n_samples: self.cfg.generator.eval_n_samples_per_prompt,
+                batch_size: self.cfg.trainer.eval_batch_size,
+                seed: self.cfg.trainer.seed,
+                envs: &self.envs,
+                dump: dump.as_deref(),
+            },
         )
     }
 
