@@ -104,6 +104,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         skip_gen,
         skip_train,
     } = cmd;
+    super::generate::single_elementwise_pool();
     let device = Device::Cpu;
     let t0 = Instant::now();
     let pre = load_pretrained(&path, &device)?;

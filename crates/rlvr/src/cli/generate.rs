@@ -31,7 +31,18 @@ pub fn stop_ids(p: &rlvr_model::Pretrained) -> Vec<u32> {
     ids
 }
 
+/// candle runs element-wise ops on its own spinning thread pool next to rayon's (used by gemm);
+/// on 2 cores the two pools fight, and measured training steps and batch-1 decoding were faster
+/// with element-wise ops on the calling thread. Must run before the first tensor op; an explicit
+/// `CANDLE_NUM_THREADS` wins.
+pub fn single_elementwise_pool() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    super::generate::single_elementwise_pool();
     let device = candle_core::Device::Cpu;
     let pre = load_pretrained(&args.model, &device)?;
     let model = Model::from_tensors(&pre.config, &pre.tensors, &device)?;
