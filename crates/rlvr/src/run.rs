@@ -149,11 +149,16 @@ pub fn build_with_model(
         cfg.generator.max_num_seqs,
     ));
 
+    let max_steps = match resolved.get("trainer.max_steps") {
+        None => None,
+        Some(v) => Some(v.as_u64().context("+trainer.max_steps: expected a non-negative integer")? as usize),
+    };
     let opt = &cfg.trainer.policy.optimizer_config;
     let batches = loader.batches_per_epoch();
     let mini_batches = cfg.trainer.train_batch_size / cfg.trainer.policy_mini_batch_size.max(1);
-    let total_updates =
-        cfg.trainer.epochs * batches * mini_batches.max(1) * cfg.trainer.update_epochs_per_batch;
+    let all_steps = cfg.trainer.epochs * batches;
+    let steps = max_steps.map_or(all_steps, |m| m.min(all_steps));
+    let total_updates = steps * mini_batches.max(1) * cfg.trainer.update_epochs_per_batch;
     let optimizer = Optimizer::new(
         policy.named_vars().to_vec(),
         OptimizerSettings {
@@ -213,6 +218,7 @@ pub fn build_with_model(
         stop: Arc::new(AtomicBool::new(false)),
         envs: ext.envs,
         tokenizer: Some(tokenizer),
+        max_steps,
     };
     crate::trainer::check_runnable(&trainer)?;
     if let Some(dir) = checkpoint::resume_dir(

@@ -57,14 +57,17 @@ pub struct Trainer {
     /// Set by Ctrl-C: the loop stops after the current step (and its checkpoint).
     pub stop: Arc<AtomicBool>,
     pub envs: EnvRegistry,
+    /// `+trainer.max_steps` (rlvr-only): stop after this many global steps.
+    pub max_steps: Option<usize>,
     /// Needed for HF export; `None` in tests that do not export.
     pub tokenizer: Option<Arc<rlvr_model::Tokenizer>>,
 }
 
 impl Trainer {
-    /// Total optimizer-visible steps: `epochs × batches per epoch`.
+    /// Global steps of the run: `epochs × batches per epoch`, capped by `+trainer.max_steps`.
     pub fn total_steps(&self) -> usize {
-        self.cfg.trainer.epochs * self.loader.batches_per_epoch()
+        let all = self.cfg.trainer.epochs * self.loader.batches_per_epoch();
+        self.max_steps.map_or(all, |m| m.min(all))
     }
 
     fn device(&self) -> &Device {

