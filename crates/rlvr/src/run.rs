@@ -36,7 +36,7 @@ impl Extensions {
 pub fn gsm8k_method(cfg: &Config) -> Result<Method> {
     let m = &cfg.environment.skyrl_gym.gsm8k.method;
     m.parse().with_context(|| {
-        format!("environment.skyrl_gym.gsm8k.method={m:?}: expected strict or flexible")
+        format!("environment.skyrl_gym.gsm8k.method={m:?}: expected strict, flexible or numeric")
     })
 }
 

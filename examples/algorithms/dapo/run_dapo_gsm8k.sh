@@ -7,7 +7,8 @@
 # RECIPE=cpu — the main job, on 2 CPU cores with the embedded engine, about an hour:
 #   model   SmolLM2-135M-Instruct (GGUF from PyPI, see ASSETS), f32
 #   data    MAWPS word problems in GSM8K's format ("... output the final answer after ####"),
-#           1,865 train / 200 held-out; scored with the GSM8K environment's *flexible* method.
+#           1,865 train / 200 held-out; scored with the GSM8K environment's numeric method (rlvr: last number, numeric compare;
+#           SkyRL's flexible compares strings, so "is 14." misses 14).
 #           (Under strict scoring this model scores 0 on GSM8K: every group has zero reward
 #           variance, so DAPO's dynamic sampling could only hit its limit.)
 #   sizes   4 prompts x 4 samples per step, 192 new tokens, overlong buffer 48, 30 steps
@@ -131,7 +132,7 @@ $RLVR train \
   trainer.policy.optimizer_config.weight_decay=0.1 \
   trainer.policy.optimizer_config.max_grad_norm=1.0 \
   environment.env_class=gsm8k \
-  environment.skyrl_gym.gsm8k.method=flexible \
+  environment.skyrl_gym.gsm8k.method=numeric \
   generator.n_samples_per_prompt=4 \
   generator.max_num_seqs=64 \
   trainer.logger="['console','jsonl','csv','tensorboard']" \

@@ -6,6 +6,10 @@
 //! - flexible: the last number anywhere that is not `""` or `"."`; commas kept.
 //!
 //! The answer is compared to the ground truth as a string: `42.` or `042` do not match `42`.
+//!
+//! rlvr adds `numeric` (not in SkyRL): the last number in the whole response, commas removed,
+//! compared as a number, so "the answer is 42." scores. This is the "lenient" accuracy of the
+//! PyTorch baseline's GSM8K evaluation, and gives a small model a reward signal.
 
 use std::fmt;
 use std::str::FromStr;
@@ -22,6 +26,8 @@ pub enum Method {
     #[default]
     Strict,
     Flexible,
+    /// rlvr's addition: last number anywhere, compared numerically.
+    Numeric,
 }
 
 impl FromStr for Method {
@@ -30,8 +36,9 @@ impl FromStr for Method {
         match s {
             "strict" => Ok(Method::Strict),
             "flexible" => Ok(Method::Flexible),
+            "numeric" => Ok(Method::Numeric),
             other => Err(Error::invalid(format!(
-                "Invalid GSM8K scoring method: {other} (expected strict or flexible)"
+                "Invalid GSM8K scoring method: {other} (expected strict, flexible or numeric)"
             ))),
         }
     }
@@ -42,6 +49,7 @@ impl fmt::Display for Method {
         f.write_str(match self {
             Method::Strict => "strict",
             Method::Flexible => "flexible",
+            Method::Numeric => "numeric",
         })
     }
 }
@@ -126,6 +134,11 @@ pub fn extract_solution(solution: &str, method: Method) -> Option<String> {
             .rev()
             .find(|a| !a.is_empty() && *a != ".")
             .map(str::to_string),
+        Method::Numeric => find_numbers(solution)
+            .into_iter()
+            .rev()
+            .map(|a| a.replace(',', "").trim_end_matches('.').to_string())
+            .find(|a| a.parse::<f64>().is_ok()),
     }
 }
 
@@ -150,9 +163,17 @@ pub fn compute_score(
     let value = match (&extracted, ground_truth) {
         (None, _) => 0.0,
         (Some(a), Value::String(gt)) if a == gt => score,
+        (Some(a), Value::String(gt)) if method == Method::Numeric && numerically_equal(a, gt) => score,
         _ => format_score,
     };
     Score { value, extracted }
+}
+
+fn numerically_equal(a: &str, b: &str) -> bool {
+    match (a.parse::<f64>(), b.replace(',', "").parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-6 * y.abs().max(1.0),
+        _ => false,
+    }
 }
 
 /// The environment's reward: strict, 1.0 or 0.0.
@@ -180,6 +201,21 @@ pub fn extract_ground_truth(answer: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_takes_the_last_number_and_compares_values() {
+        let gt = Value::String("14".into());
+        let score = |s: &str| compute_score(s, &gt, Method::Numeric, 0.0, 1.0).value;
+        assert_eq!(score("7 + 7 = 14. So the answer is 14."), 1.0);
+        assert_eq!(score("The answer is 14.0"), 1.0);
+        assert_eq!(score("14 caps, then 15"), 0.0);
+        assert_eq!(score("no number"), 0.0);
+        let gt = Value::String("1200".into());
+        assert_eq!(compute_score("total: $1,200.", &gt, Method::Numeric, 0.0, 1.0).value, 1.0);
+        // SkyRL's flexible compares strings: the sentence's full stop makes it miss.
+        assert_eq!(compute_score("answer is 1200.", &gt, Method::Flexible, 0.0, 1.0).value, 0.0);
+        assert_eq!("numeric".parse::<Method>().unwrap(), Method::Numeric);
+    }
 
     #[test]
     fn strict_needs_the_marker_and_one_space() {

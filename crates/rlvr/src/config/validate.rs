@@ -401,7 +401,7 @@ fn trainer(cfg: &Config, errors: &mut Vec<String>) {
         errors,
         "environment.skyrl_gym.gsm8k.method",
         &cfg.environment.skyrl_gym.gsm8k.method,
-        &["strict", "flexible"],
+        &["strict", "flexible", "numeric"],
     );
 }
 

@@ -11,7 +11,8 @@ pub struct Gsm8kEnv {
 }
 
 impl Gsm8kEnv {
-    /// `Strict` is SkyRL's default; `Flexible` takes the last number in the response.
+    /// `Strict` is SkyRL's default; `Flexible` takes the last number in the response and compares
+    /// strings; `Numeric` (rlvr) compares the last number's value.
     pub fn new(method: Method) -> Self {
         Self { method }
     }
@@ -28,6 +29,7 @@ impl Environment for Gsm8kEnv {
         vec![
             ("strict_accuracy", compute_score(response, &gt, Method::Strict, 0.0, 1.0).value),
             ("flexible_accuracy", compute_score(response, &gt, Method::Flexible, 0.0, 1.0).value),
+            ("numeric_accuracy", compute_score(response, &gt, Method::Numeric, 0.0, 1.0).value),
         ]
     }
 }
