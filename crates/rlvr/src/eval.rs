@@ -35,9 +35,16 @@ impl Tally {
     fn metrics(&self, name: &str, n: usize, out: &mut Metrics) {
         let flat: Vec<f64> = self.groups.iter().flatten().copied().collect();
         let avg = flat.iter().sum::<f64>() / flat.len().max(1) as f64;
-        let passed = self.groups.iter().filter(|g| g.iter().any(|&s| s > 0.0)).count();
+        let passed = self
+            .groups
+            .iter()
+            .filter(|g| g.iter().any(|&s| s > 0.0))
+            .count();
         out.insert(format!("eval/{name}/avg_score"), avg);
-        out.insert(format!("eval/{name}/pass_at_{n}"), passed as f64 / self.groups.len().max(1) as f64);
+        out.insert(
+            format!("eval/{name}/pass_at_{n}"),
+            passed as f64 / self.groups.len().max(1) as f64,
+        );
         for (k, (sum, count)) in &self.extra {
             out.insert(format!("eval/{name}/{k}"), sum / (*count).max(1) as f64);
         }
@@ -45,7 +52,11 @@ impl Tally {
 }
 
 /// Generates `n_samples` responses per row and scores them.
-pub fn evaluate(generator: &mut dyn Generator, rows: &[PromptRow], s: &EvalSettings) -> Result<Metrics> {
+pub fn evaluate(
+    generator: &mut dyn Generator,
+    rows: &[PromptRow],
+    s: &EvalSettings,
+) -> Result<Metrics> {
     let n = s.n_samples.max(1);
     let batch = s.batch_size.max(1);
     let mut per_source: BTreeMap<String, Tally> = BTreeMap::new();

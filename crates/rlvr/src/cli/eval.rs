@@ -15,6 +15,7 @@ pub struct Args {
 
 /// `rlvr eval`: the trainer's evaluation, once, without training; prints the metrics as JSON.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    super::generate::single_elementwise_pool();
     let mut builder = ConfigBuilder::new();
     for c in &args.configs {
         builder.merge_file(c)?;

@@ -16,6 +16,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    super::generate::single_elementwise_pool();
     let mut builder = ConfigBuilder::new();
     for c in &args.configs {
         builder.merge_file(c)?;

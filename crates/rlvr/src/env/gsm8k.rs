@@ -27,9 +27,18 @@ impl Environment for Gsm8kEnv {
     fn eval_scores(&self, response: &str, row: &PromptRow) -> Vec<(&'static str, f64)> {
         let gt = Value::String(row.reward_spec.ground_truth.clone());
         vec![
-            ("strict_accuracy", compute_score(response, &gt, Method::Strict, 0.0, 1.0).value),
-            ("flexible_accuracy", compute_score(response, &gt, Method::Flexible, 0.0, 1.0).value),
-            ("numeric_accuracy", compute_score(response, &gt, Method::Numeric, 0.0, 1.0).value),
+            (
+                "strict_accuracy",
+                compute_score(response, &gt, Method::Strict, 0.0, 1.0).value,
+            ),
+            (
+                "flexible_accuracy",
+                compute_score(response, &gt, Method::Flexible, 0.0, 1.0).value,
+            ),
+            (
+                "numeric_accuracy",
+                compute_score(response, &gt, Method::Numeric, 0.0, 1.0).value,
+            ),
         ]
     }
 }

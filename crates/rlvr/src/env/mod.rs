@@ -56,7 +56,9 @@ impl EnvRegistry {
 
     /// The environment's extra evaluation scores for `response` (empty if it has none).
     pub fn eval_scores(&self, response: &str, row: &PromptRow) -> Vec<(&'static str, f64)> {
-        self.get(&row.env_class).map(|e| e.eval_scores(response, row)).unwrap_or_default()
+        self.get(&row.env_class)
+            .map(|e| e.eval_scores(response, row))
+            .unwrap_or_default()
     }
 
     /// Scores `response` with the environment the row names.

@@ -54,11 +54,14 @@ impl Logger for ConsoleLogger {
     }
 }
 
+/// The sinks of a run.
+pub type Loggers = Vec<Box<dyn Logger>>;
+
 /// Builds the sinks named in `trainer.logger` (a name or a list of names) writing under `dir`.
 /// Returns the loggers and one warning per name rlvr cannot honour (e.g. `wandb`, which needs a
 /// network service: its metrics go to the JSONL file instead).
-pub fn from_names(names: &[String], dir: &Path) -> Result<(Vec<Box<dyn Logger>>, Vec<String>)> {
-    let mut loggers: Vec<Box<dyn Logger>> = Vec::new();
+pub fn from_names(names: &[String], dir: &Path) -> Result<(Loggers, Vec<String>)> {
+    let mut loggers: Loggers = Vec::new();
     let mut warnings = Vec::new();
     let mut have_jsonl = false;
     for name in names {
