@@ -86,15 +86,20 @@ impl ModelConfig {
 
     /// Qwen2 has q/k/v biases unless told otherwise; Llama has none.
     pub fn qkv_bias(&self) -> bool {
-        self.attention_bias
-            .unwrap_or(self.model_type == "qwen2")
+        self.attention_bias.unwrap_or(self.model_type == "qwen2")
     }
 
     /// All EOS ids named by the config (a single id or a list).
     pub fn eos_token_ids(&self) -> Vec<u32> {
         match &self.eos_token_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
+            }
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .map(|v| v as u32)
+                .collect(),
             _ => vec![],
         }
     }

@@ -163,7 +163,9 @@ pub fn compute_score(
     let value = match (&extracted, ground_truth) {
         (None, _) => 0.0,
         (Some(a), Value::String(gt)) if a == gt => score,
-        (Some(a), Value::String(gt)) if method == Method::Numeric && numerically_equal(a, gt) => score,
+        (Some(a), Value::String(gt)) if method == Method::Numeric && numerically_equal(a, gt) => {
+            score
+        }
         _ => format_score,
     };
     Score { value, extracted }
@@ -211,9 +213,15 @@ mod tests {
         assert_eq!(score("14 caps, then 15"), 0.0);
         assert_eq!(score("no number"), 0.0);
         let gt = Value::String("1200".into());
-        assert_eq!(compute_score("total: $1,200.", &gt, Method::Numeric, 0.0, 1.0).value, 1.0);
+        assert_eq!(
+            compute_score("total: $1,200.", &gt, Method::Numeric, 0.0, 1.0).value,
+            1.0
+        );
         // SkyRL's flexible compares strings: the sentence's full stop makes it miss.
-        assert_eq!(compute_score("answer is 1200.", &gt, Method::Flexible, 0.0, 1.0).value, 0.0);
+        assert_eq!(
+            compute_score("answer is 1200.", &gt, Method::Flexible, 0.0, 1.0).value,
+            0.0
+        );
         assert_eq!("numeric".parse::<Method>().unwrap(), Method::Numeric);
     }
 
