@@ -137,16 +137,20 @@ impl AdamW {
             }
         }
         let var = &self.params[i].1;
+        // Own copies: the CPU path updates the moments in place, and the caller's tensors (e.g.
+        // another optimizer's `state()`) must not move with them.
         self.state[i] = ParamState {
             step: state.step,
             exp_avg: state
                 .exp_avg
                 .to_dtype(var.dtype())?
-                .to_device(var.device())?,
+                .to_device(var.device())?
+                .copy()?,
             exp_avg_sq: state
                 .exp_avg_sq
                 .to_dtype(var.dtype())?
-                .to_device(var.device())?,
+                .to_device(var.device())?
+                .copy()?,
         };
         Ok(())
     }
