@@ -224,7 +224,6 @@ pub fn build_with_model(
         tokenizer: Some(tokenizer),
         max_steps,
     };
-    crate::trainer::check_runnable(&trainer)?;
     if let Some(dir) = checkpoint::resume_dir(
         cfg.trainer.resume_mode.as_deref(),
         cfg.trainer.resume_path.as_deref(),

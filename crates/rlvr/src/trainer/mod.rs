@@ -80,6 +80,7 @@ impl Trainer {
 
     /// Runs until `trainer.epochs` are done, or `stop` is set. Returns the last step's metrics.
     pub fn fit(&mut self) -> Result<Metrics> {
+        check_runnable(self)?;
         let total = self.total_steps();
         if self.cfg.trainer.eval_before_train && self.global_step == 0 && !self.val_rows.is_empty()
         {
