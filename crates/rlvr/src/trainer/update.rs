@@ -153,14 +153,7 @@ pub fn train_on_batch(
                         .narrow(1, 0, r)?
                         .contiguous()?)
                 };
-                let weights = Tensor::from_vec(
-                    row_weight[micro_start..micro_end]
-                        .iter()
-                        .map(|&w| w as f32)
-                        .collect::<Vec<_>>(),
-                    (micro_end - micro_start, 1),
-                    t.policy.device(),
-                )?;
+                let weights = &row_weight[micro_start..micro_end];
                 let lp = t.policy.response_logprobs(
                     &mb.input_ids,
                     &mb.attention_mask,
@@ -189,7 +182,11 @@ pub fn train_on_batch(
                     reduction::masked_sum(&token_loss.loss, token_loss.loss_mask.as_ref())?;
                 let mut loss = policy_loss.clone();
                 let weighted_sum = |x: &Tensor| -> Result<Tensor> {
-                    Ok((x * &mb.loss_mask)?.broadcast_mul(&weights)?.sum_all()?)
+                    Ok(reduction::scaled_masked_sum(
+                        x,
+                        Some(&mb.loss_mask),
+                        weights,
+                    )?)
                 };
                 if alg.use_kl_loss {
                     if let Some(reference) = &ref_logprobs {
