@@ -8,6 +8,8 @@ pub mod generator;
 pub mod logging;
 pub mod optimizer;
 pub mod plot;
+pub mod protocol;
 pub mod run;
+pub mod serve;
 pub mod toy;
 pub mod trainer;

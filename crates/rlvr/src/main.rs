@@ -30,6 +30,9 @@ enum Command {
     Conformance(cli::conformance::Args),
     /// Generate a chat response with the embedded engine.
     Generate(cli::generate::Args),
+    /// Serve a model over HTTP (vLLM's OpenAI-compatible and SGLang's native API subsets) for
+    /// remote generation.
+    Serve(cli::serve::Args),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Config(c) => cli::config::run(c),
         Command::Conformance(a) => cli::conformance::run(a),
         Command::Generate(a) => cli::generate::run(a),
+        Command::Serve(a) => cli::serve::run(a),
         Command::Bench(b) => cli::bench::run(b),
         Command::Data(a) => cli::data::run(a),
         Command::Plot(a) => cli::plot::run(a),

@@ -4,7 +4,8 @@
 use crate::config::{Config, ResolvedConfig};
 use crate::data::{self, PromptLoader, PromptRow};
 use crate::env::EnvRegistry;
-use crate::generator::{EmbeddedGenerator, Generator};
+use crate::generator::remote::engine::Retry;
+use crate::generator::{EmbeddedGenerator, Generator, RemoteGenerator, RemoteSettings};
 use crate::logging;
 use crate::optimizer::{Optimizer, OptimizerSettings};
 use crate::trainer::{checkpoint, DefaultHooks, Trainer, TrainerHooks};
@@ -104,6 +105,26 @@ pub fn build(resolved: &ResolvedConfig, ext: Extensions) -> Result<Trainer> {
     build_with_model(resolved, ext, policy, reference, tokenizer)
 }
 
+/// The remote engines of `generator.*` (`run_engines_locally=false`).
+pub fn remote_settings(cfg: &Config) -> Result<RemoteSettings> {
+    let g = &cfg.generator;
+    Ok(RemoteSettings {
+        urls: g.remote_inference_engine_urls.clone(),
+        backend: g.backend.parse()?,
+        model: g
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| g.model_name.clone()),
+        weight_sync_dir: PathBuf::from(&g.weight_sync_dir),
+        request_timeout: std::time::Duration::from_secs_f64(g.remote_request_timeout_s.max(1.0)),
+        retry: Retry {
+            max_retries: g.remote_max_retries,
+            backoff: std::time::Duration::from_millis(500),
+        },
+        max_in_flight: g.max_num_seqs,
+    })
+}
+
 /// Like [`build`] for an already constructed policy (tests use tiny models).
 pub fn build_with_model(
     resolved: &ResolvedConfig,
@@ -142,12 +163,21 @@ pub fn build_with_model(
         .pad_token_id()
         .or(tokenizer.eos_token_id())
         .unwrap_or(0);
-    let generator: Box<dyn Generator> = Box::new(EmbeddedGenerator::new(
-        policy.clone(),
-        tokenizer.clone(),
-        ext.envs.clone(),
-        cfg.generator.max_num_seqs,
-    ));
+    let generator: Box<dyn Generator> = if cfg.generator.run_engines_locally {
+        Box::new(EmbeddedGenerator::new(
+            policy.clone(),
+            tokenizer.clone(),
+            ext.envs.clone(),
+            cfg.generator.max_num_seqs,
+        ))
+    } else {
+        Box::new(RemoteGenerator::connect(
+            remote_settings(&cfg)?,
+            tokenizer.clone(),
+            ext.envs.clone(),
+            crate::generator::eos_ids(policy.config(), &tokenizer),
+        )?)
+    };
 
     let max_steps = match resolved.get("trainer.max_steps") {
         None => None,

@@ -19,17 +19,7 @@ pub struct Args {
     pub seed: u64,
 }
 
-/// Stop ids: everything the tokenizer, config and generation config call EOS.
-pub fn stop_ids(p: &rlvr_model::Pretrained) -> Vec<u32> {
-    let mut ids: Vec<u32> = p.tokenizer.eos_token_id().into_iter().collect();
-    ids.extend(p.config.eos_token_ids());
-    if let Some(g) = &p.generation_config {
-        ids.extend(g.eos_token_ids());
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
+pub use rlvr::generator::stop_token_ids as stop_ids;
 
 /// candle runs element-wise ops on its own spinning thread pool next to rayon's (used by gemm);
 /// on 2 cores the two pools fight, and measured training steps and batch-1 decoding were faster

@@ -5,5 +5,6 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod plot;
+pub mod serve;
 pub mod toy;
 pub mod train;

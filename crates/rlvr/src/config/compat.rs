@@ -67,7 +67,7 @@ const IGNORED: &[(&str, &str)] = &[
     ),
     (
         "generator.backend",
-        "served by rlvr's embedded engine instead",
+        "local engines are rlvr's embedded engine; the backend only picks the API of remote engines (run_engines_locally=false)",
     ),
     (
         "generator.num_inference_engines",
@@ -123,7 +123,7 @@ const IGNORED: &[(&str, &str)] = &[
     ),
     (
         "generator.remote_inference_engine_urls",
-        "rlvr generates in-process; ignored",
+        "used only with generator.run_engines_locally=false; ignored",
     ),
     (
         "generator.external_proxy_url",
@@ -147,7 +147,7 @@ const IGNORED: &[(&str, &str)] = &[
     ),
     (
         "generator.served_model_name",
-        "rlvr serves no HTTP endpoint; ignored",
+        "used only with generator.run_engines_locally=false; ignored",
     ),
     (
         "environment.skyrl_gym.max_env_workers",
@@ -195,8 +195,10 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
         // The in-process choices rlvr makes anyway are not worth a warning.
         let value = r.get(key);
         let one = value.and_then(Value::as_u64) == Some(1);
+        let remote = !cfg.generator.run_engines_locally;
         let honoured = match key {
-            "generator.backend" => cfg.generator.backend == "embedded",
+            "generator.backend" => remote || cfg.generator.backend == "embedded",
+            "generator.remote_inference_engine_urls" | "generator.served_model_name" => remote,
             // One engine, one device, everything colocated: what rlvr does anyway.
             k if k.ends_with("_size") || k.ends_with("_num_nodes") => one,
             k if k.ends_with("_num_gpus_per_node") || k == "generator.num_inference_engines" => one,
@@ -217,9 +219,15 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
     let t = &cfg.trainer;
     unsupported(
         errors,
-        !g.run_engines_locally,
-        "generator.run_engines_locally",
-        "remote inference engines are not supported; rlvr generates with its embedded engine (set true)",
+        !g.run_engines_locally && !matches!(g.backend.as_str(), "vllm" | "sglang"),
+        "generator.backend",
+        "remote inference engines speak vllm or sglang",
+    );
+    unsupported(
+        errors,
+        !g.run_engines_locally && g.remote_inference_engine_urls.is_empty(),
+        "generator.remote_inference_engine_urls",
+        "run_engines_locally=false needs at least one server (host:port)",
     );
     unsupported(
         errors,
@@ -238,18 +246,6 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
         t.policy.model.lora.rank > 0,
         "trainer.policy.model.lora.rank",
         "LoRA is not supported by rlvr; training would update all weights instead (use 0)",
-    );
-    unsupported(
-        errors,
-        t.algorithm.use_tis,
-        "trainer.algorithm.use_tis",
-        "truncated importance sampling is not implemented in rlvr",
-    );
-    unsupported(
-        errors,
-        t.algorithm.off_policy_correction.tis_ratio_type.is_some(),
-        "trainer.algorithm.off_policy_correction.tis_ratio_type",
-        "off-policy correction is not implemented in rlvr",
     );
     unsupported(
         errors,
@@ -306,14 +302,13 @@ mod tests {
     fn result_changing_features_are_errors() {
         for (arg, key) in [
             (
-                "generator.run_engines_locally=false",
-                "generator.run_engines_locally",
+                "generator.run_engines_locally=false generator.backend=trt",
+                "generator.backend",
             ),
             ("trainer.policy.model.lora.rank=8", "lora.rank"),
-            ("trainer.algorithm.use_tis=true", "use_tis"),
             ("generator.max_turns=2", "generator.max_turns"),
         ] {
-            let e = run(&[arg]).unwrap_err();
+            let e = run(&arg.split_whitespace().collect::<Vec<_>>()).unwrap_err();
             assert!(e.contains(key), "{arg}: {e}");
         }
     }

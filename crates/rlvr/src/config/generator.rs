@@ -42,6 +42,12 @@ pub struct GeneratorConfig {
     pub http_endpoint_host: String,
     pub http_endpoint_port: usize,
     pub served_model_name: Option<String>,
+    /// rlvr-only: where weights are written for remote engines to reload.
+    pub weight_sync_dir: String,
+    /// rlvr-only.
+    pub remote_request_timeout_s: f64,
+    /// rlvr-only.
+    pub remote_max_retries: usize,
     pub max_turns: usize,
     pub chat_template: ChatTemplateConfig,
     pub chat_template_kwargs: Mapping,

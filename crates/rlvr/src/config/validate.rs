@@ -239,6 +239,21 @@ fn algorithm(cfg: &Config, names: &NameChecks, errors: &mut Vec<String>) {
             a.tis_imp_ratio_cap
         ));
     }
+    let oc = &a.off_policy_correction;
+    if let Some(t) = oc.tis_ratio_type.as_deref() {
+        if !matches!(t, "token" | "sequence") {
+            errors.push(format!(
+                "`trainer.algorithm.off_policy_correction.tis_ratio_type` = \"{t}\" is not one of null, token, sequence"
+            ));
+        }
+    }
+    if let Some(m) = oc.sequence_mask_metric.as_deref() {
+        if !matches!(m, "geometric" | "product") {
+            errors.push(format!(
+                "`trainer.algorithm.off_policy_correction.sequence_mask_metric` = \"{m}\" is not one of null, geometric, product"
+            ));
+        }
+    }
     if let Some(ob) = &a.overlong_buffer {
         let max_len = cfg.generator.sampling_params.max_generate_length;
         if ob.len == 0 || ob.len > max_len {

@@ -3,11 +3,16 @@
 //! same trait.
 
 mod embedded;
+pub mod remote;
 
 pub use embedded::EmbeddedGenerator;
+pub use remote::{RemoteGenerator, RemoteSettings};
 
 use crate::data::PromptRow;
-use anyhow::Result;
+use crate::env::EnvRegistry;
+use anyhow::{Context, Result};
+use rlvr_model::engine::{Completion, FinishReason, Request, SamplingParams};
+use rlvr_model::{Model, Tokenizer};
 
 /// Sampling settings of one generation call (`generator.sampling_params` or
 /// `generator.eval_sampling_params`).
@@ -108,6 +113,29 @@ impl GeneratorOutput {
     }
 }
 
+/// Stop ids: everything the tokenizer, model config and generation config call EOS.
+pub fn stop_token_ids(p: &rlvr_model::Pretrained) -> Vec<u32> {
+    let mut ids: Vec<u32> = p.tokenizer.eos_token_id().into_iter().collect();
+    ids.extend(p.config.eos_token_ids());
+    if let Some(g) = &p.generation_config {
+        ids.extend(g.eos_token_ids());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Stop ids of a model without its generation config: the config's and the tokenizer's EOS.
+pub fn eos_ids(config: &rlvr_model::ModelConfig, tokenizer: &Tokenizer) -> Vec<u32> {
+    let mut ids: Vec<u32> = config.eos_token_ids();
+    if let Some(eos) = tokenizer.eos_token_id() {
+        if !ids.contains(&eos) {
+            ids.push(eos);
+        }
+    }
+    ids
+}
+
 /// Generates and scores responses for prompt groups.
 pub trait Generator {
     /// `seed` makes the call reproducible: sample `j` of group `i` gets its own seed derived from it.
@@ -117,4 +145,94 @@ pub trait Generator {
         sampling: &Sampling,
         seed: u64,
     ) -> Result<GeneratorOutput>;
+
+    /// Makes the engines generate with `policy`'s current weights (after step `global_step`).
+    /// The embedded engine reads the trainer's own weights, so by default there is nothing to do.
+    fn sync_weights(&mut self, _policy: &Model, _global_step: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Token ids of a group's prompt after the chat template (with the generation prompt).
+pub fn prompt_ids(tokenizer: &Tokenizer, group: &PromptGroup) -> Result<Vec<u32>> {
+    tokenizer
+        .apply_chat_template_ids(&group.row.prompt, true)
+        .with_context(|| format!("applying the chat template to prompt {}", group.uid))
+}
+
+/// The engine request for sample `sample` of group `group`, with its own reproducible seed: the
+/// same (seed, group, sample) draws the same tokens on any engine that honours seeds.
+pub fn request(
+    prompt: &[u32],
+    sampling: &Sampling,
+    stop_token_ids: &[u32],
+    seed: u64,
+    group: usize,
+    sample: usize,
+) -> Request {
+    Request {
+        prompt: prompt.to_vec(),
+        params: SamplingParams {
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            top_k: sampling.top_k.max(0) as usize,
+            min_p: sampling.min_p,
+            max_tokens: sampling.max_generate_length,
+            seed: Some(request_seed(seed, group, sample)),
+            stop_token_ids: stop_token_ids.to_vec(),
+            stop: sampling.stop.clone(),
+        },
+    }
+}
+
+/// A distinct, reproducible seed per (call, group, sample).
+fn request_seed(seed: u64, group: usize, sample: usize) -> u64 {
+    let mut x = seed ^ ((group as u64) << 32) ^ (sample as u64);
+    // splitmix64 finaliser: nearby inputs give unrelated seeds.
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Rows of a generator output from the completions of every group (in group order, `n` each):
+/// decoded text, the environment's reward, full loss masks, stop reasons, engine log-probs.
+pub fn score(
+    groups: &[PromptGroup],
+    prompt_ids: &[Vec<u32>],
+    completions: Vec<Completion>,
+    tokenizer: &Tokenizer,
+    envs: &EnvRegistry,
+) -> Result<GeneratorOutput> {
+    let mut out = GeneratorOutput::default();
+    for (group, ids) in groups.iter().zip(prompt_ids) {
+        for _ in 0..group.n {
+            out.uids.push(group.uid.clone());
+            out.rows.push(group.row.clone());
+            out.prompt_token_ids.push(ids.clone());
+        }
+    }
+    if completions.len() != out.uids.len() {
+        anyhow::bail!(
+            "{} completions for {} requested samples",
+            completions.len(),
+            out.uids.len()
+        );
+    }
+    for (k, c) in completions.into_iter().enumerate() {
+        let text = tokenizer.decode(&c.token_ids, true)?;
+        let reward = envs
+            .reward(&text, &out.rows[k])
+            .with_context(|| format!("scoring the response to prompt {}", out.uids[k]))?;
+        out.loss_masks.push(vec![1.0; c.token_ids.len()]);
+        out.stop_reasons.push(match c.finish_reason {
+            FinishReason::Stop => StopReason::Stop,
+            FinishReason::Length => StopReason::Length,
+        });
+        out.rollout_logprobs.push(c.logprobs);
+        out.response_ids.push(c.token_ids);
+        out.responses.push(text);
+        out.rewards.push(reward);
+    }
+    Ok(out)
 }

@@ -8,7 +8,8 @@
 //! 6. old-policy and reference log-probs;
 //! 7. advantages;
 //! 8. policy update over mini-batches and micro-batches;
-//! 9. checkpoint, (weights are shared with the engine: no sync needed), eval, log.
+//! 9. weight sync (a no-op for the embedded engine, which shares the trainer's weights), eval,
+//!    log, checkpoint.
 
 mod batch;
 pub mod checkpoint;
@@ -81,6 +82,11 @@ impl Trainer {
     /// Runs until `trainer.epochs` are done, or `stop` is set. Returns the last step's metrics.
     pub fn fit(&mut self) -> Result<Metrics> {
         check_runnable(self)?;
+        // Remote engines start from whatever they loaded; make them serve this policy (the
+        // initial weights, or those of the checkpoint resumed from).
+        self.generator
+            .sync_weights(&self.policy, self.global_step)
+            .context("syncing the policy's weights to the inference engines")?;
         let total = self.total_steps();
         if self.cfg.trainer.eval_before_train && self.global_step == 0 && !self.val_rows.is_empty()
         {
@@ -229,6 +235,11 @@ impl Trainer {
         );
 
         self.global_step = step;
+        let t_sync = Instant::now();
+        self.generator
+            .sync_weights(&self.policy, step)
+            .context("syncing the updated weights to the inference engines")?;
+        metrics.insert("timing/sync_weights".into(), t_sync.elapsed().as_secs_f64());
         metrics.insert("trainer/global_step".into(), step as f64);
         metrics.insert("trainer/epoch".into(), self.loader.state().epoch as f64);
 

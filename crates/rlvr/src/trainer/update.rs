@@ -5,7 +5,7 @@ use super::batch::{self, TrainBatch};
 use super::Trainer;
 use crate::generator::GeneratorOutput;
 use crate::logging::Metrics;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use rlvr_algo::kl::{approx_kl, KlEstimator};
@@ -47,7 +47,7 @@ pub fn train_on_batch(
         metrics.extend(rollout_logprob_diff(
             &old_logprobs,
             &out.rollout_logprobs,
-            &full.response_mask,
+            &full.loss_mask,
         )?);
     }
 
@@ -139,6 +139,20 @@ pub fn train_on_batch(
 
     // 8. Policy update: one optimizer step per mini-batch, gradients summed over micro-batches.
     let loss_cfg = policy_loss_config(&cfg)?;
+    // The engine's log-probs, for off-policy correction (TIS and rejection masks) when it is on.
+    let oc = &loss_cfg.off_policy_correction;
+    let rollout_logprobs = if oc.tis_ratio_type.is_some() || oc.sequence_mask_metric.is_some() {
+        if out.rollout_logprobs.len() != rows {
+            bail!("off-policy correction needs the engine's log-probs, and the generator returned none");
+        }
+        Some(pad_rows(
+            &out.rollout_logprobs,
+            old_logprobs.dim(1)?,
+            t.policy.device(),
+        )?)
+    } else {
+        None
+    };
     let mut acc = MetricAcc::default();
     for _epoch in 0..cfg.trainer.update_epochs_per_batch {
         for &(mini_start, mini_end) in &mini_bounds {
@@ -167,6 +181,7 @@ pub fn train_on_batch(
                 )?;
                 let old = take(&old_logprobs)?;
                 let adv = take(&scaled_adv)?;
+                let rollout = rollout_logprobs.as_ref().map(take).transpose()?;
                 let token_loss = policy_loss::compute_token_loss(
                     &alg.policy_loss_type,
                     &policy_loss::PolicyLossInputs {
@@ -174,7 +189,7 @@ pub fn train_on_batch(
                         old_log_probs: &old,
                         advantages: &adv,
                         loss_mask: Some(&mb.loss_mask),
-                        rollout_log_probs: None,
+                        rollout_log_probs: rollout.as_ref(),
                     },
                     &loss_cfg,
                 )?;
@@ -271,7 +286,8 @@ fn rollout_logprob_diff(
     }
     let n = diffs.len().max(1) as f64;
     let mean = diffs.iter().sum::<f64>() / n;
-    let std = (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n).sqrt();
+    // torch's default (unbiased) std, as SkyRL logs it.
+    let std = (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
     let mut m = Metrics::new();
     m.insert("policy/rollout_train_logprobs_abs_diff_mean".into(), mean);
     m.insert("policy/rollout_train_logprobs_abs_diff_std".into(), std);
@@ -349,7 +365,41 @@ fn policy_loss_config(cfg: &crate::config::Config) -> Result<policy_loss::Policy
     c.clip_cov.clip_cov_ub = a.clip_cov.clip_cov_ub;
     c.kl_cov.kl_cov_frac = a.kl_cov.kl_cov_frac;
     c.kl_cov.ppo_kl_coef = a.kl_cov.ppo_kl_coef;
+    let o = &a.off_policy_correction;
+    c.off_policy_correction = policy_loss::OffPolicyCorrectionConfig {
+        tis_ratio_type: o.tis_ratio_type.clone(),
+        token_tis_ratio_clip_high: o.token_tis_ratio_clip_high,
+        sequence_tis_ratio_clip_high: o.sequence_tis_ratio_clip_high,
+        sequence_mask_metric: o.sequence_mask_metric.clone(),
+        geo_mask_high: o.geo_mask_high,
+        geo_mask_low: o.geo_mask_low,
+        product_mask_high: o.product_mask_high,
+        product_mask_low: o.product_mask_low,
+        outlier_token_is_threshold_low: o.outlier_token_is_threshold_low,
+        outlier_token_is_threshold_high: o.outlier_token_is_threshold_high,
+    };
+    // SkyRL's deprecated `use_tis` is token-level TIS capped at `tis_imp_ratio_cap`.
+    if a.use_tis && c.off_policy_correction.tis_ratio_type.is_none() {
+        if !(a.tis_imp_ratio_cap > 0.0) {
+            bail!(
+                "trainer.algorithm.use_tis=true needs trainer.algorithm.tis_imp_ratio_cap > 0, got {}",
+                a.tis_imp_ratio_cap
+            );
+        }
+        c.off_policy_correction.tis_ratio_type = Some("token".into());
+        c.off_policy_correction.token_tis_ratio_clip_high = a.tis_imp_ratio_cap;
+    }
     Ok(c)
+}
+
+/// Rows of different lengths as a `[B, width]` f32 tensor, zero-padded on the right.
+fn pad_rows(rows: &[Vec<f32>], width: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let mut flat = vec![0f32; rows.len() * width];
+    for (i, r) in rows.iter().enumerate() {
+        let n = r.len().min(width);
+        flat[i * width..i * width + n].copy_from_slice(&r[..n]);
+    }
+    Ok(Tensor::from_vec(flat, (rows.len(), width), device)?)
 }
 
 /// Accumulates per-micro-batch metrics: sums within a mini-batch (the reduced losses add up to the

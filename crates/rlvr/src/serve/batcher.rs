@@ -1,0 +1,237 @@
+//! The engine thread of `rlvr serve`: it owns the model, takes every generation request that has
+//! arrived (from any HTTP connection) and decodes them together in one engine batch, and applies
+//! weight reloads between batches so a batch never mixes two weight versions.
+
+use anyhow::{bail, Context, Result};
+use rlvr_model::engine::{Completion, Engine, EngineConfig, Request};
+use rlvr_model::{load_pretrained, Model, ModelConfig, Tokenizer};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+pub type Reply<T> = Sender<Result<T, String>>;
+
+pub enum Job {
+    Generate {
+        requests: Vec<Request>,
+        reply: Reply<Vec<Completion>>,
+    },
+    Reload {
+        path: PathBuf,
+        version: Option<String>,
+        reply: Reply<String>,
+    },
+}
+
+/// Shared, read-mostly facts about what is served.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Where the current weights came from.
+    pub path: PathBuf,
+    pub weight_version: String,
+}
+
+/// Sends jobs to the engine thread and waits for their answers.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: Sender<Job>,
+    pub loaded: Arc<RwLock<Loaded>>,
+}
+
+impl Batcher {
+    /// Starts the engine thread on `model`. Requests that arrive within `gather` of the first one
+    /// join its batch.
+    pub fn start(
+        model: Model,
+        tokenizer: Arc<Tokenizer>,
+        engine: EngineConfig,
+        loaded: Loaded,
+        gather: Duration,
+    ) -> Batcher {
+        let (tx, rx) = mpsc::channel();
+        let loaded = Arc::new(RwLock::new(loaded));
+        let state = loaded.clone();
+        std::thread::Builder::new()
+            .name("rlvr-engine".into())
+            .spawn(move || engine_loop(model, tokenizer, engine, rx, state, gather))
+            .expect("spawning the engine thread");
+        Batcher { tx, loaded }
+    }
+
+    pub fn generate(&self, requests: Vec<Request>) -> Result<Vec<Completion>, String> {
+        let (reply, rx) = mpsc::channel();
+        self.tx
+            .send(Job::Generate { requests, reply })
+            .map_err(|_| "the engine thread has stopped".to_string())?;
+        rx.recv()
+            .map_err(|_| "the engine thread has stopped".to_string())?
+    }
+
+    /// Loads the checkpoint at `path` and serves it from the next batch on, as weight version
+    /// `version` (unchanged when `None`); returns the version served.
+    pub fn reload(&self, path: PathBuf, version: Option<String>) -> Result<String, String> {
+        let (reply, rx) = mpsc::channel();
+        self.tx
+            .send(Job::Reload {
+                path,
+                version,
+                reply,
+            })
+            .map_err(|_| "the engine thread has stopped".to_string())?;
+        rx.recv()
+            .map_err(|_| "the engine thread has stopped".to_string())?
+    }
+}
+
+impl Batcher {
+    pub fn set_weight_version(&self, version: String) {
+        self.loaded.write().expect("not poisoned").weight_version = version;
+    }
+
+    pub fn weight_version(&self) -> String {
+        self.loaded
+            .read()
+            .expect("not poisoned")
+            .weight_version
+            .clone()
+    }
+
+    /// The checkpoint served now.
+    pub fn path(&self) -> PathBuf {
+        self.loaded.read().expect("not poisoned").path.clone()
+    }
+}
+
+fn engine_loop(
+    mut model: Model,
+    tokenizer: Arc<Tokenizer>,
+    engine: EngineConfig,
+    rx: Receiver<Job>,
+    loaded: Arc<RwLock<Loaded>>,
+    gather: Duration,
+) {
+    let mut queue: VecDeque<Job> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv() {
+                Ok(job) => queue.push_back(job),
+                Err(_) => return,
+            }
+            if matches!(queue.front(), Some(Job::Generate { .. })) {
+                std::thread::sleep(gather);
+            }
+        }
+        queue.extend(rx.try_iter());
+        match queue.pop_front().expect("non-empty") {
+            Job::Reload {
+                path,
+                version,
+                reply,
+            } => {
+                let result = reload(&mut model, &path).map_err(|e| format!("{e:#}"));
+                let result = result.map(|()| {
+                    let mut l = loaded.write().expect("not poisoned");
+                    l.path = path.clone();
+                    if let Some(v) = version {
+                        l.weight_version = v;
+                    }
+                    tracing::info!(
+                        "serving {} (weight version {})",
+                        path.display(),
+                        l.weight_version
+                    );
+                    l.weight_version.clone()
+                });
+                let _ = reply.send(result);
+            }
+            Job::Generate { requests, reply } => {
+                // Every generation job up to the next reload joins this batch.
+                let mut batch = vec![(requests, reply)];
+                while let Some(Job::Generate { .. }) = queue.front() {
+                    if let Some(Job::Generate { requests, reply }) = queue.pop_front() {
+                        batch.push((requests, reply));
+                    }
+                }
+                run_batch(&model, &tokenizer, &engine, batch);
+            }
+        }
+    }
+}
+
+fn run_batch(
+    model: &Model,
+    tokenizer: &Arc<Tokenizer>,
+    engine: &EngineConfig,
+    batch: Vec<(Vec<Request>, Reply<Vec<Completion>>)>,
+) {
+    let all: Vec<Request> = batch.iter().flat_map(|(r, _)| r.iter().cloned()).collect();
+    let t = Instant::now();
+    let tok = tokenizer.clone();
+    let result = Engine::new(model, engine.clone())
+        .with_detokenizer(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default())
+        .generate(&all);
+    match result {
+        Ok(completions) => {
+            let tokens: usize = completions.iter().map(|c| c.token_ids.len()).sum();
+            tracing::info!(
+                "generated {} sequences ({} HTTP requests, {tokens} tokens) in {:.2}s",
+                all.len(),
+                batch.len(),
+                t.elapsed().as_secs_f64()
+            );
+            // Hand each connection its own completions, in order.
+            let mut rest = completions.into_iter();
+            for (requests, reply) in batch {
+                let mine: Vec<Completion> = rest.by_ref().take(requests.len()).collect();
+                let _ = reply.send(Ok(mine));
+            }
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            for (_, reply) in batch {
+                let _ = reply.send(Err(msg.clone()));
+            }
+        }
+    }
+}
+
+/// Replaces `model`'s weights with the HF checkpoint at `path`, which must have the same shape.
+fn reload(model: &mut Model, path: &std::path::Path) -> Result<()> {
+    let pre = load_pretrained(path, model.device())
+        .with_context(|| format!("loading {}", path.display()))?;
+    check_same_architecture(model.config(), &pre.config)
+        .with_context(|| format!("{} does not fit the served model", path.display()))?;
+    *model = Model::from_tensors(&pre.config, &pre.tensors, model.device())?;
+    Ok(())
+}
+
+fn check_same_architecture(a: &ModelConfig, b: &ModelConfig) -> Result<()> {
+    let fields = [
+        ("vocab_size", a.vocab_size, b.vocab_size),
+        ("hidden_size", a.hidden_size, b.hidden_size),
+        (
+            "num_hidden_layers",
+            a.num_hidden_layers,
+            b.num_hidden_layers,
+        ),
+        (
+            "num_attention_heads",
+            a.num_attention_heads,
+            b.num_attention_heads,
+        ),
+        ("num_key_value_heads", a.num_kv_heads(), b.num_kv_heads()),
+        (
+            "intermediate_size",
+            a.intermediate_size,
+            b.intermediate_size,
+        ),
+    ];
+    for (name, served, new) in fields {
+        if served != new {
+            bail!("{name} is {new}, the served model has {served}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,505 @@
+//! HTTP routes of `rlvr serve`: the vLLM OpenAI-compatible subset and SGLang's native subset, each
+//! translated into engine requests for the shared batcher.
+
+use super::batcher::Batcher;
+use crate::protocol::{sglang, vllm};
+use rlvr_model::engine::{Completion, FinishReason, Request, SamplingParams};
+use rlvr_model::Tokenizer;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub struct ServeState {
+    pub batcher: Batcher,
+    pub tokenizer: Arc<Tokenizer>,
+    /// The `model` name clients must use (`--served-model-name`, else the `--model` argument).
+    pub model_name: String,
+    pub max_model_len: usize,
+    pub vocab_size: usize,
+    /// Generation always stops at these (unless `ignore_eos`).
+    pub eos_ids: Vec<u32>,
+    pub started: u64,
+    pub next_id: AtomicU64,
+}
+
+/// An error answer: HTTP status and message.
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl HttpError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        HttpError {
+            status: 400,
+            message: message.into(),
+        }
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        HttpError {
+            status: 500,
+            message: message.into(),
+        }
+    }
+}
+
+type Answer = Result<serde_json::Value, HttpError>;
+
+fn json<T: Serialize>(v: &T) -> Answer {
+    serde_json::to_value(v).map_err(|e| HttpError::internal(e.to_string()))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, HttpError> {
+    serde_json::from_str(body)
+        .map_err(|e| HttpError::bad_request(format!("invalid request body: {e}")))
+}
+
+/// Answers one HTTP request.
+pub fn handle(state: &ServeState, mut req: tiny_http::Request) {
+    let path = req.url().split('?').next().unwrap_or("").to_string();
+    let method = req.method().clone();
+    let mut body = String::new();
+    let read = req.as_reader().read_to_string(&mut body);
+    let answer: Answer = match read {
+        Err(e) => Err(HttpError::bad_request(format!("reading the body: {e}"))),
+        Ok(_) => route(state, &method, &path, &body),
+    };
+    let (status, value) = match answer {
+        Ok(v) => (200, v),
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::error!("{method} {path}: {}", e.message);
+            } else {
+                tracing::warn!("{method} {path}: {}", e.message);
+            }
+            let kind = if e.status == 404 {
+                "NotFoundError"
+            } else if e.status >= 500 {
+                "InternalServerError"
+            } else {
+                "BadRequestError"
+            };
+            let err = vllm::ErrorResponse::new(e.status, kind, e.message);
+            (e.status, serde_json::to_value(err).unwrap_or_default())
+        }
+    };
+    let text = if value.is_null() {
+        String::new()
+    } else {
+        value.to_string()
+    };
+    let header =
+        tiny_http::Header::from_bytes("Content-Type", "application/json").expect("valid header");
+    let response = tiny_http::Response::from_string(text)
+        .with_status_code(status)
+        .with_header(header);
+    if let Err(e) = req.respond(response) {
+        tracing::warn!("{method} {path}: the client went away: {e}");
+    }
+}
+
+fn route(state: &ServeState, method: &tiny_http::Method, path: &str, body: &str) -> Answer {
+    use tiny_http::Method::{Get, Post};
+    match (method, path) {
+        (Get, "/health") => Ok(serde_json::Value::Null),
+        (Get, "/v1/models") => models(state),
+        (Post, "/v1/completions") => completions(state, parse(body)?),
+        (Post, "/generate") => generate(state, parse(body)?),
+        (Post, "/update_weights_from_disk") => update_weights_from_disk(state, parse(body)?),
+        (Get, "/get_model_info") => model_info(state),
+        (Get, "/get_weight_version") => json(&sglang::WeightVersion {
+            weight_version: state.batcher.weight_version(),
+        }),
+        (Post, "/collective_rpc") => collective_rpc(state, parse(body)?),
+        // No prefix cache: nothing to reset (vLLM and SGLang spellings).
+        (Post, "/reset_prefix_cache") | (Post, "/flush_cache") => Ok(serde_json::Value::Null),
+        (Post, "/update_weight_version") => {
+            let r: vllm::UpdateWeightVersionRequest = parse(body)?;
+            state.batcher.set_weight_version(r.new_version.clone());
+            Ok(serde_json::json!({
+                "success": true,
+                "message": format!("Weight version updated to {}", r.new_version),
+                "new_version": r.new_version,
+            }))
+        }
+        (Get, "/weight_info") => json(&vllm::WeightInfo {
+            weight_version: Some(state.batcher.weight_version()),
+        }),
+        (Get, "/version") => Ok(serde_json::json!({
+            "version": concat!("rlvr ", env!("CARGO_PKG_VERSION")),
+        })),
+        _ => Err(HttpError {
+            status: 404,
+            message: format!("no route for {method} {path}"),
+        }),
+    }
+}
+
+/// vLLM's dev-mode `collective_rpc`; only `reload_weights` (re-read the served checkpoint).
+fn collective_rpc(state: &ServeState, r: vllm::CollectiveRpcRequest) -> Answer {
+    if r.method != "reload_weights" {
+        return Err(HttpError::bad_request(format!(
+            "collective_rpc method `{}` is not supported by rlvr serve (only reload_weights)",
+            r.method
+        )));
+    }
+    state
+        .batcher
+        .reload(state.batcher.path(), None)
+        .map_err(HttpError::bad_request)?;
+    Ok(serde_json::json!({ "results": [null] }))
+}
+
+fn models(state: &ServeState) -> Answer {
+    json(&vllm::ModelList {
+        object: "list".into(),
+        data: vec![vllm::ModelCard {
+            id: state.model_name.clone(),
+            object: "model".into(),
+            created: state.started,
+            owned_by: "rlvr".into(),
+            root: Some(state.model_name.clone()),
+            parent: None,
+            max_model_len: Some(state.max_model_len),
+        }],
+    })
+}
+
+fn model_info(state: &ServeState) -> Answer {
+    json(&sglang::ModelInfo {
+        model_path: state.model_name.clone(),
+        tokenizer_path: Some(state.model_name.clone()),
+        is_generation: Some(true),
+        weight_version: Some(state.batcher.weight_version()),
+    })
+}
+
+fn update_weights_from_disk(state: &ServeState, r: sglang::UpdateWeightsFromDiskRequest) -> Answer {
+    if let Some(f) = r.load_format.as_deref() {
+        if !matches!(f, "auto" | "safetensors") {
+            return Err(HttpError::bad_request(format!(
+                "load_format={f}: rlvr serve loads HF safetensors directories (auto)"
+            )));
+        }
+    }
+    match state
+        .batcher
+        .reload(PathBuf::from(&r.model_path), r.weight_version)
+    {
+        Ok(version) => json(&sglang::UpdateWeightsFromDiskResponse {
+            success: true,
+            message: format!("loaded {} as weight version {version}", r.model_path),
+            num_paused_requests: Some(0),
+        }),
+        Err(message) => Err(HttpError::bad_request(message)),
+    }
+}
+
+/// Sampling settings common to both APIs, before defaults.
+struct Knobs {
+    max_tokens: usize,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    min_p: Option<f64>,
+    seed: Option<u64>,
+    stop: Vec<String>,
+    stop_token_ids: Vec<u32>,
+    ignore_eos: bool,
+}
+
+fn engine_request(state: &ServeState, prompt: Vec<u32>, k: &Knobs) -> Result<Request, HttpError> {
+    if prompt.is_empty() {
+        return Err(HttpError::bad_request("the prompt is empty"));
+    }
+    if let Some(bad) = prompt.iter().find(|&&t| t as usize >= state.vocab_size) {
+        return Err(HttpError::bad_request(format!(
+            "token id {bad} is outside the vocabulary ({} tokens)",
+            state.vocab_size
+        )));
+    }
+    if prompt.len() + k.max_tokens > state.max_model_len {
+        return Err(HttpError::bad_request(format!(
+            "This model's maximum context length is {} tokens. However, you requested {} tokens ({} in the prompt, {} for the completion).",
+            state.max_model_len,
+            prompt.len() + k.max_tokens,
+            prompt.len(),
+            k.max_tokens
+        )));
+    }
+    let mut stop_token_ids = k.stop_token_ids.clone();
+    if !k.ignore_eos {
+        stop_token_ids.extend(state.eos_ids.iter().copied());
+    }
+    let params = SamplingParams {
+        temperature: k.temperature.unwrap_or(1.0),
+        top_p: k.top_p.unwrap_or(1.0),
+        top_k: k.top_k.unwrap_or(-1).max(0) as usize,
+        min_p: k.min_p.unwrap_or(0.0),
+        max_tokens: k.max_tokens,
+        seed: k.seed,
+        stop_token_ids,
+        stop: k.stop.clone(),
+    };
+    params
+        .validate()
+        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    Ok(Request { prompt, params })
+}
+
+/// The response text: special tokens skipped, a matched stop string cut unless kept.
+fn response_text(
+    state: &ServeState,
+    c: &Completion,
+    skip_special_tokens: bool,
+    keep_stop_string: bool,
+) -> Result<String, HttpError> {
+    let mut text = state
+        .tokenizer
+        .decode(&c.token_ids, skip_special_tokens)
+        .map_err(|e| HttpError::internal(e.to_string()))?;
+    if let (Some(s), false) = (&c.stop_string, keep_stop_string) {
+        if let Some(at) = text.find(s.as_str()) {
+            text.truncate(at);
+        }
+    }
+    Ok(text)
+}
+
+/// What ended a completion, as vLLM's `stop_reason`: the user's stop token or stop string;
+/// `null` for EOS and length.
+fn stop_reason(c: &Completion, user_stop_ids: &[u32]) -> Option<serde_json::Value> {
+    if c.finish_reason != FinishReason::Stop {
+        return None;
+    }
+    if let Some(s) = &c.stop_string {
+        return Some(serde_json::Value::from(s.clone()));
+    }
+    let last = *c.token_ids.last()?;
+    user_stop_ids
+        .contains(&last)
+        .then(|| serde_json::Value::from(last))
+}
+
+fn completions(state: &ServeState, r: vllm::CompletionRequest) -> Answer {
+    if let Some(m) = &r.model {
+        if m != &state.model_name {
+            return Err(HttpError {
+                status: 404,
+                message: format!(
+                    "The model `{m}` does not exist. This server serves `{}`.",
+                    state.model_name
+                ),
+            });
+        }
+    }
+    if r.stream == Some(true) {
+        return Err(HttpError::bad_request(
+            "stream=true is not supported by rlvr serve",
+        ));
+    }
+    if r.echo == Some(true) {
+        return Err(HttpError::bad_request(
+            "echo=true is not supported by rlvr serve",
+        ));
+    }
+    if r.logprobs.unwrap_or(0) > 0 {
+        return Err(HttpError::bad_request(
+            "rlvr serve reports only the sampled token's log-prob: use logprobs=0",
+        ));
+    }
+    let prompts: Vec<Vec<u32>> = match r.prompt.clone() {
+        None => return Err(HttpError::bad_request("`prompt` is required")),
+        Some(vllm::Prompt::Tokens(ids)) => vec![ids],
+        Some(vllm::Prompt::TokensBatch(b)) => b,
+        Some(vllm::Prompt::Text(t)) => vec![encode(state, &t)?],
+        Some(vllm::Prompt::TextBatch(b)) => b
+            .iter()
+            .map(|t| encode(state, t))
+            .collect::<Result<_, _>>()?,
+    };
+    let n = r.n.unwrap_or(1).max(1);
+    let user_stop_ids = r.stop_token_ids.clone().unwrap_or_default();
+    let mut requests = Vec::new();
+    for prompt in &prompts {
+        for k in 0..n {
+            let knobs = Knobs {
+                max_tokens: r.max_tokens.unwrap_or(16),
+                temperature: r.temperature,
+                top_p: r.top_p,
+                top_k: r.top_k,
+                min_p: r.min_p,
+                // Choice k of a seeded request draws from seed + k, so choices differ.
+                seed: r.seed.map(|s| s.wrapping_add(k as u64)),
+                stop: r.stop.clone().map(vllm::Stop::into_vec).unwrap_or_default(),
+                stop_token_ids: user_stop_ids.clone(),
+                ignore_eos: r.ignore_eos.unwrap_or(false),
+            };
+            requests.push(engine_request(state, prompt.clone(), &knobs)?);
+        }
+    }
+    let out = state
+        .batcher
+        .generate(requests)
+        .map_err(HttpError::internal)?;
+    let skip_special = r.skip_special_tokens.unwrap_or(true);
+    let keep_stop = r.include_stop_str_in_output.unwrap_or(false);
+    let as_ids = r.return_tokens_as_token_ids.unwrap_or(false);
+    let mut choices = Vec::with_capacity(out.len());
+    let mut usage = vllm::Usage::default();
+    for (index, c) in out.iter().enumerate() {
+        let prompt = &prompts[index / n];
+        usage.prompt_tokens += prompt.len();
+        usage.completion_tokens += c.token_ids.len();
+        let logprobs = match r.logprobs {
+            None => None,
+            Some(_) => Some(choice_logprobs(state, c, as_ids)?),
+        };
+        choices.push(vllm::CompletionChoice {
+            index,
+            text: response_text(state, c, skip_special, keep_stop)?,
+            logprobs,
+            finish_reason: Some(c.finish_reason.as_str().to_string()),
+            stop_reason: stop_reason(c, &user_stop_ids),
+            token_ids: r
+                .return_token_ids
+                .unwrap_or(false)
+                .then(|| c.token_ids.clone()),
+            prompt_token_ids: r.return_token_ids.unwrap_or(false).then(|| prompt.clone()),
+        });
+    }
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    json(&vllm::CompletionResponse {
+        id: format!("cmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed)),
+        object: "text_completion".into(),
+        created: now(),
+        model: state.model_name.clone(),
+        choices,
+        usage,
+    })
+}
+
+fn choice_logprobs(
+    state: &ServeState,
+    c: &Completion,
+    as_ids: bool,
+) -> Result<vllm::CompletionLogprobs, HttpError> {
+    let mut lp = vllm::CompletionLogprobs::default();
+    let mut offset = 0;
+    for (&id, &l) in c.token_ids.iter().zip(&c.logprobs) {
+        let piece = state
+            .tokenizer
+            .decode(&[id], false)
+            .map_err(|e| HttpError::internal(e.to_string()))?;
+        let token = if as_ids {
+            format!("token_id:{id}")
+        } else {
+            piece.clone()
+        };
+        lp.text_offset.push(offset);
+        offset += piece.len();
+        lp.token_logprobs.push(Some(l));
+        lp.top_logprobs
+            .push(Some(std::iter::once((token.clone(), l)).collect()));
+        lp.tokens.push(token);
+    }
+    Ok(lp)
+}
+
+fn encode(state: &ServeState, text: &str) -> Result<Vec<u32>, HttpError> {
+    state
+        .tokenizer
+        .encode(text, true)
+        .map_err(|e| HttpError::bad_request(format!("tokenizing the prompt: {e}")))
+}
+
+fn generate(state: &ServeState, r: sglang::GenerateRequest) -> Answer {
+    if r.stream == Some(true) {
+        return Err(HttpError::bad_request(
+            "stream=true is not supported by rlvr serve",
+        ));
+    }
+    let prompt = match (r.input_ids.clone(), &r.text) {
+        (Some(ids), _) => ids,
+        (None, Some(t)) => encode(state, t)?,
+        (None, None) => {
+            return Err(HttpError::bad_request(
+                "one of `text` or `input_ids` is required",
+            ))
+        }
+    };
+    let p = &r.sampling_params;
+    let user_stop_ids = p.stop_token_ids.clone().unwrap_or_default();
+    let knobs = Knobs {
+        // SGLang's default.
+        max_tokens: p.max_new_tokens.unwrap_or(128),
+        temperature: p.temperature,
+        top_p: p.top_p,
+        top_k: p.top_k,
+        min_p: p.min_p,
+        seed: p.sampling_seed,
+        stop: p.stop.clone().map(vllm::Stop::into_vec).unwrap_or_default(),
+        stop_token_ids: user_stop_ids.clone(),
+        ignore_eos: p.ignore_eos.unwrap_or(false),
+    };
+    let request = engine_request(state, prompt.clone(), &knobs)?;
+    let c = state
+        .batcher
+        .generate(vec![request])
+        .map_err(HttpError::internal)?
+        .remove(0);
+    let finish_reason = match c.finish_reason {
+        FinishReason::Length => sglang::FinishReason {
+            kind: "length".into(),
+            matched: None,
+            length: Some(c.token_ids.len()),
+            message: None,
+        },
+        FinishReason::Stop => sglang::FinishReason {
+            kind: "stop".into(),
+            matched: Some(match &c.stop_string {
+                Some(s) => serde_json::Value::from(s.clone()),
+                None => serde_json::Value::from(*c.token_ids.last().unwrap_or(&0)),
+            }),
+            length: None,
+            message: None,
+        },
+    };
+    let output_token_logprobs = r.return_logprob.then(|| {
+        c.token_ids
+            .iter()
+            .zip(&c.logprobs)
+            .map(|(&id, &l)| (l, id, None))
+            .collect()
+    });
+    json(&sglang::GenerateResponse {
+        text: response_text(
+            state,
+            &c,
+            p.skip_special_tokens.unwrap_or(true),
+            p.no_stop_trim.unwrap_or(false),
+        )?,
+        output_ids: Some(c.token_ids.clone()),
+        meta_info: sglang::MetaInfo {
+            id: r
+                .rid
+                .clone()
+                .unwrap_or_else(|| format!("{}", state.next_id.fetch_add(1, Ordering::Relaxed))),
+            finish_reason: Some(finish_reason),
+            prompt_tokens: prompt.len(),
+            completion_tokens: c.token_ids.len(),
+            output_token_logprobs,
+            weight_version: Some(state.batcher.weight_version()),
+        },
+    })
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
