@@ -87,6 +87,7 @@ impl Batcher {
 
 impl Batcher {
     pub fn set_weight_version(&self, version: String) {
+        tracing::info!("weight version {version}");
         self.loaded.write().expect("not poisoned").weight_version = version;
     }
 

@@ -184,6 +184,14 @@ impl RemoteEngine {
         Ok(())
     }
 
+    /// One `GET /health`, no retries: is a server that went down back?
+    pub fn is_up(&self) -> bool {
+        matches!(
+            self.agent.get(format!("{}/health", self.url)).call(),
+            Ok(r) if r.status().is_success()
+        )
+    }
+
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
         self.call(path, None::<&()>)
     }
@@ -261,7 +269,7 @@ impl RemoteEngine {
 }
 
 /// The message of an error body, whichever server wrote it.
-fn error_message(body: &str) -> String {
+pub fn error_message(body: &str) -> String {
     let v: serde_json::Value = match serde_json::from_str(body) {
         Ok(v) => v,
         Err(_) => return clip(body),

@@ -148,9 +148,16 @@ impl Generator for RemoteGenerator {
             let handles: Vec<_> = self
                 .engines
                 .iter()
-                .map(|e| {
+                .zip(&self.alive)
+                .map(|(e, &alive)| {
                     let (dir, version) = (&dir, &version);
-                    s.spawn(move || e.update_weights(dir, version))
+                    s.spawn(move || {
+                        // A server that went down gets one quick look, not a round of retries.
+                        if !alive && !e.is_up() {
+                            return Err(CallError::Down(format!("{} is still down", e.url)));
+                        }
+                        e.update_weights(dir, version)
+                    })
                 })
                 .collect();
             handles
