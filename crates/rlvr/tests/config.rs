@@ -11,6 +11,9 @@ const DAPO: &str = include_str!("data/skyrl_dapo_gsm8k_overrides.txt");
 /// Keys rlvr adds to SkyRL's base config (each marked in base.yaml).
 const RLVR_ADDED: &[&str] = &[
     "trainer.algorithm.overlong_buffer",
+    "generator.weight_sync_dir",
+    "generator.remote_request_timeout_s",
+    "generator.remote_max_retries",
     // Composed by SkyRL from skyrl_gym_config/default.yaml (not in ppo_base_config.yaml).
     "environment.skyrl_gym.",
 ];
@@ -206,7 +209,7 @@ fn config_show_accepts_every_dapo_override() {
         );
         // One line per GPU-stack key rlvr does not honour, e.g. the vLLM backend.
         assert!(
-            stderr.contains("`generator.backend=vllm`: served by rlvr's embedded engine"),
+            stderr.contains("`generator.backend=vllm`: local engines are rlvr's embedded engine"),
             "{stderr}"
         );
         assert!(

@@ -46,9 +46,12 @@ fn serve(model: &Path, name: &str) -> Served {
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("rlvr serve did not start");
+        let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rlvr serve did not start");
+        };
         if let Some(at) = line.find("on http://") {
             let addr = line[at + "on http://".len()..].trim().to_string();
             return Served { child, addr, lines };

@@ -79,7 +79,7 @@ const IGNORED: &[(&str, &str)] = &[
     ),
     (
         "generator.weight_sync_backend",
-        "weights are shared in-process; ignored",
+        "the embedded engine shares the trainer's weights; remote engines reload them from generator.weight_sync_dir; ignored",
     ),
     (
         "generator.weight_transfer_threshold_cuda_ipc_GB",
@@ -289,7 +289,7 @@ mod tests {
         .unwrap();
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(
-            w[0].starts_with("`generator.backend=vllm`: served by rlvr's embedded engine"),
+            w[0].starts_with("`generator.backend=vllm`: local engines are rlvr's embedded engine"),
             "{w:?}"
         );
         assert!(w

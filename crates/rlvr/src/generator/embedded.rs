@@ -35,7 +35,6 @@ impl EmbeddedGenerator {
                 // `policy/rollout_train_logprobs_abs_diff_*` compares like with like.
                 logprobs_mode: LogprobsMode::Processed,
                 progress: true,
-                ..Default::default()
             },
             stop_token_ids,
         }

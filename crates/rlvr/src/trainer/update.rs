@@ -380,7 +380,7 @@ fn policy_loss_config(cfg: &crate::config::Config) -> Result<policy_loss::Policy
     };
     // SkyRL's deprecated `use_tis` is token-level TIS capped at `tis_imp_ratio_cap`.
     if a.use_tis && c.off_policy_correction.tis_ratio_type.is_none() {
-        if !(a.tis_imp_ratio_cap > 0.0) {
+        if a.tis_imp_ratio_cap.is_nan() || a.tis_imp_ratio_cap <= 0.0 {
             bail!(
                 "trainer.algorithm.use_tis=true needs trainer.algorithm.tis_imp_ratio_cap > 0, got {}",
                 a.tis_imp_ratio_cap
