@@ -158,13 +158,24 @@ impl RemoteEngine {
                     kwargs: None,
                     timeout: None,
                 };
-                let _: serde_json::Value = self.post("/collective_rpc", &rpc)?;
-                let _: serde_json::Value =
-                    self.post("/reset_prefix_cache", &serde_json::json!({}))?;
+                let hint = |e: CallError, what: &str| match e {
+                    CallError::Rejected(m) => CallError::Rejected(format!("{m} ({what})")),
+                    down => down,
+                };
+                let dev_mode = "vLLM serves this only with VLLM_SERVER_DEV_MODE=1, and must have \
+                    been started on generator.weight_sync_dir";
+                let _: serde_json::Value = self
+                    .post("/collective_rpc", &rpc)
+                    .map_err(|e| hint(e, dev_mode))?;
+                let _: serde_json::Value = self
+                    .post("/reset_prefix_cache", &serde_json::json!({}))
+                    .map_err(|e| hint(e, dev_mode))?;
                 let set = vllm::UpdateWeightVersionRequest {
                     new_version: version.to_string(),
                 };
-                let _: serde_json::Value = self.post("/update_weight_version", &set)?;
+                let _: serde_json::Value = self
+                    .post("/update_weight_version", &set)
+                    .map_err(|e| hint(e, "weight versions need a recent vLLM in dev mode"))?;
                 let served = self
                     .get::<vllm::WeightInfo>("/weight_info")?
                     .weight_version
