@@ -67,18 +67,49 @@ fn latest_checkpoint(dir: &Path) -> Option<usize> {
         .and_then(|s| s.trim().parse().ok())
 }
 
+type Metrics = BTreeMap<u64, serde_json::Map<String, serde_json::Value>>;
+
+/// The uninterrupted run both tests compare against (run once).
+fn reference() -> &'static Metrics {
+    static REFERENCE: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let full = tempfile::tempdir().unwrap();
+        setup(full.path());
+        assert!(train_cmd(full.path(), &[]).status().unwrap().success());
+        let reference = metrics(full.path());
+        assert_eq!(
+            reference.len(),
+            STEPS,
+            "the uninterrupted run logs every step"
+        );
+        reference
+    })
+}
+
+/// Steps `from..=STEPS` of `resumed` equal the uninterrupted run's.
+fn assert_matches_reference(resumed: &Metrics, from: u64) {
+    let reference = reference();
+    assert_eq!(resumed.len(), STEPS);
+    for step in from..=STEPS as u64 {
+        for key in [
+            "policy/policy_loss",
+            "reward/avg_raw_reward",
+            "policy/grad_norm",
+            "policy/policy_entropy",
+        ] {
+            let (a, b) = (&reference[&step][key], &resumed[&step][key]);
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "step {step} {key}: {a} vs {b} after resume"
+            );
+        }
+    }
+}
+
 #[test]
 fn sigkill_mid_step_then_resume_matches_an_uninterrupted_run() {
-    let full = tempfile::tempdir().unwrap();
-    setup(full.path());
-    assert!(train_cmd(full.path(), &[]).status().unwrap().success());
-    let reference = metrics(full.path());
-    assert_eq!(
-        reference.len(),
-        STEPS,
-        "the uninterrupted run logs every step"
-    );
-
+    reference();
     let killed = tempfile::tempdir().unwrap();
     setup(killed.path());
     let mut child = train_cmd(killed.path(), &[]).spawn().unwrap();
@@ -106,21 +137,57 @@ fn sigkill_mid_step_then_resume_matches_an_uninterrupted_run() {
         .status()
         .unwrap();
     assert!(status.success());
-    let resumed = metrics(killed.path());
-    assert_eq!(resumed.len(), STEPS);
-    for step in (saved as u64 + 1)..=STEPS as u64 {
-        for key in [
-            "policy/policy_loss",
-            "reward/avg_raw_reward",
-            "policy/grad_norm",
-            "policy/policy_entropy",
-        ] {
-            let (a, b) = (&reference[&step][key], &resumed[&step][key]);
-            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-            assert!(
-                (a - b).abs() <= 1e-6 * a.abs().max(1.0),
-                "step {step} {key}: {a} vs {b} after resume"
-            );
-        }
+    // Resumed, not restarted: at most the killed step is logged twice.
+    assert!(metrics_lines(killed.path()) <= STEPS + 1);
+    assert_matches_reference(&metrics(killed.path()), saved as u64 + 1);
+}
+
+/// Ctrl-C (SIGINT) lets the step in flight finish, checkpoints it, and exits with 130; running
+/// the same command again resumes there (SkyRL's default `resume_mode=latest`).
+#[test]
+fn ctrl_c_checkpoints_and_the_same_command_resumes() {
+    reference();
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    // No periodic checkpoints: the one after Ctrl-C is the only one.
+    let args = ["trainer.ckpt_interval=1000"];
+    let mut child = train_cmd(dir.path(), &args).spawn().unwrap();
+    let start = Instant::now();
+    while metrics_lines(dir.path()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no steps logged"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(2));
     }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "Ctrl-C exits with 130");
+    let logged = metrics(dir.path());
+    let last = *logged.keys().max().unwrap();
+    assert!((3..STEPS as u64).contains(&last), "stopped at step {last}");
+    assert_eq!(
+        latest_checkpoint(dir.path()),
+        Some(last as usize),
+        "the last finished step is saved"
+    );
+
+    assert!(train_cmd(dir.path(), &args).status().unwrap().success());
+    // Resumed, not restarted (which, with the same seed, would log the same numbers again).
+    assert_eq!(metrics_lines(dir.path()), STEPS, "each step logged once");
+    assert_matches_reference(&metrics(dir.path()), last + 1);
+}
+
+fn metrics_lines(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("logs/toy_dapo/metrics.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }
