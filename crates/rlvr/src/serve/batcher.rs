@@ -7,6 +7,7 @@ use rlvr_model::engine::{Completion, Engine, EngineConfig, Request};
 use rlvr_model::{load_pretrained, Model, ModelConfig, Tokenizer};
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ pub struct Loaded {
 pub struct Batcher {
     tx: Sender<Job>,
     pub loaded: Arc<RwLock<Loaded>>,
+    /// Engine batches run so far.
+    batches: Arc<AtomicUsize>,
 }
 
 impl Batcher {
@@ -52,12 +55,17 @@ impl Batcher {
     ) -> Batcher {
         let (tx, rx) = mpsc::channel();
         let loaded = Arc::new(RwLock::new(loaded));
-        let state = loaded.clone();
+        let batches = Arc::new(AtomicUsize::new(0));
+        let (state, count) = (loaded.clone(), batches.clone());
         std::thread::Builder::new()
             .name("rlvr-engine".into())
-            .spawn(move || engine_loop(model, tokenizer, engine, rx, state, gather))
+            .spawn(move || engine_loop(model, tokenizer, engine, rx, state, count, gather))
             .expect("spawning the engine thread");
-        Batcher { tx, loaded }
+        Batcher {
+            tx,
+            loaded,
+            batches,
+        }
     }
 
     pub fn generate(&self, requests: Vec<Request>) -> Result<Vec<Completion>, String> {
@@ -86,6 +94,10 @@ impl Batcher {
 }
 
 impl Batcher {
+    pub fn batches_run(&self) -> usize {
+        self.batches.load(Ordering::SeqCst)
+    }
+
     pub fn set_weight_version(&self, version: String) {
         tracing::info!("weight version {version}");
         self.loaded.write().expect("not poisoned").weight_version = version;
@@ -111,6 +123,7 @@ fn engine_loop(
     engine: EngineConfig,
     rx: Receiver<Job>,
     loaded: Arc<RwLock<Loaded>>,
+    batches: Arc<AtomicUsize>,
     gather: Duration,
 ) {
     let mut queue: VecDeque<Job> = VecDeque::new();
@@ -156,6 +169,7 @@ fn engine_loop(
                     }
                 }
                 run_batch(&model, &tokenizer, &engine, batch);
+                batches.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
@@ -235,4 +249,70 @@ fn check_same_architecture(a: &ModelConfig, b: &ModelConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rlvr_model::engine::SamplingParams;
+
+    fn batcher() -> Batcher {
+        let cfg = crate::toy::model_config();
+        let tensors = crate::toy::random_tensors(&cfg, 1).unwrap();
+        let model = Model::from_tensors(&cfg, &tensors, &candle_core::Device::Cpu).unwrap();
+        Batcher::start(
+            model,
+            Arc::new(crate::toy::tokenizer().unwrap()),
+            EngineConfig {
+                max_batch: 64,
+                ..Default::default()
+            },
+            Loaded {
+                path: PathBuf::from("toy"),
+                weight_version: "0".into(),
+            },
+            // Generous, so a loaded CI machine still gathers all eight.
+            Duration::from_millis(300),
+        )
+    }
+
+    fn request(seed: u64) -> Request {
+        Request {
+            prompt: vec![3],
+            params: SamplingParams {
+                max_tokens: 6,
+                seed: Some(seed),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn concurrent_requests_share_one_engine_batch_and_keep_their_answers() {
+        let b = batcher();
+        // Each request alone, one batch each.
+        let alone: Vec<_> = (0..8)
+            .map(|s| b.generate(vec![request(s)]).unwrap().remove(0))
+            .collect();
+        assert_eq!(b.batches_run(), 8);
+        // The same requests from 8 connections at once: one batch, same answers in place.
+        let together: Vec<_> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..8)
+                .map(|s| {
+                    let b = b.clone();
+                    sc.spawn(move || b.generate(vec![request(s)]).unwrap().remove(0))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            b.batches_run(),
+            9,
+            "the 8 concurrent requests ran as one batch"
+        );
+        assert_eq!(
+            alone.iter().map(|c| &c.token_ids).collect::<Vec<_>>(),
+            together.iter().map(|c| &c.token_ids).collect::<Vec<_>>()
+        );
+    }
 }
