@@ -131,6 +131,13 @@ fn route(state: &ServeState, method: &tiny_http::Method, path: &str, body: &str)
         (Get, "/version") => Ok(serde_json::json!({
             "version": concat!("rlvr ", env!("CARGO_PKG_VERSION")),
         })),
+        (Get, "/get_server_info") => Ok(serde_json::json!({
+            "version": concat!("rlvr ", env!("CARGO_PKG_VERSION")),
+            "served_model_name": state.model_name,
+            "max_model_len": state.max_model_len,
+            "weight_version": state.batcher.weight_version(),
+            "engine_batches": state.batcher.batches_run(),
+        })),
         _ => Err(HttpError {
             status: 404,
             message: format!("no route for {method} {path}"),
