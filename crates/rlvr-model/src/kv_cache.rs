@@ -95,6 +95,29 @@ impl KvCache {
         }
     }
 
+    /// Copies the first `len` cached positions of slot `from` into slot `to` (a prompt shared by
+    /// several sequences is prefilled once).
+    pub fn copy_prefix(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
+        if from == to || len > self.lens[from] {
+            candle_core::bail!(
+                "copy_prefix: slot {from} holds {} positions, {len} asked for slot {to}",
+                self.lens[from]
+            )
+        }
+        for t in self.k.iter().chain(self.v.iter()) {
+            let src = t.narrow(0, from, 1)?.narrow(2, 0, len)?.contiguous()?;
+            // `contiguous` may return a view of the cache itself; slice_set needs its own copy.
+            let src = if src.is_contiguous() {
+                src.copy()?
+            } else {
+                src
+            };
+            t.narrow(0, to, 1)?.slice_set(&src, 2, 0)?;
+        }
+        self.lens[to] = len;
+        Ok(())
+    }
+
     /// Moves the sequence in slot `from` to slot `to` (compaction when slots free up).
     pub fn move_slot(&mut self, from: usize, to: usize) -> Result<()> {
         if from == to {

@@ -13,6 +13,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use sampling::sample;
 pub use sampling::{LogprobsMode, SamplingParams};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// One prompt (token ids, chat template already applied) and how to continue it.
 #[derive(Debug, Clone)]
@@ -85,6 +86,9 @@ struct Running {
     rng: StdRng,
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
+    /// Logits after the prompt, kept so another request with the same prompt (GRPO's samples of
+    /// one group) can start from this slot's cached prompt instead of prefilling it again.
+    prompt_logits: Arc<Vec<f32>>,
 }
 
 impl<'a> Engine<'a> {
@@ -150,16 +154,29 @@ impl<'a> Engine<'a> {
                 let Some(i) = waiting.pop_front() else { break };
                 let slot = running.len();
                 cache.clear(slot);
-                let logits = self
-                    .model
-                    .forward_cached(&mut cache, slot, &requests[i].prompt, 1)?;
-                let row = logits.flatten_all()?.to_vec1::<f32>()?;
+                let prompt = &requests[i].prompt;
+                // The KV of a prompt does not depend on what follows it: copy it from a running
+                // sequence with the same prompt (bit-identical to prefilling it again).
+                let shared = running
+                    .iter()
+                    .position(|s| requests[s.request].prompt == *prompt);
+                let row = match shared {
+                    Some(src) => {
+                        cache.copy_prefix(src, slot, prompt.len())?;
+                        running[src].prompt_logits.clone()
+                    }
+                    None => {
+                        let logits = self.model.forward_cached(&mut cache, slot, prompt, 1)?;
+                        Arc::new(logits.flatten_all()?.to_vec1::<f32>()?)
+                    }
+                };
                 let seed = requests[i].params.seed.unwrap_or_else(rand::random);
                 let mut seq = Running {
                     request: i,
                     rng: StdRng::seed_from_u64(seed),
                     tokens: Vec::new(),
                     logprobs: Vec::new(),
+                    prompt_logits: row.clone(),
                 };
                 if let Some(done) = self.step(&mut seq, &row, &requests[i].params) {
                     outputs[i] = Some(done);

@@ -159,3 +159,37 @@ fn continuous_batching_matches_running_alone() {
     }
     assert_eq!(together[0].finish_reason, FinishReason::Stop);
 }
+
+#[test]
+fn a_shared_prompt_is_prefilled_once_with_the_same_results() {
+    let model = tiny_model(true, true, 15);
+    // GRPO-style: samples of one prompt next to each other, another prompt in between, and a
+    // prompt that is a prefix of another (must not share: its last logits differ).
+    let prompts: [&[u32]; 7] = [
+        &[7, 3, 9, 1],
+        &[7, 3, 9, 1],
+        &[7, 3, 9, 1],
+        &[5, 5],
+        &[7, 3, 9, 1],
+        &[7, 3, 9],
+        &[5, 5],
+    ];
+    let reqs: Vec<Request> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| req(p, 1.0, 10, 100 + i as u64))
+        .collect();
+    let together = engine(&model, 4).generate(&reqs).unwrap();
+    for (i, r) in reqs.iter().enumerate() {
+        let alone = engine(&model, 1)
+            .generate(std::slice::from_ref(r))
+            .unwrap()
+            .remove(0);
+        assert_eq!(together[i].token_ids, alone.token_ids, "request {i}");
+        for (a, b) in together[i].logprobs.iter().zip(&alone.logprobs) {
+            assert!((a - b).abs() < 1e-5, "request {i}: {a} vs {b}");
+        }
+    }
+    // Different seeds on a shared prompt still give different samples.
+    assert_ne!(together[0].token_ids, together[1].token_ids);
+}

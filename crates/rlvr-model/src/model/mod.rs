@@ -31,9 +31,14 @@ impl Linear {
     /// `x: [N, in]` → `[N, out]`. Without `grad`, few-row inputs take the decoding kernel.
     pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
         let w = self.weight.as_tensor();
-        let y = match (grad, skinny::try_matmul_t(x, w)?) {
-            (false, Some(y)) => y,
-            _ => x.matmul(&w.t()?)?,
+        let fast = if grad {
+            None
+        } else {
+            skinny::try_matmul_t(x, w)?
+        };
+        let y = match fast {
+            Some(y) => y,
+            None => x.matmul(&w.t()?)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b.as_tensor()),

@@ -6,8 +6,10 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Rows of `x` up to which the skinny kernel beats gemm.
+/// Rows of `x` up to which the skinny kernel beats gemm (AVX2 / AVX-512). gemm packs the
+/// weights on every call and, on stable Rust, runs AVX2 micro-kernels only.
 pub const MAX_ROWS: usize = 24;
+pub const MAX_ROWS_AVX512: usize = 64;
 
 /// Output columns computed per parallel task.
 const BLOCK: usize = 32;
@@ -20,13 +22,32 @@ pub fn try_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         && x.dtype() == candle_core::DType::F32
         && w.dtype() == candle_core::DType::F32
         && x.rank() == 2
-        && x.dim(0)? <= MAX_ROWS
+        && x.dim(0)? <= max_rows()
         && w.is_contiguous()
         && simd_available();
     if !usable {
         return Ok(None);
     }
     Ok(Some(x.contiguous()?.apply_op2_no_bwd(w, &SkinnyMatmul)?))
+}
+
+fn max_rows() -> usize {
+    if avx512_available() {
+        MAX_ROWS_AVX512
+    } else {
+        MAX_ROWS
+    }
+}
+
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 fn simd_available() -> bool {
@@ -64,15 +85,21 @@ impl CustomOp2 for SkinnyMatmul {
         let w = &w[wl.start_offset()..wl.start_offset() + n * k];
         // Transposed output [n, m]: every task owns a contiguous block of it.
         let mut yt = vec![0f32; n * m];
+        let wide = avx512_available();
         yt.par_chunks_mut(BLOCK * m)
             .enumerate()
             .for_each(|(b, out)| {
                 let rows = out.len() / m;
                 let wb = &w[b * BLOCK * k..(b * BLOCK + rows) * k];
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: only reached when AVX2 and FMA were detected (`simd_available`).
+                // SAFETY: only reached when AVX2 and FMA were detected (`simd_available`), and
+                // AVX-512F for the wide kernel.
                 unsafe {
-                    block_avx2(x, wb, m, k, out)
+                    if wide {
+                        block_avx512(x, wb, m, k, out)
+                    } else {
+                        block_avx2(x, wb, m, k, out)
+                    }
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 block_generic(x, wb, m, k, out)
@@ -162,6 +189,87 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     r
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_avx512(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+    let n = w.len() / k;
+    let mut j = 0;
+    while j < n {
+        let nr = (n - j).min(4);
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(4);
+            let wp = w.as_ptr().add(j * k);
+            let xp = x.as_ptr().add(i * k);
+            let r = match (mr, nr) {
+                (4, 4) => tile512::<4, 4>(xp, wp, k),
+                (4, 3) => tile512::<4, 3>(xp, wp, k),
+                (4, 2) => tile512::<4, 2>(xp, wp, k),
+                (4, _) => tile512::<4, 1>(xp, wp, k),
+                (3, 4) => tile512::<3, 4>(xp, wp, k),
+                (3, 3) => tile512::<3, 3>(xp, wp, k),
+                (3, 2) => tile512::<3, 2>(xp, wp, k),
+                (3, _) => tile512::<3, 1>(xp, wp, k),
+                (2, 4) => tile512::<2, 4>(xp, wp, k),
+                (2, 3) => tile512::<2, 3>(xp, wp, k),
+                (2, 2) => tile512::<2, 2>(xp, wp, k),
+                (2, _) => tile512::<2, 1>(xp, wp, k),
+                (_, 4) => tile512::<1, 4>(xp, wp, k),
+                (_, 3) => tile512::<1, 3>(xp, wp, k),
+                (_, 2) => tile512::<1, 2>(xp, wp, k),
+                _ => tile512::<1, 1>(xp, wp, k),
+            };
+            for jj in 0..nr {
+                for ii in 0..mr {
+                    out[(j + jj) * m + i + ii] = r[ii][jj];
+                }
+            }
+            i += mr;
+        }
+        j += nr;
+    }
+}
+
+/// Dot products of `MR` rows of `x` with `NR` rows of `w`, AVX-512: 16 lanes, and up to 16
+/// accumulators, so one pass over a `w` row block serves four `x` rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile512<const MR: usize, const NR: usize>(
+    x: *const f32,
+    w: *const f32,
+    k: usize,
+) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    let kv = k / 16 * 16;
+    let mut c = 0;
+    while c < kv {
+        let mut wv = [_mm512_setzero_ps(); NR];
+        for (jj, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(w.add(jj * k + c));
+        }
+        for (ii, row) in acc.iter_mut().enumerate() {
+            let xv = _mm512_loadu_ps(x.add(ii * k + c));
+            for jj in 0..NR {
+                row[jj] = _mm512_fmadd_ps(xv, wv[jj], row[jj]);
+            }
+        }
+        c += 16;
+    }
+    let mut r = [[0f32; 4]; 4];
+    for ii in 0..MR {
+        for jj in 0..NR {
+            let mut s = _mm512_reduce_add_ps(acc[ii][jj]);
+            for t in kv..k {
+                s += *x.add(ii * k + t) * *w.add(jj * k + t);
+            }
+            r[ii][jj] = s;
+        }
+    }
+    r
+}
+
 /// Portable fallback (not used on x86_64, where the fast path requires AVX2).
 #[cfg(not(target_arch = "x86_64"))]
 fn block_generic(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
@@ -188,6 +296,8 @@ mod tests {
             (5, 13, 33),
             (8, 64, 200),
             (24, 100, 31),
+            (32, 576, 65),
+            (61, 1536, 37),
             (3, 7, 5),
         ] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
