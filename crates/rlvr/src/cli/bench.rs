@@ -42,6 +42,10 @@ pub enum BenchCommand {
         /// PyTorch baseline does.
         #[arg(long)]
         answer_only: bool,
+        /// Consecutive requests per prompt (an RL group: GRPO samples a prompt several times).
+        /// 1 matches the PyTorch baseline.
+        #[arg(long, default_value_t = 1)]
+        samples_per_prompt: usize,
         #[arg(long)]
         skip_gen: bool,
         #[arg(long)]
@@ -101,9 +105,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         train_batch,
         train_seq,
         answer_only,
+        samples_per_prompt,
         skip_gen,
         skip_train,
     } = cmd;
+    let group = samples_per_prompt.max(1);
     super::generate::single_elementwise_pool();
     let device = Device::Cpu;
     let t0 = Instant::now();
@@ -155,6 +161,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             for r in 0..repeats {
                 let reqs = test
                     .iter()
+                    .flat_map(|row| std::iter::repeat_n(row, group))
                     .cycle()
                     .take(b)
                     .enumerate()
