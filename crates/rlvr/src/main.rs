@@ -2,6 +2,12 @@
 
 use clap::{Parser, Subcommand};
 
+/// Training and decoding allocate and free many large buffers per step; glibc's malloc hands
+/// those back to the kernel and takes page faults and zeroing to get them again. mimalloc keeps
+/// them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 
 use rlvr::{config, data, export, plot, run, toy, trainer};
