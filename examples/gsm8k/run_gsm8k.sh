@@ -39,6 +39,7 @@ $RLVR train \
   environment.env_class=gsm8k \
   environment.skyrl_gym.gsm8k.method=numeric \
   generator.n_samples_per_prompt=4 \
+  generator.model_dtype=float32 \
   generator.max_num_seqs=64 \
   trainer.logger="['console','jsonl']" \
   trainer.project_name="gsm8k" \

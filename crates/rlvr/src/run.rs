@@ -105,6 +105,25 @@ pub fn build(resolved: &ResolvedConfig, ext: Extensions) -> Result<Trainer> {
     build_with_model(resolved, ext, policy, reference, tokenizer)
 }
 
+/// `generator.model_dtype`: the weights the embedded engine decodes with (the trainer keeps f32).
+pub fn decode_dtype(name: &str) -> Result<candle_core::DType> {
+    use candle_core::DType;
+    match name {
+        "float32" | "fp32" | "f32" => Ok(DType::F32),
+        "bfloat16" | "bf16" => {
+            if rlvr_model::model::bf16_decode_supported() {
+                Ok(DType::BF16)
+            } else {
+                tracing::warn!(
+                    "generator.model_dtype={name}: this CPU lacks AVX-512, decoding in float32"
+                );
+                Ok(DType::F32)
+            }
+        }
+        other => anyhow::bail!("generator.model_dtype={other}: expected bfloat16 or float32"),
+    }
+}
+
 /// The remote engines of `generator.*` (`run_engines_locally=false`).
 pub fn remote_settings(cfg: &Config) -> Result<RemoteSettings> {
     let g = &cfg.generator;
@@ -164,12 +183,15 @@ pub fn build_with_model(
         .or(tokenizer.eos_token_id())
         .unwrap_or(0);
     let generator: Box<dyn Generator> = if cfg.generator.run_engines_locally {
-        Box::new(EmbeddedGenerator::new(
-            policy.clone(),
-            tokenizer.clone(),
-            ext.envs.clone(),
-            cfg.generator.max_num_seqs,
-        ))
+        Box::new(
+            EmbeddedGenerator::new(
+                policy.clone(),
+                tokenizer.clone(),
+                ext.envs.clone(),
+                cfg.generator.max_num_seqs,
+            )
+            .with_weights(decode_dtype(&cfg.generator.model_dtype)?),
+        )
     } else {
         Box::new(RemoteGenerator::connect(
             remote_settings(&cfg)?,

@@ -23,6 +23,7 @@ fn serve(model: &Path, name: &str) -> String {
         max_num_seqs: 64,
         max_model_len: None,
         logprobs_mode: LogprobsMode::Processed,
+        weights: candle_core::DType::F32,
         http_threads: 64,
     })
     .unwrap();

@@ -21,6 +21,9 @@
 # (0/16 correct on MAWPS single-op, 1 reward in 64 samples), so almost every group has zero
 # variance and dynamic sampling needs ~8 generation batches per step; at 0.6 it scores ~6%.
 #
+# Rollouts decode on the trainer's f32 weights (generator.model_dtype=float32): SkyRL's default
+# bfloat16 copy measured no faster here (2 cores, 135M) and would add a rollout/trainer log-prob gap.
+#
 # RECIPE=gpu — SkyRL's overrides unchanged (Qwen2.5-1.5B-Instruct, 1024 prompts x 5 samples,
 # 1024 new tokens, GSM8K strict). rlvr accepts every line; GPU-stack keys print how rlvr treats
 # them. It runs on the embedded CPU engine: far too slow on a CPU, shown for parity.
@@ -110,6 +113,7 @@ $RLVR train \
   trainer.algorithm.dynamic_sampling.max_sample_batches=30 \
   trainer.algorithm.loss_reduction=token_mean \
   generator.apply_overlong_filtering=true \
+  generator.model_dtype=float32 \
   generator.sampling_params.temperature=0.6 \
   generator.sampling_params.top_p=1.0 \
   generator.eval_sampling_params.top_p=0.7 \

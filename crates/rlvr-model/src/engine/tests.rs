@@ -193,3 +193,33 @@ fn a_shared_prompt_is_prefilled_once_with_the_same_results() {
     // Different seeds on a shared prompt still give different samples.
     assert_ne!(together[0].token_ids, together[1].token_ids);
 }
+
+#[test]
+fn bf16_weights_decode_close_to_f32() {
+    if !crate::model::bf16_decode_supported() {
+        eprintln!("note: no AVX-512 here, bf16 decoding not exercised");
+        return;
+    }
+    let model = tiny_model(true, false, 16);
+    let reqs = vec![
+        req(&[3, 1, 4, 1, 5], 0.0, 12, 1),
+        req(&[9, 2, 6], 0.0, 12, 2),
+    ];
+    let f32_out = engine(&model, 2).generate(&reqs).unwrap();
+    let mut cfg = EngineConfig {
+        max_batch: 2,
+        weights: DType::BF16,
+        ..Default::default()
+    };
+    let bf16_out = Engine::new(&model, cfg.clone()).generate(&reqs).unwrap();
+    let mut max = 0f32;
+    for (a, b) in f32_out.iter().zip(&bf16_out) {
+        for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+            max = max.max((x - y).abs());
+        }
+    }
+    // Rounding the weights moves the log-probs, a little.
+    assert!(max > 0.0 && max < 0.05, "max log-prob difference {max}");
+    cfg.weights = DType::F16;
+    assert!(Engine::new(&model, cfg).generate(&reqs).is_err());
+}

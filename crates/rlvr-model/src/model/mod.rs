@@ -17,6 +17,12 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rope::RopeTables;
 use std::collections::HashMap;
 
+/// Whether [`Model::decode_copy`] with bf16 weights can run here (the bf16 kernel needs
+/// AVX-512F).
+pub fn bf16_decode_supported() -> bool {
+    skinny::bf16_supported()
+}
+
 /// Additive mask value for disallowed keys. Finite, so fully masked (padding) query rows give a
 /// uniform softmax instead of NaN, which would otherwise leak into gradients as NaN * 0.
 const MASKED: f32 = -1e30;
@@ -231,6 +237,47 @@ impl Model {
     }
 
     /// The output projection `[vocab, hidden]` (the embedding when tied).
+    /// A copy for decoding whose matrix weights (attention, MLP and output head) are stored in
+    /// `weights` (bf16 halves the bytes streamed per generated token; activations, norms, the
+    /// embedding lookup and the KV cache stay f32). Not trainable: it has no named parameters.
+    /// With `F32` the copy shares the weights. bf16 needs [`bf16_decode_supported`].
+    pub fn decode_copy(&self, weights: DType) -> Result<Model> {
+        let conv = |l: &Linear| -> Result<Linear> {
+            Ok(Linear {
+                weight: Var::from_tensor(&l.weight.as_tensor().to_dtype(weights)?)?,
+                bias: l.bias.clone(),
+            })
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    input_norm: l.input_norm.clone(),
+                    q: conv(&l.q)?,
+                    k: conv(&l.k)?,
+                    v: conv(&l.v)?,
+                    o: conv(&l.o)?,
+                    post_norm: l.post_norm.clone(),
+                    gate: conv(&l.gate)?,
+                    up: conv(&l.up)?,
+                    down: conv(&l.down)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Model {
+            cfg: self.cfg.clone(),
+            embed: self.embed.clone(),
+            layers,
+            norm: self.norm.clone(),
+            lm_head: Some(Var::from_tensor(&self.lm_head_weight().to_dtype(weights)?)?),
+            rope: self.rope.clone(),
+            named: Vec::new(),
+            device: self.device.clone(),
+            dtype: self.dtype,
+        })
+    }
+
     pub fn lm_head_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed).as_tensor()
     }

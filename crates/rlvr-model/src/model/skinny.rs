@@ -17,18 +17,43 @@ const BLOCK: usize = 32;
 struct SkinnyMatmul;
 
 /// `x: [m, k]`, `w: [n, k]` → `[m, n]`, when the fast path applies.
+///
+/// `w` may also be bf16 (decoding copies of the weights, see `Model::decode_copy`): then `x` is
+/// taken in chunks of rows of any count, since no other kernel multiplies f32 by bf16 here.
 pub fn try_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-    let usable = x.device().is_cpu()
-        && x.dtype() == candle_core::DType::F32
-        && w.dtype() == candle_core::DType::F32
+    use candle_core::DType;
+    let shaped = x.device().is_cpu()
+        && x.dtype() == DType::F32
         && x.rank() == 2
-        && x.dim(0)? <= max_rows()
         && w.is_contiguous()
         && simd_available();
-    if !usable {
+    if !shaped {
         return Ok(None);
     }
-    Ok(Some(x.contiguous()?.apply_op2_no_bwd(w, &SkinnyMatmul)?))
+    match w.dtype() {
+        DType::F32 if x.dim(0)? <= max_rows() => {
+            Ok(Some(x.contiguous()?.apply_op2_no_bwd(w, &SkinnyMatmul)?))
+        }
+        DType::BF16 if avx512_available() => {
+            let m = x.dim(0)?;
+            let chunk = max_rows();
+            let x = x.contiguous()?;
+            let parts = (0..m)
+                .step_by(chunk)
+                .map(|s| {
+                    x.narrow(0, s, chunk.min(m - s))?
+                        .contiguous()?
+                        .apply_op2_no_bwd(w, &SkinnyMatmul)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Some(Tensor::cat(&parts, 0)?))
+        }
+        _ => Ok(None),
+    }
+}
+
+pub fn bf16_supported() -> bool {
+    simd_available() && avx512_available()
 }
 
 fn max_rows() -> usize {
@@ -78,32 +103,50 @@ impl CustomOp2 for SkinnyMatmul {
         if k != k2 {
             candle_core::bail!("skinny matmul: inner dims {k} vs {k2}")
         }
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (xs, ws) else {
-            candle_core::bail!("skinny matmul: f32 only")
+        let CpuStorage::F32(x) = xs else {
+            candle_core::bail!("skinny matmul: x must be f32")
         };
         let x = &x[xl.start_offset()..xl.start_offset() + m * k];
-        let w = &w[wl.start_offset()..wl.start_offset() + n * k];
+        let wo = wl.start_offset();
         // Transposed output [n, m]: every task owns a contiguous block of it.
         let mut yt = vec![0f32; n * m];
         let wide = avx512_available();
-        yt.par_chunks_mut(BLOCK * m)
-            .enumerate()
-            .for_each(|(b, out)| {
-                let rows = out.len() / m;
-                let wb = &w[b * BLOCK * k..(b * BLOCK + rows) * k];
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: only reached when AVX2 and FMA were detected (`simd_available`), and
-                // AVX-512F for the wide kernel.
-                unsafe {
-                    if wide {
-                        block_avx512(x, wb, m, k, out)
-                    } else {
-                        block_avx2(x, wb, m, k, out)
-                    }
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                block_generic(x, wb, m, k, out)
-            });
+        match ws {
+            CpuStorage::F32(w) => {
+                let w = &w[wo..wo + n * k];
+                yt.par_chunks_mut(BLOCK * m)
+                    .enumerate()
+                    .for_each(|(b, out)| {
+                        let rows = out.len() / m;
+                        let wb = &w[b * BLOCK * k..(b * BLOCK + rows) * k];
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: only reached when AVX2 and FMA were detected
+                        // (`simd_available`), and AVX-512F for the wide kernel.
+                        unsafe {
+                            if wide {
+                                block_avx512(x, wb, m, k, out)
+                            } else {
+                                block_avx2(x, wb, m, k, out)
+                            }
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        block_generic(x, wb, m, k, out)
+                    });
+            }
+            #[cfg(target_arch = "x86_64")]
+            CpuStorage::BF16(w) if wide => {
+                let w = &w[wo..wo + n * k];
+                yt.par_chunks_mut(BLOCK * m)
+                    .enumerate()
+                    .for_each(|(b, out)| {
+                        let rows = out.len() / m;
+                        let wb = &w[b * BLOCK * k..(b * BLOCK + rows) * k];
+                        // SAFETY: bf16 weights are only routed here when AVX-512F was detected.
+                        unsafe { block_avx512_bf16(x, wb, m, k, out) }
+                    });
+            }
+            _ => candle_core::bail!("skinny matmul: weights must be f32 (or bf16 with AVX-512)"),
+        }
         let mut y = vec![0f32; m * n];
         for (j, col) in yt.chunks_exact(m).enumerate() {
             for (i, v) in col.iter().enumerate() {
@@ -270,6 +313,98 @@ unsafe fn tile512<const MR: usize, const NR: usize>(
     r
 }
 
+/// As [`block_avx512`] for bf16 weights (`x` and the sums stay f32).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_avx512_bf16(x: &[f32], w: &[half::bf16], m: usize, k: usize, out: &mut [f32]) {
+    let n = w.len() / k;
+    let wp0 = w.as_ptr() as *const u16;
+    let mut j = 0;
+    while j < n {
+        let nr = (n - j).min(4);
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(4);
+            let wp = wp0.add(j * k);
+            let xp = x.as_ptr().add(i * k);
+            let r = match (mr, nr) {
+                (4, 4) => tile512_bf16::<4, 4>(xp, wp, k),
+                (4, 3) => tile512_bf16::<4, 3>(xp, wp, k),
+                (4, 2) => tile512_bf16::<4, 2>(xp, wp, k),
+                (4, _) => tile512_bf16::<4, 1>(xp, wp, k),
+                (3, 4) => tile512_bf16::<3, 4>(xp, wp, k),
+                (3, 3) => tile512_bf16::<3, 3>(xp, wp, k),
+                (3, 2) => tile512_bf16::<3, 2>(xp, wp, k),
+                (3, _) => tile512_bf16::<3, 1>(xp, wp, k),
+                (2, 4) => tile512_bf16::<2, 4>(xp, wp, k),
+                (2, 3) => tile512_bf16::<2, 3>(xp, wp, k),
+                (2, 2) => tile512_bf16::<2, 2>(xp, wp, k),
+                (2, _) => tile512_bf16::<2, 1>(xp, wp, k),
+                (_, 4) => tile512_bf16::<1, 4>(xp, wp, k),
+                (_, 3) => tile512_bf16::<1, 3>(xp, wp, k),
+                (_, 2) => tile512_bf16::<1, 2>(xp, wp, k),
+                _ => tile512_bf16::<1, 1>(xp, wp, k),
+            };
+            for jj in 0..nr {
+                for ii in 0..mr {
+                    out[(j + jj) * m + i + ii] = r[ii][jj];
+                }
+            }
+            i += mr;
+        }
+        j += nr;
+    }
+}
+
+/// bf16 → f32 is exact: the bf16 bits are the high half of the f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load_bf16x16(p: *const u16) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let h = _mm256_loadu_si256(p as *const __m256i);
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile512_bf16<const MR: usize, const NR: usize>(
+    x: *const f32,
+    w: *const u16,
+    k: usize,
+) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    let kv = k / 16 * 16;
+    let mut c = 0;
+    while c < kv {
+        let mut wv = [_mm512_setzero_ps(); NR];
+        for (jj, v) in wv.iter_mut().enumerate() {
+            *v = load_bf16x16(w.add(jj * k + c));
+        }
+        for (ii, row) in acc.iter_mut().enumerate() {
+            let xv = _mm512_loadu_ps(x.add(ii * k + c));
+            for jj in 0..NR {
+                row[jj] = _mm512_fmadd_ps(xv, wv[jj], row[jj]);
+            }
+        }
+        c += 16;
+    }
+    let mut r = [[0f32; 4]; 4];
+    for ii in 0..MR {
+        for jj in 0..NR {
+            let mut s = _mm512_reduce_add_ps(acc[ii][jj]);
+            for t in kv..k {
+                let wf = f32::from_bits((*w.add(jj * k + t) as u32) << 16);
+                s += *x.add(ii * k + t) * wf;
+            }
+            r[ii][jj] = s;
+        }
+    }
+    r
+}
+
 /// Portable fallback (not used on x86_64, where the fast path requires AVX2).
 #[cfg(not(target_arch = "x86_64"))]
 fn block_generic(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
@@ -287,7 +422,37 @@ fn block_generic(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn bf16_weights_match_matmul_with_the_same_rounded_weights() {
+        for (m, k, n) in [(1, 576, 70), (7, 100, 33), (64, 64, 17), (150, 40, 9)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let Some(got) = try_matmul_t(&x, &w).unwrap() else {
+                eprintln!("note: no AVX-512 here, bf16 skinny kernel not exercised");
+                return;
+            };
+            let wf = w.to_dtype(DType::F32).unwrap();
+            let want = x.matmul(&wf.t().unwrap()).unwrap();
+            assert_eq!(got.dims(), [m, n]);
+            let d = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap();
+            assert!(
+                d.to_scalar::<f32>().unwrap() < 1e-3 * (k as f32).sqrt(),
+                "{m} {k} {n}"
+            );
+        }
+    }
 
     #[test]
     fn matches_matmul_for_odd_shapes() {

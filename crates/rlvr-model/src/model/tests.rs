@@ -303,3 +303,24 @@ fn reference_model_from_policy_tensors_does_not_follow_updates() {
     let moved = policy.forward_logits(&ids, &mask, false).unwrap();
     assert!(max_abs_diff(&before, &moved) > 1e-3);
 }
+
+#[test]
+fn decode_copy_stores_matrix_weights_in_bf16_and_keeps_the_rest() {
+    let cfg = testing::tiny_config(true, true);
+    let model = Model::from_tensors(
+        &cfg,
+        &testing::random_tensors(&cfg, 3, DType::F32),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let copy = model.decode_copy(DType::BF16).unwrap();
+    for l in &copy.layers {
+        for lin in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
+            assert_eq!(lin.weight.dtype(), DType::BF16);
+        }
+        assert_eq!(l.input_norm.dtype(), DType::F32);
+    }
+    assert_eq!(copy.lm_head_weight().dtype(), DType::BF16);
+    assert_eq!(copy.embed.dtype(), DType::F32);
+    assert!(copy.named_vars().is_empty(), "not trainable");
+}

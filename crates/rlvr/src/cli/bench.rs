@@ -42,6 +42,10 @@ pub enum BenchCommand {
         /// PyTorch baseline does.
         #[arg(long)]
         answer_only: bool,
+        /// Storage of the weights while generating: float32 (the baseline setting) or
+        /// bfloat16.
+        #[arg(long, default_value = "float32")]
+        dtype: String,
         /// Consecutive requests per prompt (an RL group: GRPO samples a prompt several times).
         /// 1 matches the PyTorch baseline.
         #[arg(long, default_value_t = 1)]
@@ -106,6 +110,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         train_seq,
         answer_only,
         samples_per_prompt,
+        dtype,
         skip_gen,
         skip_train,
     } = cmd;
@@ -182,6 +187,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                     &model,
                     EngineConfig {
                         max_batch: b,
+                        weights: rlvr::run::decode_dtype(&dtype)?,
                         progress: true,
                         ..Default::default()
                     },

@@ -25,6 +25,10 @@ pub struct Args {
     /// filtering applied: comparable with the trainer's) or `raw_logprobs` (vLLM's default).
     #[arg(long, default_value = "processed_logprobs")]
     pub logprobs_mode: String,
+    /// Storage of the weights while decoding: float32 (the same numbers as the trainer's f32
+    /// model) or bfloat16 (half the memory traffic per token; needs AVX-512).
+    #[arg(long, default_value = "float32")]
+    pub dtype: String,
     /// Concurrent HTTP connections served.
     #[arg(long, default_value_t = 256)]
     pub http_threads: usize,
@@ -46,6 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_num_seqs: args.max_num_seqs,
         max_model_len: args.max_model_len,
         logprobs_mode,
+        weights: rlvr::run::decode_dtype(&args.dtype)?,
         http_threads: args.http_threads,
     })?;
     // Tests and scripts wait for this line (the port is real even when --port 0 was asked).

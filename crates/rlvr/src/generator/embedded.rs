@@ -31,6 +31,7 @@ impl EmbeddedGenerator {
             envs,
             engine: EngineConfig {
                 max_batch: max_num_seqs.max(1),
+                weights: candle_core::DType::F32,
                 // The log-probs of the distribution sampled from (temperature applied), so
                 // `policy/rollout_train_logprobs_abs_diff_*` compares like with like.
                 logprobs_mode: LogprobsMode::Processed,
@@ -41,6 +42,13 @@ impl EmbeddedGenerator {
     }
 
     /// Token ids of a row's prompt after the chat template (with the generation prompt).
+    /// Decode on weights stored in `dtype` (`generator.model_dtype`; bf16 halves the memory
+    /// traffic per token).
+    pub fn with_weights(mut self, dtype: candle_core::DType) -> Self {
+        self.engine.weights = dtype;
+        self
+    }
+
     pub fn prompt_ids(&self, group: &PromptGroup) -> Result<Vec<u32>> {
         super::prompt_ids(&self.tokenizer, group)
     }

@@ -30,6 +30,8 @@ pub struct ServeOptions {
     /// Longest prompt + completion; defaults to the model's `max_position_embeddings`.
     pub max_model_len: Option<usize>,
     pub logprobs_mode: LogprobsMode,
+    /// Storage of the matrix weights while decoding (f32 or bf16).
+    pub weights: candle_core::DType,
     /// HTTP worker threads (each holds one connection while its request is decoded).
     pub http_threads: usize,
 }
@@ -63,6 +65,7 @@ impl Server {
             tokenizer.clone(),
             EngineConfig {
                 max_batch: opts.max_num_seqs.max(1),
+                weights: opts.weights,
                 logprobs_mode: opts.logprobs_mode,
                 progress: false,
             },
