@@ -142,7 +142,7 @@ impl CustomOp2 for SkinnyMatmul {
                         let rows = out.len() / m;
                         let wb = &w[b * BLOCK * k..(b * BLOCK + rows) * k];
                         // SAFETY: bf16 weights are only routed here when AVX-512F was detected.
-                        unsafe { block_avx512_bf16(x, wb, m, k, out) }
+                        unsafe { block_avx512(x, wb, m, k, out) }
                     });
             }
             _ => candle_core::bail!("skinny matmul: weights must be f32 (or bf16 with AVX-512)"),
@@ -232,9 +232,42 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     r
 }
 
+/// A weight element the AVX-512 kernel can stream: f32, or bf16 widened exactly to f32 (the bf16
+/// bits are the high half of the f32).
+#[cfg(target_arch = "x86_64")]
+trait WeightElem: Copy + Sync {
+    /// 16 consecutive weights as f32 lanes.
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+    fn to_f32(self) -> f32;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl WeightElem for f32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl WeightElem for half::bf16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const half::bf16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+    }
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block_avx512(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+unsafe fn block_avx512<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, out: &mut [f32]) {
     let n = w.len() / k;
     let mut j = 0;
     while j < n {
@@ -245,22 +278,22 @@ unsafe fn block_avx512(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]
             let wp = w.as_ptr().add(j * k);
             let xp = x.as_ptr().add(i * k);
             let r = match (mr, nr) {
-                (4, 4) => tile512::<4, 4>(xp, wp, k),
-                (4, 3) => tile512::<4, 3>(xp, wp, k),
-                (4, 2) => tile512::<4, 2>(xp, wp, k),
-                (4, _) => tile512::<4, 1>(xp, wp, k),
-                (3, 4) => tile512::<3, 4>(xp, wp, k),
-                (3, 3) => tile512::<3, 3>(xp, wp, k),
-                (3, 2) => tile512::<3, 2>(xp, wp, k),
-                (3, _) => tile512::<3, 1>(xp, wp, k),
-                (2, 4) => tile512::<2, 4>(xp, wp, k),
-                (2, 3) => tile512::<2, 3>(xp, wp, k),
-                (2, 2) => tile512::<2, 2>(xp, wp, k),
-                (2, _) => tile512::<2, 1>(xp, wp, k),
-                (_, 4) => tile512::<1, 4>(xp, wp, k),
-                (_, 3) => tile512::<1, 3>(xp, wp, k),
-                (_, 2) => tile512::<1, 2>(xp, wp, k),
-                _ => tile512::<1, 1>(xp, wp, k),
+                (4, 4) => tile512::<W, 4, 4>(xp, wp, k),
+                (4, 3) => tile512::<W, 4, 3>(xp, wp, k),
+                (4, 2) => tile512::<W, 4, 2>(xp, wp, k),
+                (4, _) => tile512::<W, 4, 1>(xp, wp, k),
+                (3, 4) => tile512::<W, 3, 4>(xp, wp, k),
+                (3, 3) => tile512::<W, 3, 3>(xp, wp, k),
+                (3, 2) => tile512::<W, 3, 2>(xp, wp, k),
+                (3, _) => tile512::<W, 3, 1>(xp, wp, k),
+                (2, 4) => tile512::<W, 2, 4>(xp, wp, k),
+                (2, 3) => tile512::<W, 2, 3>(xp, wp, k),
+                (2, 2) => tile512::<W, 2, 2>(xp, wp, k),
+                (2, _) => tile512::<W, 2, 1>(xp, wp, k),
+                (_, 4) => tile512::<W, 1, 4>(xp, wp, k),
+                (_, 3) => tile512::<W, 1, 3>(xp, wp, k),
+                (_, 2) => tile512::<W, 1, 2>(xp, wp, k),
+                _ => tile512::<W, 1, 1>(xp, wp, k),
             };
             for jj in 0..nr {
                 for ii in 0..mr {
@@ -278,9 +311,9 @@ unsafe fn block_avx512(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile512<const MR: usize, const NR: usize>(
+unsafe fn tile512<W: WeightElem, const MR: usize, const NR: usize>(
     x: *const f32,
-    w: *const f32,
+    w: *const W,
     k: usize,
 ) -> [[f32; 4]; 4] {
     use std::arch::x86_64::*;
@@ -290,7 +323,7 @@ unsafe fn tile512<const MR: usize, const NR: usize>(
     while c < kv {
         let mut wv = [_mm512_setzero_ps(); NR];
         for (jj, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_loadu_ps(w.add(jj * k + c));
+            *v = W::load16(w.add(jj * k + c));
         }
         for (ii, row) in acc.iter_mut().enumerate() {
             let xv = _mm512_loadu_ps(x.add(ii * k + c));
@@ -305,99 +338,7 @@ unsafe fn tile512<const MR: usize, const NR: usize>(
         for jj in 0..NR {
             let mut s = _mm512_reduce_add_ps(acc[ii][jj]);
             for t in kv..k {
-                s += *x.add(ii * k + t) * *w.add(jj * k + t);
-            }
-            r[ii][jj] = s;
-        }
-    }
-    r
-}
-
-/// As [`block_avx512`] for bf16 weights (`x` and the sums stay f32).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn block_avx512_bf16(x: &[f32], w: &[half::bf16], m: usize, k: usize, out: &mut [f32]) {
-    let n = w.len() / k;
-    let wp0 = w.as_ptr() as *const u16;
-    let mut j = 0;
-    while j < n {
-        let nr = (n - j).min(4);
-        let mut i = 0;
-        while i < m {
-            let mr = (m - i).min(4);
-            let wp = wp0.add(j * k);
-            let xp = x.as_ptr().add(i * k);
-            let r = match (mr, nr) {
-                (4, 4) => tile512_bf16::<4, 4>(xp, wp, k),
-                (4, 3) => tile512_bf16::<4, 3>(xp, wp, k),
-                (4, 2) => tile512_bf16::<4, 2>(xp, wp, k),
-                (4, _) => tile512_bf16::<4, 1>(xp, wp, k),
-                (3, 4) => tile512_bf16::<3, 4>(xp, wp, k),
-                (3, 3) => tile512_bf16::<3, 3>(xp, wp, k),
-                (3, 2) => tile512_bf16::<3, 2>(xp, wp, k),
-                (3, _) => tile512_bf16::<3, 1>(xp, wp, k),
-                (2, 4) => tile512_bf16::<2, 4>(xp, wp, k),
-                (2, 3) => tile512_bf16::<2, 3>(xp, wp, k),
-                (2, 2) => tile512_bf16::<2, 2>(xp, wp, k),
-                (2, _) => tile512_bf16::<2, 1>(xp, wp, k),
-                (_, 4) => tile512_bf16::<1, 4>(xp, wp, k),
-                (_, 3) => tile512_bf16::<1, 3>(xp, wp, k),
-                (_, 2) => tile512_bf16::<1, 2>(xp, wp, k),
-                _ => tile512_bf16::<1, 1>(xp, wp, k),
-            };
-            for jj in 0..nr {
-                for ii in 0..mr {
-                    out[(j + jj) * m + i + ii] = r[ii][jj];
-                }
-            }
-            i += mr;
-        }
-        j += nr;
-    }
-}
-
-/// bf16 → f32 is exact: the bf16 bits are the high half of the f32.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn load_bf16x16(p: *const u16) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let h = _mm256_loadu_si256(p as *const __m256i);
-    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn tile512_bf16<const MR: usize, const NR: usize>(
-    x: *const f32,
-    w: *const u16,
-    k: usize,
-) -> [[f32; 4]; 4] {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-    let kv = k / 16 * 16;
-    let mut c = 0;
-    while c < kv {
-        let mut wv = [_mm512_setzero_ps(); NR];
-        for (jj, v) in wv.iter_mut().enumerate() {
-            *v = load_bf16x16(w.add(jj * k + c));
-        }
-        for (ii, row) in acc.iter_mut().enumerate() {
-            let xv = _mm512_loadu_ps(x.add(ii * k + c));
-            for jj in 0..NR {
-                row[jj] = _mm512_fmadd_ps(xv, wv[jj], row[jj]);
-            }
-        }
-        c += 16;
-    }
-    let mut r = [[0f32; 4]; 4];
-    for ii in 0..MR {
-        for jj in 0..NR {
-            let mut s = _mm512_reduce_add_ps(acc[ii][jj]);
-            for t in kv..k {
-                let wf = f32::from_bits((*w.add(jj * k + t) as u32) << 16);
-                s += *x.add(ii * k + t) * wf;
+                s += *x.add(ii * k + t) * (*w.add(jj * k + t)).to_f32();
             }
             r[ii][jj] = s;
         }
