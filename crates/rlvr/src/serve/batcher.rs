@@ -168,8 +168,10 @@ fn engine_loop(
                         batch.push((requests, reply));
                     }
                 }
-                run_batch(&model, &tokenizer, &engine, batch);
+                // Counted before the replies go out, so a client never sees its answer before the
+                // batch that produced it is counted.
                 batches.fetch_add(1, Ordering::SeqCst);
+                run_batch(&model, &tokenizer, &engine, batch);
             }
         }
     }
