@@ -61,22 +61,14 @@ impl Generator for EmbeddedGenerator {
         sampling: &Sampling,
         seed: u64,
     ) -> Result<GeneratorOutput> {
-        let mut prompt_ids = Vec::with_capacity(groups.len());
-        let mut requests = Vec::new();
-        for (g, group) in groups.iter().enumerate() {
-            let ids = self.prompt_ids(group)?;
-            for j in 0..group.n {
-                requests.push(super::request(
-                    &ids,
-                    sampling,
-                    &self.stop_token_ids,
-                    seed,
-                    g,
-                    j,
-                ));
-            }
-            prompt_ids.push(ids);
-        }
+        let (prompt_ids, per_group) = super::group_requests(
+            &self.tokenizer,
+            groups,
+            sampling,
+            &self.stop_token_ids,
+            seed,
+        )?;
+        let requests: Vec<_> = per_group.into_iter().flatten().collect();
         let tok = self.tokenizer.clone();
         let completions = Engine::new(&self.model, self.engine.clone())
             .with_detokenizer(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default())

@@ -160,6 +160,31 @@ pub fn prompt_ids(tokenizer: &Tokenizer, group: &PromptGroup) -> Result<Vec<u32>
         .with_context(|| format!("applying the chat template to prompt {}", group.uid))
 }
 
+/// Per group: its prompt ids (chat template applied), and its `n` engine requests.
+pub type GroupRequests = (Vec<Vec<u32>>, Vec<Vec<Request>>);
+
+/// Every group's prompt ids and its `n` engine requests, one seed each.
+pub fn group_requests(
+    tokenizer: &Tokenizer,
+    groups: &[PromptGroup],
+    sampling: &Sampling,
+    stop_token_ids: &[u32],
+    seed: u64,
+) -> Result<GroupRequests> {
+    let mut prompts = Vec::with_capacity(groups.len());
+    let mut requests = Vec::with_capacity(groups.len());
+    for (g, group) in groups.iter().enumerate() {
+        let ids = prompt_ids(tokenizer, group)?;
+        requests.push(
+            (0..group.n)
+                .map(|j| request(&ids, sampling, stop_token_ids, seed, g, j))
+                .collect(),
+        );
+        prompts.push(ids);
+    }
+    Ok((prompts, requests))
+}
+
 /// The engine request for sample `sample` of group `group`, with its own reproducible seed: the
 /// same (seed, group, sample) draws the same tokens on any engine that honours seeds.
 pub fn request(

@@ -108,16 +108,17 @@ impl Generator for RemoteGenerator {
         sampling: &Sampling,
         seed: u64,
     ) -> Result<GeneratorOutput> {
-        let mut prompt_ids = Vec::with_capacity(groups.len());
-        let mut jobs = Vec::with_capacity(groups.len());
-        for (g, group) in groups.iter().enumerate() {
-            let ids = super::prompt_ids(&self.tokenizer, group)?;
-            let requests = (0..group.n)
-                .map(|j| super::request(&ids, sampling, &self.stop_token_ids, seed, g, j))
-                .collect();
-            jobs.push(GroupJob { requests });
-            prompt_ids.push(ids);
-        }
+        let (prompt_ids, per_group) = super::group_requests(
+            &self.tokenizer,
+            groups,
+            sampling,
+            &self.stop_token_ids,
+            seed,
+        )?;
+        let jobs: Vec<GroupJob> = per_group
+            .into_iter()
+            .map(|requests| GroupJob { requests })
+            .collect();
         let n_max = groups.iter().map(|g| g.n).max().unwrap_or(1).max(1);
         let workers = self.settings.max_in_flight.max(1).div_ceil(n_max);
         let completions = dispatch::run(&self.engines, &mut self.alive, &jobs, workers)?;
