@@ -3,8 +3,10 @@
 //! engine, and optimizer glue.
 
 pub mod config;
+pub mod device;
 
 pub use config::{ModelConfig, RopeScaling};
+pub use device::{device_name, parse_device};
 pub mod engine;
 pub mod kv_cache;
 pub mod logprobs;

@@ -1,7 +1,8 @@
 //! End-to-end check against Hugging Face transformers on the real SmolLM2-135M-Instruct GGUF:
 //! token ids of every text and chat prompt in `tests/data/smollm2_reference.json` must be
 //! identical. Needs the GGUF (`/work/assets/...` or `RLVR_SMOLLM2_GGUF`); returns early with a
-//! note when it is absent.
+//! note when it is absent. `RLVR_TEST_DEVICE=cuda` runs the decoder checks on the GPU (a build
+//! with `--features cuda`).
 
 use std::path::PathBuf;
 
@@ -40,6 +41,11 @@ fn gguf_path() -> Option<PathBuf> {
         )),
     ];
     candidates.into_iter().flatten().find(|p| p.is_file())
+}
+
+fn test_device() -> Device {
+    let spec = std::env::var("RLVR_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    rlvr_model::parse_device(&spec).unwrap()
 }
 
 fn reference() -> Reference {
@@ -120,7 +126,9 @@ fn smollm2_gguf_matches_transformers() {
     assert_eq!((encode_ok, chat_ok), (2, 3));
 
     // Logits, log-probs and greedy continuations through the decoder.
-    let model = Model::from_tensors(&pre.config, &pre.tensors, &Device::Cpu).unwrap();
+    let device = test_device();
+    eprintln!("reference: decoder on {}", rlvr_model::device_name(&device));
+    let model = Model::from_tensors(&pre.config, &pre.tensors, &device).unwrap();
     let (mut max_logit, mut max_logprob, mut greedy_same) = (0f32, 0f32, 0);
     for case in reference.cases.iter().filter(|c| c.kind == "chat") {
         let ids = case.prompt_ids.as_ref().unwrap();
@@ -152,8 +160,7 @@ fn smollm2_gguf_matches_transformers() {
             max_logprob = max_logprob.max((lp - want).abs());
         }
         // Greedy decoding, 32 tokens, through the KV cache.
-        let mut cache =
-            KvCache::new(&pre.config, 1, ids.len() + 32, DType::F32, &Device::Cpu).unwrap();
+        let mut cache = KvCache::new(&pre.config, 1, ids.len() + 32, DType::F32, &device).unwrap();
         let mut seq = ids.clone();
         let mut next = model.forward_cached(&mut cache, 0, ids, 1).unwrap();
         for _ in 0..32 {
@@ -211,11 +218,11 @@ fn smollm2_gguf_matches_transformers() {
 }
 
 fn logits(model: &Model, ids: &[u32]) -> Vec<Vec<f32>> {
-    let input = Tensor::new(ids, &Device::Cpu)
+    let input = Tensor::new(ids, model.device())
         .unwrap()
         .unsqueeze(0)
         .unwrap();
-    let mask = Tensor::ones((1, ids.len()), DType::F32, &Device::Cpu).unwrap();
+    let mask = Tensor::ones((1, ids.len()), DType::F32, model.device()).unwrap();
     let out = model.forward_logits(&input, &mask, false).unwrap();
     out.squeeze(0).unwrap().to_vec2::<f32>().unwrap()
 }

@@ -77,7 +77,9 @@ pub fn filter_long_prompts(
 /// Builds the whole trainer for `resolved`, resuming per `trainer.resume_mode`.
 pub fn build(resolved: &ResolvedConfig, ext: Extensions) -> Result<Trainer> {
     let cfg = resolved.config.clone();
-    let device = Device::Cpu;
+    let device = rlvr_model::parse_device(&cfg.trainer.device)
+        .with_context(|| format!("trainer.device={}", cfg.trainer.device))?;
+    tracing::info!("device {}", rlvr_model::device_name(&device));
 
     let model_path = PathBuf::from(&cfg.trainer.policy.model.path);
     tracing::info!("loading {}", model_path.display());
@@ -105,13 +107,14 @@ pub fn build(resolved: &ResolvedConfig, ext: Extensions) -> Result<Trainer> {
     build_with_model(resolved, ext, policy, reference, tokenizer)
 }
 
-/// `generator.model_dtype`: the weights the embedded engine decodes with (the trainer keeps f32).
-pub fn decode_dtype(name: &str) -> Result<candle_core::DType> {
+/// `generator.model_dtype`: the weights the embedded engine decodes with on `device` (the trainer
+/// keeps f32). On the CPU bf16 needs AVX-512 and falls back to f32 without it.
+pub fn decode_dtype(name: &str, device: &Device) -> Result<candle_core::DType> {
     use candle_core::DType;
     match name {
         "float32" | "fp32" | "f32" => Ok(DType::F32),
         "bfloat16" | "bf16" => {
-            if rlvr_model::model::bf16_decode_supported() {
+            if !device.is_cpu() || rlvr_model::model::bf16_decode_supported() {
                 Ok(DType::BF16)
             } else {
                 tracing::warn!(
@@ -190,7 +193,7 @@ pub fn build_with_model(
                 ext.envs.clone(),
                 cfg.generator.max_num_seqs,
             )
-            .with_weights(decode_dtype(&cfg.generator.model_dtype)?),
+            .with_weights(decode_dtype(&cfg.generator.model_dtype, policy.device())?),
         )
     } else {
         Box::new(RemoteGenerator::connect(

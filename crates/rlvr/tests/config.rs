@@ -10,6 +10,7 @@ const DAPO: &str = include_str!("data/skyrl_dapo_gsm8k_overrides.txt");
 
 /// Keys rlvr adds to SkyRL's base config (each marked in base.yaml).
 const RLVR_ADDED: &[&str] = &[
+    "trainer.device",
     "trainer.algorithm.overlong_buffer",
     "generator.weight_sync_dir",
     "generator.remote_request_timeout_s",

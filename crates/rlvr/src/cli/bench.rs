@@ -3,7 +3,7 @@
 //! PyTorch baselines in `shared/bench/` (GSM8K chat prompts, T = 1.0, 256 new tokens).
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use clap::Subcommand;
 use rlvr_model::engine::{Engine, EngineConfig, Request, SamplingParams};
 use rlvr_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
@@ -50,6 +50,9 @@ pub enum BenchCommand {
         /// 1 matches the PyTorch baseline.
         #[arg(long, default_value_t = 1)]
         samples_per_prompt: usize,
+        /// cpu, cuda, cuda:N, or auto (the first GPU in a CUDA build, else the CPU).
+        #[arg(long, default_value = "auto")]
+        device: String,
         #[arg(long)]
         skip_gen: bool,
         #[arg(long)]
@@ -111,12 +114,13 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         answer_only,
         samples_per_prompt,
         dtype,
+        device,
         skip_gen,
         skip_train,
     } = cmd;
     let group = samples_per_prompt.max(1);
     super::generate::single_elementwise_pool();
-    let device = Device::Cpu;
+    let device = rlvr_model::parse_device(&device)?;
     let t0 = Instant::now();
     let pre = load_pretrained(&path, &device)?;
     let model = Model::from_tensors(&pre.config, &pre.tensors, &device)?;
@@ -124,8 +128,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     let stop = super::generate::stop_ids(&pre);
     drop(pre);
     eprintln!(
-        "loaded {} in {:.1}s (RAYON_NUM_THREADS={:?}, {} cores)",
+        "loaded {} on {} in {:.1}s (RAYON_NUM_THREADS={:?}, {} cores)",
         path.display(),
+        rlvr_model::device_name(&device),
         t0.elapsed().as_secs_f64(),
         std::env::var("RAYON_NUM_THREADS").ok(),
         std::thread::available_parallelism()
@@ -187,7 +192,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                     &model,
                     EngineConfig {
                         max_batch: b,
-                        weights: rlvr::run::decode_dtype(&dtype)?,
+                        weights: rlvr::run::decode_dtype(&dtype, &device)?,
                         progress: true,
                         ..Default::default()
                     },

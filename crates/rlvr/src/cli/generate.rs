@@ -17,6 +17,9 @@ pub struct Args {
     pub temperature: f64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// cpu, cuda, cuda:N, or auto (the first GPU in a CUDA build, else the CPU).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 pub use rlvr::generator::stop_token_ids as stop_ids;
@@ -33,7 +36,7 @@ pub fn single_elementwise_pool() {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::generate::single_elementwise_pool();
-    let device = candle_core::Device::Cpu;
+    let device = rlvr_model::parse_device(&args.device)?;
     let pre = load_pretrained(&args.model, &device)?;
     let model = Model::from_tensors(&pre.config, &pre.tensors, &device)?;
     let prompt = pre

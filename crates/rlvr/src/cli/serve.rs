@@ -29,6 +29,9 @@ pub struct Args {
     /// model) or bfloat16 (half the memory traffic per token; needs AVX-512).
     #[arg(long, default_value = "float32")]
     pub dtype: String,
+    /// cpu, cuda, cuda:N, or auto (the first GPU in a CUDA build, else the CPU).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Concurrent HTTP connections served.
     #[arg(long, default_value_t = 256)]
     pub http_threads: usize,
@@ -43,6 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--logprobs-mode {other}: expected processed_logprobs or raw_logprobs")
         }
     };
+    let device = rlvr_model::parse_device(&args.device)?;
     let server = Server::start(&ServeOptions {
         model: args.model.clone(),
         bind: format!("{}:{}", args.host, args.port),
@@ -50,7 +54,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_num_seqs: args.max_num_seqs,
         max_model_len: args.max_model_len,
         logprobs_mode,
-        weights: rlvr::run::decode_dtype(&args.dtype)?,
+        weights: rlvr::run::decode_dtype(&args.dtype, &device)?,
+        device,
         http_threads: args.http_threads,
     })?;
     // Tests and scripts wait for this line (the port is real even when --port 0 was asked).

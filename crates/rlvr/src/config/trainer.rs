@@ -11,6 +11,8 @@ pub struct TrainerConfig {
     pub placement: PlacementConfig,
     pub sequence_parallel_backend: String,
     pub strategy: String,
+    /// rlvr-only: `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
     pub policy: PolicyConfig,
     #[serde(rename = "ref")]
     pub reference: RefConfig,

@@ -32,6 +32,7 @@ pub struct ServeOptions {
     pub logprobs_mode: LogprobsMode,
     /// Storage of the matrix weights while decoding (f32 or bf16).
     pub weights: candle_core::DType,
+    pub device: candle_core::Device,
     /// HTTP worker threads (each holds one connection while its request is decoded).
     pub http_threads: usize,
 }
@@ -46,9 +47,9 @@ pub struct Server {
 impl Server {
     /// Loads the model and binds the port.
     pub fn start(opts: &ServeOptions) -> Result<Server> {
-        let device = candle_core::Device::Cpu;
-        let pre = load_pretrained(&opts.model, &device)?;
-        let model = Model::from_tensors(&pre.config, &pre.tensors, &device)?;
+        let device = &opts.device;
+        let pre = load_pretrained(&opts.model, device)?;
+        let model = Model::from_tensors(&pre.config, &pre.tensors, device)?;
         let eos_ids = crate::generator::stop_token_ids(&pre);
         let tokenizer = Arc::new(pre.tokenizer);
         let name = opts
