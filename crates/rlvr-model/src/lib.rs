@@ -8,6 +8,7 @@ pub mod device;
 pub use config::{ModelConfig, RopeScaling};
 pub use device::{device_name, parse_device};
 pub mod engine;
+pub mod kernels;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod model;

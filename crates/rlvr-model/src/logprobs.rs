@@ -5,8 +5,10 @@
 //! freed before the next (the math per chunk is `rlvr_algo::logprobs`). Backward: a custom op
 //! recomputes each chunk's logits and pushes the gradient into the hidden states and the `lm_head`
 //! weight, so training memory is one chunk of logits instead of a whole batch (`8 x 384 x 49152`
-//! f32 would be 600 MB per intermediate).
+//! f32 would be 600 MB per intermediate). On the CPU in f32 the softmax math of a chunk is
+//! [`kernels::vocab`](crate::kernels::vocab): two passes over the logits instead of a dozen.
 
+use crate::kernels;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D};
 
 /// Options of [`crate::Model::response_logprobs`].
@@ -77,6 +79,10 @@ fn chunked_forward(
         let len = chunk.min(n - start);
         let logits = hidden.narrow(0, start, len)?.matmul(&wt)?;
         let lab = labels.narrow(0, start, len)?;
+        if kernels::applies(&logits) {
+            parts.push(fused_chunk_forward(&logits, &lab, opts)?);
+            continue;
+        }
         let lp = rlvr_algo::logprobs::log_probs_from_logits(&logits, &lab, opts.temperature)?;
         let ent = if opts.entropy {
             rlvr_algo::logprobs::entropy_from_logits(&logits, opts.temperature)?
@@ -89,6 +95,62 @@ fn chunked_forward(
         return Tensor::zeros((0, 2), hidden.dtype(), hidden.device());
     }
     Tensor::cat(&parts, 0)
+}
+
+/// [`chunked_forward`]'s chunk on the CPU kernels: `[len, 2]` log-probs and entropies.
+fn fused_chunk_forward(logits: &Tensor, labels: &Tensor, opts: &LogProbOptions) -> Result<Tensor> {
+    let (len, v) = logits.dims2()?;
+    let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    let inv_t = (1.0 / opts.temperature) as f32;
+    let st = kernels::with_slice(logits, |l| kernels::vocab::forward(l, v, &labels, inv_t))?;
+    let ent = if opts.entropy {
+        st.entropy
+    } else {
+        vec![0.0; len]
+    };
+    let out: Vec<f32> = st
+        .logprob
+        .into_iter()
+        .zip(ent)
+        .flat_map(|(a, b)| [a, b])
+        .collect();
+    Tensor::from_vec(out, (len, 2), logits.device())
+}
+
+/// The backward's chunk on the CPU kernels: the gradient w.r.t. the raw logits `[len, V]`, from
+/// the forward's `[len, 2]` result and the incoming `[len, 2]` gradient.
+fn fused_chunk_grad(
+    logits: &Tensor,
+    labels: &Tensor,
+    result: &Tensor,
+    grad: &Tensor,
+    opts: &LogProbOptions,
+) -> Result<Tensor> {
+    let (len, v) = logits.dims2()?;
+    let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    let inv_t = (1.0 / opts.temperature) as f32;
+    let res = result.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let g = grad.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let g_lp: Vec<f32> = g.iter().map(|r| r[0]).collect();
+    let g_ent: Option<Vec<f32>> = opts.entropy.then(|| g.iter().map(|r| r[1]).collect());
+    let entropy: Vec<f32> = res.iter().map(|r| r[1]).collect();
+    let dz = kernels::with_slice(logits, |l| {
+        // logprob = z[label] - lse, so the forward's log-sum-exp needs no second store.
+        let lse: Vec<f32> = (0..len)
+            .map(|r| l[r * v + labels[r] as usize] * inv_t - res[r][0])
+            .collect();
+        kernels::vocab::backward(
+            l,
+            v,
+            &labels,
+            inv_t,
+            &lse,
+            &entropy,
+            &g_lp,
+            g_ent.as_deref(),
+        )
+    })?;
+    Tensor::from_vec(dz, (len, v), logits.device())
 }
 
 /// Gradient of `g_lp * logp(label) + g_ent * entropy` w.r.t. the scaled logits `z` of one chunk:
@@ -159,7 +221,7 @@ impl CustomOp2 for LmHeadLogProbs {
         &self,
         hidden: &Tensor,
         weight: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (hidden, weight) = (hidden.detach(), weight.detach());
@@ -177,18 +239,25 @@ impl CustomOp2 for LmHeadLogProbs {
         for start in (0..n).step_by(chunk) {
             let len = chunk.min(n - start);
             let h = hidden.narrow(0, start, len)?;
-            let z = (h.matmul(&wt)?.to_dtype(compute)? / t)?;
-            let g = grad.narrow(0, start, len)?.to_dtype(compute)?;
-            let g_lp = g.narrow(1, 0, 1)?.contiguous()?;
-            let g_ent = if self.opts.entropy {
-                Some(g.narrow(1, 1, 1)?.contiguous()?)
-            } else {
-                None
-            };
+            let raw = h.matmul(&wt)?;
             let lab = self.labels.narrow(0, start, len)?;
-            // d/d(raw logits) = d/dz / temperature.
-            let dz = (chunk_logit_grad(&z, &lab, &g_lp, g_ent.as_ref())? / t)?
-                .to_dtype(hidden.dtype())?;
+            let g = grad.narrow(0, start, len)?;
+            let dz = if kernels::applies(&raw) {
+                let res = res.narrow(0, start, len)?;
+                fused_chunk_grad(&raw, &lab, &res, &g, &self.opts)?
+            } else {
+                let z = (raw.to_dtype(compute)? / t)?;
+                let g = g.to_dtype(compute)?;
+                let g_lp = g.narrow(1, 0, 1)?.contiguous()?;
+                let g_ent = if self.opts.entropy {
+                    Some(g.narrow(1, 1, 1)?.contiguous()?)
+                } else {
+                    None
+                };
+                // d/d(raw logits) = d/dz / temperature.
+                (chunk_logit_grad(&z, &lab, &g_lp, g_ent.as_ref())? / t)?
+                    .to_dtype(hidden.dtype())?
+            };
             dh.push(dz.matmul(&weight)?);
             let dw_c = dz.t()?.matmul(&h)?;
             dw = Some(match dw {

@@ -3,6 +3,7 @@
 //! only each op's inputs; f64 (gradient checks) goes through composite ops for full precision.
 
 use super::autograd::{op1, op2, op3};
+use crate::kernels;
 use candle_core::{DType, Result, Tensor, D};
 
 fn fused(x: &Tensor) -> bool {
@@ -79,11 +80,31 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// `silu(gate) * up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor, grad: bool) -> Result<Tensor> {
-    let y = (gate.detach().silu()? * up.detach())?;
+    let y = if kernels::applies(gate) {
+        let (g, u) = (gate.detach(), up.detach());
+        let y = kernels::with_slice(&g, |g| {
+            kernels::with_slice(&u, |u| kernels::swiglu::forward(g, u))
+        })??;
+        Tensor::from_vec(y, gate.shape(), gate.device())?
+    } else {
+        (gate.detach().silu()? * up.detach())?
+    };
     if !grad {
         return Ok(y);
     }
     op2("swiglu", gate, up, y, |gate, up, g| {
+        if kernels::applies(gate) {
+            let (dg, du) = kernels::with_slice(gate, |gv| {
+                kernels::with_slice(up, |uv| {
+                    kernels::with_slice(g, |dy| kernels::swiglu::backward(gv, uv, dy))
+                })
+            })???;
+            let shape = gate.shape();
+            return Ok((
+                Some(Tensor::from_vec(dg, shape, gate.device())?),
+                Some(Tensor::from_vec(du, shape, gate.device())?),
+            ));
+        }
         let s = (gate.neg()?.exp()? + 1.0)?.recip()?;
         let silu = (gate * &s)?;
         let d_up = (g * &silu)?;

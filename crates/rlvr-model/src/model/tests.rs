@@ -325,6 +325,58 @@ fn decode_copy_stores_matrix_weights_in_bf16_and_keeps_the_rest() {
     assert!(copy.named_vars().is_empty(), "not trainable");
 }
 
+/// The f32 path (CPU kernels for the vocabulary softmax and SwiGLU) against the f64 path
+/// (composite tensor ops, checked against finite differences above): outputs and every gradient.
+#[test]
+fn f32_kernels_match_the_f64_path_in_outputs_and_gradients() {
+    for (bias, tied) in [(true, false), (false, true)] {
+        let cfg = tiny_config(bias, tied);
+        let t64 = random_tensors(&cfg, 8, DType::F64);
+        let m64 = Model::from_tensors_with_dtype(&cfg, &t64, &Device::Cpu, DType::F64).unwrap();
+        let m32 = Model::from_tensors(&cfg, &t64, &Device::Cpu).unwrap();
+        let opts = LogProbOptions {
+            temperature: 0.8,
+            entropy: true,
+            grad: true,
+            chunk_rows: 4,
+        };
+        let run = |m: &Model| {
+            let (ids, mask) = padded_batch(m.device());
+            let o = m.response_logprobs(&ids, &mask, 3, &opts).unwrap();
+            let e = o.entropy.unwrap();
+            let w = Tensor::new(&[[1.0f64, -0.5, 2.0], [0.3, 1.5, -1.0]], m.device())
+                .unwrap()
+                .to_dtype(m.dtype())
+                .unwrap();
+            let loss = ((&o.logprobs * &w).unwrap().sum_all().unwrap()
+                + (&e * 0.7).unwrap().sum_all().unwrap())
+            .unwrap();
+            let g = loss.backward().unwrap();
+            (o.logprobs, e, g)
+        };
+        let (lp64, e64, g64) = run(&m64);
+        let (lp32, e32, g32) = run(&m32);
+        let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        assert!(max_abs_diff(&lp64, &f64_of(&lp32)) < 1e-5, "log-probs");
+        assert!(max_abs_diff(&e64, &f64_of(&e32)) < 1e-5, "entropy");
+        for ((name, v64), (_, v32)) in m64.named_vars().iter().zip(m32.named_vars()) {
+            let (a, b) = (g64.get(v64).unwrap(), f64_of(g32.get(v32).unwrap()));
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            let d = max_abs_diff(a, &b);
+            assert!(
+                d <= 1e-4 * scale.max(1e-3),
+                "{name}: {d:e} (scale {scale:e})"
+            );
+        }
+    }
+}
+
 /// The CUDA path against the CPU path on the same tiny model: log-probs, entropies and every
 /// parameter's gradient, KV-cached decoding, greedy generation and an AdamW step. Built only with
 /// `--features cuda`, and needs a GPU.
