@@ -154,9 +154,22 @@ pub fn attention(
         let go = g.reshape((b, d.kv_heads, grp * l, d.head_dim))?;
         let dv = p.t()?.matmul(&go)?;
         let dp = go.matmul(&v.t()?)?;
-        let ds = (&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(D::Minus1)?)?)?;
-        let dq = (ds.matmul(&k.contiguous()?)? * scale)?.reshape((b, d.heads, l, d.head_dim))?;
-        let dk = (ds.t()?.matmul(&qr)? * scale)?;
+        // Gradient w.r.t. the unscaled scores, the softmax's `scale` folded in.
+        let ds = if kernels::applies(&p) {
+            let t = p.dim(D::Minus1)?;
+            let ds = kernels::with_slice(&p, |pv| {
+                kernels::with_slice(&dp, |dpv| {
+                    kernels::softmax::softmax_backward(pv, dpv, t, scale as f32)
+                })
+            })??;
+            Tensor::from_vec(ds, p.shape(), p.device())?
+        } else {
+            ((&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(D::Minus1)?)?)? * scale)?
+        };
+        let dq = ds
+            .matmul(&k.contiguous()?)?
+            .reshape((b, d.heads, l, d.head_dim))?;
+        let dk = ds.t()?.matmul(&qr)?;
         debug_assert_eq!(dk.dims(), [b, d.kv_heads, t, d.head_dim]);
         Ok((Some(dq), Some(dk), Some(dv)))
     })
@@ -171,7 +184,20 @@ fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, d: AttnDims) -> Result
     let qr = q
         .contiguous()?
         .reshape((b, d.kv_heads, g * l, d.head_dim))?;
-    let att = (qr.matmul(&k.t()?)? * scale)?;
+    let scores = qr.matmul(&k.t()?)?;
+    if kernels::applies(&scores) && mask.dims() == [b, 1, 1, l, t] {
+        // Row (b, kv head, group, query l) reads mask row (b, l).
+        let rows_per_b = d.kv_heads * g * l;
+        let p = kernels::with_slice(&scores, |sv| {
+            kernels::with_slice(mask, |mv| {
+                kernels::softmax::masked_softmax(sv, t, scale as f32, mv, |r| {
+                    (r / rows_per_b) * l + r % l
+                })
+            })
+        })??;
+        return Ok((Tensor::from_vec(p, scores.shape(), scores.device())?, qr));
+    }
+    let att = (scores * scale)?;
     let att = att.reshape((b, d.kv_heads, g, l, t))?.broadcast_add(mask)?;
     let p = softmax_last(&att)?.reshape((b, d.kv_heads, g * l, t))?;
     Ok((p, qr))
