@@ -77,7 +77,11 @@ fn chunked_forward(
     let mut parts = Vec::with_capacity(n.div_ceil(chunk));
     for start in (0..n).step_by(chunk) {
         let len = chunk.min(n - start);
-        let logits = hidden.narrow(0, start, len)?.matmul(&wt)?;
+        let h = hidden.narrow(0, start, len)?;
+        let logits = match crate::model::ops::linear(&h, weight, false)? {
+            Some(l) => l,
+            None => h.matmul(&wt)?,
+        };
         let lab = labels.narrow(0, start, len)?;
         if kernels::applies(&logits) {
             parts.push(fused_chunk_forward(&logits, &lab, opts)?);
@@ -117,15 +121,15 @@ fn fused_chunk_forward(logits: &Tensor, labels: &Tensor, opts: &LogProbOptions) 
     Tensor::from_vec(out, (len, 2), logits.device())
 }
 
-/// The backward's chunk on the CPU kernels: the gradient w.r.t. the raw logits `[len, V]`, from
-/// the forward's `[len, 2]` result and the incoming `[len, 2]` gradient.
+/// The backward's chunk on the CPU kernels: the gradient w.r.t. the raw logits `[len, V]`
+/// (row-major), from the forward's `[len, 2]` result and the incoming `[len, 2]` gradient.
 fn fused_chunk_grad(
     logits: &Tensor,
     labels: &Tensor,
     result: &Tensor,
     grad: &Tensor,
     opts: &LogProbOptions,
-) -> Result<Tensor> {
+) -> Result<Vec<f32>> {
     let (len, v) = logits.dims2()?;
     let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
     let inv_t = (1.0 / opts.temperature) as f32;
@@ -150,7 +154,56 @@ fn fused_chunk_grad(
             g_ent.as_deref(),
         )
     })?;
-    Tensor::from_vec(dz, (len, v), logits.device())
+    Ok(dz)
+}
+
+/// [`LmHeadLogProbs`]'s backward on the CPU kernels: per chunk, the logits again, their
+/// gradient, then `dh = dz W` and `dW += dz^T h` accumulated in place by gemm.
+fn fused_backward(
+    hidden: &Tensor,
+    weight: &Tensor,
+    labels: &Tensor,
+    result: &Tensor,
+    grad: &Tensor,
+    opts: &LogProbOptions,
+) -> Result<(Tensor, Tensor)> {
+    use kernels::gemm::{matmul, matmul_acc, View};
+    let ((n, h), (v, _)) = (hidden.dims2()?, weight.dims2()?);
+    let chunk = opts.chunk_rows.max(1);
+    let mut dh = Vec::with_capacity(n * h);
+    let mut dw = vec![0f32; v * h];
+    kernels::with_slice(hidden, |hv| {
+        kernels::with_slice(weight, |wv| {
+            for start in (0..n).step_by(chunk) {
+                let len = chunk.min(n - start);
+                let hc = &hv[start * h..(start + len) * h];
+                let raw = matmul(len, v, h, View::rows(hc, h), View::transposed(wv, h));
+                let raw = Tensor::from_vec(raw, (len, v), hidden.device())?;
+                let dz = fused_chunk_grad(
+                    &raw,
+                    &labels.narrow(0, start, len)?,
+                    &result.narrow(0, start, len)?,
+                    &grad.narrow(0, start, len)?,
+                    opts,
+                )?;
+                drop(raw);
+                dh.extend(matmul(len, h, v, View::rows(&dz, v), View::rows(wv, h)));
+                matmul_acc(
+                    &mut dw,
+                    v,
+                    h,
+                    len,
+                    View::transposed(&dz, v),
+                    View::rows(hc, h),
+                );
+            }
+            Ok::<_, candle_core::Error>(())
+        })?
+    })??;
+    Ok((
+        Tensor::from_vec(dh, (n, h), hidden.device())?,
+        Tensor::from_vec(dw, (v, h), weight.device())?,
+    ))
 }
 
 /// Gradient of `g_lp * logp(label) + g_ent * entropy` w.r.t. the scaled logits `z` of one chunk:
@@ -225,6 +278,10 @@ impl CustomOp2 for LmHeadLogProbs {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (hidden, weight) = (hidden.detach(), weight.detach());
+        if kernels::applies(&hidden) && kernels::applies(&weight) {
+            let (dh, dw) = fused_backward(&hidden, &weight, &self.labels, res, grad, &self.opts)?;
+            return Ok((Some(dh), Some(dw)));
+        }
         let n = hidden.dim(0)?;
         let t = self.opts.temperature;
         let chunk = self.opts.chunk_rows.max(1);
@@ -242,22 +299,17 @@ impl CustomOp2 for LmHeadLogProbs {
             let raw = h.matmul(&wt)?;
             let lab = self.labels.narrow(0, start, len)?;
             let g = grad.narrow(0, start, len)?;
-            let dz = if kernels::applies(&raw) {
-                let res = res.narrow(0, start, len)?;
-                fused_chunk_grad(&raw, &lab, &res, &g, &self.opts)?
+            let z = (raw.to_dtype(compute)? / t)?;
+            let g = g.to_dtype(compute)?;
+            let g_lp = g.narrow(1, 0, 1)?.contiguous()?;
+            let g_ent = if self.opts.entropy {
+                Some(g.narrow(1, 1, 1)?.contiguous()?)
             } else {
-                let z = (raw.to_dtype(compute)? / t)?;
-                let g = g.to_dtype(compute)?;
-                let g_lp = g.narrow(1, 0, 1)?.contiguous()?;
-                let g_ent = if self.opts.entropy {
-                    Some(g.narrow(1, 1, 1)?.contiguous()?)
-                } else {
-                    None
-                };
-                // d/d(raw logits) = d/dz / temperature.
-                (chunk_logit_grad(&z, &lab, &g_lp, g_ent.as_ref())? / t)?
-                    .to_dtype(hidden.dtype())?
+                None
             };
+            // d/d(raw logits) = d/dz / temperature.
+            let dz = (chunk_logit_grad(&z, &lab, &g_lp, g_ent.as_ref())? / t)?
+                .to_dtype(hidden.dtype())?;
             dh.push(dz.matmul(&weight)?);
             let dw_c = dz.t()?.matmul(&h)?;
             dw = Some(match dw {

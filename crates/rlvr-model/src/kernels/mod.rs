@@ -4,6 +4,7 @@
 //! other devices and dtypes.
 
 pub mod exp;
+pub mod gemm;
 pub mod softmax;
 pub mod swiglu;
 pub mod vocab;

@@ -19,15 +19,35 @@ type Bwd2 = Box<
 >;
 type Bwd3 = Box<dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<Grads3> + Send + Sync>;
 
+/// An op's precomputed result: a tensor, or a CPU buffer that becomes the op's output as is.
+pub enum Output {
+    Tensor(Tensor),
+    Cpu(CpuStorage, Shape),
+}
+
+impl From<Tensor> for Output {
+    fn from(t: Tensor) -> Self {
+        Output::Tensor(t)
+    }
+}
+
+impl Output {
+    /// An f32 CPU buffer of `shape` (moved, not copied, into the op's output).
+    pub fn cpu(data: Vec<f32>, shape: impl Into<Shape>) -> Self {
+        Output::Cpu(CpuStorage::F32(data), shape.into())
+    }
+}
+
 struct Precomputed<B> {
     name: &'static str,
-    /// Taken (and copied into the op's output) by the forward, so it is not kept twice.
-    result: Mutex<Option<Tensor>>,
+    /// Taken by the forward (a tensor is copied into the op's output, a CPU buffer moved), so
+    /// it is not kept twice.
+    result: Mutex<Option<Output>>,
     bwd: B,
 }
 
 impl<B> Precomputed<B> {
-    fn new(name: &'static str, result: Tensor, bwd: B) -> Self {
+    fn new(name: &'static str, result: Output, bwd: B) -> Self {
         Self {
             name,
             result: Mutex::new(Some(result)),
@@ -35,7 +55,7 @@ impl<B> Precomputed<B> {
         }
     }
 
-    fn take(&self) -> Result<Tensor> {
+    fn take(&self) -> Result<Output> {
         self.result
             .lock()
             .map_err(|_| candle_core::Error::Msg(format!("{}: poisoned", self.name)))?
@@ -44,7 +64,10 @@ impl<B> Precomputed<B> {
     }
 
     fn take_cpu(&self) -> Result<(CpuStorage, Shape)> {
-        let t = self.take()?;
+        let t = match self.take()? {
+            Output::Cpu(s, shape) => return Ok((s, shape)),
+            Output::Tensor(t) => t,
+        };
         let shape = t.shape().clone();
         let flat = t.flatten_all()?;
         let s = match t.dtype() {
@@ -58,7 +81,10 @@ impl<B> Precomputed<B> {
     #[cfg(feature = "cuda")]
     fn take_cuda(&self) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        let t = self.take()?.contiguous()?;
+        let t = match self.take()? {
+            Output::Tensor(t) => t.contiguous()?,
+            Output::Cpu(..) => candle_core::bail!("{}: CPU result for a CUDA op", self.name),
+        };
         let (storage, layout) = t.storage_and_layout();
         match &*storage {
             Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
@@ -157,25 +183,25 @@ impl CustomOp3 for Precomputed<Bwd3> {
 pub fn op1(
     name: &'static str,
     a: &Tensor,
-    result: Tensor,
+    result: impl Into<Output>,
     bwd: impl Fn(&Tensor, &Tensor) -> Result<Option<Tensor>> + Send + Sync + 'static,
 ) -> Result<Tensor> {
     let b: Bwd1 = Box::new(bwd);
-    a.apply_op1(Precomputed::new(name, result, b))
+    a.apply_op1(Precomputed::new(name, result.into(), b))
 }
 
 pub fn op2(
     name: &'static str,
     a: &Tensor,
     b: &Tensor,
-    result: Tensor,
+    result: impl Into<Output>,
     bwd: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)>
         + Send
         + Sync
         + 'static,
 ) -> Result<Tensor> {
     let f: Bwd2 = Box::new(bwd);
-    a.apply_op2(b, Precomputed::new(name, result, f))
+    a.apply_op2(b, Precomputed::new(name, result.into(), f))
 }
 
 pub fn op3(
@@ -183,9 +209,9 @@ pub fn op3(
     a: &Tensor,
     b: &Tensor,
     c: &Tensor,
-    result: Tensor,
+    result: impl Into<Output>,
     bwd: impl Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<Grads3> + Send + Sync + 'static,
 ) -> Result<Tensor> {
     let f: Bwd3 = Box::new(bwd);
-    a.apply_op3(b, c, Precomputed::new(name, result, f))
+    a.apply_op3(b, c, Precomputed::new(name, result.into(), f))
 }

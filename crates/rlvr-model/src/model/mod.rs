@@ -38,7 +38,10 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
         let w = self.weight.as_tensor();
         let y = if grad {
-            x.matmul(&w.t()?)?
+            match ops::linear(x, w, true)? {
+                Some(y) => y,
+                None => x.matmul(&w.t()?)?,
+            }
         } else {
             matmul_t(x, w)?
         };
@@ -465,6 +468,9 @@ impl Model {
 /// another dtype than `x` (a bf16 decoding copy on a GPU) are multiplied in the weights' dtype.
 fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if let Some(y) = skinny::try_matmul_t(x, w)? {
+        return Ok(y);
+    }
+    if let Some(y) = ops::linear(x, w, false)? {
         return Ok(y);
     }
     if x.dtype() == w.dtype() {

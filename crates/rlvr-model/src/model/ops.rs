@@ -2,12 +2,50 @@
 //! same forward plus a hand-written backward ([`autograd`](super::autograd)), so the graph keeps
 //! only each op's inputs; f64 (gradient checks) goes through composite ops for full precision.
 
-use super::autograd::{op1, op2, op3};
+use super::autograd::{op1, op2, op3, Output};
 use crate::kernels;
 use candle_core::{DType, Result, Tensor, D};
 
 fn fused(x: &Tensor) -> bool {
     x.dtype() == DType::F32
+}
+
+/// `x @ w^T` for `x: [N, in]` and `w: [out, in]` (a linear layer without bias), on the CPU
+/// gemm kernels with `dx = g w` and `dw = g^T x` as backward. `None` where those do not apply
+/// (other devices and dtypes): the caller uses `matmul`.
+pub fn linear(x: &Tensor, w: &Tensor, grad: bool) -> Result<Option<Tensor>> {
+    use kernels::gemm::{matmul, View};
+    if !(kernels::applies(x) && kernels::applies(w) && x.rank() == 2) {
+        return Ok(None);
+    }
+    let ((n, k), (out, k2)) = (x.dims2()?, w.dims2()?);
+    if k != k2 {
+        candle_core::bail!("linear: x is [{n}, {k}] but the weight is [{out}, {k2}]")
+    }
+    let y = kernels::with_slice(&x.detach(), |xv| {
+        kernels::with_slice(&w.detach(), |wv| {
+            matmul(n, out, k, View::rows(xv, k), View::transposed(wv, k))
+        })
+    })??;
+    if !grad {
+        return Ok(Some(Tensor::from_vec(y, (n, out), x.device())?));
+    }
+    let y = op2("linear", x, w, Output::cpu(y, (n, out)), move |x, w, g| {
+        let (dx, dw) = kernels::with_slice(g, |gv| {
+            let dx = kernels::with_slice(w, |wv| {
+                matmul(n, k, out, View::rows(gv, out), View::rows(wv, k))
+            })?;
+            let dw = kernels::with_slice(x, |xv| {
+                matmul(out, k, n, View::transposed(gv, out), View::rows(xv, k))
+            })?;
+            Ok::<_, candle_core::Error>((dx, dw))
+        })??;
+        Ok((
+            Some(Tensor::from_vec(dx, (n, k), x.device())?),
+            Some(Tensor::from_vec(dw, (out, k), w.device())?),
+        ))
+    })?;
+    Ok(Some(y))
 }
 
 /// RMSNorm over the last dim: `x / sqrt(mean(x^2) + eps) * w`.
@@ -80,18 +118,22 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// `silu(gate) * up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor, grad: bool) -> Result<Tensor> {
-    let y = if kernels::applies(gate) {
+    let y: Output = if kernels::applies(gate) {
         let (g, u) = (gate.detach(), up.detach());
         let y = kernels::with_slice(&g, |g| {
             kernels::with_slice(&u, |u| kernels::swiglu::forward(g, u))
         })??;
-        Tensor::from_vec(y, gate.shape(), gate.device())?
+        if !grad {
+            return Tensor::from_vec(y, gate.shape(), gate.device());
+        }
+        Output::cpu(y, gate.shape())
     } else {
-        (gate.detach().silu()? * up.detach())?
+        let y = (gate.detach().silu()? * up.detach())?;
+        if !grad {
+            return Ok(y);
+        }
+        y.into()
     };
-    if !grad {
-        return Ok(y);
-    }
     op2("swiglu", gate, up, y, |gate, up, g| {
         if kernels::applies(gate) {
             let (dg, du) = kernels::with_slice(gate, |gv| {
