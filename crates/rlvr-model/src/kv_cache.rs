@@ -77,6 +77,11 @@ impl KvCache {
     }
 
     /// Views `[n, kv_heads, len, head_dim]` of slots `first..first+n`, positions `0..len`.
+    /// Layer `layer`'s whole key and value tensors, `[slots, kv_heads, capacity, head_dim]`.
+    pub(crate) fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        (&self.k[layer], &self.v[layer])
+    }
+
     pub(crate) fn view(
         &self,
         layer: usize,

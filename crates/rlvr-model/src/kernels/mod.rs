@@ -3,6 +3,7 @@
 //! the composite tensor versions made many. f32 on the CPU only; callers keep the tensor path for
 //! other devices and dtypes.
 
+pub mod attention;
 pub mod exp;
 pub mod gemm;
 pub mod softmax;

@@ -453,6 +453,9 @@ impl Model {
         for (li, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward(layer, &x, &cos, &sin, false, |q, k, v| {
                 cache.write(li, first_slot, &starts, k, v)?;
+                if l <= DECODE_KERNEL_MAX_L && crate::kernels::applies(q) {
+                    return decode_attention(q, cache, li, first_slot, total, &mask, dims);
+                }
                 let (kc, vc) = cache.view(li, first_slot, n, total)?;
                 ops::attention(q, &kc, &vc, &mask, dims, false)
             })?;
@@ -462,6 +465,45 @@ impl Model {
         let hn = ops::rms_norm(&last, self.norm.as_tensor(), self.cfg.rms_norm_eps, false)?;
         matmul_t(&hn, self.lm_head_weight())
     }
+}
+
+/// Query positions per sequence up to which KV-cached attention runs on the decoding kernel
+/// (beyond, a prefill, gemm does the work).
+const DECODE_KERNEL_MAX_L: usize = 8;
+
+/// Attention of `q: [n, heads, l, head_dim]` over cache slots `first..first + n` on the CPU
+/// decoding kernel, reading the cache's storage in place.
+fn decode_attention(
+    q: &Tensor,
+    cache: &KvCache,
+    layer: usize,
+    first: usize,
+    total: usize,
+    mask: &Tensor,
+    dims: Dims,
+) -> Result<Tensor> {
+    use crate::kernels::{attention, with_slice};
+    let (n, heads, l, head_dim) = q.dims4()?;
+    let (kc, vc) = cache.layer(layer);
+    let shape = attention::DecodeShape {
+        n,
+        heads,
+        kv_heads: dims.kv_heads,
+        head_dim,
+        l,
+        first,
+        capacity: cache.capacity(),
+        total,
+    };
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let out = with_slice(q, |qv| {
+        with_slice(kc, |ks| {
+            with_slice(vc, |vs| {
+                with_slice(mask, |ms| attention::decode(qv, ks, vs, ms, shape, scale))
+            })
+        })
+    })????;
+    Tensor::from_vec(out, (n, heads, l, head_dim), q.device())
 }
 
 /// `x @ w^T` without grad: the CPU decoding kernel for few rows, else gemm. Weights stored in
