@@ -2,7 +2,7 @@
 //! (sequence, kv head) pair reads its keys and values once, straight from the cache's storage;
 //! batched gemm over such thin matrices spent most of its time packing them.
 
-use super::exp::exp_inplace;
+use super::exp::{exp_inplace_on, Lanes};
 use rayon::prelude::*;
 
 /// Shapes of one call. The cache holds `[slots, kv_heads, capacity, head_dim]` per layer; the
@@ -24,6 +24,18 @@ pub struct DecodeShape {
 /// `mask: [n, l, total]`; returns `[n, heads, l, head_dim]`. Query head `h` reads kv head
 /// `h / (heads / kv_heads)`.
 pub fn decode(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    mask: &[f32],
+    s: DecodeShape,
+    scale: f32,
+) -> Vec<f32> {
+    decode_on(Lanes::detect(), q, k_cache, v_cache, mask, s, scale)
+}
+
+pub fn decode_on(
+    lanes: Lanes,
     q: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
@@ -63,7 +75,7 @@ pub fn decode(
                         let qv = &q[qo..qo + hd];
                         let m = &mask[(b * l + li) * total..(b * l + li + 1) * total];
                         let row = &mut dst[(gi * l + li) * hd..(gi * l + li + 1) * hd];
-                        attend(qv, keys, values, m, scale, scores, row);
+                        attend(lanes, qv, keys, values, m, scale, scores, row);
                     }
                 }
             },
@@ -71,7 +83,45 @@ pub fn decode(
     out
 }
 
+/// One query row: the plain loops below, compiled once more with AVX-512 enabled (the compiler
+/// vectorizes them 16 wide) for CPUs that have it.
+#[allow(clippy::too_many_arguments)]
 fn attend(
+    lanes: Lanes,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    mask: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if lanes == Lanes::Avx512 {
+        // SAFETY: AVX-512F was detected.
+        return unsafe { attend_avx512(q, keys, values, mask, scale, scores, out) };
+    }
+    attend_body(lanes, q, keys, values, mask, scale, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_avx512(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    mask: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_body(Lanes::Avx512, q, keys, values, mask, scale, scores, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_body(
+    lanes: Lanes,
     q: &[f32],
     keys: &[f32],
     values: &[f32],
@@ -87,7 +137,7 @@ fn attend(
         max = max.max(*s);
     }
     scores.iter_mut().for_each(|s| *s -= max);
-    exp_inplace(scores);
+    exp_inplace_on(lanes, scores);
     let inv = 1.0 / scores.iter().sum::<f32>();
     out.fill(0.0);
     for (&p, v) in scores.iter().zip(values.chunks_exact(hd)) {
@@ -98,6 +148,7 @@ fn attend(
     }
 }
 
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums let the compiler keep independent vector accumulators.
     let mut acc = [0f32; 8];
@@ -122,6 +173,12 @@ mod tests {
 
     #[test]
     fn matches_a_naive_masked_softmax_attention() {
+        for lanes in Lanes::all() {
+            check(lanes);
+        }
+    }
+
+    fn check(lanes: Lanes) {
         let s = DecodeShape {
             n: 2,
             heads: 6,
@@ -147,7 +204,7 @@ mod tests {
             mask[row + s.total - 2..row + s.total].fill(-1e30);
         }
         let scale = 0.3;
-        let got = decode(&q, &k, &v, &mask, s, scale);
+        let got = decode_on(lanes, &q, &k, &v, &mask, s, scale);
         let hd = s.head_dim;
         let group = s.heads / s.kv_heads;
         for b in 0..s.n {
