@@ -72,10 +72,19 @@ impl SamplingParams {
     }
 }
 
-/// `log(sum(exp(x)))` and the max, in f64 accumulation.
+/// `exp((x - max) * scale)` for every entry (the vectorized exp: the vocabulary is 49k wide
+/// and this runs once per sampled token).
+fn shifted_exp(x: &[f32], max: f32, scale: f32) -> Vec<f32> {
+    let mut w: Vec<f32> = x.iter().map(|&v| (v - max) * scale).collect();
+    crate::kernels::exp::exp_inplace(&mut w);
+    w
+}
+
+/// `log(sum(exp(x)))`, summed in f64.
 fn logsumexp(x: &[f32]) -> f64 {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let s: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let s: f64 = shifted_exp(x, max, 1.0).iter().map(|&e| e as f64).sum();
+    let max = max as f64;
     max + s.ln()
 }
 
@@ -103,11 +112,11 @@ pub fn sample(
         return (i as u32, raw_lp(i, logsumexp(logits)));
     }
     let inv_t = 1.0 / p.temperature;
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    // Unnormalised probabilities of the temperature-scaled logits.
-    let w: Vec<f64> = logits
-        .iter()
-        .map(|&v| ((v as f64 - max) * inv_t).exp())
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // Unnormalised probabilities of the temperature-scaled logits (sums are taken in f64).
+    let w: Vec<f64> = shifted_exp(logits, max, inv_t as f32)
+        .into_iter()
+        .map(f64::from)
         .collect();
     let filtered = p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0;
     let u: f64 = rng.gen();
