@@ -8,7 +8,7 @@
 //! f32 would be 600 MB per intermediate). On the CPU in f32 the softmax math of a chunk is
 //! [`kernels::vocab`](crate::kernels::vocab): two passes over the logits instead of a dozen.
 
-use crate::kernels;
+use crate::kernels::{self, exp::Lanes};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D};
 
 /// Options of [`crate::Model::response_logprobs`].
@@ -106,7 +106,9 @@ fn fused_chunk_forward(logits: &Tensor, labels: &Tensor, opts: &LogProbOptions) 
     let (len, v) = logits.dims2()?;
     let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
     let inv_t = (1.0 / opts.temperature) as f32;
-    let st = kernels::with_slice(logits, |l| kernels::vocab::forward(l, v, &labels, inv_t))?;
+    let st = kernels::with_slice(logits, |l| {
+        kernels::vocab::forward(Lanes::detect(), l, v, &labels, inv_t)
+    })?;
     let ent = if opts.entropy {
         st.entropy
     } else {
@@ -144,6 +146,7 @@ fn fused_chunk_grad(
             .map(|r| l[r * v + labels[r] as usize] * inv_t - res[r][0])
             .collect();
         kernels::vocab::backward(
+            Lanes::detect(),
             l,
             v,
             &labels,

@@ -24,17 +24,6 @@ pub struct DecodeShape {
 /// `mask: [n, l, total]`; returns `[n, heads, l, head_dim]`. Query head `h` reads kv head
 /// `h / (heads / kv_heads)`.
 pub fn decode(
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    mask: &[f32],
-    s: DecodeShape,
-    scale: f32,
-) -> Vec<f32> {
-    decode_on(Lanes::detect(), q, k_cache, v_cache, mask, s, scale)
-}
-
-pub fn decode_on(
     lanes: Lanes,
     q: &[f32],
     k_cache: &[f32],
@@ -75,7 +64,14 @@ pub fn decode_on(
                         let qv = &q[qo..qo + hd];
                         let m = &mask[(b * l + li) * total..(b * l + li + 1) * total];
                         let row = &mut dst[(gi * l + li) * hd..(gi * l + li + 1) * hd];
-                        attend(lanes, qv, keys, values, m, scale, scores, row);
+                        let r = Row {
+                            q: qv,
+                            keys,
+                            values,
+                            mask: m,
+                            scale,
+                        };
+                        attend(lanes, &r, scores, row);
                     }
                 }
             },
@@ -83,53 +79,43 @@ pub fn decode_on(
     out
 }
 
-/// One query row: the plain loops below, compiled once more with AVX-512 enabled (the compiler
-/// vectorizes them 16 wide) for CPUs that have it.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    lanes: Lanes,
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    mask: &[f32],
+/// One query row and what it attends over.
+struct Row<'a> {
+    q: &'a [f32],
+    /// `[total, hd]` each.
+    keys: &'a [f32],
+    values: &'a [f32],
+    mask: &'a [f32],
     scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
+}
+
+/// `out = softmax(q k^T * scale + mask) v` with `scores: [total]` scratch: the plain loops of
+/// [`attend_body`], compiled once more with AVX-512 enabled (the compiler vectorizes them 16
+/// wide) for CPUs that have it.
+fn attend(lanes: Lanes, r: &Row, scores: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if lanes == Lanes::Avx512 {
         // SAFETY: AVX-512F was detected.
-        return unsafe { attend_avx512(q, keys, values, mask, scale, scores, out) };
+        return unsafe { attend_avx512(r, scores, out) };
     }
-    attend_body(lanes, q, keys, values, mask, scale, scores, out)
+    attend_body(lanes, r, scores, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn attend_avx512(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    mask: &[f32],
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_body(Lanes::Avx512, q, keys, values, mask, scale, scores, out)
+unsafe fn attend_avx512(r: &Row, scores: &mut [f32], out: &mut [f32]) {
+    attend_body(Lanes::Avx512, r, scores, out)
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_body(
-    lanes: Lanes,
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    mask: &[f32],
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
+fn attend_body(lanes: Lanes, r: &Row, scores: &mut [f32], out: &mut [f32]) {
+    let Row {
+        q,
+        keys,
+        values,
+        mask,
+        scale,
+    } = *r;
     let hd = q.len();
     let mut max = f32::NEG_INFINITY;
     for ((s, k), &m) in scores.iter_mut().zip(keys.chunks_exact(hd)).zip(mask) {
@@ -204,7 +190,7 @@ mod tests {
             mask[row + s.total - 2..row + s.total].fill(-1e30);
         }
         let scale = 0.3;
-        let got = decode_on(lanes, &q, &k, &v, &mask, s, scale);
+        let got = decode(lanes, &q, &k, &v, &mask, s, scale);
         let hd = s.head_dim;
         let group = s.heads / s.kv_heads;
         for b in 0..s.n {

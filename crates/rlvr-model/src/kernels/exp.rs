@@ -52,6 +52,16 @@ const P: [f32; 6] = [
     0.5,
 ];
 
+/// The lanes of a 16-wide step that are inside a slice with `left` values remaining.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn tail_mask(left: usize) -> __mmask16 {
+    if left >= 16 {
+        0xffff
+    } else {
+        ((1u32 << left) - 1) as u16
+    }
+}
+
 /// `e^x` on 16 lanes.
 ///
 /// # Safety
@@ -97,7 +107,7 @@ pub fn exp_inplace_on(lanes: Lanes, x: &mut [f32]) {
             }
             let rest = chunks.into_remainder();
             if !rest.is_empty() {
-                let m: __mmask16 = (1u32 << rest.len()) as u16 - 1;
+                let m = tail_mask(rest.len());
                 let v = _mm512_maskz_loadu_ps(m, rest.as_ptr());
                 _mm512_mask_storeu_ps(rest.as_mut_ptr(), m, exp16(v));
             }

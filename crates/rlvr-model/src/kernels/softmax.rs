@@ -1,25 +1,15 @@
 //! Attention's softmax: `softmax(scores * scale + mask)` row by row, and its backward
 //! `scale * p * (dp - sum(p dp))`, each one pass over memory (a row of keys stays in L1).
 
-#[cfg(target_arch = "x86_64")]
-use super::exp::exp16;
 use super::exp::Lanes;
+#[cfg(target_arch = "x86_64")]
+use super::exp::{exp16, tail_mask};
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// `scores: [rows, t]`; row `r` adds the additive mask row `mask_row(r)` of `mask: [_, t]`.
 pub fn masked_softmax(
-    scores: &[f32],
-    t: usize,
-    scale: f32,
-    mask: &[f32],
-    mask_row: impl Fn(usize) -> usize + Sync,
-) -> Vec<f32> {
-    masked_softmax_on(Lanes::detect(), scores, t, scale, mask, mask_row)
-}
-
-pub fn masked_softmax_on(
     lanes: Lanes,
     scores: &[f32],
     t: usize,
@@ -56,11 +46,7 @@ pub fn masked_softmax_on(
 
 /// Gradient w.r.t. the unscaled scores of the softmax above: `scale * p * (dp - sum(p dp))` per
 /// row.
-pub fn softmax_backward(p: &[f32], dp: &[f32], t: usize, scale: f32) -> Vec<f32> {
-    softmax_backward_on(Lanes::detect(), p, dp, t, scale)
-}
-
-pub fn softmax_backward_on(lanes: Lanes, p: &[f32], dp: &[f32], t: usize, scale: f32) -> Vec<f32> {
+pub fn softmax_backward(lanes: Lanes, p: &[f32], dp: &[f32], t: usize, scale: f32) -> Vec<f32> {
     assert_eq!(p.len(), dp.len());
     let mut out = vec![0f32; p.len()];
     out.par_chunks_mut(t)
@@ -80,15 +66,6 @@ pub fn softmax_backward_on(lanes: Lanes, p: &[f32], dp: &[f32], t: usize, scale:
 }
 
 #[cfg(target_arch = "x86_64")]
-fn mask16(left: usize) -> __mmask16 {
-    if left >= 16 {
-        0xffff
-    } else {
-        ((1u32 << left) - 1) as u16
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_row_avx512(x: &[f32], m: &[f32], scale: f32, p: &mut [f32]) {
     let n = x.len();
@@ -96,7 +73,7 @@ unsafe fn softmax_row_avx512(x: &[f32], m: &[f32], scale: f32, p: &mut [f32]) {
     let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
     let mut i = 0;
     while i < n {
-        let k = mask16(n - i);
+        let k = tail_mask(n - i);
         let z = _mm512_fmadd_ps(
             _mm512_maskz_loadu_ps(k, x.as_ptr().add(i)),
             vs,
@@ -110,7 +87,7 @@ unsafe fn softmax_row_avx512(x: &[f32], m: &[f32], scale: f32, p: &mut [f32]) {
     let mut sum = _mm512_setzero_ps();
     i = 0;
     while i < n {
-        let k = mask16(n - i);
+        let k = tail_mask(n - i);
         let e = exp16(_mm512_sub_ps(
             _mm512_maskz_loadu_ps(k, p.as_ptr().add(i)),
             vmax,
@@ -123,7 +100,7 @@ unsafe fn softmax_row_avx512(x: &[f32], m: &[f32], scale: f32, p: &mut [f32]) {
     let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
     i = 0;
     while i < n {
-        let k = mask16(n - i);
+        let k = tail_mask(n - i);
         let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.as_ptr().add(i)), inv);
         _mm512_mask_storeu_ps(p.as_mut_ptr().add(i), k, v);
         i += 16;
@@ -137,7 +114,7 @@ unsafe fn softmax_grad_row_avx512(p: &[f32], dp: &[f32], scale: f32, ds: &mut [f
     let mut dot = _mm512_setzero_ps();
     let mut i = 0;
     while i < n {
-        let k = mask16(n - i);
+        let k = tail_mask(n - i);
         dot = _mm512_fmadd_ps(
             _mm512_maskz_loadu_ps(k, p.as_ptr().add(i)),
             _mm512_maskz_loadu_ps(k, dp.as_ptr().add(i)),
@@ -149,7 +126,7 @@ unsafe fn softmax_grad_row_avx512(p: &[f32], dp: &[f32], scale: f32, ds: &mut [f
     let vs = _mm512_set1_ps(scale);
     i = 0;
     while i < n {
-        let k = mask16(n - i);
+        let k = tail_mask(n - i);
         let pv = _mm512_maskz_loadu_ps(k, p.as_ptr().add(i));
         let g = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp.as_ptr().add(i)), vdot);
         _mm512_mask_storeu_ps(
@@ -186,8 +163,8 @@ mod tests {
             .map(|i| ((i * 13 % 31) as f32 - 15.0) / 9.0)
             .collect();
         let scale = 0.125;
-        let p = masked_softmax_on(lanes, &scores, t, scale, &mask, |r| r % 2);
-        let ds = softmax_backward_on(lanes, &p, &dp, t, scale);
+        let p = masked_softmax(lanes, &scores, t, scale, &mask, |r| r % 2);
+        let ds = softmax_backward(lanes, &p, &dp, t, scale);
         for r in 0..rows {
             let m = &mask[(r % 2) * t..(r % 2 + 1) * t];
             let z: Vec<f64> = (0..t)

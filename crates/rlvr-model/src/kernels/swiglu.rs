@@ -1,8 +1,8 @@
 //! SwiGLU, `silu(gate) * up`, and its backward in one pass each (chunks in parallel).
 
-#[cfg(target_arch = "x86_64")]
-use super::exp::exp16;
 use super::exp::Lanes;
+#[cfg(target_arch = "x86_64")]
+use super::exp::{exp16, tail_mask};
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -10,11 +10,7 @@ use std::arch::x86_64::*;
 const CHUNK: usize = 1 << 14;
 
 /// `silu(gate) * up`.
-pub fn forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    forward_on(Lanes::detect(), gate, up)
-}
-
-pub fn forward_on(lanes: Lanes, gate: &[f32], up: &[f32]) -> Vec<f32> {
+pub fn forward(lanes: Lanes, gate: &[f32], up: &[f32]) -> Vec<f32> {
     assert_eq!(gate.len(), up.len());
     let mut out = vec![0f32; gate.len()];
     out.par_chunks_mut(CHUNK)
@@ -34,11 +30,7 @@ pub fn forward_on(lanes: Lanes, gate: &[f32], up: &[f32]) -> Vec<f32> {
 
 /// Gradients of `silu(gate) * up` w.r.t. `gate` and `up`, given the output's gradient `dy`:
 /// with `s = sigmoid(gate)`, `d_up = dy silu(gate)`, `d_gate = dy up s (1 + gate (1 - s))`.
-pub fn backward(gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    backward_on(Lanes::detect(), gate, up, dy)
-}
-
-pub fn backward_on(lanes: Lanes, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub fn backward(lanes: Lanes, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     assert!(gate.len() == up.len() && up.len() == dy.len());
     let (mut dg, mut du) = (vec![0f32; gate.len()], vec![0f32; gate.len()]);
     dg.par_chunks_mut(CHUNK)
@@ -69,21 +61,12 @@ unsafe fn sigmoid16(g: __m512) -> __m512 {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn mask(left: usize) -> __mmask16 {
-    if left >= 16 {
-        0xffff
-    } else {
-        ((1u32 << left) - 1) as u16
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn forward_avx512(g: &[f32], u: &[f32], y: &mut [f32]) {
     let n = g.len();
     let mut i = 0;
     while i < n {
-        let k = mask(n - i);
+        let k = tail_mask(n - i);
         let gv = _mm512_maskz_loadu_ps(k, g.as_ptr().add(i));
         let uv = _mm512_maskz_loadu_ps(k, u.as_ptr().add(i));
         let s = sigmoid16(gv);
@@ -103,7 +86,7 @@ unsafe fn backward_avx512(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: 
     let one = _mm512_set1_ps(1.0);
     let mut i = 0;
     while i < n {
-        let k = mask(n - i);
+        let k = tail_mask(n - i);
         let gv = _mm512_maskz_loadu_ps(k, g.as_ptr().add(i));
         let uv = _mm512_maskz_loadu_ps(k, u.as_ptr().add(i));
         let d = _mm512_maskz_loadu_ps(k, dy.as_ptr().add(i));
@@ -143,8 +126,8 @@ mod tests {
         let dy: Vec<f32> = (0..n)
             .map(|i| ((i * 11 % 101) as f32 - 50.0) / 25.0)
             .collect();
-        let y = forward_on(lanes, &g, &u);
-        let (dg, du) = backward_on(lanes, &g, &u, &dy);
+        let y = forward(lanes, &g, &u);
+        let (dg, du) = backward(lanes, &g, &u, &dy);
         for i in 0..n {
             let (gi, ui, di) = (g[i] as f64, u[i] as f64, dy[i] as f64);
             let s = 1.0 / (1.0 + (-gi).exp());

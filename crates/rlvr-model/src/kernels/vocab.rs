@@ -3,9 +3,9 @@
 //! log-prob of the label, entropy and log-sum-exp forward, and the gradient w.r.t. the logits.
 //! Rows run in parallel; lanes with AVX-512F.
 
-#[cfg(target_arch = "x86_64")]
-use super::exp::exp16;
 use super::exp::Lanes;
+#[cfg(target_arch = "x86_64")]
+use super::exp::{exp16, tail_mask};
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -19,11 +19,7 @@ pub struct RowStats {
 
 /// For each row `l` of `logits` (`[rows, v]`, raw) with `z = l / t`: `log softmax(z)[label]`,
 /// the entropy of `softmax(z)` and `logsumexp(z)`.
-pub fn forward(logits: &[f32], v: usize, labels: &[u32], inv_t: f32) -> RowStats {
-    forward_on(Lanes::detect(), logits, v, labels, inv_t)
-}
-
-pub fn forward_on(lanes: Lanes, logits: &[f32], v: usize, labels: &[u32], inv_t: f32) -> RowStats {
+pub fn forward(lanes: Lanes, logits: &[f32], v: usize, labels: &[u32], inv_t: f32) -> RowStats {
     let rows = labels.len();
     assert_eq!(logits.len(), rows * v);
     let stats: Vec<(f32, f32, f32)> = logits
@@ -47,21 +43,6 @@ pub fn forward_on(lanes: Lanes, logits: &[f32], v: usize, labels: &[u32], inv_t:
 /// `lse` and `entropy` per row: `(g_lp (onehot - p) - g_ent p (z - E_p[z])) / t`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
-    logits: &[f32],
-    v: usize,
-    labels: &[u32],
-    inv_t: f32,
-    lse: &[f32],
-    entropy: &[f32],
-    g_lp: &[f32],
-    g_ent: Option<&[f32]>,
-) -> Vec<f32> {
-    let lanes = Lanes::detect();
-    backward_on(lanes, logits, v, labels, inv_t, lse, entropy, g_lp, g_ent)
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn backward_on(
     lanes: Lanes,
     logits: &[f32],
     v: usize,
@@ -124,15 +105,6 @@ fn row_grad(
         let z = l * inv_t;
         let p = (z - lse).exp();
         *d = (-g_lp * p - ge * p * (z - mean_z)) * inv_t;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn tail_mask(left: usize) -> __mmask16 {
-    if left >= 16 {
-        0xffff
-    } else {
-        ((1u32 << left) - 1) as u16
     }
 }
 
@@ -227,8 +199,8 @@ mod tests {
                 .collect();
             let labels: Vec<u32> = (0..rows).map(|r| ((r * 7) % v) as u32).collect();
             let (t, g_lp, g_ent) = (0.7, [0.3f32, -1.2, 2.0], [0.5f32, 0.0, -0.25]);
-            let st = forward_on(lanes, &logits, v, &labels, 1.0 / t as f32);
-            let grad = backward_on(
+            let st = forward(lanes, &logits, v, &labels, 1.0 / t as f32);
+            let grad = backward(
                 lanes,
                 &logits,
                 v,

@@ -482,7 +482,7 @@ fn decode_attention(
     mask: &Tensor,
     dims: Dims,
 ) -> Result<Tensor> {
-    use crate::kernels::{attention, with_slice};
+    use crate::kernels::{attention, exp::Lanes, with_slice};
     let (n, heads, l, head_dim) = q.dims4()?;
     let (kc, vc) = cache.layer(layer);
     let shape = attention::DecodeShape {
@@ -499,7 +499,9 @@ fn decode_attention(
     let out = with_slice(q, |qv| {
         with_slice(kc, |ks| {
             with_slice(vc, |vs| {
-                with_slice(mask, |ms| attention::decode(qv, ks, vs, ms, shape, scale))
+                with_slice(mask, |ms| {
+                    attention::decode(Lanes::detect(), qv, ks, vs, ms, shape, scale)
+                })
             })
         })
     })????;

@@ -3,7 +3,7 @@
 //! only each op's inputs; f64 (gradient checks) goes through composite ops for full precision.
 
 use super::autograd::{op1, op2, op3, Output};
-use crate::kernels;
+use crate::kernels::{self, exp::Lanes};
 use candle_core::{DType, Result, Tensor, D};
 
 fn fused(x: &Tensor) -> bool {
@@ -121,7 +121,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor, grad: bool) -> Result<Tensor> {
     let y: Output = if kernels::applies(gate) {
         let (g, u) = (gate.detach(), up.detach());
         let y = kernels::with_slice(&g, |g| {
-            kernels::with_slice(&u, |u| kernels::swiglu::forward(g, u))
+            kernels::with_slice(&u, |u| kernels::swiglu::forward(Lanes::detect(), g, u))
         })??;
         if !grad {
             return Tensor::from_vec(y, gate.shape(), gate.device());
@@ -138,7 +138,9 @@ pub fn swiglu(gate: &Tensor, up: &Tensor, grad: bool) -> Result<Tensor> {
         if kernels::applies(gate) {
             let (dg, du) = kernels::with_slice(gate, |gv| {
                 kernels::with_slice(up, |uv| {
-                    kernels::with_slice(g, |dy| kernels::swiglu::backward(gv, uv, dy))
+                    kernels::with_slice(g, |dy| {
+                        kernels::swiglu::backward(Lanes::detect(), gv, uv, dy)
+                    })
                 })
             })???;
             let shape = gate.shape();
@@ -201,7 +203,7 @@ pub fn attention(
             let t = p.dim(D::Minus1)?;
             let ds = kernels::with_slice(&p, |pv| {
                 kernels::with_slice(&dp, |dpv| {
-                    kernels::softmax::softmax_backward(pv, dpv, t, scale as f32)
+                    kernels::softmax::softmax_backward(Lanes::detect(), pv, dpv, t, scale as f32)
                 })
             })??;
             Tensor::from_vec(ds, p.shape(), p.device())?
@@ -232,7 +234,7 @@ fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, d: AttnDims) -> Result
         let rows_per_b = d.kv_heads * g * l;
         let p = kernels::with_slice(&scores, |sv| {
             kernels::with_slice(mask, |mv| {
-                kernels::softmax::masked_softmax(sv, t, scale as f32, mv, |r| {
+                kernels::softmax::masked_softmax(Lanes::detect(), sv, t, scale as f32, mv, |r| {
                     (r / rows_per_b) * l + r % l
                 })
             })
