@@ -58,10 +58,15 @@ pub fn backward(
         .zip(logits.par_chunks(v))
         .enumerate()
         .for_each(|(r, (dst, row))| {
-            let ge = g_ent.map_or(0.0, |g| g[r]);
-            // E_p[z] = lse - entropy.
-            let mean_z = lse[r] - entropy[r];
-            row_grad(lanes, row, dst, inv_t, lse[r], mean_z, g_lp[r], ge);
+            let c = RowGrad {
+                inv_t,
+                lse: lse[r],
+                // E_p[z] = lse - entropy.
+                mean_z: lse[r] - entropy[r],
+                g_lp: g_lp[r],
+                g_ent: g_ent.map_or(0.0, |g| g[r]),
+            };
+            row_grad(lanes, row, dst, c);
             dst[labels[r] as usize] += g_lp[r] * inv_t;
         });
     out
@@ -85,22 +90,30 @@ fn row_sums(lanes: Lanes, row: &[f32], inv_t: f32) -> (f32, f32, f32) {
     (m, s, w)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn row_grad(
-    lanes: Lanes,
-    row: &[f32],
-    dst: &mut [f32],
+/// One row's constants for its gradient.
+#[derive(Clone, Copy)]
+struct RowGrad {
     inv_t: f32,
     lse: f32,
+    /// `E_p[z]`.
     mean_z: f32,
     g_lp: f32,
-    ge: f32,
-) {
+    g_ent: f32,
+}
+
+fn row_grad(lanes: Lanes, row: &[f32], dst: &mut [f32], c: RowGrad) {
     #[cfg(target_arch = "x86_64")]
     if lanes == Lanes::Avx512 {
         // SAFETY: AVX-512F checked above; `dst` and `row` have the same length.
-        return unsafe { row_grad_avx512(row, dst, inv_t, lse, mean_z, g_lp, ge) };
+        return unsafe { row_grad_avx512(row, dst, c) };
     }
+    let RowGrad {
+        inv_t,
+        lse,
+        mean_z,
+        g_lp,
+        g_ent: ge,
+    } = c;
     for (d, &l) in dst.iter_mut().zip(row) {
         let z = l * inv_t;
         let p = (z - lse).exp();
@@ -137,15 +150,14 @@ unsafe fn row_sums_avx512(row: &[f32], inv_t: f32) -> (f32, f32, f32) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn row_grad_avx512(
-    row: &[f32],
-    dst: &mut [f32],
-    inv_t: f32,
-    lse: f32,
-    mean_z: f32,
-    g_lp: f32,
-    ge: f32,
-) {
+unsafe fn row_grad_avx512(row: &[f32], dst: &mut [f32], c: RowGrad) {
+    let RowGrad {
+        inv_t,
+        lse,
+        mean_z,
+        g_lp,
+        g_ent: ge,
+    } = c;
     let n = row.len();
     let (p, q) = (row.as_ptr(), dst.as_mut_ptr());
     let vt = _mm512_set1_ps(inv_t);
