@@ -107,17 +107,10 @@ fn row_grad(lanes: Lanes, row: &[f32], dst: &mut [f32], c: RowGrad) {
         // SAFETY: AVX-512F checked above; `dst` and `row` have the same length.
         return unsafe { row_grad_avx512(row, dst, c) };
     }
-    let RowGrad {
-        inv_t,
-        lse,
-        mean_z,
-        g_lp,
-        g_ent: ge,
-    } = c;
     for (d, &l) in dst.iter_mut().zip(row) {
-        let z = l * inv_t;
-        let p = (z - lse).exp();
-        *d = (-g_lp * p - ge * p * (z - mean_z)) * inv_t;
+        let z = l * c.inv_t;
+        let p = (z - c.lse).exp();
+        *d = (-c.g_lp * p - c.g_ent * p * (z - c.mean_z)) * c.inv_t;
     }
 }
 
@@ -151,20 +144,13 @@ unsafe fn row_sums_avx512(row: &[f32], inv_t: f32) -> (f32, f32, f32) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn row_grad_avx512(row: &[f32], dst: &mut [f32], c: RowGrad) {
-    let RowGrad {
-        inv_t,
-        lse,
-        mean_z,
-        g_lp,
-        g_ent: ge,
-    } = c;
     let n = row.len();
     let (p, q) = (row.as_ptr(), dst.as_mut_ptr());
-    let vt = _mm512_set1_ps(inv_t);
-    let vl = _mm512_set1_ps(lse);
-    let vmz = _mm512_set1_ps(mean_z);
-    let ng = _mm512_set1_ps(-g_lp * inv_t);
-    let nge = _mm512_set1_ps(-ge * inv_t);
+    let vt = _mm512_set1_ps(c.inv_t);
+    let vl = _mm512_set1_ps(c.lse);
+    let vmz = _mm512_set1_ps(c.mean_z);
+    let ng = _mm512_set1_ps(-c.g_lp * c.inv_t);
+    let nge = _mm512_set1_ps(-c.g_ent * c.inv_t);
     let mut i = 0;
     while i < n {
         let k = tail_mask(n - i);
