@@ -7,6 +7,7 @@
 
 mod autograd;
 pub mod ops;
+pub mod packed;
 pub mod rope;
 pub mod skinny;
 
@@ -14,8 +15,10 @@ use crate::config::ModelConfig;
 use crate::kv_cache::KvCache;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Result, Tensor, Var};
+use packed::PackedBf16;
 use rope::RopeTables;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Whether [`Model::decode_copy`] with bf16 weights can run here (the bf16 kernel needs
 /// AVX-512F).
@@ -31,13 +34,18 @@ const MASKED: f32 = -1e30;
 pub struct Linear {
     pub weight: Var,
     pub bias: Option<Var>,
+    /// A decoding copy's bf16 weights for the CPU's bf16 dot products (`weight` then holds the
+    /// source it was packed from); used when no gradient is wanted.
+    pub packed: Option<Arc<PackedBf16>>,
 }
 
 impl Linear {
     /// `x: [N, in]` → `[N, out]`. Without `grad`, few-row inputs take the decoding kernel.
     pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
         let w = self.weight.as_tensor();
-        let y = if grad {
+        let y = if let (false, Some(p)) = (grad, &self.packed) {
+            p.matmul_t(x)?
+        } else if grad {
             match ops::linear(x, w, true)? {
                 Some(y) => y,
                 None => x.matmul(&w.t()?)?,
@@ -75,6 +83,8 @@ pub struct Model {
     norm: Var,
     /// `None` when tied to the embedding.
     lm_head: Option<Var>,
+    /// A decoding copy's packed output head (see [`Linear::packed`]).
+    lm_head_packed: Option<Arc<PackedBf16>>,
     rope: RopeTables,
     named: Vec<(String, Var)>,
     device: Device,
@@ -115,7 +125,11 @@ impl Params<'_> {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear {
+            weight,
+            bias,
+            packed: None,
+        })
     }
 }
 
@@ -197,6 +211,7 @@ impl Model {
             layers,
             norm,
             lm_head,
+            lm_head_packed: None,
             rope,
             named: p.named,
             device: device.clone(),
@@ -235,16 +250,36 @@ impl Model {
             .collect()
     }
 
-    /// The output projection `[vocab, hidden]` (the embedding when tied).
     /// A copy for decoding whose matrix weights (attention, MLP and output head) are stored in
     /// `weights` (bf16 halves the bytes streamed per generated token; activations, norms, the
     /// embedding lookup and the KV cache stay f32). Not trainable: it has no named parameters.
     /// With `F32` the copy shares the weights. bf16 needs [`bf16_decode_supported`].
+    ///
+    /// On a CPU with bf16 dot products, bf16 weights are packed for them (see [`packed`]) and
+    /// matrix inputs are rounded to bf16, as in bf16 inference engines; elsewhere the weights
+    /// are widened to f32 on the fly and activations stay f32.
     pub fn decode_copy(&self, weights: DType) -> Result<Model> {
+        let pack = weights == DType::BF16
+            && self.device.is_cpu()
+            && self.dtype == DType::F32
+            && packed::available();
+        let packed = |w: &Tensor| -> Result<Option<Arc<PackedBf16>>> {
+            Ok(if pack {
+                Some(Arc::new(PackedBf16::pack(w)?))
+            } else {
+                None
+            })
+        };
         let conv = |l: &Linear| -> Result<Linear> {
+            let w = l.weight.as_tensor();
             Ok(Linear {
-                weight: Var::from_tensor(&l.weight.as_tensor().to_dtype(weights)?)?,
+                weight: if pack {
+                    l.weight.clone()
+                } else {
+                    Var::from_tensor(&w.to_dtype(weights)?)?
+                },
                 bias: l.bias.clone(),
+                packed: packed(w)?,
             })
         };
         let layers = self
@@ -269,7 +304,12 @@ impl Model {
             embed: self.embed.clone(),
             layers,
             norm: self.norm.clone(),
-            lm_head: Some(Var::from_tensor(&self.lm_head_weight().to_dtype(weights)?)?),
+            lm_head: if pack {
+                self.lm_head.clone()
+            } else {
+                Some(Var::from_tensor(&self.lm_head_weight().to_dtype(weights)?)?)
+            },
+            lm_head_packed: packed(self.lm_head_weight())?,
             rope: self.rope.clone(),
             named: Vec::new(),
             device: self.device.clone(),
@@ -277,6 +317,7 @@ impl Model {
         })
     }
 
+    /// The output projection `[vocab, hidden]` (the embedding when tied).
     pub fn lm_head_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed).as_tensor()
     }
@@ -463,7 +504,10 @@ impl Model {
         cache.advance(first_slot, n, l);
         let last = x.narrow(1, l - 1, 1)?.squeeze(1)?;
         let hn = ops::rms_norm(&last, self.norm.as_tensor(), self.cfg.rms_norm_eps, false)?;
-        matmul_t(&hn, self.lm_head_weight())
+        match &self.lm_head_packed {
+            Some(p) => p.matmul_t(&hn),
+            None => matmul_t(&hn, self.lm_head_weight()),
+        }
     }
 }
 

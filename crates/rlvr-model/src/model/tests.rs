@@ -314,15 +314,68 @@ fn decode_copy_stores_matrix_weights_in_bf16_and_keeps_the_rest() {
     )
     .unwrap();
     let copy = model.decode_copy(DType::BF16).unwrap();
+    // Packed for the CPU's bf16 dot products where it has them, else plain bf16 tensors.
+    let packed = super::packed::available();
     for l in &copy.layers {
         for lin in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
-            assert_eq!(lin.weight.dtype(), DType::BF16);
+            if packed {
+                let p = lin.packed.as_ref().expect("packed weights");
+                assert_eq!(p.dims(), lin.weight.as_tensor().dims2().unwrap());
+            } else {
+                assert_eq!(lin.weight.dtype(), DType::BF16);
+            }
         }
         assert_eq!(l.input_norm.dtype(), DType::F32);
     }
-    assert_eq!(copy.lm_head_weight().dtype(), DType::BF16);
+    if packed {
+        assert!(copy.lm_head_packed.is_some());
+    } else {
+        assert_eq!(copy.lm_head_weight().dtype(), DType::BF16);
+    }
     assert_eq!(copy.embed.dtype(), DType::F32);
     assert!(copy.named_vars().is_empty(), "not trainable");
+}
+
+/// A bf16 decoding copy's logits equal the f32 model's up to bf16 rounding of weights and
+/// matrix inputs, and its KV-cached decoding agrees with its own full forward.
+#[test]
+fn bf16_decode_copy_logits_track_the_f32_model() {
+    if !crate::model::bf16_decode_supported() {
+        eprintln!("note: no AVX-512 here, bf16 decoding not exercised");
+        return;
+    }
+    let cfg = testing::tiny_config(true, true);
+    let model = Model::from_tensors(
+        &cfg,
+        &testing::random_tensors(&cfg, 3, DType::F32),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let copy = model.decode_copy(DType::BF16).unwrap();
+    let tokens: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6];
+    let (mut c32, mut c16) = (
+        model.new_cache(1, 16).unwrap(),
+        copy.new_cache(1, 16).unwrap(),
+    );
+    let mut steps = Vec::new();
+    for (from, to) in [(0, 6), (6, 7), (7, 8)] {
+        let a = model
+            .forward_cached(&mut c32, 0, &tokens[from..to], 1)
+            .unwrap();
+        let b = copy
+            .forward_cached(&mut c16, 0, &tokens[from..to], 1)
+            .unwrap();
+        steps.push(b.clone());
+        let d = max_abs_diff(&a, &b);
+        let scale = max_abs_diff(&a, &a.zeros_like().unwrap());
+        assert!(d > 0.0, "bf16 rounding should show");
+        assert!(d < 0.05 * scale, "bf16 logits off by {d} (scale {scale})");
+    }
+    // Cached decoding equals a fresh prefill of the whole sequence in the copy itself.
+    let mut fresh = copy.new_cache(1, 16).unwrap();
+    let whole = copy.forward_cached(&mut fresh, 0, &tokens, 1).unwrap();
+    let d = max_abs_diff(&whole, &steps[2]);
+    assert!(d < 1e-4, "cached vs full: {d}");
 }
 
 /// The f32 path (CPU kernels for the vocabulary softmax and SwiGLU) against the f64 path
