@@ -78,7 +78,7 @@ impl Default for EngineConfig {
 
 /// Turns response token ids into text, for stop strings. The tokenizer stays outside this crate's
 /// model code, so any decoder fits.
-pub type Detokenize<'a> = Box<dyn Fn(&[u32]) -> String + 'a>;
+pub type Detokenize<'a> = Box<dyn Fn(&[u32]) -> String + Send + Sync + 'a>;
 
 pub struct Engine<'a> {
     model: &'a Model,
@@ -107,13 +107,20 @@ impl<'a> Engine<'a> {
     }
 
     /// Needed when any request has stop strings.
-    pub fn with_detokenizer(mut self, f: impl Fn(&[u32]) -> String + 'a) -> Self {
+    pub fn with_detokenizer(mut self, f: impl Fn(&[u32]) -> String + Send + Sync + 'a) -> Self {
         self.detokenize = Some(Box::new(f));
         self
     }
 
     /// Generates a completion for every request; outputs are in request order.
     pub fn generate(&self, requests: &[Request]) -> anyhow::Result<Vec<Completion>> {
+        // The loop runs on a worker of the thread pool: every kernel's parallel section then
+        // forks from a worker instead of being injected from outside and waited on, which cost
+        // two thread wake-ups per kernel call and a third of the time of batch-1 decoding.
+        rayon::scope(|_| self.generate_in_pool(requests))
+    }
+
+    fn generate_in_pool(&self, requests: &[Request]) -> anyhow::Result<Vec<Completion>> {
         let copy;
         let model: &Model = match self.cfg.weights {
             DType::F32 => self.model,
