@@ -53,6 +53,10 @@ impl Linear {
         } else {
             matmul_t(x, w)?
         };
+        self.add_bias(y)
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
             Some(b) => y.broadcast_add(b.as_tensor()),
             None => Ok(y),
@@ -71,6 +75,15 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
+    /// A decoding copy's packed `[q; k; v]` and `[gate; up]`: one pass over the input and one
+    /// parallel section each instead of three and two.
+    fused: Option<Fused>,
+}
+
+#[derive(Debug, Clone)]
+struct Fused {
+    qkv: Arc<PackedBf16>,
+    gate_up: Arc<PackedBf16>,
 }
 
 use ops::AttnDims as Dims;
@@ -189,6 +202,7 @@ impl Model {
                 gate: p.linear(&format!("{pre}.mlp.gate_proj"), ffn, h, false)?,
                 up: p.linear(&format!("{pre}.mlp.up_proj"), ffn, h, false)?,
                 down: p.linear(&format!("{pre}.mlp.down_proj"), h, ffn, false)?,
+                fused: None,
             });
         }
         let norm = p.var("model.norm.weight", &[h])?;
@@ -286,16 +300,41 @@ impl Model {
             .layers
             .iter()
             .map(|l| {
+                let stacked = |ls: &[&Linear]| -> Result<Arc<PackedBf16>> {
+                    let ws: Vec<&Tensor> = ls.iter().map(|l| l.weight.as_tensor()).collect();
+                    Ok(Arc::new(PackedBf16::pack(&Tensor::cat(&ws, 0)?)?))
+                };
+                let fused = if pack {
+                    Some(Fused {
+                        qkv: stacked(&[&l.q, &l.k, &l.v])?,
+                        gate_up: stacked(&[&l.gate, &l.up])?,
+                    })
+                } else {
+                    None
+                };
+                // With `fused`, q, k, v, gate and up keep only their source weights and biases.
+                let part = |lin: &Linear| -> Result<Linear> {
+                    if pack {
+                        Ok(Linear {
+                            weight: lin.weight.clone(),
+                            bias: lin.bias.clone(),
+                            packed: None,
+                        })
+                    } else {
+                        conv(lin)
+                    }
+                };
                 Ok(Layer {
                     input_norm: l.input_norm.clone(),
-                    q: conv(&l.q)?,
-                    k: conv(&l.k)?,
-                    v: conv(&l.v)?,
+                    q: part(&l.q)?,
+                    k: part(&l.k)?,
+                    v: part(&l.v)?,
                     o: conv(&l.o)?,
                     post_norm: l.post_norm.clone(),
-                    gate: conv(&l.gate)?,
-                    up: conv(&l.up)?,
+                    gate: part(&l.gate)?,
+                    up: part(&l.up)?,
                     down: conv(&l.down)?,
+                    fused,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -430,20 +469,43 @@ impl Model {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(layer.q.forward(&hn, grad)?, heads)?;
-        let k = split(layer.k.forward(&hn, grad)?, kv_heads)?;
-        let v = split(layer.v.forward(&hn, grad)?, kv_heads)?;
+        let (q, k, v) = match (&layer.fused, grad) {
+            (Some(f), false) => {
+                let y = f.qkv.matmul_t(&hn)?;
+                let (qd, kd) = (heads * head_dim, kv_heads * head_dim);
+                (
+                    layer.q.add_bias(y.narrow(1, 0, qd)?)?,
+                    layer.k.add_bias(y.narrow(1, qd, kd)?)?,
+                    layer.v.add_bias(y.narrow(1, qd + kd, kd)?)?,
+                )
+            }
+            _ => (
+                layer.q.forward(&hn, grad)?,
+                layer.k.forward(&hn, grad)?,
+                layer.v.forward(&hn, grad)?,
+            ),
+        };
+        let q = split(q, heads)?;
+        let k = split(k, kv_heads)?;
+        let v = split(v, kv_heads)?;
         let q = ops::rope(&q, cos, sin, grad)?;
         let k = ops::rope(&k, cos, sin, grad)?;
         let a = attn(&q, &k, &v)?;
         let a = a.transpose(1, 2)?.reshape((b * l, heads * head_dim))?;
         let x = (x + layer.o.forward(&a, grad)?.reshape((b, l, h))?)?;
         let hn = ops::rms_norm(&x, layer.post_norm.as_tensor(), eps, grad)?.reshape((b * l, h))?;
-        let m = ops::swiglu(
-            &layer.gate.forward(&hn, grad)?,
-            &layer.up.forward(&hn, grad)?,
-            grad,
-        )?;
+        let m = match (&layer.fused, grad) {
+            (Some(f), false) => {
+                let y = f.gate_up.matmul_t(&hn)?;
+                let i = self.cfg.intermediate_size;
+                ops::swiglu(&y.narrow(1, 0, i)?, &y.narrow(1, i, i)?, false)?
+            }
+            _ => ops::swiglu(
+                &layer.gate.forward(&hn, grad)?,
+                &layer.up.forward(&hn, grad)?,
+                grad,
+            )?,
+        };
         x + layer.down.forward(&m, grad)?.reshape((b, l, h))?
     }
 

@@ -316,12 +316,20 @@ fn decode_copy_stores_matrix_weights_in_bf16_and_keeps_the_rest() {
     let copy = model.decode_copy(DType::BF16).unwrap();
     // Packed for the CPU's bf16 dot products where it has them, else plain bf16 tensors.
     let packed = super::packed::available();
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let q = cfg.num_attention_heads * cfg.head_dim();
+    let kv = cfg.num_kv_heads() * cfg.head_dim();
     for l in &copy.layers {
-        for lin in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
-            if packed {
+        if packed {
+            for lin in [&l.o, &l.down] {
                 let p = lin.packed.as_ref().expect("packed weights");
                 assert_eq!(p.dims(), lin.weight.as_tensor().dims2().unwrap());
-            } else {
+            }
+            let f = l.fused.as_ref().expect("fused q/k/v and gate/up");
+            assert_eq!(f.qkv.dims(), (q + 2 * kv, h));
+            assert_eq!(f.gate_up.dims(), (2 * i, h));
+        } else {
+            for lin in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
                 assert_eq!(lin.weight.dtype(), DType::BF16);
             }
         }
