@@ -51,12 +51,28 @@ pub fn decode(
     out.par_chunks_mut(group * l * hd)
         .enumerate()
         .for_each_init(
-            || vec![0f32; total],
+            || vec![0f32; group * l * total],
             |scores, (task, dst)| {
                 let (b, kvh) = (task / kv_heads, task % kv_heads);
                 let base = ((first + b) * kv_heads + kvh) * capacity * hd;
                 let keys = &k_cache[base..base + total * hd];
                 let values = &v_cache[base..base + total * hd];
+                #[cfg(target_arch = "x86_64")]
+                if lanes == Lanes::Avx512 && hd % 16 == 0 {
+                    // The group's query rows, `[group, l, hd]`, are contiguous in `q` too.
+                    let q0 = (b * heads + kvh * group) * l * hd;
+                    let g = Group {
+                        q: &q[q0..q0 + group * l * hd],
+                        keys,
+                        values,
+                        mask: &mask[b * l * total..(b + 1) * l * total],
+                        l,
+                        scale,
+                    };
+                    // SAFETY: AVX-512F was detected (`Lanes::Avx512`).
+                    return unsafe { group_avx512(&g, scores, dst) };
+                }
+                let scores = &mut scores[..total];
                 for gi in 0..group {
                     for li in 0..l {
                         let h = kvh * group + gi;
@@ -77,6 +93,192 @@ pub fn decode(
             },
         );
     out
+}
+
+/// All query rows that read one kv head: `q: [rows, hd]`, row `r` at query position `r % l`,
+/// whose additive mask row is `mask[(r % l) * total..]`.
+#[cfg(target_arch = "x86_64")]
+struct Group<'a> {
+    q: &'a [f32],
+    /// `[total, hd]` each.
+    keys: &'a [f32],
+    values: &'a [f32],
+    /// `[l, total]`.
+    mask: &'a [f32],
+    l: usize,
+    scale: f32,
+}
+
+/// Query rows handled together: each key and value row is loaded once for all of them, and
+/// their accumulators (4 keys, or 4 vectors of output, per row) fit the 32 vector registers.
+#[cfg(target_arch = "x86_64")]
+const ROWS: usize = 6;
+
+/// `out = softmax(q k^T * scale + mask) v` for every row of a [`Group`], with
+/// `scores: [rows * total]` scratch. `hd` must be a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn group_avx512(g: &Group, scores: &mut [f32], out: &mut [f32]) {
+    let total = g.mask.len() / g.l;
+    let hd = g.keys.len() / total;
+    let rows = g.q.len() / hd;
+    let scores = &mut scores[..rows * total];
+    for r0 in (0..rows).step_by(ROWS) {
+        let nr = ROWS.min(rows - r0);
+        let q = &g.q[r0 * hd..(r0 + nr) * hd];
+        let s = &mut scores[r0 * total..(r0 + nr) * total];
+        match nr {
+            6 => dots::<6>(q, g.keys, hd, s),
+            5 => dots::<5>(q, g.keys, hd, s),
+            4 => dots::<4>(q, g.keys, hd, s),
+            3 => dots::<3>(q, g.keys, hd, s),
+            2 => dots::<2>(q, g.keys, hd, s),
+            _ => dots::<1>(q, g.keys, hd, s),
+        }
+    }
+    for (r, row) in scores.chunks_exact_mut(total).enumerate() {
+        let m = &g.mask[r % g.l * total..(r % g.l + 1) * total];
+        softmax_row(row, m, g.scale);
+    }
+    for r0 in (0..rows).step_by(ROWS) {
+        let nr = ROWS.min(rows - r0);
+        let p = &scores[r0 * total..(r0 + nr) * total];
+        let o = &mut out[r0 * hd..(r0 + nr) * hd];
+        match nr {
+            6 => weighted::<6>(p, g.values, hd, o),
+            5 => weighted::<5>(p, g.values, hd, o),
+            4 => weighted::<4>(p, g.values, hd, o),
+            3 => weighted::<3>(p, g.values, hd, o),
+            2 => weighted::<2>(p, g.values, hd, o),
+            _ => weighted::<1>(p, g.values, hd, o),
+        }
+    }
+}
+
+/// `s[r, t] = q[r] . keys[t]` for `R` rows. Four keys at a time: their 4R partial-sum vectors
+/// are reduced together, one horizontal reduction per four dot products.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots<const R: usize>(q: &[f32], keys: &[f32], hd: usize, s: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let total = keys.len() / hd;
+    let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+    let mut t = 0;
+    while t + 4 <= total {
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for c in (0..hd).step_by(16) {
+            let k: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(kp.add((t + j) * hd + c)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let qv = _mm512_loadu_ps(qp.add(r * hd + c));
+                for j in 0..4 {
+                    a[j] = _mm512_fmadd_ps(qv, k[j], a[j]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let four = reduce4(a);
+            _mm_storeu_ps(s.as_mut_ptr().add(r * total + t), four);
+        }
+        t += 4;
+    }
+    for t in t..total {
+        for r in 0..R {
+            let mut a = _mm512_setzero_ps();
+            for c in (0..hd).step_by(16) {
+                let k = _mm512_loadu_ps(kp.add(t * hd + c));
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(r * hd + c)), k, a);
+            }
+            s[r * total + t] = _mm512_reduce_add_ps(a);
+        }
+    }
+}
+
+/// The lane sums of four vectors, as one 4-lane vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn reduce4(a: &[std::arch::x86_64::__m512; 4]) -> std::arch::x86_64::__m128 {
+    use std::arch::x86_64::*;
+    // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d.
+    let ab = _mm512_add_ps(
+        _mm512_unpacklo_ps(a[0], a[1]),
+        _mm512_unpackhi_ps(a[0], a[1]),
+    );
+    let cd = _mm512_add_ps(
+        _mm512_unpacklo_ps(a[2], a[3]),
+        _mm512_unpackhi_ps(a[2], a[3]),
+    );
+    // Per 128-bit lane: [a, b, c, d] partial sums.
+    let abcd = _mm512_add_ps(
+        _mm512_shuffle_ps::<0x44>(ab, cd),
+        _mm512_shuffle_ps::<0xEE>(ab, cd),
+    );
+    // Sum the four 128-bit lanes.
+    let v = _mm512_add_ps(abcd, _mm512_shuffle_f32x4::<0x4E>(abcd, abcd));
+    let v = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0xB1>(v, v));
+    _mm512_castps512_ps128(v)
+}
+
+/// `row = softmax(row * scale + mask)` in place.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
+    let mut max = f32::NEG_INFINITY;
+    for (s, &m) in row.iter_mut().zip(mask) {
+        *s = *s * scale + m;
+        max = max.max(*s);
+    }
+    row.iter_mut().for_each(|s| *s -= max);
+    exp_inplace_on(Lanes::Avx512, row);
+    let inv = 1.0 / sum16(row);
+    row.iter_mut().for_each(|s| *s *= inv);
+}
+
+/// A sum with 16 independent partial sums (a plain `sum` is one serial chain).
+#[inline(always)]
+fn sum16(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `o[r] = sum_t p[r, t] values[t]` for `R` rows, 64 output columns (four vectors) at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted<const R: usize>(p: &[f32], values: &[f32], hd: usize, o: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let total = values.len() / hd;
+    let vp = values.as_ptr();
+    for c0 in (0..hd).step_by(64) {
+        let nv = ((hd - c0) / 16).min(4);
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for t in 0..total {
+            let v: [__m512; 4] = std::array::from_fn(|j| {
+                if j < nv {
+                    _mm512_loadu_ps(vp.add(t * hd + c0 + 16 * j))
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
+            for (r, a) in acc.iter_mut().enumerate() {
+                let pv = _mm512_set1_ps(*p.get_unchecked(r * total + t));
+                for j in 0..nv {
+                    a[j] = _mm512_fmadd_ps(pv, v[j], a[j]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (j, v) in a.iter().enumerate().take(nv) {
+                _mm512_storeu_ps(o.as_mut_ptr().add(r * hd + c0 + 16 * j), *v);
+            }
+        }
+    }
 }
 
 /// One query row and what it attends over.
@@ -159,22 +361,32 @@ mod tests {
 
     #[test]
     fn matches_a_naive_masked_softmax_attention() {
-        for lanes in Lanes::all() {
-            check(lanes);
+        // head_dim 12: the per-row path; 32 and 64: the grouped AVX-512 path, with groups of
+        // 3, 6 and 8 query rows (more than one block of rows) and key counts off a multiple of 4.
+        for (heads, kv_heads, head_dim, l, total) in [
+            (6, 2, 12, 2, 7),
+            (6, 2, 64, 1, 13),
+            (9, 3, 64, 2, 7),
+            (8, 2, 32, 2, 9),
+            (4, 4, 80, 1, 4),
+        ] {
+            let s = DecodeShape {
+                n: 2,
+                heads,
+                kv_heads,
+                head_dim,
+                l,
+                first: 1,
+                capacity: total + 2,
+                total,
+            };
+            for lanes in Lanes::all() {
+                check(lanes, s);
+            }
         }
     }
 
-    fn check(lanes: Lanes) {
-        let s = DecodeShape {
-            n: 2,
-            heads: 6,
-            kv_heads: 2,
-            head_dim: 12,
-            l: 2,
-            first: 1,
-            capacity: 9,
-            total: 7,
-        };
+    fn check(lanes: Lanes, s: DecodeShape) {
         let f = |i: usize, a: usize, b: usize| ((i * a % b) as f32 - b as f32 / 2.0) / b as f32;
         let slots = s.first + s.n + 1;
         let cache_len = slots * s.kv_heads * s.capacity * s.head_dim;
@@ -183,11 +395,17 @@ mod tests {
         let q: Vec<f32> = (0..s.n * s.heads * s.l * s.head_dim)
             .map(|i| f(i, 3, 17))
             .collect();
-        // Sequence 1 is shorter: its last two positions are masked.
+        // Causal over the new positions, and sequence 1 is shorter: its first two positions
+        // are masked (left padding).
         let mut mask = vec![0f32; s.n * s.l * s.total];
-        for li in 0..s.l {
-            let row = (s.l + li) * s.total;
-            mask[row + s.total - 2..row + s.total].fill(-1e30);
+        for b in 0..s.n {
+            for li in 0..s.l {
+                let row = &mut mask[(b * s.l + li) * s.total..(b * s.l + li + 1) * s.total];
+                row[s.total - s.l + li + 1..].fill(-1e30);
+                if b == 1 {
+                    row[..2].fill(-1e30);
+                }
+            }
         }
         let scale = 0.3;
         let got = decode(lanes, &q, &k, &v, &mask, s, scale);
