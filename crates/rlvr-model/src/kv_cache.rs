@@ -64,8 +64,10 @@ impl KvCache {
         v: &Tensor,
     ) -> Result<()> {
         for (b, &s0) in starts.iter().enumerate() {
-            let kb = k.narrow(0, b, 1)?.contiguous()?;
-            let vb = v.narrow(0, b, 1)?.contiguous()?;
+            // A cache in another dtype (bf16 for a bf16 decoding copy) stores rounded values.
+            let dtype = self.k[layer].dtype();
+            let kb = k.narrow(0, b, 1)?.to_dtype(dtype)?.contiguous()?;
+            let vb = v.narrow(0, b, 1)?.to_dtype(dtype)?.contiguous()?;
             self.k[layer]
                 .narrow(0, first + b, 1)?
                 .slice_set(&kb, 2, s0)?;

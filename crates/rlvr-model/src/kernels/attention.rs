@@ -23,11 +23,11 @@ pub struct DecodeShape {
 /// `softmax(q k^T * scale + mask) v` for `q: [n, heads, l, head_dim]` and the additive
 /// `mask: [n, l, total]`; returns `[n, heads, l, head_dim]`. Query head `h` reads kv head
 /// `h / (heads / kv_heads)`.
-pub fn decode(
+pub fn decode<T: KvElem>(
     lanes: Lanes,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[T],
+    v_cache: &[T],
     mask: &[f32],
     s: DecodeShape,
     scale: f32,
@@ -58,7 +58,7 @@ pub fn decode(
                 let keys = &k_cache[base..base + total * hd];
                 let values = &v_cache[base..base + total * hd];
                 #[cfg(target_arch = "x86_64")]
-                if lanes == Lanes::Avx512 && hd % 16 == 0 {
+                if lanes == Lanes::Avx512 && hd.is_multiple_of(16) {
                     // The group's query rows, `[group, l, hd]`, are contiguous in `q` too.
                     let q0 = (b * heads + kvh * group) * l * hd;
                     let g = Group {
@@ -73,6 +73,8 @@ pub fn decode(
                     return unsafe { group_avx512(&g, scores, dst) };
                 }
                 let scores = &mut scores[..total];
+                let (keys, values) = (T::widen(keys), T::widen(values));
+                let (keys, values) = (&keys[..], &values[..]);
                 for gi in 0..group {
                     for li in 0..l {
                         let h = kvh * group + gi;
@@ -98,11 +100,11 @@ pub fn decode(
 /// All query rows that read one kv head: `q: [rows, hd]`, row `r` at query position `r % l`,
 /// whose additive mask row is `mask[(r % l) * total..]`.
 #[cfg(target_arch = "x86_64")]
-struct Group<'a> {
+struct Group<'a, T> {
     q: &'a [f32],
     /// `[total, hd]` each.
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: &'a [T],
+    values: &'a [T],
     /// `[l, total]`.
     mask: &'a [f32],
     l: usize,
@@ -118,7 +120,7 @@ const ROWS: usize = 6;
 /// `scores: [rows * total]` scratch. `hd` must be a multiple of 16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn group_avx512(g: &Group, scores: &mut [f32], out: &mut [f32]) {
+unsafe fn group_avx512<T: KvElem>(g: &Group<T>, scores: &mut [f32], out: &mut [f32]) {
     let total = g.mask.len() / g.l;
     let hd = g.keys.len() / total;
     let rows = g.q.len() / hd;
@@ -128,12 +130,12 @@ unsafe fn group_avx512(g: &Group, scores: &mut [f32], out: &mut [f32]) {
         let q = &g.q[r0 * hd..(r0 + nr) * hd];
         let s = &mut scores[r0 * total..(r0 + nr) * total];
         match nr {
-            6 => dots::<6>(q, g.keys, hd, s),
-            5 => dots::<5>(q, g.keys, hd, s),
-            4 => dots::<4>(q, g.keys, hd, s),
-            3 => dots::<3>(q, g.keys, hd, s),
-            2 => dots::<2>(q, g.keys, hd, s),
-            _ => dots::<1>(q, g.keys, hd, s),
+            6 => dots::<T, 6>(q, g.keys, hd, s),
+            5 => dots::<T, 5>(q, g.keys, hd, s),
+            4 => dots::<T, 4>(q, g.keys, hd, s),
+            3 => dots::<T, 3>(q, g.keys, hd, s),
+            2 => dots::<T, 2>(q, g.keys, hd, s),
+            _ => dots::<T, 1>(q, g.keys, hd, s),
         }
     }
     for (r, row) in scores.chunks_exact_mut(total).enumerate() {
@@ -145,12 +147,12 @@ unsafe fn group_avx512(g: &Group, scores: &mut [f32], out: &mut [f32]) {
         let p = &scores[r0 * total..(r0 + nr) * total];
         let o = &mut out[r0 * hd..(r0 + nr) * hd];
         match nr {
-            6 => weighted::<6>(p, g.values, hd, o),
-            5 => weighted::<5>(p, g.values, hd, o),
-            4 => weighted::<4>(p, g.values, hd, o),
-            3 => weighted::<3>(p, g.values, hd, o),
-            2 => weighted::<2>(p, g.values, hd, o),
-            _ => weighted::<1>(p, g.values, hd, o),
+            6 => weighted::<T, 6>(p, g.values, hd, o),
+            5 => weighted::<T, 5>(p, g.values, hd, o),
+            4 => weighted::<T, 4>(p, g.values, hd, o),
+            3 => weighted::<T, 3>(p, g.values, hd, o),
+            2 => weighted::<T, 2>(p, g.values, hd, o),
+            _ => weighted::<T, 1>(p, g.values, hd, o),
         }
     }
 }
@@ -159,7 +161,7 @@ unsafe fn group_avx512(g: &Group, scores: &mut [f32], out: &mut [f32]) {
 /// are reduced together, one horizontal reduction per four dot products.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dots<const R: usize>(q: &[f32], keys: &[f32], hd: usize, s: &mut [f32]) {
+unsafe fn dots<T: KvElem, const R: usize>(q: &[f32], keys: &[T], hd: usize, s: &mut [f32]) {
     use std::arch::x86_64::*;
     let total = keys.len() / hd;
     let (qp, kp) = (q.as_ptr(), keys.as_ptr());
@@ -167,7 +169,7 @@ unsafe fn dots<const R: usize>(q: &[f32], keys: &[f32], hd: usize, s: &mut [f32]
     while t + 4 <= total {
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
         for c in (0..hd).step_by(16) {
-            let k: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(kp.add((t + j) * hd + c)));
+            let k: [__m512; 4] = std::array::from_fn(|j| T::load16(kp.add((t + j) * hd + c)));
             for (r, a) in acc.iter_mut().enumerate() {
                 let qv = _mm512_loadu_ps(qp.add(r * hd + c));
                 for j in 0..4 {
@@ -185,7 +187,7 @@ unsafe fn dots<const R: usize>(q: &[f32], keys: &[f32], hd: usize, s: &mut [f32]
         for r in 0..R {
             let mut a = _mm512_setzero_ps();
             for c in (0..hd).step_by(16) {
-                let k = _mm512_loadu_ps(kp.add(t * hd + c));
+                let k = T::load16(kp.add(t * hd + c));
                 a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(r * hd + c)), k, a);
             }
             s[r * total + t] = _mm512_reduce_add_ps(a);
@@ -251,7 +253,7 @@ fn sum16(x: &[f32]) -> f32 {
 /// `o[r] = sum_t p[r, t] values[t]` for `R` rows, 64 output columns (four vectors) at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn weighted<const R: usize>(p: &[f32], values: &[f32], hd: usize, o: &mut [f32]) {
+unsafe fn weighted<T: KvElem, const R: usize>(p: &[f32], values: &[T], hd: usize, o: &mut [f32]) {
     use std::arch::x86_64::*;
     let total = values.len() / hd;
     let vp = values.as_ptr();
@@ -261,7 +263,7 @@ unsafe fn weighted<const R: usize>(p: &[f32], values: &[f32], hd: usize, o: &mut
         for t in 0..total {
             let v: [__m512; 4] = std::array::from_fn(|j| {
                 if j < nv {
-                    _mm512_loadu_ps(vp.add(t * hd + c0 + 16 * j))
+                    T::load16(vp.add(t * hd + c0 + 16 * j))
                 } else {
                     _mm512_setzero_ps()
                 }
@@ -278,6 +280,43 @@ unsafe fn weighted<const R: usize>(p: &[f32], values: &[f32], hd: usize, o: &mut
                 _mm512_storeu_ps(o.as_mut_ptr().add(r * hd + c0 + 16 * j), *v);
             }
         }
+    }
+}
+
+/// An element of the KV cache: f32, or bf16 (a bf16 decoding copy's cache, half the bytes
+/// streamed per step; widened exactly to f32 on load).
+pub trait KvElem: Copy + Send + Sync {
+    /// 16 consecutive elements as f32 lanes.
+    ///
+    /// # Safety
+    /// AVX-512F must be available and `p..p + 16` readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+    /// The slice as f32 (borrowed when it already is).
+    fn widen(x: &[Self]) -> std::borrow::Cow<'_, [f32]>;
+}
+
+impl KvElem for f32 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+    fn widen(x: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+        std::borrow::Cow::Borrowed(x)
+    }
+}
+
+impl KvElem for half::bf16 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const half::bf16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let h = _mm256_loadu_si256(p.cast());
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+    fn widen(x: &[half::bf16]) -> std::borrow::Cow<'_, [f32]> {
+        std::borrow::Cow::Owned(x.iter().map(|v| v.to_f32()).collect())
     }
 }
 
@@ -381,17 +420,19 @@ mod tests {
                 total,
             };
             for lanes in Lanes::all() {
-                check(lanes, s);
+                check(lanes, s, false);
+                check(lanes, s, true);
             }
         }
     }
 
-    fn check(lanes: Lanes, s: DecodeShape) {
+    /// With `bf16`, the cache holds bf16 keys and values, and the reference uses those values.
+    fn check(lanes: Lanes, s: DecodeShape, bf16: bool) {
         let f = |i: usize, a: usize, b: usize| ((i * a % b) as f32 - b as f32 / 2.0) / b as f32;
         let slots = s.first + s.n + 1;
         let cache_len = slots * s.kv_heads * s.capacity * s.head_dim;
-        let k: Vec<f32> = (0..cache_len).map(|i| f(i, 7, 19)).collect();
-        let v: Vec<f32> = (0..cache_len).map(|i| f(i, 5, 23)).collect();
+        let mut k: Vec<f32> = (0..cache_len).map(|i| f(i, 7, 19)).collect();
+        let mut v: Vec<f32> = (0..cache_len).map(|i| f(i, 5, 23)).collect();
         let q: Vec<f32> = (0..s.n * s.heads * s.l * s.head_dim)
             .map(|i| f(i, 3, 17))
             .collect();
@@ -408,7 +449,18 @@ mod tests {
             }
         }
         let scale = 0.3;
-        let got = decode(lanes, &q, &k, &v, &mask, s, scale);
+        let got = if bf16 {
+            let round = |x: &[f32]| -> Vec<half::bf16> {
+                x.iter().map(|v| half::bf16::from_f32(*v)).collect()
+            };
+            let (kb, vb) = (round(&k), round(&v));
+            let got = decode(lanes, &q, &kb, &vb, &mask, s, scale);
+            k = kb.iter().map(|v| v.to_f32()).collect();
+            v = vb.iter().map(|v| v.to_f32()).collect();
+            got
+        } else {
+            decode(lanes, &q, &k, &v, &mask, s, scale)
+        };
         let hd = s.head_dim;
         let group = s.heads / s.kv_heads;
         for b in 0..s.n {

@@ -29,3 +29,12 @@ pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
         _ => candle_core::bail!("kernels: CPU tensor expected"),
     }
 }
+
+/// Runs `f` on the bf16 elements of a contiguous CPU tensor (the KV cache's layers).
+pub fn with_bf16_slice<R>(t: &Tensor, f: impl FnOnce(&[half::bf16]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(s), Some((a, b))) => Ok(f(&s.as_slice::<half::bf16>()?[a..b])),
+        _ => candle_core::bail!("kernels: contiguous CPU bf16 tensor expected"),
+    }
+}
