@@ -11,6 +11,7 @@ use crate::Model;
 use anyhow::{bail, Context};
 use candle_core::DType;
 use rand::{rngs::StdRng, SeedableRng};
+use rayon::prelude::*;
 use sampling::sample;
 pub use sampling::{LogprobsMode, SamplingParams};
 use std::collections::VecDeque;
@@ -220,11 +221,17 @@ impl<'a> Engine<'a> {
                 .collect();
             let logits = model.forward_cached(&mut cache, 0, &last, running.len())?;
             let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+            // Rows sample in parallel: each has its own generator, so results do not depend
+            // on the order.
+            let done: Vec<Option<Completion>> = running
+                .par_iter_mut()
+                .zip(flat.par_chunks_exact(vocab))
+                .map(|(seq, row)| self.step(seq, row, &requests[seq.request].params))
+                .collect();
             let mut finished = Vec::new();
-            for (slot, seq) in running.iter_mut().enumerate() {
-                let row = &flat[slot * vocab..(slot + 1) * vocab];
-                if let Some(done) = self.step(seq, row, &requests[seq.request].params) {
-                    outputs[seq.request] = Some(done);
+            for (slot, d) in done.into_iter().enumerate() {
+                if let Some(d) = d {
+                    outputs[running[slot].request] = Some(d);
                     finished.push(slot);
                 }
             }

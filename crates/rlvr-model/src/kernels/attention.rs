@@ -225,11 +225,15 @@ unsafe fn reduce4(a: &[std::arch::x86_64::__m512; 4]) -> std::arch::x86_64::__m1
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
-    let mut max = f32::NEG_INFINITY;
-    for (s, &m) in row.iter_mut().zip(mask) {
-        *s = *s * scale + m;
-        max = max.max(*s);
+    // 16 running maxima: one serial `max` chain would not vectorize.
+    let mut maxes = [f32::NEG_INFINITY; 16];
+    for (rc, mc) in row.chunks_mut(16).zip(mask.chunks(16)) {
+        for ((s, &m), mx) in rc.iter_mut().zip(mc).zip(maxes.iter_mut()) {
+            *s = *s * scale + m;
+            *mx = mx.max(*s);
+        }
     }
+    let max = maxes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     row.iter_mut().for_each(|s| *s -= max);
     exp_inplace_on(Lanes::Avx512, row);
     let inv = 1.0 / sum16(row);
