@@ -22,7 +22,7 @@
 # variance and dynamic sampling needs ~8 generation batches per step; at 0.6 it scores ~6%.
 #
 # Rollouts decode with SkyRL's default generator.model_dtype=bfloat16: on a CPU with AVX512-BF16
-# the embedded engine packs a bf16 copy of the weights after every update (bf16 products, f32
+# the embedded engine packs a bf16 copy of the current weights per generation batch (bf16 products, f32
 # accumulation, bf16 KV cache, as vLLM computes) and generates ~1.6x faster than in f32 (337 vs
 # 207 tok/s here). The PPO ratio uses log-probs the f32 trainer recomputes, as in SkyRL; the
 # rollout/trainer gap is logged (policy/rollout_train_logprobs_abs_diff_*, ~2e-2 in bf16, ~3e-6
