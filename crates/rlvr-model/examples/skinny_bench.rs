@@ -42,7 +42,7 @@ fn main() -> candle_core::Result<()> {
             .iter()
             .map(|w| w.elem_count() * dtype.size_in_bytes())
             .sum();
-        for m in [1usize, 8, 32] {
+        for m in [1usize, 8, 32, 100, 155] {
             let xs: Vec<Tensor> = [h, inter]
                 .iter()
                 .map(|&k| Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu))
@@ -79,7 +79,7 @@ fn small() -> candle_core::Result<()> {
     for (n, k) in [(1536usize, 576usize), (576, 1536), (49152, 576)] {
         let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
         let p = PackedBf16::pack(&w)?;
-        for m in [1usize, 8, 32] {
+        for m in [1usize, 8, 32, 100, 155] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
             let reps = (2e10 / (2.0 * (m * n * k) as f64)) as usize + 1;
             let t = Instant::now();

@@ -21,13 +21,13 @@
 # (0/16 correct on MAWPS single-op, 1 reward in 64 samples), so almost every group has zero
 # variance and dynamic sampling needs ~8 generation batches per step; at 0.6 it scores ~6%.
 #
-# Rollouts decode with SkyRL's default generator.model_dtype=bfloat16: on a CPU with AVX512-BF16
-# the embedded engine packs a bf16 copy of the current weights per generation batch (bf16 products, f32
-# accumulation, bf16 KV cache, as vLLM computes) and generates ~1.6x faster than in f32 (337 vs
-# 207 tok/s here). The PPO ratio uses log-probs the f32 trainer recomputes, as in SkyRL; the
-# rollout/trainer gap is logged (policy/rollout_train_logprobs_abs_diff_*, ~2e-2 in bf16, ~3e-6
-# with generator.model_dtype=float32). Other AVX-512 CPUs widen the bf16 weights to f32 on the
-# fly; without AVX-512 the engine decodes in f32.
+# Rollouts decode with SkyRL's default generator.model_dtype=bfloat16: on an AVX-512 CPU the
+# embedded engine packs a bf16 copy of the current weights per generation batch (widened to f32
+# in registers; f32 activations and accumulation; bf16 KV cache) and generates ~1.6x faster than
+# in f32 (337 vs 207 tok/s here). The PPO ratio uses log-probs the f32 trainer recomputes, as in
+# SkyRL; the rollout/trainer gap is logged (policy/rollout_train_logprobs_abs_diff_*).
+# generator.model_dtype=float32 decodes on the trainer's weights (gap ~3e-6); without AVX-512
+# the engine falls back to it.
 #
 # RECIPE=gpu — SkyRL's overrides unchanged (Qwen2.5-1.5B-Instruct, 1024 prompts x 5 samples,
 # 1024 new tokens, GSM8K strict). rlvr accepts every line; GPU-stack keys print how rlvr treats

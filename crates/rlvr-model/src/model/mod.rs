@@ -34,7 +34,7 @@ const MASKED: f32 = -1e30;
 pub struct Linear {
     pub weight: Var,
     pub bias: Option<Var>,
-    /// A decoding copy's bf16 weights for the CPU's bf16 dot products (`weight` then holds the
+    /// A decoding copy's bf16 weights packed for the CPU kernel (`weight` then holds the
     /// source it was packed from); used when no gradient is wanted.
     pub packed: Option<Arc<PackedBf16>>,
 }
@@ -265,13 +265,12 @@ impl Model {
     }
 
     /// A copy for decoding whose matrix weights (attention, MLP and output head) are stored in
-    /// `weights` (bf16 halves the bytes streamed per generated token; activations, norms, the
-    /// embedding lookup and the KV cache stay f32). Not trainable: it has no named parameters.
-    /// With `F32` the copy shares the weights. bf16 needs [`bf16_decode_supported`].
+    /// `weights` (bf16 halves the bytes streamed per generated token; activations, norms and the
+    /// embedding lookup stay f32). Not trainable: it has no named parameters. With `F32` the
+    /// copy shares the weights. bf16 needs [`bf16_decode_supported`].
     ///
-    /// On a CPU with bf16 dot products, bf16 weights are packed for them (see [`packed`]) and
-    /// matrix inputs are rounded to bf16, as in bf16 inference engines; elsewhere the weights
-    /// are widened to f32 on the fly and activations stay f32.
+    /// On an AVX-512 CPU the bf16 weights are packed for the decoding kernel (see [`packed`]),
+    /// q/k/v and gate/up stacked, and the KV cache is bf16 too; on a GPU they are bf16 tensors.
     pub fn decode_copy(&self, weights: DType) -> Result<Model> {
         let pack = weights == DType::BF16
             && self.device.is_cpu()
