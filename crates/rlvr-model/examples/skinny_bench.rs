@@ -42,7 +42,7 @@ fn main() -> candle_core::Result<()> {
             .iter()
             .map(|w| w.elem_count() * dtype.size_in_bytes())
             .sum();
-        for m in [1usize, 8, 32, 100, 155] {
+        for m in [1usize, 8, 32] {
             let xs: Vec<Tensor> = [h, inter]
                 .iter()
                 .map(|&k| Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu))

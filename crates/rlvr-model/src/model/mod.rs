@@ -301,7 +301,7 @@ impl Model {
             .map(|l| {
                 let stacked = |ls: &[&Linear]| -> Result<Arc<PackedBf16>> {
                     let ws: Vec<&Tensor> = ls.iter().map(|l| l.weight.as_tensor()).collect();
-                    Ok(Arc::new(PackedBf16::pack(&Tensor::cat(&ws, 0)?)?))
+                    Ok(Arc::new(PackedBf16::pack_stacked(&ws)?))
                 };
                 let fused = if pack {
                     Some(Fused {
