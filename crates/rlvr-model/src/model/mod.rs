@@ -20,10 +20,10 @@ use rope::RopeTables;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Whether [`Model::decode_copy`] with bf16 weights can run here (the bf16 kernel needs
-/// AVX-512F).
+/// Whether [`Model::decode_copy`] with bf16 weights can run here (the packed bf16 kernel
+/// needs AVX-512F).
 pub fn bf16_decode_supported() -> bool {
-    skinny::bf16_supported()
+    packed::available()
 }
 
 /// Additive mask value for disallowed keys. Finite, so fully masked (padding) query rows give a

@@ -388,8 +388,9 @@ mod tests {
             0.0f32,
             -0.0,
             1.0,
-            1.00390625,
-            1.005859375,
+            // Ties: to the even neighbour below, then above.
+            f32::from_bits(0x3F80_8000),
+            f32::from_bits(0x3F81_8000),
             -3.3e38,
             3.4e38,
             f32::INFINITY,

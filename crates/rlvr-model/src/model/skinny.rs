@@ -17,9 +17,6 @@ const BLOCK: usize = 32;
 struct SkinnyMatmul;
 
 /// `x: [m, k]`, `w: [n, k]` → `[m, n]`, when the fast path applies.
-///
-/// `w` may also be bf16 (decoding copies of the weights, see `Model::decode_copy`): then `x` is
-/// taken in chunks of rows of any count, since no other kernel multiplies f32 by bf16 here.
 pub fn try_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     use candle_core::DType;
     let shaped = x.device().is_cpu()
@@ -30,30 +27,11 @@ pub fn try_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     if !shaped {
         return Ok(None);
     }
-    match w.dtype() {
-        DType::F32 if x.dim(0)? <= max_rows() => {
-            Ok(Some(x.contiguous()?.apply_op2_no_bwd(w, &SkinnyMatmul)?))
-        }
-        DType::BF16 if avx512_available() => {
-            let m = x.dim(0)?;
-            let chunk = max_rows();
-            let x = x.contiguous()?;
-            let parts = (0..m)
-                .step_by(chunk)
-                .map(|s| {
-                    x.narrow(0, s, chunk.min(m - s))?
-                        .contiguous()?
-                        .apply_op2_no_bwd(w, &SkinnyMatmul)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(Some(Tensor::cat(&parts, 0)?))
-        }
-        _ => Ok(None),
+    if w.dtype() == DType::F32 && x.dim(0)? <= max_rows() {
+        Ok(Some(x.contiguous()?.apply_op2_no_bwd(w, &SkinnyMatmul)?))
+    } else {
+        Ok(None)
     }
-}
-
-pub fn bf16_supported() -> bool {
-    simd_available() && avx512_available()
 }
 
 fn max_rows() -> usize {
@@ -133,19 +111,7 @@ impl CustomOp2 for SkinnyMatmul {
                         block_generic(x, wb, m, k, out)
                     });
             }
-            #[cfg(target_arch = "x86_64")]
-            CpuStorage::BF16(w) if wide => {
-                let w = &w[wo..wo + n * k];
-                yt.par_chunks_mut(BLOCK * m)
-                    .enumerate()
-                    .for_each(|(b, out)| {
-                        let rows = out.len() / m;
-                        let wb = &w[b * BLOCK * k..(b * BLOCK + rows) * k];
-                        // SAFETY: bf16 weights are only routed here when AVX-512F was detected.
-                        unsafe { block_avx512(x, wb, m, k, out) }
-                    });
-            }
-            _ => candle_core::bail!("skinny matmul: weights must be f32 (or bf16 with AVX-512)"),
+            _ => candle_core::bail!("skinny matmul: weights must be f32"),
         }
         let mut y = vec![0f32; m * n];
         for (j, col) in yt.chunks_exact(m).enumerate() {
@@ -232,42 +198,9 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     r
 }
 
-/// A weight element the AVX-512 kernel can stream: f32, or bf16 widened exactly to f32 (the bf16
-/// bits are the high half of the f32).
-#[cfg(target_arch = "x86_64")]
-trait WeightElem: Copy + Sync {
-    /// 16 consecutive weights as f32 lanes.
-    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
-    fn to_f32(self) -> f32;
-}
-
-#[cfg(target_arch = "x86_64")]
-impl WeightElem for f32 {
-    #[inline(always)]
-    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
-        std::arch::x86_64::_mm512_loadu_ps(p)
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl WeightElem for half::bf16 {
-    #[inline(always)]
-    unsafe fn load16(p: *const half::bf16) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        let h = _mm256_loadu_si256(p as *const __m256i);
-        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-    }
-    fn to_f32(self) -> f32 {
-        half::bf16::to_f32(self)
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block_avx512<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, out: &mut [f32]) {
+unsafe fn block_avx512(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
     let n = w.len() / k;
     let mut j = 0;
     while j < n {
@@ -278,22 +211,22 @@ unsafe fn block_avx512<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, ou
             let wp = w.as_ptr().add(j * k);
             let xp = x.as_ptr().add(i * k);
             let r = match (mr, nr) {
-                (4, 4) => tile512::<W, 4, 4>(xp, wp, k),
-                (4, 3) => tile512::<W, 4, 3>(xp, wp, k),
-                (4, 2) => tile512::<W, 4, 2>(xp, wp, k),
-                (4, _) => tile512::<W, 4, 1>(xp, wp, k),
-                (3, 4) => tile512::<W, 3, 4>(xp, wp, k),
-                (3, 3) => tile512::<W, 3, 3>(xp, wp, k),
-                (3, 2) => tile512::<W, 3, 2>(xp, wp, k),
-                (3, _) => tile512::<W, 3, 1>(xp, wp, k),
-                (2, 4) => tile512::<W, 2, 4>(xp, wp, k),
-                (2, 3) => tile512::<W, 2, 3>(xp, wp, k),
-                (2, 2) => tile512::<W, 2, 2>(xp, wp, k),
-                (2, _) => tile512::<W, 2, 1>(xp, wp, k),
-                (_, 4) => tile512::<W, 1, 4>(xp, wp, k),
-                (_, 3) => tile512::<W, 1, 3>(xp, wp, k),
-                (_, 2) => tile512::<W, 1, 2>(xp, wp, k),
-                _ => tile512::<W, 1, 1>(xp, wp, k),
+                (4, 4) => tile512::<4, 4>(xp, wp, k),
+                (4, 3) => tile512::<4, 3>(xp, wp, k),
+                (4, 2) => tile512::<4, 2>(xp, wp, k),
+                (4, _) => tile512::<4, 1>(xp, wp, k),
+                (3, 4) => tile512::<3, 4>(xp, wp, k),
+                (3, 3) => tile512::<3, 3>(xp, wp, k),
+                (3, 2) => tile512::<3, 2>(xp, wp, k),
+                (3, _) => tile512::<3, 1>(xp, wp, k),
+                (2, 4) => tile512::<2, 4>(xp, wp, k),
+                (2, 3) => tile512::<2, 3>(xp, wp, k),
+                (2, 2) => tile512::<2, 2>(xp, wp, k),
+                (2, _) => tile512::<2, 1>(xp, wp, k),
+                (_, 4) => tile512::<1, 4>(xp, wp, k),
+                (_, 3) => tile512::<1, 3>(xp, wp, k),
+                (_, 2) => tile512::<1, 2>(xp, wp, k),
+                _ => tile512::<1, 1>(xp, wp, k),
             };
             for jj in 0..nr {
                 for ii in 0..mr {
@@ -311,9 +244,9 @@ unsafe fn block_avx512<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, ou
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile512<W: WeightElem, const MR: usize, const NR: usize>(
+unsafe fn tile512<const MR: usize, const NR: usize>(
     x: *const f32,
-    w: *const W,
+    w: *const f32,
     k: usize,
 ) -> [[f32; 4]; 4] {
     use std::arch::x86_64::*;
@@ -323,7 +256,7 @@ unsafe fn tile512<W: WeightElem, const MR: usize, const NR: usize>(
     while c < kv {
         let mut wv = [_mm512_setzero_ps(); NR];
         for (jj, v) in wv.iter_mut().enumerate() {
-            *v = W::load16(w.add(jj * k + c));
+            *v = _mm512_loadu_ps(w.add(jj * k + c));
         }
         for (ii, row) in acc.iter_mut().enumerate() {
             let xv = _mm512_loadu_ps(x.add(ii * k + c));
@@ -338,7 +271,7 @@ unsafe fn tile512<W: WeightElem, const MR: usize, const NR: usize>(
         for jj in 0..NR {
             let mut s = _mm512_reduce_add_ps(acc[ii][jj]);
             for t in kv..k {
-                s += *x.add(ii * k + t) * (*w.add(jj * k + t)).to_f32();
+                s += *x.add(ii * k + t) * *w.add(jj * k + t);
             }
             r[ii][jj] = s;
         }
@@ -363,37 +296,7 @@ fn block_generic(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
-
-    #[test]
-    fn bf16_weights_match_matmul_with_the_same_rounded_weights() {
-        for (m, k, n) in [(1, 576, 70), (7, 100, 33), (64, 64, 17), (150, 40, 9)] {
-            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)
-                .unwrap()
-                .to_dtype(DType::BF16)
-                .unwrap();
-            let Some(got) = try_matmul_t(&x, &w).unwrap() else {
-                eprintln!("note: no AVX-512 here, bf16 skinny kernel not exercised");
-                return;
-            };
-            let wf = w.to_dtype(DType::F32).unwrap();
-            let want = x.matmul(&wf.t().unwrap()).unwrap();
-            assert_eq!(got.dims(), [m, n]);
-            let d = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap();
-            assert!(
-                d.to_scalar::<f32>().unwrap() < 1e-3 * (k as f32).sqrt(),
-                "{m} {k} {n}"
-            );
-        }
-    }
+    use candle_core::Device;
 
     #[test]
     fn matches_matmul_for_odd_shapes() {
