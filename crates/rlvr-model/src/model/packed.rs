@@ -11,7 +11,6 @@
 //! GFLOP/s.)
 
 use candle_core::{DType, Device, Result, Tensor};
-use half::bf16;
 use rayon::prelude::*;
 
 /// Output rows per panel (f32 lanes of one vector).
@@ -19,9 +18,10 @@ const PANEL: usize = 16;
 /// Panels per parallel task.
 const TASK_PANELS: usize = 6;
 
-/// A `[n, k]` weight matrix in the packed bf16 layout.
+/// A `[n, k]` weight matrix in the packed bf16 layout, one `u32` per column pair of a row
+/// (the even column in the low half).
 pub struct PackedBf16 {
-    data: Vec<bf16>,
+    data: Vec<u32>,
     n: usize,
     k: usize,
     /// Column pairs per row: `k / 2` rounded up (an odd `k` gets a zero partner).
@@ -81,8 +81,8 @@ impl PackedBf16 {
         }
         let n = rows.len();
         let pairs = k.div_ceil(2);
-        let panel_len = pairs * 2 * PANEL;
-        let mut data = vec![bf16::ZERO; n.div_ceil(PANEL) * panel_len];
+        let panel_len = pairs * PANEL;
+        let mut data = vec![0u32; n.div_ceil(PANEL) * panel_len];
         data.par_chunks_mut(panel_len)
             .zip(rows.par_chunks(PANEL))
             .for_each_init(
@@ -95,8 +95,7 @@ impl PackedBf16 {
                             *b = round_to_bf16_bits(*v);
                         }
                         for (q, pair) in bits.chunks_exact(2).enumerate() {
-                            panel[q * 2 * PANEL + l * 2] = bf16::from_bits(pair[0]);
-                            panel[q * 2 * PANEL + l * 2 + 1] = bf16::from_bits(pair[1]);
+                            panel[q * PANEL + l] = pair[0] as u32 | (pair[1] as u32) << 16;
                         }
                     }
                 },
@@ -133,7 +132,7 @@ impl PackedBf16 {
                     .collect(),
             )
         };
-        let panel_len = pairs * 2 * PANEL;
+        let panel_len = pairs * PANEL;
         let np = self.data.len() / panel_len;
         // Padded to whole panels; the first cache block of every tile writes its outputs.
         let cols = np * PANEL;
@@ -202,16 +201,16 @@ struct Dst {
 /// row tile of `x` passes over them; without blocking they came from L2 each time.
 const BLOCK_PAIRS: usize = 128;
 
-/// How far ahead (in weights) tiles prefetch into L2: more misses in flight per core than the
-/// hardware prefetcher keeps, which is what bounds decoding few sequences.
-const PREFETCH: usize = 2048;
+/// How far ahead (in packed pairs: 4 KiB) tiles prefetch into L2: more misses in flight per
+/// core than the hardware prefetcher keeps, which is what bounds decoding few sequences.
+const PREFETCH: usize = 1024;
 
 /// All rows of `x` (`[m, 2 * pairs]`) against a run of whole panels `w`, into the columns at
 /// `out`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn panels(x: &[f32], m: usize, pairs: usize, w: &[bf16], out: Dst) {
-    let panel_len = pairs * 2 * PANEL;
+unsafe fn panels(x: &[f32], m: usize, pairs: usize, w: &[u32], out: Dst) {
+    let panel_len = pairs * PANEL;
     let np = w.len() / panel_len;
     let mut p = 0;
     while p < np {
@@ -283,11 +282,11 @@ struct Tile {
 unsafe fn tile<const MR: usize, const NR: usize>(
     t: &Tile,
     x: *const f32,
-    w: *const bf16,
+    w: *const u32,
     out: *mut f32,
 ) {
     use std::arch::x86_64::*;
-    let panel_len = t.pairs * 2 * PANEL;
+    let panel_len = t.pairs * PANEL;
     let xs = t.pairs * 2;
     let at = |ii: usize, jj: usize| out.add(ii * t.row_stride + jj * PANEL);
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
@@ -303,7 +302,7 @@ unsafe fn tile<const MR: usize, const NR: usize>(
         let mut even = [_mm512_setzero_ps(); NR];
         let mut odd = [_mm512_setzero_ps(); NR];
         for jj in 0..NR {
-            let at = w.add(jj * panel_len + q * 2 * PANEL);
+            let at = w.add(jj * panel_len + q * PANEL);
             _mm_prefetch::<_MM_HINT_T1>(at.add(PREFETCH).cast());
             let v = _mm512_loadu_si512(at.cast());
             even[jj] = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
@@ -330,6 +329,7 @@ unsafe fn tile<const MR: usize, const NR: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::bf16;
 
     /// The exact product of `x` and the bf16-rounded weights, in f64.
     fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
