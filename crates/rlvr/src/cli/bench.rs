@@ -164,6 +164,17 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             },
         };
         Engine::new(&model, EngineConfig::default()).generate(&[warm])?;
+        // The decoding copy is made once, as an engine loads its weights once (the trainer
+        // remakes it at every weight sync); its time is reported on its own.
+        let weights = rlvr::run::decode_dtype(&dtype, &device)?;
+        let t = Instant::now();
+        let copy = (weights != candle_core::DType::F32)
+            .then(|| model.decode_copy(weights))
+            .transpose()?;
+        let copy_s = t.elapsed().as_secs_f64();
+        eprintln!("decoding copy in {weights:?}: {copy_s:.3} s");
+        results.insert("decode_copy_seconds".into(), serde_json::json!(copy_s));
+        let decode_model = copy.as_ref().unwrap_or(&model);
         for &b in &batches {
             reset_peak_rss();
             let mut rates = Vec::new();
@@ -189,10 +200,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let engine = Engine::new(
-                    &model,
+                    decode_model,
                     EngineConfig {
                         max_batch: b,
-                        weights: rlvr::run::decode_dtype(&dtype, &device)?,
                         progress: true,
                         ..Default::default()
                     },

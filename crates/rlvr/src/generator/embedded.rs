@@ -14,6 +14,9 @@ pub struct EmbeddedGenerator {
     envs: EnvRegistry,
     engine: EngineConfig,
     stop_token_ids: Vec<u32>,
+    /// The decoding copy in `generator.model_dtype` (when not f32), rebuilt at every weight sync
+    /// and shared by the generation batches in between (dynamic sampling makes several).
+    decode: Option<Model>,
 }
 
 impl EmbeddedGenerator {
@@ -38,6 +41,7 @@ impl EmbeddedGenerator {
                 progress: true,
             },
             stop_token_ids,
+            decode: None,
         }
     }
 
@@ -46,7 +50,20 @@ impl EmbeddedGenerator {
     /// traffic per token).
     pub fn with_weights(mut self, dtype: candle_core::DType) -> Self {
         self.engine.weights = dtype;
+        self.decode = None;
         self
+    }
+
+    /// The model to decode with: the trainer's own in f32, else the decoding copy (made here if
+    /// no weight sync made it yet).
+    fn decoding_model(&mut self) -> Result<&Model> {
+        if self.engine.weights == candle_core::DType::F32 {
+            return Ok(&self.model);
+        }
+        if self.decode.is_none() {
+            self.decode = Some(self.model.decode_copy(self.engine.weights)?);
+        }
+        Ok(self.decode.as_ref().expect("just made"))
     }
 
     pub fn prompt_ids(&self, group: &PromptGroup) -> Result<Vec<u32>> {
@@ -70,7 +87,12 @@ impl Generator for EmbeddedGenerator {
         )?;
         let requests: Vec<_> = per_group.into_iter().flatten().collect();
         let tok = self.tokenizer.clone();
-        let completions = Engine::new(&self.model, self.engine.clone())
+        // The copy (if any) is made already: the engine decodes on it as it is.
+        let cfg = EngineConfig {
+            weights: candle_core::DType::F32,
+            ..self.engine.clone()
+        };
+        let completions = Engine::new(self.decoding_model()?, cfg)
             .with_detokenizer(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default())
             .generate(&requests)?;
         score(
@@ -80,5 +102,13 @@ impl Generator for EmbeddedGenerator {
             &self.tokenizer,
             &self.envs,
         )
+    }
+
+    /// The engine shares the trainer's weights; a decoding copy in another dtype is rebuilt
+    /// from them here, as an inference server reloads its weights.
+    fn sync_weights(&mut self, _policy: &Model, _global_step: usize) -> Result<()> {
+        self.decode = None;
+        self.decoding_model()?;
+        Ok(())
     }
 }

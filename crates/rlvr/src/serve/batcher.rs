@@ -127,6 +127,13 @@ fn engine_loop(
     gather: Duration,
 ) {
     let mut queue: VecDeque<Job> = VecDeque::new();
+    // The decoding copy (bf16 `--dtype`) is made when weights load, not for every batch; the
+    // engine then decodes on it as it is.
+    let on_copy = EngineConfig {
+        weights: candle_core::DType::F32,
+        ..engine.clone()
+    };
+    let mut copy = decode_copy(&model, &engine);
     loop {
         if queue.is_empty() {
             match rx.recv() {
@@ -145,6 +152,7 @@ fn engine_loop(
                 reply,
             } => {
                 let result = reload(&mut model, &path).map_err(|e| format!("{e:#}"));
+                copy = decode_copy(&model, &engine);
                 let result = result.map(|()| {
                     let mut l = loaded.write().expect("not poisoned");
                     l.path = path.clone();
@@ -171,8 +179,26 @@ fn engine_loop(
                 // Counted before the replies go out, so a client never sees its answer before the
                 // batch that produced it is counted.
                 batches.fetch_add(1, Ordering::SeqCst);
-                run_batch(&model, &tokenizer, &engine, batch);
+                match &copy {
+                    Some(c) => run_batch(c, &tokenizer, &on_copy, batch),
+                    None => run_batch(&model, &tokenizer, &engine, batch),
+                }
             }
+        }
+    }
+}
+
+/// `model`'s decoding copy in `engine.weights`; `None` for f32, or when it cannot be made (the
+/// engine then tries per batch and reports the error to the clients).
+fn decode_copy(model: &Model, engine: &EngineConfig) -> Option<Model> {
+    if engine.weights == candle_core::DType::F32 {
+        return None;
+    }
+    match model.decode_copy(engine.weights) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("no {:?} decoding copy: {e:#}", engine.weights);
+            None
         }
     }
 }
