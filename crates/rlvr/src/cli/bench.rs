@@ -42,8 +42,9 @@ pub enum BenchCommand {
         /// PyTorch baseline does.
         #[arg(long)]
         answer_only: bool,
-        /// Storage of the weights while generating: float32 (the baseline setting) or
-        /// bfloat16.
+        /// Storage of the weights while generating: float32 (the PyTorch baseline's setting) or
+        /// bfloat16 (SkyRL's `generator.model_dtype` default; on AVX-512 CPUs packed bf16
+        /// weights widened in registers, f32 activations, bf16 KV cache).
         #[arg(long, default_value = "float32")]
         dtype: String,
         /// Consecutive requests per prompt (an RL group: GRPO samples a prompt several times).
