@@ -30,11 +30,15 @@ pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     }
 }
 
-/// Runs `f` on the bf16 elements of a contiguous CPU tensor (the KV cache's layers).
-pub fn with_bf16_slice<R>(t: &Tensor, f: impl FnOnce(&[half::bf16]) -> R) -> Result<R> {
+/// Runs `f` on the elements of a contiguous CPU tensor of element type `T` (the KV cache's
+/// layers, f32 or bf16), without copying.
+pub fn with_slice_of<T: candle_core::WithDType, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> R,
+) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(s), Some((a, b))) => Ok(f(&s.as_slice::<half::bf16>()?[a..b])),
-        _ => candle_core::bail!("kernels: contiguous CPU bf16 tensor expected"),
+        (Storage::Cpu(s), Some((a, b))) => Ok(f(&s.as_slice::<T>()?[a..b])),
+        _ => candle_core::bail!("kernels: contiguous CPU {:?} tensor expected", T::DTYPE),
     }
 }

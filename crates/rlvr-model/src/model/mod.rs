@@ -600,7 +600,7 @@ fn decode_attention(
     mask: &Tensor,
     dims: Dims,
 ) -> Result<Tensor> {
-    use crate::kernels::{attention, exp::Lanes, with_bf16_slice, with_slice};
+    use crate::kernels::{attention, exp::Lanes, with_slice, with_slice_of};
     let (n, heads, l, head_dim) = q.dims4()?;
     let (kc, vc) = cache.layer(layer);
     let shape = attention::DecodeShape {
@@ -614,26 +614,28 @@ fn decode_attention(
         total,
     };
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let out = if kc.dtype() == DType::BF16 {
+    // The cache holds f32, or bf16 for a bf16 decoding copy.
+    fn run<T: candle_core::WithDType + attention::KvElem>(
+        q: &Tensor,
+        kc: &Tensor,
+        vc: &Tensor,
+        mask: &Tensor,
+        shape: attention::DecodeShape,
+        scale: f32,
+    ) -> Result<Vec<f32>> {
         with_slice(q, |qv| {
-            with_bf16_slice(kc, |ks| {
-                with_bf16_slice(vc, |vs| {
+            with_slice_of::<T, _>(kc, |ks| {
+                with_slice_of::<T, _>(vc, |vs| {
                     with_slice(mask, |ms| {
                         attention::decode(Lanes::detect(), qv, ks, vs, ms, shape, scale)
                     })
                 })
             })
-        })????
-    } else {
-        with_slice(q, |qv| {
-            with_slice(kc, |ks| {
-                with_slice(vc, |vs| {
-                    with_slice(mask, |ms| {
-                        attention::decode(Lanes::detect(), qv, ks, vs, ms, shape, scale)
-                    })
-                })
-            })
-        })????
+        })???
+    }
+    let out = match kc.dtype() {
+        DType::BF16 => run::<half::bf16>(q, kc, vc, mask, shape, scale)?,
+        _ => run::<f32>(q, kc, vc, mask, shape, scale)?,
     };
     Tensor::from_vec(out, (n, heads, l, head_dim), q.device())
 }

@@ -304,17 +304,19 @@ fn reference_model_from_policy_tensors_does_not_follow_updates() {
     assert!(max_abs_diff(&before, &moved) > 1e-3);
 }
 
+/// A tied tiny model with f32 weights on the CPU.
+fn tiny_f32_model() -> (ModelConfig, Model) {
+    let cfg = testing::tiny_config(true, true);
+    let tensors = testing::random_tensors(&cfg, 3, DType::F32);
+    let model = Model::from_tensors(&cfg, &tensors, &Device::Cpu).unwrap();
+    (cfg, model)
+}
+
 #[test]
 fn decode_copy_stores_matrix_weights_in_bf16_and_keeps_the_rest() {
-    let cfg = testing::tiny_config(true, true);
-    let model = Model::from_tensors(
-        &cfg,
-        &testing::random_tensors(&cfg, 3, DType::F32),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (cfg, model) = tiny_f32_model();
     let copy = model.decode_copy(DType::BF16).unwrap();
-    // Packed for the CPU's bf16 dot products where it has them, else plain bf16 tensors.
+    // Packed for the CPU kernel where it runs (AVX-512), else plain bf16 tensors.
     let packed = super::packed::available();
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let q = cfg.num_attention_heads * cfg.head_dim();
@@ -352,13 +354,7 @@ fn bf16_decode_copy_logits_track_the_f32_model() {
         eprintln!("note: no AVX-512 here, bf16 decoding not exercised");
         return;
     }
-    let cfg = testing::tiny_config(true, true);
-    let model = Model::from_tensors(
-        &cfg,
-        &testing::random_tensors(&cfg, 3, DType::F32),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (_, model) = tiny_f32_model();
     let copy = model.decode_copy(DType::BF16).unwrap();
     let tokens: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6];
     let (mut c32, mut c16) = (
