@@ -7,11 +7,11 @@
 
 pub mod sampling;
 
+use crate::kernels::team;
 use crate::Model;
 use anyhow::{bail, Context};
 use candle_core::DType;
 use rand::{rngs::StdRng, SeedableRng};
-use rayon::prelude::*;
 use sampling::sample;
 pub use sampling::{LogprobsMode, SamplingParams};
 use std::collections::VecDeque;
@@ -219,15 +219,22 @@ impl<'a> Engine<'a> {
                 .iter()
                 .map(|s| *s.tokens.last().expect("sampled"))
                 .collect();
-            let logits = model.forward_cached(&mut cache, 0, &last, running.len())?;
-            let flat = logits.flatten_all()?.to_vec1::<f32>()?;
-            // Rows sample in parallel: each has its own generator, so results do not depend
-            // on the order.
-            let done: Vec<Option<Completion>> = running
-                .par_iter_mut()
-                .zip(flat.par_chunks_exact(vocab))
-                .map(|(seq, row)| self.step(seq, row, &requests[seq.request].params))
-                .collect();
+            // A decoding step is ~150 short parallel loops: a spinning team runs them (prefill
+            // above stays on the pool, where gemm's own parallelism works).
+            let done = team::with_team(|| -> anyhow::Result<Vec<Option<Completion>>> {
+                let logits = model.forward_cached(&mut cache, 0, &last, running.len())?;
+                let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+                // Rows sample in parallel: each has its own generator, so results do not
+                // depend on the order.
+                let mut rows: Vec<(&mut Running, Option<Completion>)> =
+                    running.iter_mut().map(|s| (s, None)).collect();
+                team::for_each_chunk_mut(&mut rows, 1, |i, r| {
+                    let (seq, done) = &mut r[0];
+                    let params = &requests[seq.request].params;
+                    *done = self.step(seq, &flat[i * vocab..(i + 1) * vocab], params);
+                });
+                Ok(rows.into_iter().map(|(_, d)| d).collect())
+            })?;
             let mut finished = Vec::new();
             for (slot, d) in done.into_iter().enumerate() {
                 if let Some(d) = d {

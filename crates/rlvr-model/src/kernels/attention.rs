@@ -3,7 +3,6 @@
 //! batched gemm over such thin matrices spent most of its time packing them.
 
 use super::exp::{exp_inplace_on, Lanes};
-use rayon::prelude::*;
 
 /// Shapes of one call. The cache holds `[slots, kv_heads, capacity, head_dim]` per layer; the
 /// sequences are slots `first..first + n`, each reading its first `total` positions.
@@ -48,52 +47,48 @@ pub fn decode<T: KvElem>(
     let group = heads / kv_heads;
     let mut out = vec![0f32; q.len()];
     // One task per (sequence, kv head): its group of query heads is contiguous in `out`.
-    out.par_chunks_mut(group * l * hd)
-        .enumerate()
-        .for_each_init(
-            || vec![0f32; group * l * total],
-            |scores, (task, dst)| {
-                let (b, kvh) = (task / kv_heads, task % kv_heads);
-                let base = ((first + b) * kv_heads + kvh) * capacity * hd;
-                let keys = &k_cache[base..base + total * hd];
-                let values = &v_cache[base..base + total * hd];
-                #[cfg(target_arch = "x86_64")]
-                if lanes == Lanes::Avx512 && hd.is_multiple_of(16) {
-                    // The group's query rows, `[group, l, hd]`, are contiguous in `q` too.
-                    let q0 = (b * heads + kvh * group) * l * hd;
-                    let g = Group {
-                        q: &q[q0..q0 + group * l * hd],
-                        keys,
-                        values,
-                        mask: &mask[b * l * total..(b + 1) * l * total],
-                        l,
-                        scale,
-                    };
-                    // SAFETY: AVX-512F was detected (`Lanes::Avx512`).
-                    return unsafe { group_avx512(&g, scores, dst) };
-                }
-                let scores = &mut scores[..total];
-                let (keys, values) = (T::widen(keys), T::widen(values));
-                let (keys, values) = (&keys[..], &values[..]);
-                for gi in 0..group {
-                    for li in 0..l {
-                        let h = kvh * group + gi;
-                        let qo = ((b * heads + h) * l + li) * hd;
-                        let qv = &q[qo..qo + hd];
-                        let m = &mask[(b * l + li) * total..(b * l + li + 1) * total];
-                        let row = &mut dst[(gi * l + li) * hd..(gi * l + li + 1) * hd];
-                        let r = Row {
-                            q: qv,
-                            keys,
-                            values,
-                            mask: m,
-                            scale,
-                        };
-                        attend(lanes, &r, scores, row);
-                    }
-                }
-            },
-        );
+    super::team::for_each_chunk_mut(&mut out, group * l * hd, |task, dst| {
+        let scores = &mut vec![0f32; group * l * total];
+        let (b, kvh) = (task / kv_heads, task % kv_heads);
+        let base = ((first + b) * kv_heads + kvh) * capacity * hd;
+        let keys = &k_cache[base..base + total * hd];
+        let values = &v_cache[base..base + total * hd];
+        #[cfg(target_arch = "x86_64")]
+        if lanes == Lanes::Avx512 && hd.is_multiple_of(16) {
+            // The group's query rows, `[group, l, hd]`, are contiguous in `q` too.
+            let q0 = (b * heads + kvh * group) * l * hd;
+            let g = Group {
+                q: &q[q0..q0 + group * l * hd],
+                keys,
+                values,
+                mask: &mask[b * l * total..(b + 1) * l * total],
+                l,
+                scale,
+            };
+            // SAFETY: AVX-512F was detected (`Lanes::Avx512`).
+            return unsafe { group_avx512(&g, scores, dst) };
+        }
+        let scores = &mut scores[..total];
+        let (keys, values) = (T::widen(keys), T::widen(values));
+        let (keys, values) = (&keys[..], &values[..]);
+        for gi in 0..group {
+            for li in 0..l {
+                let h = kvh * group + gi;
+                let qo = ((b * heads + h) * l + li) * hd;
+                let qv = &q[qo..qo + hd];
+                let m = &mask[(b * l + li) * total..(b * l + li + 1) * total];
+                let row = &mut dst[(gi * l + li) * hd..(gi * l + li + 1) * hd];
+                let r = Row {
+                    q: qv,
+                    keys,
+                    values,
+                    mask: m,
+                    scale,
+                };
+                attend(lanes, &r, scores, row);
+            }
+        }
+    });
     out
 }
 

@@ -8,6 +8,7 @@ pub mod exp;
 pub mod gemm;
 pub mod softmax;
 pub mod swiglu;
+pub mod team;
 pub mod vocab;
 
 use candle_core::{DType, Result, Storage, Tensor};

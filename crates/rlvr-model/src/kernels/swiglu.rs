@@ -13,18 +13,18 @@ const CHUNK: usize = 1 << 14;
 pub fn forward(lanes: Lanes, gate: &[f32], up: &[f32]) -> Vec<f32> {
     assert_eq!(gate.len(), up.len());
     let mut out = vec![0f32; gate.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(y, (g, u))| {
-            #[cfg(target_arch = "x86_64")]
-            if lanes == Lanes::Avx512 {
-                // SAFETY: AVX-512F checked above; the three slices have the same length.
-                return unsafe { forward_avx512(g, u, y) };
-            }
-            for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                *y = g * u / (1.0 + (-g).exp());
-            }
-        });
+    super::team::for_each_chunk_mut(&mut out, CHUNK, |i, y| {
+        let span = i * CHUNK..i * CHUNK + y.len();
+        let (g, u) = (&gate[span.clone()], &up[span]);
+        #[cfg(target_arch = "x86_64")]
+        if lanes == Lanes::Avx512 {
+            // SAFETY: AVX-512F checked above; the three slices have the same length.
+            return unsafe { forward_avx512(g, u, y) };
+        }
+        for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+            *y = g * u / (1.0 + (-g).exp());
+        }
+    });
     out
 }
 

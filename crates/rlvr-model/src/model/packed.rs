@@ -138,7 +138,7 @@ impl PackedBf16 {
         let cols = np * PANEL;
         let mut y = vec![0f32; m * cols];
         let out = Out(y.as_mut_ptr());
-        (0..np.div_ceil(TASK_PANELS)).into_par_iter().for_each(|t| {
+        crate::kernels::team::for_each(np.div_ceil(TASK_PANELS), |t| {
             let p = t * TASK_PANELS;
             let w = &self.data[p * panel_len..(p + TASK_PANELS).min(np) * panel_len];
             #[cfg(target_arch = "x86_64")]

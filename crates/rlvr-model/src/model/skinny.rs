@@ -4,7 +4,6 @@
 //! CPU + f32 only, no backward: the caller falls back to `matmul` otherwise.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Rows of `x` up to which the skinny kernel beats gemm (AVX2 / AVX-512). gemm packs the
 /// weights on every call and, on stable Rust, runs AVX2 micro-kernels only.
@@ -92,24 +91,22 @@ impl CustomOp2 for SkinnyMatmul {
         match ws {
             CpuStorage::F32(w) => {
                 let w = &w[wo..wo + n * k];
-                yt.par_chunks_mut(BLOCK * m)
-                    .enumerate()
-                    .for_each(|(b, out)| {
-                        let rows = out.len() / m;
-                        let wb = &w[b * BLOCK * k..(b * BLOCK + rows) * k];
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: only reached when AVX2 and FMA were detected
-                        // (`simd_available`), and AVX-512F for the wide kernel.
-                        unsafe {
-                            if wide {
-                                block_avx512(x, wb, m, k, out)
-                            } else {
-                                block_avx2(x, wb, m, k, out)
-                            }
+                crate::kernels::team::for_each_chunk_mut(&mut yt, BLOCK * m, |b, out| {
+                    let rows = out.len() / m;
+                    let wb = &w[b * BLOCK * k..(b * BLOCK + rows) * k];
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: only reached when AVX2 and FMA were detected
+                    // (`simd_available`), and AVX-512F for the wide kernel.
+                    unsafe {
+                        if wide {
+                            block_avx512(x, wb, m, k, out)
+                        } else {
+                            block_avx2(x, wb, m, k, out)
                         }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        block_generic(x, wb, m, k, out)
-                    });
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    block_generic(x, wb, m, k, out)
+                });
             }
             _ => candle_core::bail!("skinny matmul: weights must be f32"),
         }
