@@ -223,16 +223,22 @@ impl<'a> Engine<'a> {
             // above stays on the pool, where gemm's own parallelism works).
             let done = team::with_team(|| -> anyhow::Result<Vec<Option<Completion>>> {
                 let logits = model.forward_cached(&mut cache, 0, &last, running.len())?;
-                let flat = logits.flatten_all()?.to_vec1::<f32>()?;
                 // Rows sample in parallel: each has its own generator, so results do not
                 // depend on the order.
                 let mut rows: Vec<(&mut Running, Option<Completion>)> =
                     running.iter_mut().map(|s| (s, None)).collect();
-                team::for_each_chunk_mut(&mut rows, 1, |i, r| {
-                    let (seq, done) = &mut r[0];
-                    let params = &requests[seq.request].params;
-                    *done = self.step(seq, &flat[i * vocab..(i + 1) * vocab], params);
-                });
+                let mut sample_rows = |flat: &[f32]| {
+                    team::for_each_chunk_mut(&mut rows, 1, |i, r| {
+                        let (seq, done) = &mut r[0];
+                        let params = &requests[seq.request].params;
+                        *done = self.step(seq, &flat[i * vocab..(i + 1) * vocab], params);
+                    })
+                };
+                if crate::kernels::applies(&logits) {
+                    crate::kernels::with_slice(&logits, sample_rows)?;
+                } else {
+                    sample_rows(&logits.flatten_all()?.to_vec1::<f32>()?);
+                }
                 Ok(rows.into_iter().map(|(_, d)| d).collect())
             })?;
             let mut finished = Vec::new();

@@ -114,33 +114,31 @@ pub fn sample(
     let inv_t = 1.0 / p.temperature;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     // Unnormalised probabilities of the temperature-scaled logits (sums are taken in f64).
-    let w: Vec<f64> = shifted_exp(logits, max, inv_t as f32)
-        .into_iter()
-        .map(f64::from)
-        .collect();
+    let w32 = shifted_exp(logits, max, inv_t as f32);
+    let w = |i: usize| f64::from(w32[i]);
     let filtered = p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0;
     let u: f64 = rng.gen();
     let (token, weight, total) = if !filtered {
-        let total: f64 = w.iter().sum();
-        let i = draw(w.iter().copied().enumerate(), u * total);
-        (i, w[i], total)
+        let total: f64 = w32.iter().map(|&e| f64::from(e)).sum();
+        let i = draw(w32.iter().map(|&e| f64::from(e)).enumerate(), u * total);
+        (i, w(i), total)
     } else {
-        let mut kept: Vec<usize> = (0..w.len()).collect();
+        let mut kept: Vec<usize> = (0..w32.len()).collect();
         // min-p: relative to the most likely token, whose weight is exp(0) = 1.
         if p.min_p > 0.0 {
-            kept.retain(|&i| w[i] >= p.min_p);
+            kept.retain(|&i| w(i) >= p.min_p);
         }
-        kept.sort_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
+        kept.sort_by(|&a, &b| w(b).total_cmp(&w(a)).then(a.cmp(&b)));
         if p.top_k > 0 && kept.len() > p.top_k {
             kept.truncate(p.top_k);
         }
         if p.top_p < 1.0 {
-            let total: f64 = kept.iter().map(|&i| w[i]).sum();
+            let total: f64 = kept.iter().map(|&i| w(i)).sum();
             // Keep the smallest prefix whose mass reaches top_p (at least one token).
             let mut cum = 0.0;
             let mut n = 0;
             for &i in &kept {
-                cum += w[i];
+                cum += w(i);
                 n += 1;
                 if cum >= p.top_p * total {
                     break;
@@ -148,11 +146,22 @@ pub fn sample(
             }
             kept.truncate(n.max(1));
         }
-        let total: f64 = kept.iter().map(|&i| w[i]).sum();
-        let i = draw(kept.iter().map(|&i| (i, w[i])), u * total);
-        (i, w[i], total)
+        let total: f64 = kept.iter().map(|&i| w(i)).sum();
+        let i = draw(kept.iter().map(|&i| (i, w(i))), u * total);
+        (i, w(i), total)
     };
     let lp = match mode {
+        // At temperature 1 the weights are already `exp(logits - max)`: their sum gives the
+        // log-normaliser without another two passes over the vocabulary (same values, same
+        // order, so bit-identical to `logsumexp`).
+        LogprobsMode::Raw if inv_t == 1.0 => {
+            let all = if filtered {
+                w32.iter().map(|&e| f64::from(e)).sum()
+            } else {
+                total
+            };
+            raw_lp(token, max as f64 + all.ln())
+        }
         LogprobsMode::Raw => raw_lp(token, logsumexp(logits)),
         LogprobsMode::Processed => (weight / total).ln() as f32,
     };
@@ -250,6 +259,29 @@ mod tests {
         let (t, lp) = sample(&logits, &p, LogprobsMode::Raw, &mut rng);
         let lse = logits.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
         assert!((lp as f64 - (logits[t as usize] as f64 - lse)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn raw_logprob_at_temperature_one_is_exactly_log_softmax() {
+        // Temperature 1 reuses the sampling weights' sum as the normaliser: it must give the
+        // same bits as the separate `logsumexp`, filtered or not.
+        let logits: Vec<f32> = (0..5000)
+            .map(|i| ((i * 37 % 101) as f32).sin() * 7.0)
+            .collect();
+        let lse = logsumexp(&logits);
+        let mut rng = StdRng::seed_from_u64(11);
+        for top_p in [1.0, 0.9] {
+            let mut p = params(1.0);
+            p.top_p = top_p;
+            for _ in 0..20 {
+                let (t, lp) = sample(&logits, &p, LogprobsMode::Raw, &mut rng);
+                assert_eq!(
+                    lp,
+                    (logits[t as usize] as f64 - lse) as f32,
+                    "top_p {top_p}"
+                );
+            }
+        }
     }
 
     #[test]

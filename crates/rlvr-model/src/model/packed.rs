@@ -136,7 +136,11 @@ impl PackedBf16 {
         let np = self.data.len() / panel_len;
         // Padded to whole panels; the first cache block of every tile writes its outputs.
         let cols = np * PANEL;
-        let mut y = vec![0f32; m * cols];
+        if pairs == 0 {
+            return vec![0.0; m * self.n];
+        }
+        // Not zeroed first: every tile stores all its outputs in its first cache block.
+        let mut y: Vec<f32> = Vec::with_capacity(m * cols);
         let out = Out(y.as_mut_ptr());
         crate::kernels::team::for_each(np.div_ceil(TASK_PANELS), |t| {
             let p = t * TASK_PANELS;
@@ -154,6 +158,9 @@ impl PackedBf16 {
             #[cfg(not(target_arch = "x86_64"))]
             unreachable!("checked by available(): {w:?} {out:?}")
         });
+        // SAFETY: the tasks' tiles cover all `m` rows and `cols` columns, and each stored its
+        // outputs (`pairs > 0`, so every tile has a first cache block).
+        unsafe { y.set_len(m * cols) };
         if cols == self.n {
             return y;
         }
