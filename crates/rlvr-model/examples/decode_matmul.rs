@@ -1,10 +1,11 @@
 //! Throughput of the decoding matmuls on SmolLM2-135M's shapes: the f32 skinny kernel and the
-//! packed bf16 kernel, over one token's worth of weights (30 layers' q, k, v, o, gate, up, down
+//! packed bf16 and f32 kernels, over one token's worth of weights (30 layers' q, k, v, o, gate, up, down
 //! and the tied head), at the row counts of batch-1, -8 and -32 decoding and of a prefill.
 //!
 //! `cargo run --release -p rlvr-model --example decode_matmul`
+use candle_core::DType;
 use candle_core::{Device, Result, Tensor};
-use rlvr_model::model::packed::{self, PackedBf16};
+use rlvr_model::model::packed::{self, Packed};
 use rlvr_model::model::skinny::try_matmul_t;
 use std::time::Instant;
 
@@ -30,21 +31,26 @@ fn main() -> Result<()> {
     ws.push(Tensor::randn(0f32, 0.02, (vocab, HIDDEN), &Device::Cpu)?);
     let params: usize = ws.iter().map(|w| w.elem_count()).sum();
 
-    let t = Instant::now();
-    let packed = if packed::available() {
-        ws.iter()
-            .map(PackedBf16::pack)
-            .collect::<Result<Vec<_>>>()?
-    } else {
-        eprintln!("note: no AVX-512 here, packed bf16 kernel not measured");
-        Vec::new()
-    };
-    if !packed.is_empty() {
+    let pack = |dtype: DType| -> Result<Vec<Packed>> {
+        if !packed::available() {
+            return Ok(Vec::new());
+        }
+        let t = Instant::now();
+        let p = ws
+            .iter()
+            .map(|w| Packed::pack(w, dtype))
+            .collect::<Result<Vec<_>>>()?;
         println!(
-            "packing {params} weights: {:.3} s",
+            "packing {params} weights in {dtype:?}: {:.3} s",
             t.elapsed().as_secs_f64()
         );
+        Ok(p)
+    };
+    if !packed::available() {
+        eprintln!("note: no AVX-512 here, packed kernels not measured");
     }
+    let packed_bf16 = pack(DType::BF16)?;
+    let packed_f32 = pack(DType::F32)?;
 
     for m in [1usize, 8, 32, 128] {
         let xs = [
@@ -65,14 +71,20 @@ fn main() -> Result<()> {
             })?;
             report("f32 skinny", m, secs, params, 4);
         }
-        if !packed.is_empty() {
+        for (name, packed, bytes) in [
+            ("bf16 packed", &packed_bf16, 2),
+            ("f32 packed", &packed_f32, 4),
+        ] {
+            if packed.is_empty() {
+                continue;
+            }
             let secs = best_of(5, || {
-                for (w, p) in ws.iter().zip(&packed) {
+                for (w, p) in ws.iter().zip(packed) {
                     p.matmul_t(x_for(w)?)?;
                 }
                 Ok(())
             })?;
-            report("bf16 packed", m, secs, params, 2);
+            report(name, m, secs, params, bytes);
         }
     }
     Ok(())

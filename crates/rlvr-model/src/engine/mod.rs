@@ -57,9 +57,11 @@ pub struct Completion {
 pub struct EngineConfig {
     /// Sequences decoded at once (KV cache slots).
     pub max_batch: usize,
-    /// Storage of the matrix weights while decoding: `F32` decodes on the model's own weights,
-    /// `BF16` on a bf16 copy made at the start of each `generate` call (half the memory traffic
-    /// per token; the sampled distribution then differs slightly from the f32 model's).
+    /// Storage of the matrix weights while decoding, `F32` or `BF16` (half the memory traffic
+    /// per token; the sampled distribution then differs slightly from the f32 model's). Each
+    /// `generate` call decodes on a [`Model::decode_copy`] in this dtype, made at its start,
+    /// unless it is given such a copy: callers that decode often make the copy once per weight
+    /// version.
     pub weights: DType,
     pub logprobs_mode: LogprobsMode,
     /// Draw a progress bar on stderr (hidden when stderr is not a terminal).
@@ -124,15 +126,16 @@ impl<'a> Engine<'a> {
     fn generate_in_pool(&self, requests: &[Request]) -> anyhow::Result<Vec<Completion>> {
         let copy;
         let model: &Model = match self.cfg.weights {
-            DType::F32 => self.model,
+            _ if self.model.decoding_weights().is_some() => self.model,
             DType::BF16
-                if !self.model.device().is_cpu() || crate::model::bf16_decode_supported() =>
+                if self.model.device().is_cpu() && !crate::model::bf16_decode_supported() =>
             {
-                copy = self.model.decode_copy(DType::BF16)?;
+                bail!("bf16 decoding needs a CPU with AVX-512F; use f32 weights")
+            }
+            weights => {
+                copy = self.model.decode_copy(weights)?;
                 &copy
             }
-            DType::BF16 => bail!("bf16 decoding needs a CPU with AVX-512F; use f32 weights"),
-            other => bail!("decoding weights must be f32 or bf16, not {other:?}"),
         };
         let max_pos = model.config().max_position_embeddings;
         let mut capacity = 1;

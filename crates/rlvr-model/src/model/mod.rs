@@ -15,7 +15,7 @@ use crate::config::ModelConfig;
 use crate::kv_cache::KvCache;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Result, Tensor, Var};
-use packed::PackedBf16;
+use packed::Packed;
 use rope::RopeTables;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,9 +34,9 @@ const MASKED: f32 = -1e30;
 pub struct Linear {
     pub weight: Var,
     pub bias: Option<Var>,
-    /// A decoding copy's bf16 weights packed for the CPU kernel (`weight` then holds the
-    /// source it was packed from); used when no gradient is wanted.
-    pub packed: Option<Arc<PackedBf16>>,
+    /// A decoding copy's weights packed for the CPU kernel (`weight` then holds the source it
+    /// was packed from); used when no gradient is wanted.
+    pub packed: Option<Arc<Packed>>,
 }
 
 impl Linear {
@@ -82,8 +82,8 @@ struct Layer {
 
 #[derive(Debug, Clone)]
 struct Fused {
-    qkv: Arc<PackedBf16>,
-    gate_up: Arc<PackedBf16>,
+    qkv: Arc<Packed>,
+    gate_up: Arc<Packed>,
 }
 
 use ops::AttnDims as Dims;
@@ -97,11 +97,13 @@ pub struct Model {
     /// `None` when tied to the embedding.
     lm_head: Option<Var>,
     /// A decoding copy's packed output head (see [`Linear::packed`]).
-    lm_head_packed: Option<Arc<PackedBf16>>,
+    lm_head_packed: Option<Arc<Packed>>,
     rope: RopeTables,
     named: Vec<(String, Var)>,
     device: Device,
     dtype: DType,
+    /// For a [`Model::decode_copy`], the dtype its matrix weights are stored in.
+    decoding: Option<DType>,
 }
 
 /// Takes HF-named tensors out of the map, checking presence and shape.
@@ -230,6 +232,7 @@ impl Model {
             named: p.named,
             device: device.clone(),
             dtype,
+            decoding: None,
         })
     }
 
@@ -265,20 +268,21 @@ impl Model {
     }
 
     /// A copy for decoding whose matrix weights (attention, MLP and output head) are stored in
-    /// `weights` (bf16 halves the bytes streamed per generated token; activations, norms and the
-    /// embedding lookup stay f32). Not trainable: it has no named parameters. With `F32` the
-    /// copy shares the weights. bf16 needs [`bf16_decode_supported`].
+    /// `weights`, bf16 or f32 (bf16 halves the bytes streamed per generated token; activations,
+    /// norms and the embedding lookup stay f32). Not trainable: it has no named parameters.
+    /// bf16 needs [`bf16_decode_supported`].
     ///
-    /// On an AVX-512 CPU the bf16 weights are packed for the decoding kernel (see [`packed`]),
-    /// q/k/v and gate/up stacked, and the KV cache is bf16 too; on a GPU they are bf16 tensors.
+    /// On an AVX-512 CPU the weights are packed for the decoding kernel (see [`packed`]), q/k/v
+    /// and gate/up stacked, and for bf16 the KV cache is bf16 too. Elsewhere an f32 copy shares
+    /// the weights, and a bf16 one (on a GPU) holds bf16 tensors.
     pub fn decode_copy(&self, weights: DType) -> Result<Model> {
-        let pack = weights == DType::BF16
-            && self.device.is_cpu()
-            && self.dtype == DType::F32
-            && packed::available();
-        let packed = |w: &Tensor| -> Result<Option<Arc<PackedBf16>>> {
+        if !matches!(weights, DType::BF16 | DType::F32) {
+            candle_core::bail!("decoding weights must be f32 or bf16, not {weights:?}")
+        }
+        let pack = self.device.is_cpu() && self.dtype == DType::F32 && packed::available();
+        let packed = |w: &Tensor| -> Result<Option<Arc<Packed>>> {
             Ok(if pack {
-                Some(Arc::new(PackedBf16::pack(w)?))
+                Some(Arc::new(Packed::pack(w, weights)?))
             } else {
                 None
             })
@@ -299,9 +303,9 @@ impl Model {
             .layers
             .iter()
             .map(|l| {
-                let stacked = |ls: &[&Linear]| -> Result<Arc<PackedBf16>> {
+                let stacked = |ls: &[&Linear]| -> Result<Arc<Packed>> {
                     let ws: Vec<&Tensor> = ls.iter().map(|l| l.weight.as_tensor()).collect();
-                    Ok(Arc::new(PackedBf16::pack_stacked(&ws)?))
+                    Ok(Arc::new(Packed::pack_stacked(&ws, weights)?))
                 };
                 let fused = if pack {
                     Some(Fused {
@@ -352,7 +356,14 @@ impl Model {
             named: Vec::new(),
             device: self.device.clone(),
             dtype: self.dtype,
+            decoding: Some(weights),
         })
+    }
+
+    /// For a [`Model::decode_copy`], the dtype its matrix weights are stored in; `None` for a
+    /// trainable model.
+    pub fn decoding_weights(&self) -> Option<DType> {
+        self.decoding
     }
 
     /// The output projection `[vocab, hidden]` (the embedding when tied).
@@ -367,6 +378,7 @@ impl Model {
         // attention kernel reads bf16 on its AVX-512 path, which needs whole 16-lane vectors.
         use crate::kernels::exp::Lanes;
         let dtype = if self.lm_head_packed.is_some()
+            && self.decoding == Some(DType::BF16)
             && Lanes::detect() == Lanes::Avx512
             && self.cfg.head_dim().is_multiple_of(16)
         {

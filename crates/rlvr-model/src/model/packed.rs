@@ -1,14 +1,14 @@
-//! bf16 weights packed for decoding on AVX-512 CPUs, and `x @ w^T` on them: the weights are
-//! half the bytes of f32 (decoding few sequences streams every weight once per token), and
-//! are widened exactly to f32 in registers; activations and accumulation stay f32.
+//! Weights packed for decoding on AVX-512 CPUs, and `x @ w^T` on them, in bf16 or f32.
+//! bf16 weights are half the bytes of f32 (decoding few sequences streams every weight once per
+//! token) and are widened exactly to f32 in registers; activations and accumulation stay f32.
 //!
-//! Layout: rows in panels of 16, each panel a run of `k / 2` vectors holding one column pair of
-//! its 16 rows (`[row0 c, row0 c+1, row1 c, row1 c+1, ...]`). One 64-byte load gives columns
-//! `c` and `c+1` of 16 rows (shift left 16 / mask the low half), and an FMA with activation
-//! `x[r, c]` broadcast adds to 16 outputs at once: no horizontal sums, every panel one
-//! sequential stream. (The bf16 dot-product instruction `vdpbf16ps` would round activations to
-//! bf16 too, and measured half the rate of f32 FMAs on a Sapphire Rapids core: 87 vs 175
-//! GFLOP/s.)
+//! Layout: rows in panels of 16, each panel a run of 64-byte vectors, one per step along `k`.
+//! For bf16 a step is a column pair of the 16 rows (`[row0 c, row0 c+1, row1 c, row1 c+1,
+//! ...]`; shift left 16 / mask the low half to widen columns `c` and `c+1`), for f32 one column.
+//! An FMA with activation `x[r, c]` broadcast adds to 16 outputs at once: no horizontal sums,
+//! every panel one sequential stream. (The bf16 dot-product instruction `vdpbf16ps` would
+//! round activations to bf16 too, and measured half the rate of f32 FMAs on a Sapphire Rapids
+//! core: 87 vs 175 GFLOP/s.)
 
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
@@ -18,14 +18,16 @@ const PANEL: usize = 16;
 /// Panels per parallel task.
 const TASK_PANELS: usize = 6;
 
-/// A `[n, k]` weight matrix in the packed bf16 layout, one `u32` per column pair of a row
-/// (the even column in the low half).
-pub struct PackedBf16 {
+/// A `[n, k]` weight matrix in the packed layout: one `u32` per step of a row, a bf16 column
+/// pair (the even column in the low half) or an f32 column's bits.
+pub struct Packed {
     data: Vec<u32>,
     n: usize,
     k: usize,
-    /// Column pairs per row: `k / 2` rounded up (an odd `k` gets a zero partner).
-    pairs: usize,
+    /// `BF16` or `F32`.
+    dtype: DType,
+    /// Steps per row: `k`, or for bf16 `k / 2` rounded up (an odd `k` gets a zero partner).
+    steps: usize,
 }
 
 /// Whether this CPU runs the packed kernel (AVX-512F).
@@ -40,20 +42,24 @@ pub fn available() -> bool {
     }
 }
 
-impl std::fmt::Debug for PackedBf16 {
+impl std::fmt::Debug for Packed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedBf16[{}, {}]", self.n, self.k)
+        write!(f, "Packed[{}, {}; {:?}]", self.n, self.k, self.dtype)
     }
 }
 
-impl PackedBf16 {
-    /// Packs `w: [n, k]` (any float dtype), rounding to bf16 (nearest even).
-    pub fn pack(w: &Tensor) -> Result<Self> {
-        Self::pack_stacked(&[w])
+impl Packed {
+    /// Packs `w: [n, k]` (any float dtype) in `dtype`: `BF16` (rounded to nearest even) or
+    /// `F32`.
+    pub fn pack(w: &Tensor, dtype: DType) -> Result<Self> {
+        Self::pack_stacked(&[w], dtype)
     }
 
     /// Packs the row-wise concatenation of `parts` (each `[n_i, k]`), without building it.
-    pub fn pack_stacked(parts: &[&Tensor]) -> Result<Self> {
+    pub fn pack_stacked(parts: &[&Tensor], dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::BF16 | DType::F32) {
+            candle_core::bail!("packed weights are bf16 or f32, not {dtype:?}")
+        }
         let k = match parts.first() {
             Some(t) => t.dims2()?.1,
             None => candle_core::bail!("pack_stacked: no matrices"),
@@ -80,14 +86,24 @@ impl PackedBf16 {
             rows.extend(all.chunks_exact(k));
         }
         let n = rows.len();
-        let pairs = k.div_ceil(2);
-        let panel_len = pairs * PANEL;
+        let bf16 = dtype == DType::BF16;
+        let steps = if bf16 { k.div_ceil(2) } else { k };
+        let panel_len = steps * PANEL;
         let mut data = vec![0u32; n.div_ceil(PANEL) * panel_len];
         data.par_chunks_mut(panel_len)
             .zip(rows.par_chunks(PANEL))
             .for_each_init(
-                || vec![0u16; pairs * 2],
+                || vec![0u16; steps * 2],
                 |bits, (panel, rows)| {
+                    if !bf16 {
+                        // Written in order, the 16 rows read side by side.
+                        for (q, v) in panel.chunks_exact_mut(PANEL).enumerate() {
+                            for (l, row) in rows.iter().enumerate() {
+                                v[l] = row[q].to_bits();
+                            }
+                        }
+                        return;
+                    }
                     for (l, row) in rows.iter().enumerate() {
                         // Rounded contiguously first (the compiler vectorizes this), then
                         // spread to the row's slot in every pair vector.
@@ -100,30 +116,42 @@ impl PackedBf16 {
                     }
                 },
             );
-        Ok(Self { data, n, k, pairs })
+        Ok(Self {
+            data,
+            n,
+            k,
+            dtype,
+            steps,
+        })
     }
 
     pub fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
     }
 
+    /// The weights' element type: `BF16` or `F32`.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// `x @ w^T` for `x: [m, k]` f32 on the CPU → `[m, n]` f32.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
         if k != self.k {
-            candle_core::bail!("packed bf16 matmul: x has {k} columns, weights {}", self.k)
+            candle_core::bail!("packed matmul: x has {k} columns, weights {}", self.k)
         }
         if !available() {
-            candle_core::bail!("packed bf16 matmul needs AVX-512F")
+            candle_core::bail!("packed matmul needs AVX-512F")
         }
         let x = crate::kernels::with_slice(&x.to_dtype(DType::F32)?, |x| self.product(x, m))?;
         Tensor::from_vec(x, (m, self.n), &Device::Cpu)
     }
 
     fn product(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let pairs = self.pairs;
+        let steps = self.steps;
+        let bf16 = self.dtype == DType::BF16;
         // Rows of x padded to whole pairs (a zero partner for an odd last column).
-        let x: std::borrow::Cow<[f32]> = if self.k.is_multiple_of(2) {
+        let x: std::borrow::Cow<[f32]> = if !bf16 || self.k.is_multiple_of(2) {
             std::borrow::Cow::Borrowed(x)
         } else {
             std::borrow::Cow::Owned(
@@ -132,11 +160,11 @@ impl PackedBf16 {
                     .collect(),
             )
         };
-        let panel_len = pairs * PANEL;
+        let panel_len = steps * PANEL;
         let np = self.data.len() / panel_len;
         // Padded to whole panels; the first cache block of every tile writes its outputs.
         let cols = np * PANEL;
-        if pairs == 0 {
+        if steps == 0 {
             return vec![0.0; m * self.n];
         }
         // Not zeroed first: every tile stores all its outputs in its first cache block.
@@ -153,13 +181,17 @@ impl PackedBf16 {
                     ptr: out.at(p * PANEL),
                     row_stride: cols,
                 };
-                panels(&x, m, pairs, w, dst)
+                if bf16 {
+                    panels::<true>(&x, m, steps, w, dst)
+                } else {
+                    panels::<false>(&x, m, steps, w, dst)
+                }
             }
             #[cfg(not(target_arch = "x86_64"))]
             unreachable!("checked by available(): {w:?} {out:?}")
         });
         // SAFETY: the tasks' tiles cover all `m` rows and `cols` columns, and each stored its
-        // outputs (`pairs > 0`, so every tile has a first cache block).
+        // outputs (`steps > 0`, so every tile has a first cache block).
         unsafe { y.set_len(m * cols) };
         if cols == self.n {
             return y;
@@ -204,29 +236,30 @@ struct Dst {
     row_stride: usize,
 }
 
-/// Column pairs per cache block: a tile's `NR` panels of a block (24 KiB) stay in L1 while every
+/// Steps per cache block: a tile's `NR` panels of a block (24 KiB) stay in L1 while every
 /// row tile of `x` passes over them; without blocking they came from L2 each time.
-const BLOCK_PAIRS: usize = 128;
+const BLOCK_STEPS: usize = 128;
 
-/// How far ahead (in packed pairs: 4 KiB) tiles prefetch into L2: more misses in flight per
+/// How far ahead (in packed words: 4 KiB) tiles prefetch into L2: more misses in flight per
 /// core than the hardware prefetcher keeps, which is what bounds decoding few sequences.
 const PREFETCH: usize = 1024;
 
-/// All rows of `x` (`[m, 2 * pairs]`) against a run of whole panels `w`, into the columns at
-/// `out`.
+/// All rows of `x` (`[m, 2 * steps]` for bf16, `[m, steps]` for f32) against a run of whole
+/// panels `w`, into the columns at `out`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn panels(x: &[f32], m: usize, pairs: usize, w: &[u32], out: Dst) {
-    let panel_len = pairs * PANEL;
+unsafe fn panels<const BF16: bool>(x: &[f32], m: usize, steps: usize, w: &[u32], out: Dst) {
+    let panel_len = steps * PANEL;
+    let cols_per_step = if BF16 { 2 } else { 1 };
     let np = w.len() / panel_len;
     let mut p = 0;
     while p < np {
         let nr = (np - p).min(3);
-        for q0 in (0..pairs).step_by(BLOCK_PAIRS) {
+        for q0 in (0..steps).step_by(BLOCK_STEPS) {
             let t = Tile {
                 q0,
-                q1: pairs.min(q0 + BLOCK_PAIRS),
-                pairs,
+                q1: steps.min(q0 + BLOCK_STEPS),
+                steps,
                 accumulate: q0 > 0,
                 row_stride: out.row_stride,
             };
@@ -234,33 +267,33 @@ unsafe fn panels(x: &[f32], m: usize, pairs: usize, w: &[u32], out: Dst) {
             while i < m {
                 let mr = (m - i).min(8);
                 let wp = w.as_ptr().add(p * panel_len);
-                let xp = x.as_ptr().add(i * pairs * 2);
+                let xp = x.as_ptr().add(i * steps * cols_per_step);
                 let op = out.ptr.add(i * out.row_stride + p * PANEL);
                 match (mr, nr) {
-                    (8, 3) => tile::<8, 3>(&t, xp, wp, op),
-                    (8, 2) => tile::<8, 2>(&t, xp, wp, op),
-                    (8, _) => tile::<8, 1>(&t, xp, wp, op),
-                    (7, 3) => tile::<7, 3>(&t, xp, wp, op),
-                    (7, 2) => tile::<7, 2>(&t, xp, wp, op),
-                    (7, _) => tile::<7, 1>(&t, xp, wp, op),
-                    (6, 3) => tile::<6, 3>(&t, xp, wp, op),
-                    (6, 2) => tile::<6, 2>(&t, xp, wp, op),
-                    (6, _) => tile::<6, 1>(&t, xp, wp, op),
-                    (5, 3) => tile::<5, 3>(&t, xp, wp, op),
-                    (5, 2) => tile::<5, 2>(&t, xp, wp, op),
-                    (5, _) => tile::<5, 1>(&t, xp, wp, op),
-                    (4, 3) => tile::<4, 3>(&t, xp, wp, op),
-                    (4, 2) => tile::<4, 2>(&t, xp, wp, op),
-                    (4, _) => tile::<4, 1>(&t, xp, wp, op),
-                    (3, 3) => tile::<3, 3>(&t, xp, wp, op),
-                    (3, 2) => tile::<3, 2>(&t, xp, wp, op),
-                    (3, _) => tile::<3, 1>(&t, xp, wp, op),
-                    (2, 3) => tile::<2, 3>(&t, xp, wp, op),
-                    (2, 2) => tile::<2, 2>(&t, xp, wp, op),
-                    (2, _) => tile::<2, 1>(&t, xp, wp, op),
-                    (_, 3) => tile::<1, 3>(&t, xp, wp, op),
-                    (_, 2) => tile::<1, 2>(&t, xp, wp, op),
-                    (_, _) => tile::<1, 1>(&t, xp, wp, op),
+                    (8, 3) => tile::<BF16, 8, 3>(&t, xp, wp, op),
+                    (8, 2) => tile::<BF16, 8, 2>(&t, xp, wp, op),
+                    (8, _) => tile::<BF16, 8, 1>(&t, xp, wp, op),
+                    (7, 3) => tile::<BF16, 7, 3>(&t, xp, wp, op),
+                    (7, 2) => tile::<BF16, 7, 2>(&t, xp, wp, op),
+                    (7, _) => tile::<BF16, 7, 1>(&t, xp, wp, op),
+                    (6, 3) => tile::<BF16, 6, 3>(&t, xp, wp, op),
+                    (6, 2) => tile::<BF16, 6, 2>(&t, xp, wp, op),
+                    (6, _) => tile::<BF16, 6, 1>(&t, xp, wp, op),
+                    (5, 3) => tile::<BF16, 5, 3>(&t, xp, wp, op),
+                    (5, 2) => tile::<BF16, 5, 2>(&t, xp, wp, op),
+                    (5, _) => tile::<BF16, 5, 1>(&t, xp, wp, op),
+                    (4, 3) => tile::<BF16, 4, 3>(&t, xp, wp, op),
+                    (4, 2) => tile::<BF16, 4, 2>(&t, xp, wp, op),
+                    (4, _) => tile::<BF16, 4, 1>(&t, xp, wp, op),
+                    (3, 3) => tile::<BF16, 3, 3>(&t, xp, wp, op),
+                    (3, 2) => tile::<BF16, 3, 2>(&t, xp, wp, op),
+                    (3, _) => tile::<BF16, 3, 1>(&t, xp, wp, op),
+                    (2, 3) => tile::<BF16, 2, 3>(&t, xp, wp, op),
+                    (2, 2) => tile::<BF16, 2, 2>(&t, xp, wp, op),
+                    (2, _) => tile::<BF16, 2, 1>(&t, xp, wp, op),
+                    (_, 3) => tile::<BF16, 1, 3>(&t, xp, wp, op),
+                    (_, 2) => tile::<BF16, 1, 2>(&t, xp, wp, op),
+                    (_, _) => tile::<BF16, 1, 1>(&t, xp, wp, op),
                 }
                 i += mr;
             }
@@ -269,32 +302,31 @@ unsafe fn panels(x: &[f32], m: usize, pairs: usize, w: &[u32], out: Dst) {
     }
 }
 
-/// One cache block of a tile: column pairs `q0..q1` of rows `pairs` long, outputs `row_stride`
-/// apart per row, added to what is there after the first block.
+/// One cache block of a tile: steps `q0..q1` of rows `steps` long, outputs `row_stride` apart
+/// per row, added to what is there after the first block.
 struct Tile {
     q0: usize,
     q1: usize,
-    pairs: usize,
+    steps: usize,
     accumulate: bool,
     row_stride: usize,
 }
 
-/// `MR` rows of `x` (stride `2 * pairs`) against `NR` consecutive panels at `w`; row `ii`'s 16
-/// outputs of panel `jj` go to `out + ii * row_stride + jj * 16`. The weights' bf16 pairs are
-/// widened exactly in registers: the even column by a left shift of 16, the odd one by masking
-/// the low half.
+/// `MR` rows of `x` against `NR` consecutive panels at `w`; row `ii`'s 16 outputs of panel `jj`
+/// go to `out + ii * row_stride + jj * 16`. bf16 pairs are widened exactly in registers: the
+/// even column by a left shift of 16, the odd one by masking the low half.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile<const MR: usize, const NR: usize>(
+unsafe fn tile<const BF16: bool, const MR: usize, const NR: usize>(
     t: &Tile,
     x: *const f32,
     w: *const u32,
     out: *mut f32,
 ) {
     use std::arch::x86_64::*;
-    let panel_len = t.pairs * PANEL;
-    let xs = t.pairs * 2;
+    let panel_len = t.steps * PANEL;
+    let (xs, cols) = if BF16 { (t.steps * 2, 2) } else { (t.steps, 1) };
     let at = |ii: usize, jj: usize| out.add(ii * t.row_stride + jj * PANEL);
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
     if t.accumulate {
@@ -312,17 +344,23 @@ unsafe fn tile<const MR: usize, const NR: usize>(
             let at = w.add(jj * panel_len + q * PANEL);
             _mm_prefetch::<_MM_HINT_T1>(at.add(PREFETCH).cast());
             let v = _mm512_loadu_si512(at.cast());
-            even[jj] = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
-            odd[jj] = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+            if BF16 {
+                even[jj] = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+                odd[jj] = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+            } else {
+                even[jj] = _mm512_castsi512_ps(v);
+            }
         }
         for (ii, row) in acc.iter_mut().enumerate() {
-            let x0 = _mm512_set1_ps(*x.add(ii * xs + 2 * q));
+            let x0 = _mm512_set1_ps(*x.add(ii * xs + cols * q));
             for jj in 0..NR {
                 row[jj] = _mm512_fmadd_ps(x0, even[jj], row[jj]);
             }
-            let x1 = _mm512_set1_ps(*x.add(ii * xs + 2 * q + 1));
-            for jj in 0..NR {
-                row[jj] = _mm512_fmadd_ps(x1, odd[jj], row[jj]);
+            if BF16 {
+                let x1 = _mm512_set1_ps(*x.add(ii * xs + 2 * q + 1));
+                for jj in 0..NR {
+                    row[jj] = _mm512_fmadd_ps(x1, odd[jj], row[jj]);
+                }
             }
         }
     }
@@ -338,9 +376,12 @@ mod tests {
     use super::*;
     use half::bf16;
 
-    /// The exact product of `x` and the bf16-rounded weights, in f64.
-    fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
-        let r = |v: f32| bf16::from_f32(v).to_f64();
+    /// The exact product of `x` and the weights as stored (`dtype`), in f64.
+    fn reference(x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize), dtype: DType) -> Vec<f64> {
+        let r = |v: f32| match dtype {
+            DType::BF16 => bf16::from_f32(v).to_f64(),
+            _ => v as f64,
+        };
         (0..m * n)
             .map(|ij| {
                 let (i, j) = (ij / n, ij % n);
@@ -350,41 +391,43 @@ mod tests {
     }
 
     #[test]
-    fn matches_the_product_with_bf16_rounded_weights() {
+    fn matches_the_exact_product_with_the_stored_weights() {
         if !available() {
             eprintln!("note: no AVX-512 here, packed kernel not exercised");
             return;
         }
         // Ragged panels (n % 16), odd k, every row-tile and panel-tile size, several tasks and
-        // cache blocks (k > 256).
-        for (m, k, n) in [
-            (1, 576, 70),
-            (3, 7, 5),
-            (9, 33, 200),
-            (17, 64, 16),
-            (32, 100, 97),
-            (11, 301, 50),
-        ] {
-            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-            let packed = PackedBf16::pack(&w).unwrap();
-            assert_eq!(packed.dims(), (n, k));
-            let got = packed.matmul_t(&x).unwrap();
-            assert_eq!(got.dims(), [m, n]);
-            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let want = reference(
-                &x.flatten_all().unwrap().to_vec1().unwrap(),
-                &w.flatten_all().unwrap().to_vec1().unwrap(),
-                m,
-                n,
-                k,
-            );
-            for (g, e) in got.iter().zip(&want) {
-                // Only the f32 accumulation differs from the exact sum.
-                assert!(
-                    (*g as f64 - e).abs() < 1e-5 * (k as f64),
-                    "{m} {k} {n}: {g} vs {e}"
+        // cache blocks (k > 256 for bf16, > 128 for f32).
+        for dtype in [DType::BF16, DType::F32] {
+            for (m, k, n) in [
+                (1, 576, 70),
+                (3, 7, 5),
+                (9, 33, 200),
+                (17, 64, 16),
+                (32, 100, 97),
+                (11, 301, 50),
+            ] {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+                let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+                let packed = Packed::pack(&w, dtype).unwrap();
+                assert_eq!(packed.dims(), (n, k));
+                assert_eq!(packed.dtype(), dtype);
+                let got = packed.matmul_t(&x).unwrap();
+                assert_eq!(got.dims(), [m, n]);
+                let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let want = reference(
+                    &x.flatten_all().unwrap().to_vec1().unwrap(),
+                    &w.flatten_all().unwrap().to_vec1().unwrap(),
+                    (m, n, k),
+                    dtype,
                 );
+                for (g, e) in got.iter().zip(&want) {
+                    // Only the f32 accumulation differs from the exact sum.
+                    assert!(
+                        (*g as f64 - e).abs() < 1e-5 * (k as f64),
+                        "{dtype:?} {m} {k} {n}: {g} vs {e}"
+                    );
+                }
             }
         }
     }
@@ -408,17 +451,24 @@ mod tests {
         assert!(bf16::from_bits(round_to_bf16_bits(f32::NAN)).is_nan());
         let a = Tensor::randn(0f32, 1.0, (5, 9), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 1.0, (20, 9), &Device::Cpu).unwrap();
-        let stacked = PackedBf16::pack_stacked(&[&a, &b]).unwrap();
-        let whole = PackedBf16::pack(&Tensor::cat(&[&a, &b], 0).unwrap()).unwrap();
-        assert_eq!(stacked.dims(), (25, 9));
-        assert_eq!(stacked.data, whole.data);
+        for dtype in [DType::BF16, DType::F32] {
+            let stacked = Packed::pack_stacked(&[&a, &b], dtype).unwrap();
+            let whole = Packed::pack(&Tensor::cat(&[&a, &b], 0).unwrap(), dtype).unwrap();
+            assert_eq!(stacked.dims(), (25, 9));
+            assert_eq!(stacked.data, whole.data);
+        }
     }
 
     #[test]
     fn wrong_width_is_an_error() {
         let w = Tensor::zeros((4, 8), DType::F32, &Device::Cpu).unwrap();
         let x = Tensor::zeros((2, 6), DType::F32, &Device::Cpu).unwrap();
-        let err = PackedBf16::pack(&w).unwrap().matmul_t(&x).unwrap_err();
+        let err = Packed::pack(&w, DType::F32)
+            .unwrap()
+            .matmul_t(&x)
+            .unwrap_err();
         assert!(err.to_string().contains("6 columns"), "{err}");
+        let err = Packed::pack(&w, DType::F16).unwrap_err();
+        assert!(err.to_string().contains("bf16 or f32"), "{err}");
     }
 }

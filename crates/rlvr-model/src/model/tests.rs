@@ -382,6 +382,37 @@ fn bf16_decode_copy_logits_track_the_f32_model() {
     assert!(d < 1e-4, "cached vs full: {d}");
 }
 
+/// An f32 decoding copy (packed for the CPU kernel where it runs) computes the model's own
+/// logits: only the order of f32 sums differs. Its KV cache stays f32.
+#[test]
+fn f32_decode_copy_gives_the_models_logits() {
+    let (_, model) = tiny_f32_model();
+    let copy = model.decode_copy(DType::F32).unwrap();
+    assert_eq!(copy.decoding_weights(), Some(DType::F32));
+    assert_eq!(model.decoding_weights(), None);
+    if super::packed::available() {
+        let p = copy.lm_head_packed.as_ref().expect("packed head");
+        assert_eq!(p.dtype(), DType::F32);
+        assert!(copy.layers.iter().all(|l| l.fused.is_some()));
+    }
+    let tokens: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6];
+    let (mut ca, mut cb) = (
+        model.new_cache(2, 16).unwrap(),
+        copy.new_cache(2, 16).unwrap(),
+    );
+    assert_eq!(cb.layer(0).0.dtype(), DType::F32);
+    for (from, to) in [(0, 6), (6, 7), (7, 8)] {
+        let a = model
+            .forward_cached(&mut ca, 0, &tokens[from..to], 1)
+            .unwrap();
+        let b = copy
+            .forward_cached(&mut cb, 0, &tokens[from..to], 1)
+            .unwrap();
+        let d = max_abs_diff(&a, &b);
+        assert!(d < 1e-4, "f32 copy logits off by {d}");
+    }
+}
+
 /// The f32 path (CPU kernels for the vocabulary softmax and SwiGLU) against the f64 path
 /// (composite tensor ops, checked against finite differences above): outputs and every gradient.
 #[test]

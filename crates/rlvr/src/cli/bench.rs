@@ -169,13 +169,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         // remakes it at every weight sync); its time is reported on its own.
         let weights = rlvr::run::decode_dtype(&dtype, &device)?;
         let t = Instant::now();
-        let copy = (weights != candle_core::DType::F32)
-            .then(|| model.decode_copy(weights))
-            .transpose()?;
+        let copy = model.decode_copy(weights)?;
         let copy_s = t.elapsed().as_secs_f64();
         eprintln!("decoding copy in {weights:?}: {copy_s:.3} s");
         results.insert("decode_copy_seconds".into(), serde_json::json!(copy_s));
-        let decode_model = copy.as_ref().unwrap_or(&model);
+        let decode_model = &copy;
         for &b in &batches {
             reset_peak_rss();
             let mut rates = Vec::new();

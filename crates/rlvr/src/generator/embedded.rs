@@ -54,12 +54,8 @@ impl EmbeddedGenerator {
         self
     }
 
-    /// The model to decode with: the trainer's own in f32, else the decoding copy (made here if
-    /// no weight sync made it yet).
+    /// The decoding copy of the trainer's weights (made here if no weight sync made it yet).
     fn decoding_model(&mut self) -> Result<&Model> {
-        if self.engine.weights == candle_core::DType::F32 {
-            return Ok(&self.model);
-        }
         if self.decode.is_none() {
             self.decode = Some(self.model.decode_copy(self.engine.weights)?);
         }
@@ -87,11 +83,8 @@ impl Generator for EmbeddedGenerator {
         )?;
         let requests: Vec<_> = per_group.into_iter().flatten().collect();
         let tok = self.tokenizer.clone();
-        // The copy (if any) is made already: the engine decodes on it as it is.
-        let cfg = EngineConfig {
-            weights: candle_core::DType::F32,
-            ..self.engine.clone()
-        };
+        // The engine decodes on the copy as it is.
+        let cfg = self.engine.clone();
         let completions = Engine::new(self.decoding_model()?, cfg)
             .with_detokenizer(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default())
             .generate(&requests)?;

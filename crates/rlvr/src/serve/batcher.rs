@@ -127,12 +127,8 @@ fn engine_loop(
     gather: Duration,
 ) {
     let mut queue: VecDeque<Job> = VecDeque::new();
-    // The decoding copy (bf16 `--dtype`) is made when weights load, not for every batch; the
-    // engine then decodes on it as it is.
-    let on_copy = EngineConfig {
-        weights: candle_core::DType::F32,
-        ..engine.clone()
-    };
+    // The decoding copy is made when weights load, not for every batch; the engine then decodes
+    // on it as it is.
     let mut copy = decode_copy(&model, &engine);
     loop {
         if queue.is_empty() {
@@ -180,7 +176,7 @@ fn engine_loop(
                 // batch that produced it is counted.
                 batches.fetch_add(1, Ordering::SeqCst);
                 match &copy {
-                    Some(c) => run_batch(c, &tokenizer, &on_copy, batch),
+                    Some(c) => run_batch(c, &tokenizer, &engine, batch),
                     None => run_batch(&model, &tokenizer, &engine, batch),
                 }
             }
@@ -188,12 +184,9 @@ fn engine_loop(
     }
 }
 
-/// `model`'s decoding copy in `engine.weights`; `None` for f32, or when it cannot be made (the
-/// engine then tries per batch and reports the error to the clients).
+/// `model`'s decoding copy in `engine.weights`; `None` when it cannot be made (the engine then
+/// tries per batch and reports the error to the clients).
 fn decode_copy(model: &Model, engine: &EngineConfig) -> Option<Model> {
-    if engine.weights == candle_core::DType::F32 {
-        return None;
-    }
     match model.decode_copy(engine.weights) {
         Ok(c) => Some(c),
         Err(e) => {
