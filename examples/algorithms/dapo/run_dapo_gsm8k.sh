@@ -22,12 +22,12 @@
 # variance and dynamic sampling needs ~8 generation batches per step; at 0.6 it scores ~6%.
 #
 # Rollouts decode with SkyRL's default generator.model_dtype=bfloat16: on an AVX-512 CPU the
-# embedded engine packs a bf16 copy of the current weights per generation batch (widened to f32
-# in registers; f32 activations and accumulation; bf16 KV cache) and generates ~1.6x faster than
-# in f32 (337 vs 207 tok/s here). The PPO ratio uses log-probs the f32 trainer recomputes, as in
-# SkyRL; the rollout/trainer gap is logged (policy/rollout_train_logprobs_abs_diff_*).
-# generator.model_dtype=float32 decodes on the trainer's weights (gap ~3e-6); without AVX-512
-# the engine falls back to it.
+# embedded engine packs a bf16 copy of the weights at every weight sync (widened to f32 in
+# registers; f32 activations and accumulation; bf16 KV cache). The PPO ratio uses log-probs the
+# f32 trainer recomputes, as in SkyRL; the rollout/trainer gap is logged
+# (policy/rollout_train_logprobs_abs_diff_*). generator.model_dtype=float32 decodes on a packed
+# f32 copy (the trainer's numbers up to the order of sums, gap ~3e-6) at about 0.85x the bf16
+# speed for a full batch; without AVX-512 the engine decodes in f32 on the trainer's weights.
 #
 # RECIPE=gpu — SkyRL's overrides unchanged (Qwen2.5-1.5B-Instruct, 1024 prompts x 5 samples,
 # 1024 new tokens, GSM8K strict). rlvr accepts every line; GPU-stack keys print how rlvr treats

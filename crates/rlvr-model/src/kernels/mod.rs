@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod exp;
 pub mod gemm;
+pub mod rms_norm;
 pub mod softmax;
 pub mod swiglu;
 pub mod team;

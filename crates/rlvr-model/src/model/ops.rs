@@ -60,6 +60,19 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, grad: bool) -> Result<Tensor> 
         return Ok(y);
     }
     op2("rms-norm", x, w, y, move |x, w, g| {
+        if kernels::applies(x) && kernels::applies(w) {
+            let (dx, dw) = kernels::with_slice(x, |xv| {
+                kernels::with_slice(w, |wv| {
+                    kernels::with_slice(g, |gv| {
+                        kernels::rms_norm::backward(Lanes::detect(), xv, wv, gv, eps as f32)
+                    })
+                })
+            })???;
+            return Ok((
+                Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+                Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+            ));
+        }
         let h = x.dim(D::Minus1)? as f64;
         let r = inv_rms(x, eps)?;
         let gw = g.broadcast_mul(w)?;
