@@ -4,7 +4,7 @@
 #   bash examples/algorithms/dapo/run_dapo_gsm8k.sh            # RECIPE=cpu (default)
 #   RECIPE=gpu bash examples/algorithms/dapo/run_dapo_gsm8k.sh  # SkyRL's sizes, line for line
 #
-# RECIPE=cpu — the main job, on 2 CPU cores with the embedded engine, about an hour:
+# RECIPE=cpu — the main job, on 2 CPU cores with the embedded engine, about 12 minutes:
 #   model   SmolLM2-135M-Instruct (GGUF from PyPI, see ASSETS), f32
 #   data    MAWPS single-operation word problems in GSM8K's format ("... output the final answer
 #           after ####"), 362 train / 200 held-out; scored with the GSM8K environment's numeric method (rlvr: last number, numeric compare;
