@@ -222,9 +222,7 @@ impl<'a> Engine<'a> {
                 .iter()
                 .map(|s| *s.tokens.last().expect("sampled"))
                 .collect();
-            // A decoding step is ~150 short parallel loops: a spinning team runs them (prefill
-            // above stays on the pool, where gemm's own parallelism works).
-            let done = team::with_team(|| -> anyhow::Result<Vec<Option<Completion>>> {
+            let mut decode_step = || -> anyhow::Result<Vec<Option<Completion>>> {
                 let logits = model.forward_cached(&mut cache, 0, &last, running.len())?;
                 // Rows sample in parallel: each has its own generator, so results do not
                 // depend on the order.
@@ -243,7 +241,15 @@ impl<'a> Engine<'a> {
                     sample_rows(&logits.flatten_all()?.to_vec1::<f32>()?);
                 }
                 Ok(rows.into_iter().map(|(_, d)| d).collect())
-            })?;
+            };
+            // On the CPU a decoding step is ~150 short parallel loops: a spinning team runs them
+            // (prefill above stays on the pool, where gemm's own parallelism works). On a GPU
+            // the CPU only launches kernels and samples, and spinning threads would only burn it.
+            let done = if model.device().is_cpu() {
+                team::with_team(decode_step)?
+            } else {
+                decode_step()?
+            };
             let mut finished = Vec::new();
             for (slot, d) in done.into_iter().enumerate() {
                 if let Some(d) = d {
