@@ -64,6 +64,9 @@ impl Packed {
             Some(t) => t.dims2()?.1,
             None => candle_core::bail!("pack_stacked: no matrices"),
         };
+        if k == 0 {
+            candle_core::bail!("pack_stacked: matrices without columns")
+        }
         let mut owned = Vec::with_capacity(parts.len());
         for t in parts {
             if t.dims2()?.1 != k {
@@ -164,9 +167,6 @@ impl Packed {
         let np = self.data.len() / panel_len;
         // Padded to whole panels; the first cache block of every tile writes its outputs.
         let cols = np * PANEL;
-        if steps == 0 {
-            return vec![0.0; m * self.n];
-        }
         // Not zeroed first: every tile stores all its outputs in its first cache block.
         let mut y: Vec<f32> = Vec::with_capacity(m * cols);
         let out = Out(y.as_mut_ptr());
@@ -191,7 +191,7 @@ impl Packed {
             unreachable!("checked by available(): {w:?} {out:?}")
         });
         // SAFETY: the tasks' tiles cover all `m` rows and `cols` columns, and each stored its
-        // outputs (`steps > 0`, so every tile has a first cache block).
+        // outputs (`k > 0`, checked when packing, so every tile has a first cache block).
         unsafe { y.set_len(m * cols) };
         if cols == self.n {
             return y;
@@ -470,5 +470,8 @@ mod tests {
         assert!(err.to_string().contains("6 columns"), "{err}");
         let err = Packed::pack(&w, DType::F16).unwrap_err();
         assert!(err.to_string().contains("bf16 or f32"), "{err}");
+        let empty = Tensor::zeros((4, 0), DType::F32, &Device::Cpu).unwrap();
+        let err = Packed::pack(&empty, DType::F32).unwrap_err();
+        assert!(err.to_string().contains("without columns"), "{err}");
     }
 }
