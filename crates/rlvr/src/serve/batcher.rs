@@ -175,10 +175,7 @@ fn engine_loop(
                 // Counted before the replies go out, so a client never sees its answer before the
                 // batch that produced it is counted.
                 batches.fetch_add(1, Ordering::SeqCst);
-                match &copy {
-                    Some(c) => run_batch(c, &tokenizer, &engine, batch),
-                    None => run_batch(&model, &tokenizer, &engine, batch),
-                }
+                run_batch(copy.as_ref().unwrap_or(&model), &tokenizer, &engine, batch);
             }
         }
     }
