@@ -116,11 +116,12 @@ pub fn sample(
     // Unnormalised probabilities of the temperature-scaled logits (sums are taken in f64).
     let w32 = shifted_exp(logits, max, inv_t as f32);
     let w = |i: usize| f64::from(w32[i]);
+    let all_weights = || w32.iter().map(|&e| f64::from(e));
     let filtered = p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0;
     let u: f64 = rng.gen();
     let (token, weight, total) = if !filtered {
-        let total: f64 = w32.iter().map(|&e| f64::from(e)).sum();
-        let i = draw(w32.iter().map(|&e| f64::from(e)).enumerate(), u * total);
+        let total: f64 = all_weights().sum();
+        let i = draw(all_weights().enumerate(), u * total);
         (i, w(i), total)
     } else {
         let mut kept: Vec<usize> = (0..w32.len()).collect();
@@ -155,11 +156,7 @@ pub fn sample(
         // log-normaliser without another two passes over the vocabulary (same values, same
         // order, so bit-identical to `logsumexp`).
         LogprobsMode::Raw if inv_t == 1.0 => {
-            let all = if filtered {
-                w32.iter().map(|&e| f64::from(e)).sum()
-            } else {
-                total
-            };
+            let all = if filtered { all_weights().sum() } else { total };
             raw_lp(token, max as f64 + all.ln())
         }
         LogprobsMode::Raw => raw_lp(token, logsumexp(logits)),
