@@ -1,6 +1,7 @@
 //! Evaluation on the validation set: SkyRL's `eval/{all,<data_source>}/{avg_score,pass_at_k}`, the
-//! environments' extra scores (e.g. GSM8K's strict and flexible accuracy), and a JSONL dump of
-//! every prompt, response and score.
+//! environments' extra scores (e.g. GSM8K's strict and flexible accuracy), the truncation rate and
+//! mean response length, each mean with its standard error (`…_stderr`, over responses), and a
+//! JSONL dump of every prompt, response and score.
 
 use crate::data::PromptRow;
 use crate::env::EnvRegistry;
@@ -23,30 +24,63 @@ pub struct EvalSettings<'a> {
     pub dump: Option<&'a Path>,
 }
 
+/// Running sum and sum of squares of one per-response score.
+#[derive(Default, Clone, Copy)]
+struct Moments {
+    sum: f64,
+    sum_sq: f64,
+    count: usize,
+}
+
+impl Moments {
+    fn add(&mut self, v: f64) {
+        self.sum += v;
+        self.sum_sq += v * v;
+        self.count += 1;
+    }
+
+    fn mean(&self) -> f64 {
+        self.sum / self.count.max(1) as f64
+    }
+
+    /// Standard error of the mean: the sample standard deviation (n − 1) over √n; for a 0/1 score
+    /// this is √(p(1−p)/(n−1)). Zero for fewer than two responses.
+    fn stderr(&self) -> f64 {
+        if self.count < 2 {
+            return 0.0;
+        }
+        let n = self.count as f64;
+        let var = ((self.sum_sq - self.sum * self.sum / n) / (n - 1.0)).max(0.0);
+        (var / n).sqrt()
+    }
+}
+
 /// Scores of one data source (or of all rows): per group, the samples' rewards; per extra score
-/// name, the sum and count.
+/// name (the environment's, `truncated`, `response_length`), its moments.
 #[derive(Default)]
 struct Tally {
     groups: Vec<Vec<f64>>,
-    extra: BTreeMap<&'static str, (f64, usize)>,
+    extra: BTreeMap<&'static str, Moments>,
 }
 
 impl Tally {
     fn metrics(&self, name: &str, n: usize, out: &mut Metrics) {
-        let flat: Vec<f64> = self.groups.iter().flatten().copied().collect();
-        let avg = flat.iter().sum::<f64>() / flat.len().max(1) as f64;
+        let mut score = Moments::default();
+        self.groups.iter().flatten().for_each(|&v| score.add(v));
         let passed = self
             .groups
             .iter()
             .filter(|g| g.iter().any(|&s| s > 0.0))
             .count();
-        out.insert(format!("eval/{name}/avg_score"), avg);
+        out.insert(format!("eval/{name}/avg_score"), score.mean());
+        out.insert(format!("eval/{name}/avg_score_stderr"), score.stderr());
         out.insert(
             format!("eval/{name}/pass_at_{n}"),
             passed as f64 / self.groups.len().max(1) as f64,
         );
-        for (k, (sum, count)) in &self.extra {
-            out.insert(format!("eval/{name}/{k}"), sum / (*count).max(1) as f64);
+        for (k, m) in &self.extra {
+            out.insert(format!("eval/{name}/{k}"), m.mean());
+            out.insert(format!("eval/{name}/{k}_stderr"), m.stderr());
         }
     }
 }
@@ -77,12 +111,13 @@ pub fn evaluate(
             let source = per_source.entry(group.row.data_source.clone()).or_default();
             let mut scores = Vec::with_capacity(n);
             for k in g * n..(g + 1) * n {
-                let extra = s.envs.eval_scores(&out.responses[k], &group.row);
+                let truncated = out.stop_reasons[k] == crate::generator::StopReason::Length;
+                let mut extra = s.envs.eval_scores(&out.responses[k], &group.row);
+                extra.push(("truncated", truncated as u8 as f64));
+                extra.push(("response_length", out.response_ids[k].len() as f64));
                 for &(name, v) in &extra {
                     for t in [&mut *source, &mut all] {
-                        let e = t.extra.entry(name).or_default();
-                        e.0 += v;
-                        e.1 += 1;
+                        t.extra.entry(name).or_default().add(v);
                     }
                 }
                 scores.push(out.rewards[k]);
@@ -98,6 +133,15 @@ pub fn evaluate(
                 });
                 for (name, v) in extra {
                     line[name] = v.into();
+                }
+                // Which problem this was, so a dump can be re-scored or compared row by row.
+                let info = &group.row.extra_info;
+                if let Some(index) = info.get("index").and_then(|v| v.as_u64()) {
+                    line["index"] = index.into();
+                    let test_split = info.get("split").and_then(|v| v.as_str()) == Some("test");
+                    if group.row.data_source == "openai/gsm8k" && test_split {
+                        line["gsm8k_test_index"] = index.into();
+                    }
                 }
                 lines.push(line);
             }
@@ -123,4 +167,35 @@ pub fn evaluate(
         f.flush()?;
     }
     Ok(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Moments;
+
+    #[test]
+    fn stderr_of_a_binary_score_is_the_binomial_one() {
+        // 3 of 10 correct: mean 0.3, sample variance 0.3·0.7·10/9, stderr √(0.21/9).
+        let mut m = Moments::default();
+        for i in 0..10 {
+            m.add((i < 3) as u8 as f64);
+        }
+        assert!((m.mean() - 0.3).abs() < 1e-12);
+        assert!((m.stderr() - (0.21f64 / 9.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn stderr_matches_the_two_pass_formula_and_is_zero_for_one_value() {
+        let xs = [250.0, 31.0, 320.0, 7.5, 199.0];
+        let mut m = Moments::default();
+        xs.iter().for_each(|&x| m.add(x));
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        assert!((m.stderr() - (var / n).sqrt()).abs() < 1e-9);
+        let mut one = Moments::default();
+        one.add(1.0);
+        assert_eq!(one.stderr(), 0.0);
+        assert_eq!(Moments::default().mean(), 0.0);
+    }
 }

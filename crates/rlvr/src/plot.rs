@@ -17,6 +17,30 @@ const FIGURES: &[(&str, &str, &[&str])] = &[
     ),
     ("eval_score.png", "Eval score", &["eval/all/avg_score"]),
     (
+        "accuracy.png",
+        "Accuracy (eval greedy; train samples)",
+        &[
+            "eval/all/strict_accuracy",
+            "eval/all/flexible_accuracy",
+            "environment/strict_accuracy",
+        ],
+    ),
+    (
+        "marker_rate.png",
+        "Responses containing ####",
+        &["eval/all/marker_rate", "environment/marker_rate"],
+    ),
+    (
+        "zero_variance_groups.png",
+        "Zero-variance group fraction",
+        &["dynamic_sampling/zero_std_group_fraction"],
+    ),
+    (
+        "generation_batches.png",
+        "Generation batches per step",
+        &["dynamic_sampling/num_gen_batches"],
+    ),
+    (
         "response_length.png",
         "Response length (tokens)",
         &["generate/avg_num_tokens", "generate/max_num_tokens"],

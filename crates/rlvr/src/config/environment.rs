@@ -43,4 +43,6 @@ pub struct SearchConfig {
 pub struct Gsm8kConfig {
     /// `strict` (SkyRL: the number after `#### `) or `flexible` (the last number in the text).
     pub method: String,
+    /// Partial credit for a formatted but wrong answer (`compute_score`'s `format_score`).
+    pub format_score: f64,
 }

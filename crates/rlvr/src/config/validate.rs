@@ -418,6 +418,12 @@ fn trainer(cfg: &Config, errors: &mut Vec<String>) {
         &cfg.environment.skyrl_gym.gsm8k.method,
         &["strict", "flexible", "numeric"],
     );
+    let fs = cfg.environment.skyrl_gym.gsm8k.format_score;
+    if !(0.0..=1.0).contains(&fs) {
+        errors.push(format!(
+            "`environment.skyrl_gym.gsm8k.format_score` is {fs}; expected a number in [0, 1] (the reward of a formatted wrong answer; a correct one scores 1)"
+        ));
+    }
 }
 
 fn one_of(errors: &mut Vec<String>, key: &str, value: &str, allowed: &[&str]) {

@@ -11,6 +11,48 @@ use std::path::Path;
 pub const INSTRUCTION: &str =
     "Let's think step by step and output the final answer after \"####\".";
 
+/// How a question becomes the prompt's chat messages. The default is SkyRL's: one user message,
+/// the question followed by [`INSTRUCTION`]. SkyRL's data script is the user's to edit; these are
+/// the two edits a model that ignores SkyRL's instruction needs (a system prompt, another
+/// instruction), so the parquet files say which prompt a run trained and was evaluated on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptStyle {
+    /// A system message before the question; `None` leaves the chat template's default.
+    pub system: Option<String>,
+    /// Appended to every question after one space.
+    pub instruction: String,
+}
+
+impl Default for PromptStyle {
+    fn default() -> Self {
+        Self {
+            system: None,
+            instruction: INSTRUCTION.into(),
+        }
+    }
+}
+
+impl PromptStyle {
+    fn messages(&self, question: &str) -> Vec<Message> {
+        let user = if self.instruction.is_empty() {
+            question.to_owned()
+        } else {
+            format!("{question} {}", self.instruction)
+        };
+        self.system
+            .iter()
+            .map(|s| Message {
+                role: "system".into(),
+                content: s.clone(),
+            })
+            .chain(std::iter::once(Message {
+                role: "user".into(),
+                content: user,
+            }))
+            .collect()
+    }
+}
+
 /// A word-problem source whose rows can be converted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Source {
@@ -30,7 +72,12 @@ impl Source {
 }
 
 /// Reads a raw jsonl file of `source` and returns rows tagged with `split`.
-pub fn convert_file(source: Source, path: &Path, split: &str) -> Result<Vec<PromptRow>> {
+pub fn convert_file(
+    source: Source,
+    path: &Path,
+    split: &str,
+    style: &PromptStyle,
+) -> Result<Vec<PromptRow>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut rows = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
@@ -46,6 +93,7 @@ pub fn convert_file(source: Source, path: &Path, split: &str) -> Result<Vec<Prom
             source,
             rows.len(),
             split,
+            style.messages(&question),
             &question,
             ground_truth,
             answer,
@@ -58,16 +106,14 @@ fn row(
     source: Source,
     index: usize,
     split: &str,
+    prompt: Vec<Message>,
     question: &str,
     ground_truth: String,
     answer: Value,
 ) -> PromptRow {
     PromptRow {
         data_source: source.data_source().into(),
-        prompt: vec![Message {
-            role: "user".into(),
-            content: format!("{question} {INSTRUCTION}"),
-        }],
+        prompt,
         env_class: "gsm8k".into(),
         reward_spec: RewardSpec {
             method: "rule".into(),
@@ -150,7 +196,7 @@ mod tests {
             "t.jsonl",
             "{\"question\":\"Q?\",\"answer\":\"so 1,000 + 200\\n#### 1,200\",\"idx\":0}\n",
         );
-        let rows = convert_file(Source::Gsm8k, &p, "train").unwrap();
+        let rows = convert_file(Source::Gsm8k, &p, "train", &PromptStyle::default()).unwrap();
         assert_eq!(rows[0].reward_spec.ground_truth, "1200");
         assert_eq!(
             rows[0].prompt[0].content,
@@ -162,6 +208,32 @@ mod tests {
     }
 
     #[test]
+    fn prompt_style_adds_a_system_message_and_replaces_the_instruction() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "t.jsonl",
+            "{\"question\":\"Q?\",\"answer\":\"#### 3\",\"idx\":0}\n",
+        );
+        let style = PromptStyle {
+            system: Some("Be brief.".into()),
+            instruction: "End with #### N.".into(),
+        };
+        let rows = convert_file(Source::Gsm8k, &p, "test", &style).unwrap();
+        let roles: Vec<&str> = rows[0].prompt.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user"]);
+        assert_eq!(rows[0].prompt[0].content, "Be brief.");
+        assert_eq!(rows[0].prompt[1].content, "Q? End with #### N.");
+        let bare = PromptStyle {
+            system: None,
+            instruction: String::new(),
+        };
+        let rows = convert_file(Source::Gsm8k, &p, "test", &bare).unwrap();
+        assert_eq!(rows[0].prompt.len(), 1);
+        assert_eq!(rows[0].prompt[0].content, "Q?");
+    }
+
+    #[test]
     fn mawps_and_svamp_numbers() {
         let d = tempfile::tempdir().unwrap();
         let p = write(
@@ -169,11 +241,11 @@ mod tests {
             "m.jsonl",
             "{\"input\":\"How many?\",\"target\":43.0}\n{\"input\":\"Half?\",\"target\":2.5}\n",
         );
-        let rows = convert_file(Source::Mawps, &p, "train").unwrap();
+        let rows = convert_file(Source::Mawps, &p, "train", &PromptStyle::default()).unwrap();
         assert_eq!(rows[0].reward_spec.ground_truth, "43");
         assert_eq!(rows[1].reward_spec.ground_truth, "2.5");
         let p = write(d.path(), "s.jsonl", "{\"Answer\":145.0,\"Question\":\"How big is each group?\",\"Body\":\"There are 290 bananas in 2 groups\"}\n");
-        let rows = convert_file(Source::Svamp, &p, "test").unwrap();
+        let rows = convert_file(Source::Svamp, &p, "test", &PromptStyle::default()).unwrap();
         assert_eq!(rows[0].reward_spec.ground_truth, "145");
         assert!(rows[0].prompt[0]
             .content
@@ -190,7 +262,7 @@ mod tests {
         );
         let err = format!(
             "{:#}",
-            convert_file(Source::Gsm8k, &p, "train").unwrap_err()
+            convert_file(Source::Gsm8k, &p, "train", &PromptStyle::default()).unwrap_err()
         );
         assert!(
             err.contains("b.jsonl") && err.contains("line 1") && err.contains("####"),

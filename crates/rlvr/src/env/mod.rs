@@ -30,9 +30,9 @@ pub struct EnvRegistry {
 
 impl EnvRegistry {
     /// The built-in environments, configured from `environment.*`.
-    pub fn with_builtins(gsm8k_method: rlvr_algo::rewards::gsm8k::Method) -> Self {
+    pub fn with_builtins(gsm8k: Gsm8kEnv) -> Self {
         let mut r = Self::default();
-        r.register("gsm8k", Arc::new(Gsm8kEnv::new(gsm8k_method)));
+        r.register("gsm8k", Arc::new(gsm8k));
         r.register(crate::toy::ENV_CLASS, Arc::new(crate::toy::ToyEnv));
         r
     }

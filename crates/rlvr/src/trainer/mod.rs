@@ -200,6 +200,7 @@ impl Trainer {
             n,
         ));
         metrics.extend(length_metrics(&output));
+        metrics.extend(environment_metrics(&self.envs, &output));
 
         // 5. Overlong filtering: responses that hit the length limit leave the loss.
         if cfg.generator.apply_overlong_filtering {
@@ -327,6 +328,23 @@ fn zero_std_count(rewards: &[f64], uids: &[String]) -> (usize, usize) {
         .filter(|(_, v)| v.iter().all(|&x| x == v[0]))
         .count();
     (zero, groups.len())
+}
+
+/// `environment/<name>`: the mean over this step's responses of each extra score their
+/// environments report (GSM8K: strict and flexible accuracy, the `####` rate), so the training
+/// curves show what the reward alone hides (e.g. the format being learned before the answers).
+pub fn environment_metrics(envs: &EnvRegistry, out: &GeneratorOutput) -> Metrics {
+    let mut sums: std::collections::BTreeMap<&'static str, (f64, usize)> = Default::default();
+    for (response, row) in out.responses.iter().zip(&out.rows) {
+        for (name, v) in envs.eval_scores(response, row) {
+            let e = sums.entry(name).or_default();
+            e.0 += v;
+            e.1 += 1;
+        }
+    }
+    sums.into_iter()
+        .map(|(k, (sum, count))| (format!("environment/{k}"), sum / count as f64))
+        .collect()
 }
 
 /// `generate/{min,max,avg,std}_num_tokens` and the fraction cut at the length limit.
