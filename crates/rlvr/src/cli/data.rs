@@ -36,10 +36,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let (train, val) = match args.source {
         Source::Gsm8k => {
-            let mut val = convert_file(args.source, &args.input.join("test.jsonl"), "test", &style)?;
+            let mut val =
+                convert_file(args.source, &args.input.join("test.jsonl"), "test", &style)?;
             val.truncate(args.val_size.unwrap_or(val.len()));
             (
-                convert_file(args.source, &args.input.join("train.jsonl"), "train", &style)?,
+                convert_file(
+                    args.source,
+                    &args.input.join("train.jsonl"),
+                    "train",
+                    &style,
+                )?,
                 val,
             )
         }
