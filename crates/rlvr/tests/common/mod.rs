@@ -1,0 +1,7 @@
+//! Helpers shared by the `rlvr` crate's integration tests.
+#![allow(dead_code)]
+
+/// Where the real models are (`$RLVR_ASSETS`, else `<workspace root>/assets`) and what a test does
+/// when one is missing: the very file `rlvr-model`'s tests use, so both crates follow one rule.
+#[path = "../../../rlvr-model/tests/common/assets.rs"]
+pub mod assets;
