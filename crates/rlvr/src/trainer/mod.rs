@@ -334,16 +334,15 @@ fn zero_std_count(rewards: &[f64], uids: &[String]) -> (usize, usize) {
 /// environments report (GSM8K: strict and flexible accuracy, the `####` rate), so the training
 /// curves show what the reward alone hides (e.g. the format being learned before the answers).
 pub fn environment_metrics(envs: &EnvRegistry, out: &GeneratorOutput) -> Metrics {
-    let mut sums: std::collections::BTreeMap<&'static str, (f64, usize)> = Default::default();
+    let mut scores: std::collections::BTreeMap<&'static str, eval::Moments> = Default::default();
     for (response, row) in out.responses.iter().zip(&out.rows) {
         for (name, v) in envs.eval_scores(response, row) {
-            let e = sums.entry(name).or_default();
-            e.0 += v;
-            e.1 += 1;
+            scores.entry(name).or_default().add(v);
         }
     }
-    sums.into_iter()
-        .map(|(k, (sum, count))| (format!("environment/{k}"), sum / count as f64))
+    scores
+        .into_iter()
+        .map(|(k, m)| (format!("environment/{k}"), m.mean()))
         .collect()
 }
 
