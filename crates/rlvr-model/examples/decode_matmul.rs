@@ -5,8 +5,8 @@
 //! `cargo run --release -p rlvr-model --example decode_matmul`
 use candle_core::DType;
 use candle_core::{Device, Result, Tensor};
-use rlvr_model::model::packed::{self, Packed};
-use rlvr_model::model::skinny::try_matmul_t;
+use rlvr_model::kernels::packed::{self, Packed};
+use rlvr_model::kernels::skinny::try_matmul_t;
 use std::time::Instant;
 
 const HIDDEN: usize = 576;
@@ -60,7 +60,7 @@ fn main() -> Result<()> {
         let x_for = |w: &Tensor| -> Result<&Tensor> {
             Ok(if w.dim(1)? == HIDDEN { &xs[0] } else { &xs[1] })
         };
-        if m <= rlvr_model::model::skinny::MAX_ROWS_AVX512 {
+        if m <= rlvr_model::kernels::skinny::MAX_ROWS_AVX512 {
             let secs = best_of(5, || {
                 for w in &ws {
                     if try_matmul_t(x_for(w)?, w)?.is_none() {

@@ -8,6 +8,7 @@ pub mod device;
 pub use config::{ModelConfig, RopeScaling};
 pub use device::{device_name, parse_device};
 pub mod engine;
+/// Public for the kernel benchmarks in `examples/`; the model is the API.
 pub mod kernels;
 pub mod kv_cache;
 pub mod logprobs;

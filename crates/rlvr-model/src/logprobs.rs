@@ -8,7 +8,7 @@
 //! f32 would be 600 MB per intermediate). On the CPU in f32 the softmax math of a chunk is
 //! [`kernels::vocab`](crate::kernels::vocab): two passes over the logits instead of a dozen.
 
-use crate::kernels::{self, exp::Lanes};
+use crate::kernels::{self, Lanes};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D};
 
 /// Options of [`crate::Model::response_logprobs`].

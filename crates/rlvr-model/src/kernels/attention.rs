@@ -2,7 +2,8 @@
 //! (sequence, kv head) pair reads its keys and values once, straight from the cache's storage;
 //! batched gemm over such thin matrices spent most of its time packing them.
 
-use super::exp::{exp_inplace_on, Lanes};
+use super::exp::exp_inplace_on;
+use super::Lanes;
 
 /// Shapes of one call. The cache holds `[slots, kv_heads, capacity, head_dim]` per layer; the
 /// sequences are slots `first..first + n`, each reading its first `total` positions.

@@ -9,33 +9,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// Which code path a kernel takes: chosen once per call (from the CPU) and handed to the
-/// parallel workers, so tests can run the scalar path too without touching other threads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lanes {
-    Avx512,
-    Scalar,
-}
-
-impl Lanes {
-    pub fn detect() -> Lanes {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") {
-            return Lanes::Avx512;
-        }
-        Lanes::Scalar
-    }
-
-    /// The paths to check in tests: this CPU's and the scalar one.
-    #[cfg(test)]
-    pub fn all() -> Vec<Lanes> {
-        let mut v = vec![Lanes::Scalar];
-        if Lanes::detect() != Lanes::Scalar {
-            v.push(Lanes::detect());
-        }
-        v
-    }
-}
+use super::Lanes;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;

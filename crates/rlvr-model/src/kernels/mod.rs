@@ -1,16 +1,31 @@
-//! CPU kernels for training's element-wise work: a vectorized `exp`, the vocabulary softmax
-//! (log-probs, entropy and their gradient) and SwiGLU, each one or two passes over memory where
-//! the composite tensor versions made many. f32 on the CPU only; callers keep the tensor path for
-//! other devices and dtypes.
+//! CPU kernels, f32 (and bf16 weights for decoding), each one or two passes over memory where the
+//! composite tensor versions made many. Callers keep candle's tensor path for other devices and
+//! dtypes, and every kernel picks its instruction path at run time ([`cpu`]).
+//!
+//! - [`cpu`]: which instructions this CPU has; [`Lanes`], the path a call takes.
+//! - [`exp`]: a vectorized `exp` (the softmaxes and SiLU call it billions of times per step).
+//! - [`vocab`]: the vocabulary softmax: log-probs, entropy and their gradient.
+//! - [`softmax`]: masked attention softmax and its backward.
+//! - [`attention`]: decoding attention over the KV cache.
+//! - [`rms_norm`], [`swiglu`]: their forward and backward.
+//! - [`gemm`]: training's matmuls and their gradients.
+//! - [`skinny`]: `x @ w^T` for few rows (decoding, f32 weights).
+//! - [`packed`]: weights packed for decoding on AVX-512, bf16 or f32.
+//! - [`team`]: the worker threads the kernels split rows over.
 
 pub mod attention;
+pub mod cpu;
 pub mod exp;
 pub mod gemm;
+pub mod packed;
 pub mod rms_norm;
+pub mod skinny;
 pub mod softmax;
 pub mod swiglu;
 pub mod team;
 pub mod vocab;
+
+pub use cpu::Lanes;
 
 use candle_core::{DType, Result, Storage, Tensor};
 

@@ -1,7 +1,7 @@
 //! RMSNorm's backward in one pass over each row (the composite tensor version made a dozen passes
 //! and allocations per call, 61 calls per training step for SmolLM2).
 
-use super::exp::Lanes;
+use super::Lanes;
 use rayon::prelude::*;
 
 /// Rows per parallel task. Fixed, so `dw`'s partial sums always add up in the same order.

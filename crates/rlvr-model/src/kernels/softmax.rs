@@ -1,9 +1,9 @@
 //! Attention's softmax: `softmax(scores * scale + mask)` row by row, and its backward
 //! `scale * p * (dp - sum(p dp))`, each one pass over memory (a row of keys stays in L1).
 
-use super::exp::Lanes;
 #[cfg(target_arch = "x86_64")]
 use super::exp::{exp16, tail_mask};
+use super::Lanes;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;

@@ -1,8 +1,8 @@
 //! SwiGLU, `silu(gate) * up`, and its backward in one pass each (chunks in parallel).
 
-use super::exp::Lanes;
 #[cfg(target_arch = "x86_64")]
 use super::exp::{exp16, tail_mask};
+use super::Lanes;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;

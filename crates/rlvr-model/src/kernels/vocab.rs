@@ -3,9 +3,9 @@
 //! log-prob of the label, entropy and log-sum-exp forward, and the gradient w.r.t. the logits.
 //! Rows run in parallel; lanes with AVX-512F.
 
-use super::exp::Lanes;
 #[cfg(target_arch = "x86_64")]
 use super::exp::{exp16, tail_mask};
+use super::Lanes;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;

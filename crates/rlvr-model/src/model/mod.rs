@@ -7,15 +7,14 @@
 
 mod autograd;
 pub mod ops;
-pub mod packed;
 pub mod rope;
-pub mod skinny;
 
 use crate::config::ModelConfig;
+use crate::kernels::packed::{self, Packed};
+use crate::kernels::skinny;
 use crate::kv_cache::KvCache;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Result, Tensor, Var};
-use packed::Packed;
 use rope::RopeTables;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -376,7 +375,7 @@ impl Model {
         // A packed bf16 decoding copy keeps its keys and values in bf16 too, as bf16 engines do:
         // at batch 32 the cache is read at ~400 MB per step, more than the weights. The decoding
         // attention kernel reads bf16 on its AVX-512 path, which needs whole 16-lane vectors.
-        use crate::kernels::exp::Lanes;
+        use crate::kernels::Lanes;
         let dtype = if self.lm_head_packed.is_some()
             && self.decoding == Some(DType::BF16)
             && Lanes::detect() == Lanes::Avx512
@@ -612,7 +611,7 @@ fn decode_attention(
     mask: &Tensor,
     dims: Dims,
 ) -> Result<Tensor> {
-    use crate::kernels::{attention, exp::Lanes, with_slice, with_slice_of};
+    use crate::kernels::{attention, with_slice, with_slice_of, Lanes};
     let (n, heads, l, head_dim) = q.dims4()?;
     let (kc, vc) = cache.layer(layer);
     let shape = attention::DecodeShape {

@@ -3,7 +3,7 @@
 //! only each op's inputs; f64 (gradient checks) goes through composite ops for full precision.
 
 use super::autograd::{op1, op2, op3, Output};
-use crate::kernels::{self, exp::Lanes};
+use crate::kernels::{self, Lanes};
 use candle_core::{DType, Result, Tensor, D};
 
 fn fused(x: &Tensor) -> bool {

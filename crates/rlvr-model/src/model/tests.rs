@@ -317,7 +317,7 @@ fn decode_copy_stores_matrix_weights_in_bf16_and_keeps_the_rest() {
     let (cfg, model) = tiny_f32_model();
     let copy = model.decode_copy(DType::BF16).unwrap();
     // Packed for the CPU kernel where it runs (AVX-512), else plain bf16 tensors.
-    let packed = super::packed::available();
+    let packed = crate::kernels::packed::available();
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let q = cfg.num_attention_heads * cfg.head_dim();
     let kv = cfg.num_kv_heads() * cfg.head_dim();
@@ -390,7 +390,7 @@ fn f32_decode_copy_gives_the_models_logits() {
     let copy = model.decode_copy(DType::F32).unwrap();
     assert_eq!(copy.decoding_weights(), Some(DType::F32));
     assert_eq!(model.decoding_weights(), None);
-    if super::packed::available() {
+    if crate::kernels::packed::available() {
         let p = copy.lm_head_packed.as_ref().expect("packed head");
         assert_eq!(p.dtype(), DType::F32);
         assert!(copy.layers.iter().all(|l| l.fused.is_some()));

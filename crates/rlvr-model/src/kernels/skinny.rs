@@ -22,7 +22,7 @@ pub fn try_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         && x.dtype() == DType::F32
         && x.rank() == 2
         && w.is_contiguous()
-        && simd_available();
+        && super::cpu::avx2_fma();
     if !shaped {
         return Ok(None);
     }
@@ -34,32 +34,10 @@ pub fn try_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 }
 
 fn max_rows() -> usize {
-    if avx512_available() {
+    if super::cpu::avx512f() {
         MAX_ROWS_AVX512
     } else {
         MAX_ROWS
-    }
-}
-
-fn avx512_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -87,7 +65,7 @@ impl CustomOp2 for SkinnyMatmul {
         let wo = wl.start_offset();
         // Transposed output [n, m]: every task owns a contiguous block of it.
         let mut yt = vec![0f32; n * m];
-        let wide = avx512_available();
+        let wide = super::cpu::avx512f();
         match ws {
             CpuStorage::F32(w) => {
                 let w = &w[wo..wo + n * k];
@@ -96,7 +74,7 @@ impl CustomOp2 for SkinnyMatmul {
                     let wb = &w[b * BLOCK * k..(b * BLOCK + rows) * k];
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: only reached when AVX2 and FMA were detected
-                    // (`simd_available`), and AVX-512F for the wide kernel.
+                    // (`cpu::avx2_fma`), and AVX-512F for the wide kernel.
                     unsafe {
                         if wide {
                             block_avx512(x, wb, m, k, out)

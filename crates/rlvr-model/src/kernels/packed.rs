@@ -32,14 +32,7 @@ pub struct Packed {
 
 /// Whether this CPU runs the packed kernel (AVX-512F).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::cpu::avx512f()
 }
 
 impl std::fmt::Debug for Packed {

@@ -1,0 +1,54 @@
+//! What this CPU can run, asked once per call (std caches the answer). Every kernel picks its
+//! path from here, so one place says which instructions each path needs.
+
+/// AVX-512F: the 16-lane paths (`exp`, softmaxes, the packed decoding kernel).
+pub fn avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// AVX2 with FMA: the 8-lane skinny matmul.
+pub fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Which code path a kernel takes: chosen once per call (from the CPU) and handed to the
+/// parallel workers, so tests can run the scalar path too without touching other threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lanes {
+    Avx512,
+    Scalar,
+}
+
+impl Lanes {
+    pub fn detect() -> Lanes {
+        if avx512f() {
+            Lanes::Avx512
+        } else {
+            Lanes::Scalar
+        }
+    }
+
+    /// The paths to check in tests: this CPU's and the scalar one.
+    #[cfg(test)]
+    pub fn all() -> Vec<Lanes> {
+        let mut v = vec![Lanes::Scalar];
+        if Lanes::detect() != Lanes::Scalar {
+            v.push(Lanes::detect());
+        }
+        v
+    }
+}
