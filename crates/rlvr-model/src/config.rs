@@ -74,7 +74,107 @@ fn default_hidden_act() -> String {
     "silu".into()
 }
 
+/// The longest context a config may claim: RoPE tables are built for all of it up front (1M
+/// positions of a 128-wide head are 1 GiB), so a corrupt value must be an error, not an abort.
+pub const MAX_POSITIONS: usize = 1 << 20;
+
+/// The architectures this decoder implements.
+const MODEL_TYPES: &[&str] = &["llama", "qwen2", "mistral"];
+
 impl ModelConfig {
+    /// Checks what the decoder relies on, so a corrupt or foreign config is an error naming the
+    /// field rather than a panic, an abort or a silently wrong model.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut bad = Vec::new();
+        if !MODEL_TYPES.contains(&self.model_type.as_str()) {
+            bad.push(format!(
+                "model_type `{}` is not supported (expected one of {})",
+                self.model_type.escape_debug(),
+                MODEL_TYPES.join(", ")
+            ));
+        }
+        if self.hidden_act != "silu" {
+            bad.push(format!(
+                "hidden_act `{}` is not supported (expected silu)",
+                self.hidden_act.escape_debug()
+            ));
+        }
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_kv_heads()),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                bad.push(format!("{name} must be at least 1"));
+            }
+        }
+        let (heads, kv) = (self.num_attention_heads, self.num_kv_heads());
+        if heads > 0 && kv > 0 && heads % kv != 0 {
+            bad.push(format!(
+                "num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv})"
+            ));
+        }
+        match self.head_dim {
+            Some(d) if d == 0 || d % 2 == 1 => {
+                bad.push(format!("head_dim must be even and at least 2, got {d}"))
+            }
+            None if heads > 0 && (self.hidden_size % heads != 0 || (self.hidden_size / heads) % 2 == 1) => {
+                bad.push(format!(
+                    "hidden_size ({}) / num_attention_heads ({heads}) must be a whole, even head size",
+                    self.hidden_size
+                ))
+            }
+            _ => {}
+        }
+        if self.max_position_embeddings > MAX_POSITIONS {
+            bad.push(format!(
+                "max_position_embeddings {} is beyond {MAX_POSITIONS}",
+                self.max_position_embeddings
+            ));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            bad.push(format!(
+                "rms_norm_eps must be finite and > 0, got {}",
+                self.rms_norm_eps
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            bad.push(format!(
+                "rope_theta must be finite and > 0, got {}",
+                self.rope_theta
+            ));
+        }
+        let factor_ok = |f: f64| f.is_finite() && f > 0.0;
+        match &self.rope_scaling {
+            Some(RopeScaling::Linear { factor }) if !factor_ok(*factor) => {
+                bad.push(format!("rope_scaling.factor must be finite and > 0, got {factor}"))
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) if !(factor_ok(*factor)
+                && factor_ok(*low_freq_factor)
+                && factor_ok(*high_freq_factor)
+                && high_freq_factor > low_freq_factor
+                && *original_max_position_embeddings > 0) =>
+            {
+                bad.push("rope_scaling (llama3): factors must be finite and > 0, high_freq_factor > low_freq_factor, original_max_position_embeddings > 0".into())
+            }
+            _ => {}
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("{}", bad.join("; "))
+        }
+    }
+
     pub fn num_kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -101,6 +201,62 @@ impl ModelConfig {
                 .map(|v| v as u32)
                 .collect(),
             _ => vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama() -> serde_json::Value {
+        serde_json::json!({
+            "model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 128
+        })
+    }
+
+    fn check(edit: impl Fn(&mut serde_json::Value)) -> Result<(), String> {
+        let mut v = llama();
+        edit(&mut v);
+        let c: ModelConfig = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_sound_config_passes_and_corrupt_ones_name_the_field() {
+        check(|_| {}).unwrap();
+        for (key, value, says) in [
+            (
+                "num_attention_heads",
+                serde_json::json!(0),
+                "num_attention_heads",
+            ),
+            (
+                "num_key_value_heads",
+                serde_json::json!(3),
+                "multiple of num_key_value_heads",
+            ),
+            ("hidden_size", serde_json::json!(18), "head size"),
+            (
+                "max_position_embeddings",
+                serde_json::json!(1u64 << 50),
+                "max_position_embeddings",
+            ),
+            ("rms_norm_eps", serde_json::json!(-1.0), "rms_norm_eps"),
+            ("rope_theta", serde_json::json!(0.0), "rope_theta"),
+            ("model_type", serde_json::json!("gpt2"), "model_type `gpt2`"),
+            ("hidden_act", serde_json::json!("gelu"), "hidden_act"),
+            (
+                "num_hidden_layers",
+                serde_json::json!(0),
+                "num_hidden_layers",
+            ),
+            ("head_dim", serde_json::json!(3), "head_dim"),
+        ] {
+            let err = check(|v| v[key] = value.clone()).unwrap_err();
+            assert!(err.contains(says), "{key}={value}: {err}");
         }
     }
 }

@@ -44,6 +44,9 @@ fn load_hf_dir(dir: &Path, device: &Device) -> Result<Pretrained> {
         .with_context(|| format!("reading {}", config_path.display()))?;
     let config: ModelConfig = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a valid model config", config_path.display()))?;
+    config
+        .validate()
+        .with_context(|| format!("{}: not a usable model config", config_path.display()))?;
     let mut tensors = HashMap::new();
     for file in safetensors_files(dir)? {
         read_safetensors(&file, device, &mut tensors)?;

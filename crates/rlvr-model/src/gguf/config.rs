@@ -45,7 +45,7 @@ pub fn model_config(
         Some(other) => bail!("{path}: rope scaling type {other:?} is not supported"),
     };
     let model_type = if arch == "qwen2" { "qwen2" } else { "llama" };
-    Ok(ModelConfig {
+    let config = ModelConfig {
         model_type: model_type.into(),
         vocab_size,
         hidden_size,
@@ -73,5 +73,9 @@ pub fn model_config(
             .map(serde_json::Value::from),
         hidden_act: "silu".into(),
         torch_dtype: Some("float32".into()),
-    })
+    };
+    config
+        .validate()
+        .map_err(|e| anyhow!("{path}: metadata describes no usable model: {e}"))?;
+    Ok(config)
 }
