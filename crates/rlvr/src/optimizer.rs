@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn unknown_scheduler_names_the_key() {
         let v = Var::from_tensor(&Tensor::ones(2, DType::F32, &Device::Cpu).unwrap()).unwrap();
-        let err = Optimizer::new(vec![("w".into(), v)], settings("linear"))
+        let err = Optimizer::new(vec![("w".into(), v)], settings("polynomial"))
             .err()
             .unwrap();
         assert!(

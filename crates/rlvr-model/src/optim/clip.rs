@@ -1,5 +1,6 @@
 //! Global-norm gradient clipping as `torch.nn.utils.clip_grad_norm_`: the L2 norm over all
-//! gradients, and a scale `min(1, max_norm / (norm + 1e-6))` applied to each.
+//! gradients, and a scale `min(1, max_norm / (norm + 1e-6))` applied to each; `max_norm <= 0`
+//! does not clip (SkyRL).
 
 use candle_core::{backprop::GradStore, DType, Result, Var};
 
@@ -31,8 +32,9 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
             finite: false,
         });
     }
+    // `max_norm <= 0` turns clipping off (SkyRL); the norm is still reported and checked.
     let coef = (max_norm / (norm + 1e-6)).min(1.0);
-    if coef < 1.0 {
+    if max_norm > 0.0 && coef < 1.0 {
         for v in vars {
             if let Some(g) = grads.get(v) {
                 let scaled = (g * coef)?;
@@ -88,6 +90,19 @@ mod tests {
             grads.get(&vars[1]).unwrap().to_vec1::<f32>().unwrap(),
             vec![0.4]
         );
+    }
+
+    #[test]
+    fn max_norm_zero_or_below_does_not_clip() {
+        for max_norm in [0.0, -1.0] {
+            let (mut grads, vars) = setup(&[3.0, 0.0], &[4.0]);
+            let out = clip_grad_norm(&mut grads, &vars, max_norm).unwrap();
+            assert_eq!(out.norm, 5.0);
+            assert_eq!(
+                grads.get(&vars[1]).unwrap().to_vec1::<f32>().unwrap(),
+                vec![4.0]
+            );
+        }
     }
 
     #[test]

@@ -5,8 +5,12 @@ use std::f64::consts::PI;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScheduleKind {
+    /// The base LR from the first step; `num_warmup_steps` is not read (transformers' `constant`).
+    Constant,
     /// Linear warmup from 0, then constant.
     ConstantWithWarmup,
+    /// Linear warmup from 0, then a straight line down to 0 at `total_steps`.
+    Linear,
     /// Linear warmup from 0, then half a cosine down to 0 at `total_steps`.
     Cosine,
 }
@@ -15,10 +19,12 @@ impl std::str::FromStr for ScheduleKind {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
         match s {
-            "constant_with_warmup" | "constant" => Ok(Self::ConstantWithWarmup),
+            "constant" => Ok(Self::Constant),
+            "constant_with_warmup" => Ok(Self::ConstantWithWarmup),
+            "linear" => Ok(Self::Linear),
             "cosine" | "cosine_with_warmup" => Ok(Self::Cosine),
             _ => anyhow::bail!(
-                "unknown lr scheduler `{s}` (expected constant_with_warmup or cosine)"
+                "unknown lr scheduler `{s}` (expected constant, constant_with_warmup, linear or cosine)"
             ),
         }
     }
@@ -36,11 +42,18 @@ impl LrSchedule {
     /// Multiplier of the base LR at `step` (0-based).
     pub fn factor(&self, step: u64) -> f64 {
         let (s, w) = (step as f64, self.warmup_steps as f64);
+        if self.kind == ScheduleKind::Constant {
+            return 1.0;
+        }
         if step < self.warmup_steps {
             return s / w.max(1.0);
         }
         match self.kind {
-            ScheduleKind::ConstantWithWarmup => 1.0,
+            ScheduleKind::Constant | ScheduleKind::ConstantWithWarmup => 1.0,
+            ScheduleKind::Linear => {
+                let span = (self.total_steps.saturating_sub(self.warmup_steps) as f64).max(1.0);
+                ((self.total_steps as f64 - s) / span).max(0.0)
+            }
             ScheduleKind::Cosine => {
                 let span = (self.total_steps.saturating_sub(self.warmup_steps) as f64).max(1.0);
                 let progress = (s - w) / span;
@@ -75,6 +88,26 @@ mod tests {
             ..s
         };
         assert_eq!(none.factor(0), 1.0);
+        // transformers' `constant` ignores the warmup steps.
+        let constant = LrSchedule {
+            kind: "constant".parse().unwrap(),
+            ..s
+        };
+        assert_eq!(constant.factor(0), 1.0);
+        assert_eq!(constant.lr(1), 2e-6);
+    }
+
+    #[test]
+    fn linear_decays_to_zero_like_transformers() {
+        let s = LrSchedule {
+            kind: "linear".parse().unwrap(),
+            base_lr: 1.0,
+            warmup_steps: 2,
+            total_steps: 10,
+        };
+        // transformers: max(0, (total - step) / (total - warmup)) after the warmup.
+        let got: Vec<f64> = [0, 1, 2, 6, 10, 12].iter().map(|&i| s.factor(i)).collect();
+        assert_eq!(got, vec![0.0, 0.5, 1.0, 0.5, 0.0, 0.0]);
     }
 
     #[test]
@@ -93,10 +126,10 @@ mod tests {
         assert!(s.factor(10).abs() < 1e-15);
         assert!(s.factor(12) >= 0.0);
         assert!("cosine".parse::<ScheduleKind>().is_ok());
-        assert!("linear"
+        assert!("polynomial"
             .parse::<ScheduleKind>()
             .unwrap_err()
             .to_string()
-            .contains("linear"));
+            .contains("polynomial"));
     }
 }
