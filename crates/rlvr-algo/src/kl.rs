@@ -115,6 +115,60 @@ pub fn kl_loss_sequence_mean(kl: &Tensor, loss_mask: Option<&Tensor>) -> Result<
     ops::masked_mean_rows(kl, loss_mask)?.mean_all()
 }
 
+/// The coefficient of the KL penalty in the reward (`use_kl_in_reward`), SkyRL's
+/// `kl_ctrl`: `fixed` keeps `kl_loss_coef`; `adaptive` (Ziegler et al. 2019) moves it toward
+/// `kl_target`, each update by `clip(kl / target - 1, ±0.2) * n_steps / horizon` of itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KlController {
+    Fixed {
+        value: f64,
+    },
+    Adaptive {
+        value: f64,
+        target: f64,
+        horizon: f64,
+    },
+}
+
+impl KlController {
+    /// `kind` is `fixed` or `adaptive`; `horizon` must be > 0 for `adaptive`.
+    pub fn new(kind: &str, init: f64, target: f64, horizon: usize) -> crate::error::Result<Self> {
+        match kind {
+            "fixed" => Ok(KlController::Fixed { value: init }),
+            "adaptive" if horizon == 0 => Err(crate::Error::invalid(
+                "horizon must be larger than 0. Got 0 (trainer.algorithm.kl_ctrl.horizon)",
+            )),
+            "adaptive" => Ok(KlController::Adaptive {
+                value: init,
+                target,
+                horizon: horizon as f64,
+            }),
+            other => Err(crate::Error::invalid(format!(
+                "Invalid KL controller type: {other} (expected fixed or adaptive)"
+            ))),
+        }
+    }
+
+    pub fn value(&self) -> f64 {
+        match *self {
+            KlController::Fixed { value } | KlController::Adaptive { value, .. } => value,
+        }
+    }
+
+    /// After a batch of `n_steps` sequences whose mean KL was `current`.
+    pub fn update(&mut self, current: f64, n_steps: usize) {
+        if let KlController::Adaptive {
+            value,
+            target,
+            horizon,
+        } = self
+        {
+            let error = (current / *target - 1.0).clamp(-0.2, 0.2);
+            *value *= 1.0 + error * n_steps as f64 / *horizon;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +217,19 @@ mod tests {
         assert_eq!("k3".parse::<KlEstimator>().unwrap(), KlEstimator::K3);
         let err = "low_var_kl".parse::<KlEstimator>().unwrap_err().to_string();
         assert!(err.contains("k1, k2, k3, abs"), "{err}");
+    }
+
+    #[test]
+    fn adaptive_kl_controller_moves_toward_the_target_by_at_most_a_fifth() {
+        let mut c = KlController::new("adaptive", 0.001, 0.1, 100).unwrap();
+        c.update(0.15, 10); // error 0.5 clipped to 0.2: x (1 + 0.2 * 10 / 100)
+        assert!((c.value() - 0.001 * 1.02).abs() < 1e-15);
+        c.update(0.05, 50); // error -0.5 clipped to -0.2: x (1 - 0.2 * 50 / 100)
+        assert!((c.value() - 0.001 * 1.02 * 0.9).abs() < 1e-15);
+        let mut f = KlController::new("fixed", 0.001, 0.1, 100).unwrap();
+        f.update(10.0, 1000);
+        assert_eq!(f.value(), 0.001);
+        assert!(KlController::new("adaptive", 0.001, 0.1, 0).is_err());
+        assert!(KlController::new("pid", 0.001, 0.1, 10).is_err());
     }
 }

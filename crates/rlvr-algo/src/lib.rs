@@ -23,6 +23,7 @@ pub mod policy_loss;
 pub mod reduction;
 mod registry;
 pub mod rewards;
+mod torch_sum;
 
 pub use error::{Error, Result};
 pub use kl::KlEstimator;

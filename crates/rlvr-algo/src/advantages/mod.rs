@@ -139,6 +139,9 @@ impl Precision {
     pub(crate) fn of(t: &Tensor) -> Self {
         Precision(t.dtype())
     }
+    pub(crate) fn is_f32(self) -> bool {
+        self.0 == DType::F32
+    }
     pub(crate) fn r(self, x: f64) -> f64 {
         match self.0 {
             DType::F64 => x,
@@ -175,7 +178,14 @@ pub(crate) fn group_rows(uids: &[String], rows: usize) -> Vec<(String, Vec<usize
 pub(crate) fn scores(rewards: &[Vec<f64>], p: Precision) -> Vec<f64> {
     rewards
         .iter()
-        .map(|row| row.iter().fold(0.0, |acc, &x| p.r(acc + x)))
+        .map(|row| {
+            if p.is_f32() {
+                let r32: Vec<f32> = row.iter().map(|&x| x as f32).collect();
+                crate::torch_sum::sum_f32(&r32) as f64
+            } else {
+                row.iter().fold(0.0, |acc, &x| p.r(acc + x))
+            }
+        })
         .collect()
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Both scorers look at the last 300 characters only. A number is `-?[0-9.,]+` (ASCII only).
 //! - strict: the first `#### ` (one ASCII space) immediately followed by a number; commas removed.
-//! - flexible: the last number anywhere that is not `""` or `"."`; commas kept.
+//! - flexible: the last number anywhere that is not `""` or `"."` (if all are, the first one,
+//!   as SkyRL's loop leaves it); commas kept.
 //!
 //! The answer is compared to the ground truth as a string: `42.` or `042` do not match `42`.
 //!
@@ -129,11 +130,17 @@ pub fn extract_solution(solution: &str, method: Method) -> Option<String> {
     let s = clip_tail(solution);
     match method {
         Method::Strict => first_marked_number(s),
-        Method::Flexible => find_numbers(s)
-            .into_iter()
-            .rev()
-            .find(|a| !a.is_empty() && *a != ".")
-            .map(str::to_string),
+        Method::Flexible => {
+            let found = find_numbers(s);
+            // SkyRL's `for final_answer in reversed(answer): if ... break` leaves the loop
+            // variable on the first match when every match is invalid, and returns it.
+            found
+                .iter()
+                .rev()
+                .find(|a| !a.is_empty() && **a != ".")
+                .or(found.first())
+                .map(|a| a.to_string())
+        }
         Method::Numeric => find_numbers(solution)
             .into_iter()
             .rev()
@@ -203,6 +210,27 @@ pub fn extract_ground_truth(answer: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flexible_on_only_invalid_numbers_returns_the_first_as_skyrl_does() {
+        assert_eq!(
+            extract_solution("#### .", Method::Flexible).as_deref(),
+            Some(".")
+        );
+        assert_eq!(
+            extract_solution(". then .", Method::Flexible).as_deref(),
+            Some(".")
+        );
+        // Extracted, so a mismatch earns the format score rather than 0.
+        let gt = Value::String("7".into());
+        let s = compute_score("#### .", &gt, Method::Flexible, 0.1, 1.0);
+        assert_eq!(s.value, 0.1);
+        assert_eq!(
+            extract_solution("3 then 5 and .", Method::Flexible).as_deref(),
+            Some("5")
+        );
+        assert_eq!(extract_solution("no numbers", Method::Flexible), None);
+    }
 
     #[test]
     fn numeric_takes_the_last_number_and_compares_values() {
