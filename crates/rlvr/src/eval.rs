@@ -22,6 +22,8 @@ pub struct EvalSettings<'a> {
     pub envs: &'a EnvRegistry,
     /// One JSON line per response is written here when set.
     pub dump: Option<&'a Path>,
+    /// `generator.zero_reward_on_non_stop`, as in training.
+    pub zero_reward_on_non_stop: bool,
 }
 
 /// Running sum and sum of squares of one per-response score.
@@ -85,6 +87,16 @@ impl Tally {
     }
 }
 
+/// A data source as it appears in metric keys, as SkyRL's `sanitize_data_source` makes it:
+/// `openai/gsm8k` → `openai_gsm8k` (one path level per key), none → `unknown`.
+fn metric_name(data_source: &str) -> String {
+    if data_source.is_empty() {
+        "unknown".into()
+    } else {
+        data_source.replace('/', "_")
+    }
+}
+
 /// Generates `n_samples` responses per row and scores them.
 pub fn evaluate(
     generator: &mut dyn Generator,
@@ -106,7 +118,11 @@ pub fn evaluate(
                 n,
             })
             .collect();
-        let out = generator.generate(&groups, s.sampling, s.seed.wrapping_add(chunk_idx as u64))?;
+        let mut out =
+            generator.generate(&groups, s.sampling, s.seed.wrapping_add(chunk_idx as u64))?;
+        if s.zero_reward_on_non_stop {
+            out.zero_rewards_not_stopped();
+        }
         for (g, group) in groups.iter().enumerate() {
             let source = per_source.entry(group.row.data_source.clone()).or_default();
             let mut scores = Vec::with_capacity(n);
@@ -152,7 +168,7 @@ pub fn evaluate(
     let mut metrics = Metrics::new();
     all.metrics("all", n, &mut metrics);
     for (source, tally) in &per_source {
-        tally.metrics(source, n, &mut metrics);
+        tally.metrics(&metric_name(source), n, &mut metrics);
     }
     if let Some(path) = s.dump {
         if let Some(parent) = path.parent() {
@@ -171,7 +187,15 @@ pub fn evaluate(
 
 #[cfg(test)]
 mod tests {
-    use super::Moments;
+    use super::{metric_name, Moments};
+
+    #[test]
+    fn data_sources_are_sanitised_in_metric_keys_as_skyrl_does() {
+        assert_eq!(metric_name("openai/gsm8k"), "openai_gsm8k");
+        assert_eq!(metric_name("a/b/c"), "a_b_c");
+        assert_eq!(metric_name("mawps"), "mawps");
+        assert_eq!(metric_name(""), "unknown");
+    }
 
     #[test]
     fn stderr_of_a_binary_score_is_the_binomial_one() {

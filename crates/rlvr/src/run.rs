@@ -77,8 +77,21 @@ pub fn filter_long_prompts(
     Ok((kept, dropped))
 }
 
+/// What a trainer is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Train,
+    /// `rlvr eval`: reads only `data.val_data`; no training rows, no reference model.
+    Evaluate,
+}
+
 /// Builds the whole trainer for `resolved`, resuming per `trainer.resume_mode`.
 pub fn build(resolved: &ResolvedConfig, ext: Extensions) -> Result<Trainer> {
+    build_for(resolved, ext, Purpose::Train)
+}
+
+/// [`build`] for `purpose`.
+pub fn build_for(resolved: &ResolvedConfig, ext: Extensions, purpose: Purpose) -> Result<Trainer> {
     let cfg = resolved.config.clone();
     let device = rlvr_model::parse_device(&cfg.trainer.device)
         .with_context(|| format!("trainer.device={}", cfg.trainer.device))?;
@@ -93,7 +106,8 @@ pub fn build(resolved: &ResolvedConfig, ext: Extensions) -> Result<Trainer> {
         &pretrained.tensors,
         &device,
     )?);
-    let reference = if cfg.trainer.algorithm.use_kl_loss || cfg.trainer.algorithm.use_kl_in_reward {
+    let uses_kl = cfg.trainer.algorithm.use_kl_loss || cfg.trainer.algorithm.use_kl_in_reward;
+    let reference = if uses_kl && purpose == Purpose::Train {
         let ref_path = PathBuf::from(&cfg.trainer.reference.model.path);
         let reference = if ref_path == model_path {
             Model::from_tensors(&pretrained.config, &pretrained.tensors, &device)?
@@ -106,8 +120,12 @@ pub fn build(resolved: &ResolvedConfig, ext: Extensions) -> Result<Trainer> {
     } else {
         None
     };
+    // What vLLM and `rlvr serve` stop on too: generation_config.json's EOS ids as well.
+    let stop_ids = crate::generator::stop_token_ids(&pretrained);
     let tokenizer = Arc::new(pretrained.tokenizer);
-    build_with_model(resolved, ext, policy, reference, tokenizer)
+    assemble(
+        resolved, ext, policy, reference, tokenizer, stop_ids, purpose,
+    )
 }
 
 /// `generator.model_dtype`: the weights the embedded engine decodes with on `device` (the trainer
@@ -158,10 +176,35 @@ pub fn build_with_model(
     reference: Option<Model>,
     tokenizer: Arc<Tokenizer>,
 ) -> Result<Trainer> {
+    let stop_ids = crate::generator::eos_ids(policy.config(), &tokenizer);
+    assemble(
+        resolved,
+        ext,
+        policy,
+        reference,
+        tokenizer,
+        stop_ids,
+        Purpose::Train,
+    )
+}
+
+fn assemble(
+    resolved: &ResolvedConfig,
+    ext: Extensions,
+    policy: Arc<Model>,
+    reference: Option<Model>,
+    tokenizer: Arc<Tokenizer>,
+    stop_ids: Vec<u32>,
+    purpose: Purpose,
+) -> Result<Trainer> {
     let cfg = resolved.config.clone();
     let max_prompt = cfg.trainer.max_prompt_length;
-    let (train_rows, dropped) =
-        filter_long_prompts(read_datasets(&cfg.data.train_data)?, &tokenizer, max_prompt)?;
+    let (train_rows, dropped) = match purpose {
+        Purpose::Train => {
+            filter_long_prompts(read_datasets(&cfg.data.train_data)?, &tokenizer, max_prompt)?
+        }
+        Purpose::Evaluate => (Vec::new(), 0),
+    };
     if dropped > 0 {
         tracing::warn!(
             "dropped {dropped} training prompts longer than trainer.max_prompt_length={max_prompt}"
@@ -196,14 +239,15 @@ pub fn build_with_model(
                 ext.envs.clone(),
                 cfg.generator.max_num_seqs,
             )
-            .with_weights(decode_dtype(&cfg.generator.model_dtype, policy.device())?),
+            .with_weights(decode_dtype(&cfg.generator.model_dtype, policy.device())?)
+            .with_stop_ids(stop_ids),
         )
     } else {
         Box::new(RemoteGenerator::connect(
             remote_settings(&cfg)?,
             tokenizer.clone(),
             ext.envs.clone(),
-            crate::generator::eos_ids(policy.config(), &tokenizer),
+            stop_ids,
         )?)
     };
 
@@ -261,11 +305,19 @@ pub fn build_with_model(
         tracing::warn!("{w}");
     }
 
+    let k = &cfg.trainer.algorithm;
+    let reward_kl = rlvr_algo::kl::KlController::new(
+        &k.kl_ctrl.kind,
+        k.kl_loss_coef,
+        k.kl_ctrl.kl_target,
+        k.kl_ctrl.horizon,
+    )?;
     let ckpt_dir = Some(PathBuf::from(&cfg.trainer.ckpt_path));
     let mut trainer = Trainer {
         cfg: cfg.clone(),
         policy,
         reference,
+        reward_kl,
         optimizer,
         generator,
         loader,

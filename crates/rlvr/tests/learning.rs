@@ -15,9 +15,8 @@ fn toy_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/toy/dapo_toy.yaml")
 }
 
-/// Trains on the toy task with `overrides`; returns the sampled eval reward before training and
-/// after every 8 steps, stopping once it exceeds 0.8 (or after `max_steps`).
-fn train(dir: &Path, overrides: &[&str], max_steps: usize) -> Vec<f64> {
+/// The toy task's trainer with `overrides`, its files under `dir`.
+fn toy_trainer(dir: &Path, overrides: &[&str]) -> rlvr::trainer::Trainer {
     rlvr::toy::write(dir, 0).unwrap();
     let d = dir.display();
     let mut args: Vec<String> = vec![
@@ -42,7 +41,13 @@ fn train(dir: &Path, overrides: &[&str], max_steps: usize) -> Vec<f64> {
     let resolved = builder.resolve().unwrap();
     resolved.validate().unwrap();
     let ext = Extensions::defaults(&resolved.config).unwrap();
-    let mut trainer = run::build(&resolved, ext).unwrap();
+    run::build(&resolved, ext).unwrap()
+}
+
+/// Trains on the toy task with `overrides`; returns the sampled eval reward before training and
+/// after every 8 steps, stopping once it exceeds 0.8 (or after `max_steps`).
+fn train(dir: &Path, overrides: &[&str], max_steps: usize) -> Vec<f64> {
+    let mut trainer = toy_trainer(dir, overrides);
     let mut rewards = vec![trainer.evaluate().unwrap()["eval/all/avg_score"]];
     for step in 1..=max_steps {
         trainer.step().unwrap();
@@ -102,4 +107,54 @@ fn dapo_learns_the_toy_task() {
         200,
     );
     assert_learns("dapo", &rewards);
+}
+
+/// SkyRL's default `max_seq_len: null` with `seq_mean_token_sum_norm` normalises by max input +
+/// max generate length instead of failing at the first step.
+#[test]
+fn seq_mean_token_sum_norm_trains_with_max_seq_len_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = toy_trainer(
+        dir.path(),
+        &[
+            "trainer.algorithm.loss_reduction=seq_mean_token_sum_norm",
+            "trainer.algorithm.max_seq_len=null",
+        ],
+    );
+    for _ in 0..2 {
+        let m = trainer.step().unwrap();
+        let loss = m["policy/final_loss"];
+        assert!(loss.is_finite(), "loss {loss}");
+    }
+}
+
+/// `use_kl_in_reward` with `kl_ctrl.type=adaptive`: the coefficient starts at `kl_loss_coef` and
+/// moves as SkyRL's AdaptiveKLController does (KL 0 at the first step: down by 20 % x rows / horizon).
+#[test]
+fn adaptive_kl_in_reward_updates_its_coefficient() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = toy_trainer(
+        dir.path(),
+        &[
+            "trainer.algorithm.use_kl_loss=false",
+            "trainer.algorithm.use_kl_in_reward=true",
+            "trainer.algorithm.kl_ctrl.type=adaptive",
+            "trainer.algorithm.kl_ctrl.horizon=100",
+        ],
+    );
+    let first = trainer.step().unwrap();
+    assert_eq!(first["loss/kl_loss_coef"], 0.001);
+    assert_eq!(
+        first["loss/avg_kl"], 0.0,
+        "the policy is the reference at step 1"
+    );
+    let rows =
+        (trainer.cfg.trainer.train_batch_size * trainer.cfg.generator.n_samples_per_prompt) as f64;
+    let second = trainer.step().unwrap();
+    let want = 0.001 * (1.0 - 0.2 * rows / 100.0);
+    assert!(
+        (second["loss/kl_loss_coef"] - want).abs() < 1e-15,
+        "{} vs {want}",
+        second["loss/kl_loss_coef"]
+    );
 }

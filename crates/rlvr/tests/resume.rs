@@ -191,3 +191,81 @@ fn metrics_lines(dir: &Path) -> usize {
         .map(|t| t.lines().count())
         .unwrap_or(0)
 }
+
+/// The steps at which a line with `eval/all/avg_score` was logged, in order.
+fn eval_steps(dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(dir.join("logs/toy_dapo/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|m| m.get("eval/all/avg_score").is_some())
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect()
+}
+
+/// SkyRL evaluates before training only when `eval_interval > 0`, and also after a resume, at
+/// the resumed step.
+#[test]
+fn eval_before_train_needs_an_eval_interval_and_runs_after_a_resume() {
+    let off = tempfile::tempdir().unwrap();
+    setup(off.path());
+    let args = ["trainer.eval_before_train=true", "+trainer.max_steps=1"];
+    assert!(train_cmd(off.path(), &args).status().unwrap().success());
+    assert_eq!(
+        eval_steps(off.path()),
+        Vec::<u64>::new(),
+        "eval_interval=-1"
+    );
+
+    let on = tempfile::tempdir().unwrap();
+    setup(on.path());
+    let args = [
+        "trainer.eval_before_train=true",
+        "trainer.eval_interval=100",
+    ];
+    let first = [&args[..], &["+trainer.max_steps=2"]].concat();
+    assert!(train_cmd(on.path(), &first).status().unwrap().success());
+    // Before training, and at the run's last step.
+    assert_eq!(eval_steps(on.path()), vec![0, 2]);
+    let resumed = [
+        &args[..],
+        &["+trainer.max_steps=3", "trainer.resume_mode=latest"],
+    ]
+    .concat();
+    assert!(train_cmd(on.path(), &resumed).status().unwrap().success());
+    assert_eq!(eval_steps(on.path()), vec![0, 2, 2, 3]);
+}
+
+/// HF exports follow SkyRL's `trainer.hf_save_interval`: none when it is <= 0 (the default);
+/// otherwise every N steps, at each epoch's end, and at the run's last step.
+#[test]
+fn hf_exports_follow_hf_save_interval() {
+    let exported = |dir: &Path| -> Vec<usize> {
+        let mut steps: Vec<usize> = std::fs::read_dir(dir.join("export"))
+            .map(|rd| {
+                rd.filter_map(|e| {
+                    let name = e.ok()?.file_name().into_string().ok()?;
+                    name.strip_prefix("global_step_")?.parse().ok()
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        steps.sort();
+        for s in &steps {
+            let config = dir.join(format!("export/global_step_{s}/policy/config.json"));
+            assert!(config.exists(), "{} missing", config.display());
+        }
+        steps
+    };
+    let off = tempfile::tempdir().unwrap();
+    setup(off.path());
+    let args = ["+trainer.max_steps=2"];
+    assert!(train_cmd(off.path(), &args).status().unwrap().success());
+    assert_eq!(exported(off.path()), Vec::<usize>::new());
+
+    let on = tempfile::tempdir().unwrap();
+    setup(on.path());
+    let args = ["+trainer.max_steps=5", "trainer.hf_save_interval=2"];
+    assert!(train_cmd(on.path(), &args).status().unwrap().success());
+    assert_eq!(exported(on.path()), vec![2, 4, 5]);
+}

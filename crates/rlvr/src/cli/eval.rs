@@ -26,7 +26,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tracing::warn!("{w}");
     }
     let ext = Extensions::defaults(&resolved.config)?;
-    let mut trainer = run::build(&resolved, ext)?;
+    let mut trainer = run::build_for(&resolved, ext, run::Purpose::Evaluate)?;
     let t = std::time::Instant::now();
     let mut metrics = trainer.evaluate()?;
     metrics.insert("timing/eval".into(), t.elapsed().as_secs_f64());

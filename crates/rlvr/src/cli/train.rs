@@ -54,7 +54,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(130));
     }
-    crate::export::export_policy(&trainer)?;
+    if trainer.cfg.trainer.hf_save_interval > 0 && !trainer.exports_at(trainer.global_step) {
+        crate::export::export_policy(&trainer)?;
+    }
     if let Some(r) = last.get("reward/avg_raw_reward") {
         println!("final mean reward: {r:.4}");
     }

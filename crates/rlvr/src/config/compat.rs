@@ -247,6 +247,31 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
         "trainer.policy.model.lora.rank",
         "LoRA is not supported by rlvr; training would update all weights instead (use 0)",
     );
+    for section in ["sampling_params", "eval_sampling_params"] {
+        let p = if section == "sampling_params" {
+            &g.sampling_params
+        } else {
+            &g.eval_sampling_params
+        };
+        unsupported(
+            errors,
+            p.repetition_penalty != 1.0,
+            &format!("generator.{section}.repetition_penalty"),
+            "rlvr's engines sample without a repetition penalty (use 1.0)",
+        );
+    }
+    unsupported(
+        errors,
+        t.update_ref_every_epoch,
+        "trainer.update_ref_every_epoch",
+        "rlvr keeps the reference model frozen for the whole run (use false)",
+    );
+    unsupported(
+        errors,
+        t.dump_data_batch,
+        "trainer.dump_data_batch",
+        "rlvr does not dump training batches (use false; trainer.dump_eval_results dumps evaluations)",
+    );
     unsupported(
         errors,
         t.algorithm.zero_variance_filter,
@@ -307,6 +332,19 @@ mod tests {
             ),
             ("trainer.policy.model.lora.rank=8", "lora.rank"),
             ("generator.max_turns=2", "generator.max_turns"),
+            (
+                "generator.sampling_params.repetition_penalty=1.1",
+                "sampling_params.repetition_penalty",
+            ),
+            (
+                "generator.eval_sampling_params.repetition_penalty=1.05",
+                "eval_sampling_params.repetition_penalty",
+            ),
+            (
+                "trainer.update_ref_every_epoch=true",
+                "update_ref_every_epoch",
+            ),
+            ("trainer.dump_data_batch=true", "dump_data_batch"),
         ] {
             let e = run(&arg.split_whitespace().collect::<Vec<_>>()).unwrap_err();
             assert!(e.contains(key), "{arg}: {e}");

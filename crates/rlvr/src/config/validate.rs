@@ -39,6 +39,16 @@ pub const SCHEDULERS: &[&str] = &["constant", "constant_with_warmup", "linear", 
 pub fn validate_with(r: &ResolvedConfig, names: &NameChecks) -> Result<Vec<String>, ConfigError> {
     let mut errors = Vec::new();
     let cfg = &r.config;
+    // YAML's `.nan` / `.inf` parse as numbers; no setting means either, and one would reach the
+    // weights (an lr of NaN writes NaN checkpoints).
+    for (key, value) in super::tree::leaves(r.tree()) {
+        if value.as_f64().is_some_and(|v| !v.is_finite()) {
+            errors.push(format!(
+                "`{key}` must be a finite number, got {}",
+                value.as_f64().unwrap()
+            ));
+        }
+    }
     batch_sizes(cfg, &mut errors);
     algorithm(cfg, names, &mut errors);
     sampling(cfg, &mut errors);
@@ -392,11 +402,9 @@ fn trainer(cfg: &Config, errors: &mut Vec<String>) {
                 o.weight_decay
             ));
         }
-        if o.max_grad_norm <= 0.0 {
-            errors.push(format!(
-                "`{key}.max_grad_norm` must be > 0, got {}",
-                o.max_grad_norm
-            ));
+        // <= 0 turns clipping off, as in SkyRL.
+        if o.max_grad_norm.is_nan() {
+            errors.push(format!("`{key}.max_grad_norm` must be a number, got NaN"));
         }
         one_of(
             errors,
@@ -579,6 +587,19 @@ mod tests {
                 "{r}"
             );
         }
+    }
+
+    #[test]
+    fn non_finite_numbers_are_refused_by_key() {
+        fails(
+            &["trainer.policy.optimizer_config.lr=.nan"],
+            "trainer.policy.optimizer_config.lr",
+        );
+        fails(
+            &["generator.sampling_params.temperature=.inf"],
+            "temperature",
+        );
+        fails(&["trainer.algorithm.eps_clip_high=-.inf"], "eps_clip_high");
     }
 
     #[test]

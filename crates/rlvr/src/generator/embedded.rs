@@ -45,6 +45,13 @@ impl EmbeddedGenerator {
         }
     }
 
+    /// Stop on `ids` (by default the model config's and tokenizer's EOS; a checkpoint's
+    /// `generation_config.json` may add more, see [`super::stop_token_ids`]).
+    pub fn with_stop_ids(mut self, ids: Vec<u32>) -> Self {
+        self.stop_token_ids = ids;
+        self
+    }
+
     /// Token ids of a row's prompt after the chat template (with the generation prompt).
     /// Decode on weights stored in `dtype` (`generator.model_dtype`; bf16 halves the memory
     /// traffic per token).

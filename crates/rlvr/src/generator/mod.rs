@@ -78,6 +78,17 @@ impl GeneratorOutput {
         self.uids.is_empty()
     }
 
+    /// `generator.zero_reward_on_non_stop`: a response cut off by the length limit scores 0,
+    /// whatever its environment gave it (SkyRL's generator does this before anything else sees
+    /// the rewards).
+    pub fn zero_rewards_not_stopped(&mut self) {
+        for (r, s) in self.rewards.iter_mut().zip(&self.stop_reasons) {
+            if *s != StopReason::Stop {
+                *r = 0.0;
+            }
+        }
+    }
+
     /// The rows at `indices`, in that order.
     pub fn select(&self, indices: &[usize]) -> GeneratorOutput {
         fn pick<T: Clone>(v: &[T], idx: &[usize]) -> Vec<T> {
@@ -260,4 +271,25 @@ pub fn score(
         out.rewards.push(reward);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_reward_on_non_stop_zeroes_only_truncated_rows() {
+        let mut out = GeneratorOutput {
+            rewards: vec![1.0, 1.0, -0.5, 0.3],
+            stop_reasons: vec![
+                StopReason::Stop,
+                StopReason::Length,
+                StopReason::Length,
+                StopReason::Stop,
+            ],
+            ..Default::default()
+        };
+        out.zero_rewards_not_stopped();
+        assert_eq!(out.rewards, vec![1.0, 0.0, 0.0, 0.3]);
+    }
 }

@@ -1,4 +1,4 @@
-//! The training loop, one step top to bottom in SPEC §4's order:
+//! The training loop, one step top to bottom in SkyRL's order:
 //!
 //! 1. take `train_batch_size` prompts, `n_samples_per_prompt` samples each (uid = prompt id);
 //! 2. generate with this step's weights and score with the environment;
@@ -8,8 +8,8 @@
 //! 6. old-policy and reference log-probs;
 //! 7. advantages;
 //! 8. policy update over mini-batches and micro-batches;
-//! 9. weight sync (a no-op for the embedded engine, which shares the trainer's weights), eval,
-//!    log, checkpoint.
+//! 9. weight sync (the embedded engine rebuilds its bf16 decoding copy; remote engines reload
+//!    the exported weights), eval, log, checkpoint.
 
 mod batch;
 pub mod checkpoint;
@@ -42,6 +42,8 @@ pub struct Trainer {
     pub policy: Arc<Model>,
     /// Frozen copy of the initial policy, only when `use_kl_loss` or `use_kl_in_reward`.
     pub reference: Option<Model>,
+    /// The KL-in-reward coefficient (`kl_ctrl`); as in SkyRL it starts afresh each launch.
+    pub reward_kl: rlvr_algo::kl::KlController,
     pub optimizer: Optimizer,
     pub generator: Box<dyn Generator>,
     pub loader: PromptLoader,
@@ -88,10 +90,13 @@ impl Trainer {
             .sync_weights(&self.policy, self.global_step)
             .context("syncing the policy's weights to the inference engines")?;
         let total = self.total_steps();
-        if self.cfg.trainer.eval_before_train && self.global_step == 0 && !self.val_rows.is_empty()
+        // As SkyRL: only where evaluation is on at all, and also after a resume (at its step).
+        if self.cfg.trainer.eval_before_train
+            && self.cfg.trainer.eval_interval > 0
+            && !self.val_rows.is_empty()
         {
             let m = self.evaluate()?;
-            self.log(0, &m)?;
+            self.log(self.global_step, &m)?;
         }
         let mut last = Metrics::new();
         while self.global_step < total {
@@ -136,9 +141,12 @@ impl Trainer {
                 .collect();
             let seed = cfg.trainer.seed ^ ((step as u64) << 20) ^ (num_gen_batches as u64);
             let t_batch = Instant::now();
-            let out = self
+            let mut out = self
                 .generator
                 .generate(&groups, &self.train_sampling(), seed)?;
+            if cfg.generator.zero_reward_on_non_stop {
+                out.zero_rewards_not_stopped();
+            }
             num_gen_batches += 1;
             let batch_tokens = out.response_ids.iter().map(Vec::len).sum::<usize>();
             gen_tokens += batch_tokens;
@@ -264,7 +272,19 @@ impl Trainer {
                 checkpoint::save(self, dir)?;
             }
         }
+        if self.exports_at(step) {
+            crate::export::export_policy(self)?;
+        }
         Ok(metrics)
+    }
+
+    /// Whether step `step` ends with an HF export, as SkyRL: every `hf_save_interval` steps and
+    /// at each epoch's end, never when the interval is <= 0. (`rlvr train` also exports the
+    /// run's last step when the interval is > 0.)
+    pub fn exports_at(&self, step: usize) -> bool {
+        let hf = self.cfg.trainer.hf_save_interval;
+        let epoch_end = step % self.loader.batches_per_epoch().max(1) == 0;
+        hf > 0 && (step as i64 % hf == 0 || epoch_end)
     }
 
     /// Evaluates the current policy on the validation rows with `eval_sampling_params`.
@@ -285,6 +305,7 @@ impl Trainer {
                 seed: self.cfg.trainer.seed,
                 envs: &self.envs,
                 dump: dump.as_deref(),
+                zero_reward_on_non_stop: self.cfg.generator.zero_reward_on_non_stop,
             },
         )
     }

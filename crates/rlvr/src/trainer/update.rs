@@ -51,12 +51,22 @@ pub fn train_on_batch(
         )?);
     }
 
-    // KL in the reward (the alternative to the KL loss): r_t -= coef * kl_t.
+    // KL in the reward (the alternative to the KL loss): r_t -= coef * kl_t, the coefficient
+    // from `kl_ctrl` (SkyRL's `apply_reward_kl_penalty`).
     let mut token_rewards = full.token_rewards.clone();
     if alg.use_kl_in_reward {
         if let Some(r) = &ref_logprobs {
-            let kl = approx_kl(&old_logprobs, r, Some(&full.response_mask), kl_estimator)?;
-            token_rewards = (token_rewards - (kl * alg.kl_loss_coef)?)?;
+            let kl = approx_kl(&old_logprobs, r, Some(&full.loss_mask), kl_estimator)?;
+            let coef = t.reward_kl.value();
+            token_rewards = (token_rewards - (&kl * coef.max(0.0))?)?;
+            let per_row = (kl.mul(&full.loss_mask)?.sum(1)?
+                / full.loss_mask.sum(1)?.clamp(1.0, f64::INFINITY)?)?;
+            let avg_kl = f64::from(per_row.mean_all()?.to_scalar::<f32>()?);
+            let avg_kl_max = f64::from(kl.abs()?.max(1)?.mean_all()?.to_scalar::<f32>()?);
+            t.reward_kl.update(avg_kl, rows);
+            metrics.insert("loss/avg_kl".into(), avg_kl);
+            metrics.insert("loss/avg_kl_max".into(), avg_kl_max);
+            metrics.insert("loss/kl_loss_coef".into(), coef);
         }
     }
 
@@ -107,7 +117,7 @@ pub fn train_on_batch(
             reduction,
             advantage_batch_normalize: alg.advantage_batch_normalize,
             micro_batch_size: micro_rows,
-            max_seq_len: alg.max_seq_len,
+            max_seq_len: Some(cfg.max_seq_len()),
             mini_batch_boundaries: &mini_bounds,
             prompt_boundaries: Some(&prompt_bounds),
         },
@@ -131,7 +141,7 @@ pub fn train_on_batch(
             reduction,
             &row_tokens[s..e],
             micro_rows,
-            alg.max_seq_len,
+            Some(cfg.max_seq_len()),
             Some(&local),
         )?;
         row_weight[s..e].copy_from_slice(&w);
@@ -353,7 +363,8 @@ fn policy_loss_config(cfg: &crate::config::Config) -> Result<policy_loss::Policy
         eps_clip_high: a.eps_clip_high,
         clip_ratio_c: a.clip_ratio_c,
         loss_reduction: a.loss_reduction.parse()?,
-        max_seq_len: a.max_seq_len,
+        // SkyRL's fallback when null: max input + max generate length.
+        max_seq_len: Some(cfg.max_seq_len()),
         ..Default::default()
     };
     c.sapo.tau_pos = a.sapo.tau_pos;
