@@ -22,11 +22,12 @@ $RLVR train "${COMMON[@]}" \
   trainer.algorithm.loss_reduction=token_mean \
   generator.apply_overlong_filtering=false \
   trainer.algorithm.use_kl_loss=false \
-  +trainer.max_steps="${GRPO_STEPS:-14}" \
+  +trainer.max_steps="${GRPO_STEPS:-9}" \
   trainer.eval_before_train=false \
-  trainer.eval_interval="${GRPO_EVAL_INTERVAL:-7}" \
+  trainer.eval_interval="${GRPO_EVAL_INTERVAL:-9}" \
   trainer.run_name=gsm8k_qwen_grpo \
   trainer.ckpt_path="$RUN_DIR/gsm8k_qwen_grpo/ckpt" \
   trainer.export_path="$RUN_DIR/gsm8k_qwen_grpo/export" \
+  trainer.hf_save_interval=1000 \
   "$@"
 $RLVR plot "$RUN_DIR/gsm8k_qwen_grpo"

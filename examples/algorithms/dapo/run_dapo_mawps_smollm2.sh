@@ -72,6 +72,7 @@ $RLVR train \
   trainer.micro_forward_batch_size_per_gpu=16 \
   trainer.micro_train_batch_size_per_gpu=4 \
   trainer.ckpt_interval=5 \
+  trainer.max_ckpts_to_keep=2 \
   trainer.max_prompt_length=256 \
   generator.max_input_length=256 \
   generator.sampling_params.max_generate_length=128 \
@@ -88,6 +89,7 @@ $RLVR train \
   trainer.log_path="$RUN_DIR" \
   trainer.ckpt_path="$RUN_DIR/dapo_cpu/ckpt" \
   trainer.export_path="$RUN_DIR/dapo_cpu/export" \
+  trainer.hf_save_interval=1000 \
   trainer.resume_mode=latest \
   "$@"
 $RLVR plot "$RUN_DIR/dapo_cpu"
