@@ -83,10 +83,10 @@ fn multi_row_sum<const W: usize>(
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..ILP {
-                let lower = acc[j - 1][k];
-                add(&mut acc[j][k], &lower);
-                acc[j - 1][k] = [0f32; W];
+            let (below, here) = acc.split_at_mut(j);
+            for (hi, lo) in here[0].iter_mut().zip(below[j - 1].iter_mut()) {
+                add(hi, lo);
+                *lo = [0f32; W];
             }
             if i & (level_mask << (j * level_power)) != 0 {
                 break;

@@ -8,22 +8,14 @@ use super::CaseOutcome;
 use crate::advantages::{self, AdvantageInputs, AdvantageParams};
 
 pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
-    let mut out = Vec::new();
-    for (list, f) in [
-        ("cases", estimator_case as fn(&Value) -> CaseResult),
-        ("batch_normalize_cases", batch_normalize_case),
-    ] {
-        for (i, c) in json
-            .get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            out.push(CaseOutcome::new(name_of(c, format!("{list}[{i}]")), f(c)));
-        }
-    }
-    out
+    run_lists(
+        json,
+        Naming::Plain,
+        &[
+            ("cases", &estimator_case),
+            ("batch_normalize_cases", &batch_normalize_case),
+        ],
+    )
 }
 
 /// float64 advantages: rtol 1e-10 plus atol 1e-9 for all-equal non-dyadic GRPO groups.

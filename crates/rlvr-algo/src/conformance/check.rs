@@ -3,6 +3,42 @@
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
+use super::CaseOutcome;
+
+/// How a case is named in the report.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Naming {
+    /// `list/<name>`, or `list/<index>` for a case without a name.
+    Prefixed,
+    /// `<name>`, or `list[<index>]` for a case without a name.
+    Plain,
+}
+
+/// The cases of list `key` in a golden file (none where the file has no such list).
+pub(crate) fn cases<'a>(json: &'a Value, key: &str) -> &'a [Value] {
+    json.get(key)
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice)
+}
+
+/// A golden file's list of cases and the check each case of it goes through.
+pub(crate) type CaseList<'a> = (&'a str, &'a dyn Fn(&Value) -> CaseResult);
+
+/// Each list's check on every case of that list, in file order.
+pub(crate) fn run_lists(json: &Value, naming: Naming, lists: &[CaseList]) -> Vec<CaseOutcome> {
+    let mut out = Vec::new();
+    for &(list, check) in lists {
+        for (i, c) in cases(json, list).iter().enumerate() {
+            let name = match naming {
+                Naming::Prefixed => format!("{list}/{}", name_of(c, i.to_string())),
+                Naming::Plain => name_of(c, format!("{list}[{i}]")),
+            };
+            out.push(CaseOutcome::new(name, check(c)));
+        }
+    }
+    out
+}
+
 /// `|a - e| <= atol + rtol·|e|`, NaN matches NaN, infinities must match exactly.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Tol {

@@ -10,26 +10,15 @@ use crate::dynamic_sampling::{
 };
 
 pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
-    let mut out = Vec::new();
-    for (list, f) in [
-        ("sequences", sequence as fn(&Value) -> CaseResult),
-        ("direct_cases", direct),
-        ("zero_variance_filter_cases", zero_variance),
-    ] {
-        for (i, c) in json
-            .get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            out.push(CaseOutcome::new(
-                format!("{list}/{}", name_of(c, i.to_string())),
-                f(c),
-            ));
-        }
-    }
-    out
+    run_lists(
+        json,
+        Naming::Prefixed,
+        &[
+            ("sequences", &sequence),
+            ("direct_cases", &direct),
+            ("zero_variance_filter_cases", &zero_variance),
+        ],
+    )
 }
 
 /// A reward or a token-level reward row (summed left to right like Python's `sum`).

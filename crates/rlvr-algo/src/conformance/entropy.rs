@@ -8,16 +8,7 @@ use super::CaseOutcome;
 use crate::logprobs;
 
 pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
-    let cases = json
-        .get("cases")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    cases
-        .iter()
-        .enumerate()
-        .map(|(i, c)| CaseOutcome::new(name_of(c, format!("cases[{i}]")), case(c)))
-        .collect()
+    run_lists(json, Naming::Plain, &[("cases", &case)])
 }
 
 fn case(c: &Value) -> CaseResult {

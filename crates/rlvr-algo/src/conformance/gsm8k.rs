@@ -13,13 +13,7 @@ pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
         ("custom_score_cases", custom_case),
         ("dataset_cases", dataset_case),
     ] {
-        for (i, c) in json
-            .get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
+        for (i, c) in cases(json, list).iter().enumerate() {
             let label = c
                 .get("solution_str")
                 .or_else(|| c.get("answer_text"))

@@ -8,33 +8,16 @@ use super::CaseOutcome;
 use crate::kl::{self, KlEstimator};
 
 pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
-    let list = |k: &str| {
-        json.get(k)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let ref_cases = list("cases");
-    let mut out = Vec::new();
-    for (i, c) in ref_cases.iter().enumerate() {
-        out.push(CaseOutcome::new(
-            format!("cases/{}", name_of(c, i.to_string())),
-            ref_case(c),
-        ));
-    }
-    for (i, c) in list("cases_head").iter().enumerate() {
-        out.push(CaseOutcome::new(
-            format!("cases_head/{}", name_of(c, i.to_string())),
-            head_case(c),
-        ));
-    }
-    for (i, c) in list("worker_kl_loss_ref").iter().enumerate() {
-        out.push(CaseOutcome::new(
-            format!("worker_kl_loss_ref/{}", name_of(c, i.to_string())),
-            worker_case(c, &ref_cases),
-        ));
-    }
-    out
+    let ref_cases = cases(json, "cases");
+    run_lists(
+        json,
+        Naming::Prefixed,
+        &[
+            ("cases", &ref_case),
+            ("cases_head", &head_case),
+            ("worker_kl_loss_ref", &|c: &Value| worker_case(c, ref_cases)),
+        ],
+    )
 }
 
 struct Inputs {

@@ -8,30 +8,16 @@ use super::CaseOutcome;
 use crate::overlong;
 
 pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
-    let mut out = Vec::new();
-    for (list, f) in [
-        (
-            "overlong_filtering_ref",
-            filtering_ref as fn(&Value) -> CaseResult,
-        ),
-        ("overlong_filtering_head", filtering_head),
-        ("soft_punishment_ref", punishment),
-        ("soft_punishment_head", punishment),
-    ] {
-        for (i, c) in json
-            .get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            out.push(CaseOutcome::new(
-                format!("{list}/{}", name_of(c, i.to_string())),
-                f(c),
-            ));
-        }
-    }
-    out
+    run_lists(
+        json,
+        Naming::Prefixed,
+        &[
+            ("overlong_filtering_ref", &filtering_ref),
+            ("overlong_filtering_head", &filtering_head),
+            ("soft_punishment_ref", &punishment),
+            ("soft_punishment_head", &punishment),
+        ],
+    )
 }
 
 fn masks(v: &Value) -> Result<Vec<Vec<u8>>, String> {

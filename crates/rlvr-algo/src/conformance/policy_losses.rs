@@ -8,13 +8,7 @@ use super::CaseOutcome;
 use crate::policy_loss::{self, PolicyLossConfig, PolicyLossInputs};
 
 pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
-    json.get("cases")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, c)| CaseOutcome::new(name_of(c, format!("cases[{i}]")), case(c)))
-        .collect()
+    run_lists(json, Naming::Plain, &[("cases", &case)])
 }
 
 fn f(v: &Value, key: &str) -> Result<f64, String> {

@@ -11,26 +11,15 @@ use crate::policy_loss::{self, PolicyLossConfig, PolicyLossInputs};
 use crate::reduction::{self, LossReduction, NormalizeOptions};
 
 pub(crate) fn run(json: &Value) -> Vec<CaseOutcome> {
-    let mut out = Vec::new();
-    for (list, f) in [
-        ("cases", pipeline_case as fn(&Value) -> CaseResult),
-        ("direct_cases", direct_case),
-        ("boundary_cases", boundary_case),
-    ] {
-        for (i, c) in json
-            .get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            out.push(CaseOutcome::new(
-                format!("{list}/{}", name_of(c, i.to_string())),
-                f(c),
-            ));
-        }
-    }
-    out
+    run_lists(
+        json,
+        Naming::Prefixed,
+        &[
+            ("cases", &pipeline_case),
+            ("direct_cases", &direct_case),
+            ("boundary_cases", &boundary_case),
+        ],
+    )
 }
 
 fn usize_of(v: &Value, key: &str) -> Result<usize, String> {
