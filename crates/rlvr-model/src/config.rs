@@ -113,16 +113,16 @@ impl ModelConfig {
             }
         }
         let (heads, kv) = (self.num_attention_heads, self.num_kv_heads());
-        if heads > 0 && kv > 0 && heads % kv != 0 {
+        if heads > 0 && kv > 0 && !heads.is_multiple_of(kv) {
             bad.push(format!(
                 "num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv})"
             ));
         }
         match self.head_dim {
-            Some(d) if d == 0 || d % 2 == 1 => {
+            Some(d) if d == 0 || !d.is_multiple_of(2) => {
                 bad.push(format!("head_dim must be even and at least 2, got {d}"))
             }
-            None if heads > 0 && (self.hidden_size % heads != 0 || (self.hidden_size / heads) % 2 == 1) => {
+            None if heads > 0 && (!self.hidden_size.is_multiple_of(heads) || !(self.hidden_size / heads).is_multiple_of(2)) => {
                 bad.push(format!(
                     "hidden_size ({}) / num_attention_heads ({heads}) must be a whole, even head size",
                     self.hidden_size

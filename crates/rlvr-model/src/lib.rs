@@ -22,6 +22,7 @@ pub mod chat_template;
 pub mod export;
 pub mod generation_config;
 pub mod gguf;
+pub mod hub;
 pub mod load;
 pub mod tokenizer;
 

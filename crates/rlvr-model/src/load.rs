@@ -24,8 +24,10 @@ pub struct Pretrained {
     pub source: PathBuf,
 }
 
-/// Loads an HF checkpoint directory or a `.gguf` file.
+/// Loads an HF checkpoint directory, a `.gguf` file, or a Hugging Face model id found in the
+/// local HF cache (see [`crate::hub`]).
 pub fn load_pretrained(path: &Path, device: &Device) -> Result<Pretrained> {
+    let path = &crate::hub::resolve_model_path(path)?;
     if path.is_dir() {
         load_hf_dir(path, device)
     } else if path.is_file() {
