@@ -7,8 +7,9 @@
 # the DAPO run, so the two differ only in DAPO's components: SkyRL's default k3 KL loss would
 # add a frozen reference copy (2.5 GB) that a 24 GB machine cannot hold beside this trainer
 # (peak ~21 GB); add trainer.algorithm.use_kl_loss=true where memory allows.
-# The step count gives it the DAPO run's wall-clock (GRPO's steps are cheaper: one generation
-# batch each); it reuses the DAPO run's evaluation before training (same model, prompt, greedy).
+# 9 steps give it about the DAPO run's training wall-clock (GRPO's steps draw one generation batch
+# each; DAPO's draw 1-12); it reuses the DAPO run's evaluation before training (same model,
+# prompt, greedy decoding, which is deterministic) and evaluates once, at its last step.
 # Extra arguments are passed on as overrides.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

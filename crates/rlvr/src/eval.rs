@@ -76,6 +76,12 @@ impl Tally {
             .count();
         out.insert(format!("eval/{name}/avg_score"), score.mean());
         out.insert(format!("eval/{name}/avg_score_stderr"), score.stderr());
+        let mut positive = Moments::default();
+        self.groups
+            .iter()
+            .flatten()
+            .for_each(|&v| positive.add(v.max(0.0)));
+        out.insert(format!("eval/{name}/mean_positive_reward"), positive.mean());
         out.insert(
             format!("eval/{name}/pass_at_{n}"),
             passed as f64 / self.groups.len().max(1) as f64,
@@ -108,6 +114,8 @@ pub fn evaluate(
     let mut per_source: BTreeMap<String, Tally> = BTreeMap::new();
     let mut all = Tally::default();
     let mut lines = Vec::new();
+    // Every response, for SkyRL's `eval/all/generate/*` over the whole evaluation.
+    let mut everything = crate::generator::GeneratorOutput::default();
     for (chunk_idx, chunk) in rows.chunks(batch).enumerate() {
         let groups: Vec<PromptGroup> = chunk
             .iter()
@@ -164,9 +172,13 @@ pub fn evaluate(
             source.groups.push(scores.clone());
             all.groups.push(scores);
         }
+        everything.extend(out);
     }
     let mut metrics = Metrics::new();
     all.metrics("all", n, &mut metrics);
+    for (k, v) in crate::trainer::length_metrics(&everything) {
+        metrics.insert(format!("eval/all/{k}"), v);
+    }
     for (source, tally) in &per_source {
         tally.metrics(&metric_name(source), n, &mut metrics);
     }

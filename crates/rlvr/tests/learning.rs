@@ -50,7 +50,7 @@ fn train(dir: &Path, overrides: &[&str], max_steps: usize) -> Vec<f64> {
     let mut trainer = toy_trainer(dir, overrides);
     let mut rewards = vec![trainer.evaluate().unwrap()["eval/all/avg_score"]];
     for step in 1..=max_steps {
-        trainer.step().unwrap();
+        trainer.step().unwrap().unwrap();
         if step % 8 == 0 {
             rewards.push(trainer.evaluate().unwrap()["eval/all/avg_score"]);
             if *rewards.last().unwrap() > 0.8 {
@@ -122,7 +122,7 @@ fn seq_mean_token_sum_norm_trains_with_max_seq_len_null() {
         ],
     );
     for _ in 0..2 {
-        let m = trainer.step().unwrap();
+        let m = trainer.step().unwrap().unwrap();
         let loss = m["policy/final_loss"];
         assert!(loss.is_finite(), "loss {loss}");
     }
@@ -142,7 +142,7 @@ fn adaptive_kl_in_reward_updates_its_coefficient() {
             "trainer.algorithm.kl_ctrl.horizon=100",
         ],
     );
-    let first = trainer.step().unwrap();
+    let first = trainer.step().unwrap().unwrap();
     assert_eq!(first["loss/kl_loss_coef"], 0.001);
     assert_eq!(
         first["loss/avg_kl"], 0.0,
@@ -150,11 +150,104 @@ fn adaptive_kl_in_reward_updates_its_coefficient() {
     );
     let rows =
         (trainer.cfg.trainer.train_batch_size * trainer.cfg.generator.n_samples_per_prompt) as f64;
-    let second = trainer.step().unwrap();
+    let second = trainer.step().unwrap().unwrap();
     let want = 0.001 * (1.0 - 0.2 * rows / 100.0);
     assert!(
         (second["loss/kl_loss_coef"] - want).abs() < 1e-15,
         "{} vs {want}",
         second["loss/kl_loss_coef"]
     );
+}
+
+/// As SkyRL's `for epoch in range(epochs): for batch in dataloader`: the extra generation batches
+/// of dynamic sampling come out of the same passes over the data, so a one-epoch run ends when
+/// that epoch's batches are drawn, after fewer global steps than batches, and saves a checkpoint.
+#[test]
+fn dynamic_sampling_run_ends_after_its_epochs_of_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = toy_trainer(
+        dir.path(),
+        &[
+            "trainer.epochs=1",
+            "trainer.ckpt_interval=100",
+            "trainer.algorithm.dynamic_sampling.type=filter",
+        ],
+    );
+    let batches_per_epoch = trainer.loader.batches_per_epoch();
+    assert_eq!(trainer.total_steps(), batches_per_epoch);
+    let last = trainer.fit().unwrap();
+
+    let steps = trainer.global_step;
+    let log = std::fs::read_to_string(trainer.run_dir.join("metrics.jsonl")).unwrap();
+    let per_step: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(per_step.len(), steps, "one metrics line per step");
+    let drawn: f64 = per_step
+        .iter()
+        .map(|m| m["dynamic_sampling/num_gen_batches"].as_f64().unwrap())
+        .sum();
+    assert!(
+        steps < batches_per_epoch,
+        "some step needed more than one batch, so the epoch ends in fewer steps ({steps} of {batches_per_epoch})"
+    );
+    assert!(drawn <= batches_per_epoch as f64, "{drawn} batches drawn");
+    assert_eq!(
+        last["dynamic_sampling/total_gen_batches"], drawn,
+        "the run's count of generation batches"
+    );
+    let state = trainer.loader_state();
+    assert_eq!(
+        (state.epoch, state.batch_in_epoch),
+        (0, batches_per_epoch),
+        "the one epoch is drawn to its end, no second epoch is started"
+    );
+    assert!(
+        trainer
+            .ckpt_dir
+            .as_ref()
+            .unwrap()
+            .join(format!("global_step_{steps}"))
+            .is_dir(),
+        "a final checkpoint at step {steps}"
+    );
+}
+
+/// The metrics SkyRL logs beside the loss: the advantage step's, the worker's response width,
+/// the generator's token counts by reward, and the evaluation's positive reward and lengths.
+#[test]
+fn skyrl_step_and_eval_metrics_are_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = toy_trainer(dir.path(), &[]);
+    let m = trainer.step().unwrap().unwrap();
+    let abs = m["loss/avg_raw_advantages_abs"];
+    assert!(
+        abs > 0.0 && abs >= m["loss/avg_raw_advantages"].abs(),
+        "mean |advantage| {abs}"
+    );
+    assert!(m["loss/avg_final_rewards"].is_finite());
+    let width = m["policy/response_length"];
+    let max_len = trainer.cfg.generator.sampling_params.max_generate_length as f64;
+    assert!((1.0..=max_len).contains(&width), "response width {width}");
+    let (lo, hi) = (m["generate/min_num_tokens"], m["generate/max_num_tokens"]);
+    for k in [
+        "generate/avg_tokens_non_zero_rewards",
+        "generate/avg_tokens_zero_rewards",
+    ] {
+        let v = m[k];
+        assert!(
+            v == 0.0 || (lo..=hi).contains(&v),
+            "{k} = {v} outside [{lo}, {hi}]"
+        );
+    }
+
+    let e = trainer.evaluate().unwrap();
+    assert!(e["eval/all/mean_positive_reward"] >= e["eval/all/avg_score"]);
+    assert!(e.contains_key("eval/toy/mean_positive_reward"), "{e:?}");
+    let (a, b) = (
+        e["eval/all/generate/avg_num_tokens"],
+        e["eval/all/response_length"],
+    );
+    assert!((a - b).abs() < 1e-9, "mean eval length {a} vs {b}");
 }

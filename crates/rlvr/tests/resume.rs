@@ -28,13 +28,19 @@ fn train_cmd(dir: &Path, extra: &[&str]) -> Command {
             format!("trainer.ckpt_path={d}/ckpt"),
             format!("trainer.export_path={d}/export"),
             "trainer.logger=jsonl".into(),
-            "trainer.epochs=1".into(),
+            // Dynamic sampling draws more than one batch on some steps; 4 epochs of data
+            // leave room for STEPS steps.
+            "trainer.epochs=4".into(),
             "trainer.eval_before_train=false".into(),
             "trainer.eval_interval=-1".into(),
             "trainer.ckpt_interval=1".into(),
             "trainer.max_ckpts_to_keep=-1".into(),
         ])
         .args(extra)
+        .args(
+            (!extra.iter().any(|a| a.starts_with("+trainer.max_steps=")))
+                .then(|| format!("+trainer.max_steps={STEPS}")),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     cmd

@@ -54,6 +54,11 @@ impl PromptLoader {
         self.state
     }
 
+    /// Batches handed out so far, over all epochs.
+    pub fn batches_drawn(&self) -> usize {
+        self.state.epoch * self.batches_per_epoch() + self.state.batch_in_epoch
+    }
+
     pub fn set_state(&mut self, state: LoaderState) {
         self.state = state;
         self.reorder();

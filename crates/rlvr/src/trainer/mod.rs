@@ -67,10 +67,19 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Global steps of the run: `epochs × batches per epoch`, capped by `+trainer.max_steps`.
+    /// Global steps of the run without dynamic sampling: `epochs × batches per epoch`, capped by
+    /// `+trainer.max_steps` (SkyRL's `total_training_steps`). With dynamic sampling a step can
+    /// draw several batches and the data runs out first (see [`Trainer::data_used_up`]).
     pub fn total_steps(&self) -> usize {
         let all = self.cfg.trainer.epochs * self.loader.batches_per_epoch();
         self.max_steps.map_or(all, |m| m.min(all))
+    }
+
+    /// Whether `trainer.epochs` passes over the training set have been drawn. As SkyRL's
+    /// `for epoch in range(epochs): for batch in dataloader` loop, every generation batch of
+    /// dynamic sampling comes from those passes, so such a run makes fewer global steps.
+    pub fn data_used_up(&self) -> bool {
+        self.loader.batches_drawn() >= self.cfg.trainer.epochs * self.loader.batches_per_epoch()
     }
 
     fn device(&self) -> &Device {
@@ -81,7 +90,8 @@ impl Trainer {
         sampling_from(&self.cfg.generator.sampling_params)
     }
 
-    /// Runs until `trainer.epochs` are done, or `stop` is set. Returns the last step's metrics.
+    /// Runs until `trainer.epochs` passes over the data are drawn (or `+trainer.max_steps` steps
+    /// are done), or `stop` is set. Returns the last step's metrics.
     pub fn fit(&mut self) -> Result<Metrics> {
         check_runnable(self)?;
         // Remote engines start from whatever they loaded; make them serve this policy (the
@@ -104,13 +114,33 @@ impl Trainer {
                 tracing::info!("stopping at step {} (interrupted)", self.global_step);
                 break;
             }
-            last = self.step()?;
+            match self.step()? {
+                Some(m) => last = m,
+                None => {
+                    // SkyRL saves a final checkpoint when its loop ends; a step that reached
+                    // `total_steps` has saved its own already.
+                    tracing::info!(
+                        "the training data's {} epochs are used up after {} steps ({} generation batches)",
+                        self.cfg.trainer.epochs,
+                        self.global_step,
+                        self.loader.batches_drawn()
+                    );
+                    if let Some(dir) = self.ckpt_dir.clone() {
+                        if self.cfg.trainer.ckpt_interval > 0 && self.global_step > 0 {
+                            checkpoint::save(self, &dir)?;
+                        }
+                    }
+                    break;
+                }
+            }
         }
         Ok(last)
     }
 
-    /// One global step. Returns its metrics (also sent to the loggers).
-    pub fn step(&mut self) -> Result<Metrics> {
+    /// One global step. Returns its metrics (also sent to the loggers), or `None` when the
+    /// training data's epochs ran out before the step had its batch (dynamic sampling drew the
+    /// rest); the rows generated for it are then dropped, as in SkyRL.
+    pub fn step(&mut self) -> Result<Option<Metrics>> {
         let t_step = Instant::now();
         let step = self.global_step + 1;
         let cfg = self.cfg.clone();
@@ -125,7 +155,12 @@ impl Trainer {
         let mut gen_tokens = 0usize;
         // Every generated row of this step lives in `pool`; the sampler hands back which to keep.
         let mut pool = GeneratorOutput::default();
+        // `generate/*` describes the last generation batch as drawn, as SkyRL's generator logs it.
+        let mut last_batch: Metrics;
         let output = loop {
+            if self.data_used_up() {
+                return Ok(None);
+            }
             let prompts = self
                 .loader
                 .next_batch()
@@ -148,6 +183,7 @@ impl Trainer {
                 out.zero_rewards_not_stopped();
             }
             num_gen_batches += 1;
+            last_batch = length_metrics(&out);
             let batch_tokens = out.response_ids.iter().map(Vec::len).sum::<usize>();
             gen_tokens += batch_tokens;
             let (zero, groups_here) = zero_std_count(&out.rewards, &out.uids);
@@ -180,6 +216,10 @@ impl Trainer {
             num_gen_batches as f64,
         );
         metrics.insert(
+            "dynamic_sampling/total_gen_batches".into(),
+            self.loader.batches_drawn() as f64,
+        );
+        metrics.insert(
             "dynamic_sampling/zero_std_group_fraction".into(),
             zero_std_groups as f64 / total_groups.max(1) as f64,
         );
@@ -207,7 +247,7 @@ impl Trainer {
             &output.uids,
             n,
         ));
-        metrics.extend(length_metrics(&output));
+        metrics.extend(last_batch);
         metrics.extend(environment_metrics(&self.envs, &output));
 
         // 5. Overlong filtering: responses that hit the length limit leave the loss.
@@ -275,15 +315,15 @@ impl Trainer {
         if self.exports_at(step) {
             crate::export::export_policy(self)?;
         }
-        Ok(metrics)
+        Ok(Some(metrics))
     }
 
-    /// Whether step `step` ends with an HF export, as SkyRL: every `hf_save_interval` steps and
-    /// at each epoch's end, never when the interval is <= 0. (`rlvr train` also exports the
-    /// run's last step when the interval is > 0.)
+    /// Whether step `step`, just taken, ends with an HF export, as SkyRL: every
+    /// `hf_save_interval` steps and where the step used up an epoch's data, never when the
+    /// interval is <= 0. (`rlvr train` also exports the run's last step when the interval is > 0.)
     pub fn exports_at(&self, step: usize) -> bool {
         let hf = self.cfg.trainer.hf_save_interval;
-        let epoch_end = step % self.loader.batches_per_epoch().max(1) == 0;
+        let epoch_end = self.loader.state().batch_in_epoch == self.loader.batches_per_epoch();
         hf > 0 && (step as i64 % hf == 0 || epoch_end)
     }
 
@@ -367,7 +407,8 @@ pub fn environment_metrics(envs: &EnvRegistry, out: &GeneratorOutput) -> Metrics
         .collect()
 }
 
-/// `generate/{min,max,avg,std}_num_tokens` and the fraction cut at the length limit.
+/// `generate/{min,max,avg,std}_num_tokens`, SkyRL's `generate/avg_tokens_{non_zero,zero}_rewards`
+/// (0 where no response has such a reward) and the fraction cut at the length limit.
 pub fn length_metrics(out: &GeneratorOutput) -> Metrics {
     let lens: Vec<f64> = out.response_ids.iter().map(|r| r.len() as f64).collect();
     let n = lens.len().max(1) as f64;
@@ -384,6 +425,23 @@ pub fn length_metrics(out: &GeneratorOutput) -> Metrics {
     );
     m.insert("generate/avg_num_tokens".into(), avg);
     m.insert("generate/std_num_tokens".into(), var.sqrt());
+    let mean_len_where = |keep: fn(f64) -> bool| {
+        let picked: Vec<f64> = lens
+            .iter()
+            .zip(&out.rewards)
+            .filter(|(_, &r)| keep(r))
+            .map(|(&l, _)| l)
+            .collect();
+        picked.iter().sum::<f64>() / picked.len().max(1) as f64
+    };
+    m.insert(
+        "generate/avg_tokens_non_zero_rewards".into(),
+        mean_len_where(|r| r > 0.0),
+    );
+    m.insert(
+        "generate/avg_tokens_zero_rewards".into(),
+        mean_len_where(|r| r == 0.0),
+    );
     let truncated = out
         .stop_reasons
         .iter()

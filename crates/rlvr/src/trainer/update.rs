@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use rlvr_algo::kl::{approx_kl, KlEstimator};
+use rlvr_algo::ops::{masked_mean, masked_mean_rows};
 use rlvr_algo::reduction::{self, LossReduction};
 use rlvr_algo::{advantages, policy_loss};
 use rlvr_model::logprobs::LogProbOptions;
@@ -87,13 +88,24 @@ pub fn train_on_batch(
             ..Default::default()
         },
     )?;
+    // SkyRL's metrics of the advantage step: mean final reward per row (token rewards summed),
+    // and the mean and mean absolute advantage over response tokens.
     let n_tokens = full.response_mask.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    let token_mean = |x: &Tensor| -> Result<f64> {
+        Ok(((x * &full.response_mask)?.sum_all()?.to_scalar::<f32>()? / n_tokens) as f64)
+    };
+    metrics.insert("loss/avg_raw_advantages".into(), token_mean(&advantages)?);
     metrics.insert(
-        "loss/avg_raw_advantages".into(),
-        ((&advantages * &full.response_mask)?
-            .sum_all()?
-            .to_scalar::<f32>()?
-            / n_tokens) as f64,
+        "loss/avg_raw_advantages_abs".into(),
+        token_mean(&advantages.abs()?)?,
+    );
+    metrics.insert(
+        "loss/avg_final_rewards".into(),
+        token_rewards
+            .to_dtype(DType::F64)?
+            .sum(1)?
+            .mean_all()?
+            .to_scalar::<f64>()?,
     );
     let n = cfg.generator.n_samples_per_prompt;
     let micro_rows = cfg.trainer.micro_train_batch_size_per_gpu.max(1);
@@ -122,30 +134,6 @@ pub fn train_on_batch(
             prompt_boundaries: Some(&prompt_bounds),
         },
     )?;
-    // The same per-row weights reduce the entropy and KL terms like the policy loss.
-    let row_tokens: Vec<f64> = full
-        .loss_mask
-        .sum(1)?
-        .to_vec1::<f32>()?
-        .into_iter()
-        .map(f64::from)
-        .collect();
-    let mut row_weight = vec![0f64; rows];
-    for &(s, e) in &mini_bounds {
-        let local: Vec<(usize, usize)> = prompt_bounds
-            .iter()
-            .filter(|&&(ps, pe)| ps >= s && pe <= e)
-            .map(|&(ps, pe)| (ps - s, pe - s))
-            .collect();
-        let w = reduction::row_scales(
-            reduction,
-            &row_tokens[s..e],
-            micro_rows,
-            Some(cfg.max_seq_len()),
-            Some(&local),
-        )?;
-        row_weight[s..e].copy_from_slice(&w);
-    }
 
     // 8. Policy update: one optimizer step per mini-batch, gradients summed over micro-batches.
     let loss_cfg = policy_loss_config(&cfg)?;
@@ -177,7 +165,6 @@ pub fn train_on_batch(
                         .narrow(1, 0, r)?
                         .contiguous()?)
                 };
-                let weights = &row_weight[micro_start..micro_end];
                 let lp = t.policy.response_logprobs(
                     &mb.input_ids,
                     &mb.attention_mask,
@@ -206,13 +193,12 @@ pub fn train_on_batch(
                 let policy_loss =
                     reduction::masked_sum(&token_loss.loss, token_loss.loss_mask.as_ref())?;
                 let mut loss = policy_loss.clone();
-                let weighted_sum = |x: &Tensor| -> Result<Tensor> {
-                    Ok(reduction::scaled_masked_sum(
-                        x,
-                        Some(&mb.loss_mask),
-                        weights,
-                    )?)
-                };
+                // SkyRL reduces the KL and entropy terms per micro-batch, unscaled by the policy
+                // loss's reduction (KL: the mean over rows of each row's token mean; entropy: the
+                // token mean), weighs them by the micro-batch's share of the mini-batch's rows,
+                // and reports them as means over micro-batches.
+                let micro_weight =
+                    (micro_end - micro_start) as f64 / (mini_end - mini_start) as f64;
                 if alg.use_kl_loss {
                     if let Some(reference) = &ref_logprobs {
                         let kl = approx_kl(
@@ -221,18 +207,20 @@ pub fn train_on_batch(
                             Some(&mb.loss_mask),
                             kl_estimator,
                         )?;
-                        let kl_loss = weighted_sum(&kl)?;
-                        acc.add("policy/policy_kl", scalar(&kl_loss)?);
-                        loss = (loss + (kl_loss * alg.kl_loss_coef)?)?;
+                        let kl_loss = masked_mean_rows(&kl, Some(&mb.loss_mask))?.mean_all()?;
+                        acc.add_mean("policy/policy_kl", scalar(&kl_loss)?);
+                        loss = (loss + (kl_loss * (alg.kl_loss_coef * micro_weight))?)?;
                     }
                 }
                 let entropy = lp.entropy.as_ref().expect("entropy was requested");
-                let entropy_term = weighted_sum(entropy)?;
-                acc.add("policy/policy_entropy", scalar(&entropy_term)?);
+                let entropy_term = masked_mean(entropy, Some(&mb.loss_mask))?;
+                acc.add_mean("policy/policy_entropy", scalar(&entropy_term)?);
                 if alg.use_entropy_loss {
-                    loss = (loss - (entropy_term * alg.entropy_loss_coef)?)?;
+                    loss = (loss - (entropy_term * (alg.entropy_loss_coef * micro_weight))?)?;
                 }
                 acc.add("policy/policy_loss", scalar(&policy_loss)?);
+                // SkyRL's worker reports each micro-batch's response width (`num_actions`).
+                acc.add_mean("policy/response_length", r as f64);
                 acc.add("policy/final_loss", scalar(&loss)?);
                 for (k, v) in token_loss.metrics {
                     acc.add_mean(&format!("policy/loss_metrics/{k}"), v);
