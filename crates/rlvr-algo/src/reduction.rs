@@ -248,26 +248,6 @@ pub fn masked_sum(loss: &Tensor, loss_mask: Option<&Tensor>) -> Result<Tensor> {
     })
 }
 
-/// `Σ_i row_scales[i] · Σ_t values[i,t] · mask[i,t]`: reduces any other per-token term (KL,
-/// entropy) of a micro-batch exactly like the pre-scaled policy loss, given that micro-batch's
-/// slice of [`row_scales`]. Summed over micro-batches it is the mini-batch reduction.
-pub fn scaled_masked_sum(
-    values: &Tensor,
-    loss_mask: Option<&Tensor>,
-    row_scales: &[f64],
-) -> Result<Tensor> {
-    let rows = values.dim(0)?;
-    if row_scales.len() != rows {
-        return Err(Error::invalid(format!(
-            "got {} row scales for a micro-batch of {rows} rows",
-            row_scales.len()
-        )));
-    }
-    let col = Tensor::from_vec(row_scales.to_vec(), (rows, 1), values.device())?
-        .to_dtype(values.dtype())?;
-    masked_sum(&values.broadcast_mul(&col)?, loss_mask)
-}
-
 /// REF's `reduce_loss` on one call's `[B,R]` per-token loss (`token_mean_legacy` reduces like
 /// `token_mean` here: per call is what "legacy" means). `prompt_mean` has no per-call form.
 pub fn reduce_loss_ref(
@@ -554,28 +534,6 @@ mod tests {
         let counts = [2.0, 1.0, 3.0, 0.0, 4.0];
         let s = row_scales(LossReduction::TokenMeanLegacy, &counts, 2, None, None).unwrap();
         assert_eq!(s, vec![1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0, 0.0]);
-    }
-
-    /// A KL-like term reduced with `scaled_masked_sum` over any split equals its token mean.
-    #[test]
-    fn scaled_masked_sum_over_micro_batches_is_the_token_mean() {
-        let vals = [0.5, -1.0, 2.0, 0.25, 3.0, -0.5];
-        let mask = [1.0, 0.0, 1.0, 1.0, 1.0, 0.0];
-        let v = t(&vals, 3, 2);
-        let m = t(&mask, 3, 2);
-        let scales = row_scales(LossReduction::TokenMean, &[1.0, 2.0, 1.0], 1, None, None).unwrap();
-        let mut total = 0.0;
-        for (s, e) in [(0, 1), (1, 3)] {
-            let part = scaled_masked_sum(
-                &v.narrow(0, s, e - s).unwrap(),
-                Some(&m.narrow(0, s, e - s).unwrap()),
-                &scales[s..e],
-            )
-            .unwrap();
-            total += ops::scalar_f64(&part).unwrap();
-        }
-        let want = ops::scalar_f64(&ops::masked_mean(&v, Some(&m)).unwrap()).unwrap();
-        assert!((total - want).abs() < 1e-12, "{total} vs {want}");
     }
 
     #[test]

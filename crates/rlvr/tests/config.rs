@@ -115,14 +115,21 @@ fn typed_config_covers_every_resolved_key() {
     }
 }
 
-/// A fixed `$HOME` for the child, so the `~` and `$HOME` expansions are checked on every machine.
-const HOME: &str = "/home/rlvr-test";
+/// A `$HOME` of the test's own for the child, so the `~` and `$HOME` expansions are checked on
+/// every machine, whatever its environment.
+fn home() -> &'static str {
+    static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| tempfile::tempdir().unwrap())
+        .path()
+        .to_str()
+        .expect("a UTF-8 temporary directory")
+}
 
 fn rlvr(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rlvr"))
         .args(args)
         .env("RUST_LOG", "warn")
-        .env("HOME", HOME)
+        .env("HOME", home())
         .output()
         .expect("run rlvr")
 }
@@ -151,7 +158,7 @@ fn dapo_args_via_shell(home: &str) -> Vec<String> {
 
 #[test]
 fn config_show_accepts_every_dapo_override() {
-    let home = HOME;
+    let home = home();
     let mut outputs = Vec::new();
     for args in [
         dapo_args_via_command_substitution(),

