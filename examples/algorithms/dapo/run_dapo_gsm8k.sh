@@ -109,7 +109,7 @@ $RLVR train "${COMMON[@]}" \
   generator.eval_sampling_params.top_p=0.7 \
   +trainer.max_steps=6 \
   trainer.eval_before_train=true \
-  trainer.eval_interval=6 \
+  trainer.eval_interval=3 \
   trainer.run_name=gsm8k_qwen_dapo \
   trainer.ckpt_path="$RUN_DIR/gsm8k_qwen_dapo/ckpt" \
   trainer.export_path="$RUN_DIR/gsm8k_qwen_dapo/export" \
