@@ -84,6 +84,10 @@ COMMON=(
   trainer.micro_forward_batch_size_per_gpu=2
   trainer.micro_train_batch_size_per_gpu=1
   trainer.update_epochs_per_batch=1
+  # The results in docs/results/gsm8k_qwen_dapo/ were measured with f32 training, before bf16
+  # mixed precision (SkyRL's default, trainer.bf16=true) existed in rlvr; kept here so the
+  # recipe reproduces them bit for bit. bf16 trains ~1.5x faster on CPUs with AMX.
+  trainer.bf16=false
   trainer.policy.optimizer_config.lr=3.0e-6
   trainer.policy.optimizer_config.weight_decay=0.1
   trainer.policy.optimizer_config.max_grad_norm=1.0

@@ -15,6 +15,7 @@ pub mod logprobs;
 pub mod model;
 pub mod optim;
 
+pub use kernels::gemm::Precision;
 pub use kv_cache::KvCache;
 pub use logprobs::{LogProbOptions, TokenLogProbs};
 pub use model::Model;

@@ -8,6 +8,7 @@
 //! f32 would be 600 MB per intermediate). On the CPU in f32 the softmax math of a chunk is
 //! [`kernels::vocab`](crate::kernels::vocab): two passes over the logits instead of a dozen.
 
+use crate::kernels::gemm::Precision;
 use crate::kernels::{self, Lanes};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D};
 
@@ -22,6 +23,8 @@ pub struct LogProbOptions {
     pub grad: bool,
     /// Rows of logits materialised at once.
     pub chunk_rows: usize,
+    /// Inputs of the output head's products (forward and backward); f32 accumulation either way.
+    pub precision: Precision,
 }
 
 impl Default for LogProbOptions {
@@ -31,6 +34,7 @@ impl Default for LogProbOptions {
             entropy: false,
             grad: true,
             chunk_rows: 512,
+            precision: Precision::F32,
         }
     }
 }
@@ -71,22 +75,17 @@ fn chunked_forward(
     labels: &Tensor,
     opts: &LogProbOptions,
 ) -> Result<Tensor> {
+    if kernels::applies(hidden) && kernels::applies(weight) {
+        return fused_forward(hidden, weight, labels, opts);
+    }
     let n = hidden.dim(0)?;
     let chunk = opts.chunk_rows.max(1);
     let wt = weight.t()?;
     let mut parts = Vec::with_capacity(n.div_ceil(chunk));
     for start in (0..n).step_by(chunk) {
         let len = chunk.min(n - start);
-        let h = hidden.narrow(0, start, len)?;
-        let logits = match crate::model::ops::linear(&h, weight, false)? {
-            Some(l) => l,
-            None => h.matmul(&wt)?,
-        };
+        let logits = hidden.narrow(0, start, len)?.matmul(&wt)?;
         let lab = labels.narrow(0, start, len)?;
-        if kernels::applies(&logits) {
-            parts.push(fused_chunk_forward(&logits, &lab, opts)?);
-            continue;
-        }
         let lp = rlvr_algo::logprobs::log_probs_from_logits(&logits, &lab, opts.temperature)?;
         let ent = if opts.entropy {
             rlvr_algo::logprobs::entropy_from_logits(&logits, opts.temperature)?
@@ -101,7 +100,38 @@ fn chunked_forward(
     Tensor::cat(&parts, 0)
 }
 
-/// [`chunked_forward`]'s chunk on the CPU kernels: `[len, 2]` log-probs and entropies.
+/// [`chunked_forward`] on the CPU kernels: the weight prepared once for every chunk's logits.
+fn fused_forward(
+    hidden: &Tensor,
+    weight: &Tensor,
+    labels: &Tensor,
+    opts: &LogProbOptions,
+) -> Result<Tensor> {
+    use kernels::gemm::{matmul_by, Rhs, View};
+    let ((n, h), (v, _)) = (hidden.dims2()?, weight.dims2()?);
+    let chunk = opts.chunk_rows.max(1);
+    let parts = kernels::with_slice(hidden, |hv| {
+        kernels::with_slice(weight, |wv| {
+            let wt = Rhs::new(opts.precision, View::transposed(wv, h), h, v);
+            (0..n)
+                .step_by(chunk)
+                .map(|start| {
+                    let len = chunk.min(n - start);
+                    let hc = View::rows(&hv[start * h..(start + len) * h], h);
+                    let logits =
+                        Tensor::from_vec(matmul_by(len, hc, &wt), (len, v), hidden.device())?;
+                    fused_chunk_forward(&logits, &labels.narrow(0, start, len)?, opts)
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+    })???;
+    if parts.is_empty() {
+        return Tensor::zeros((0, 2), hidden.dtype(), hidden.device());
+    }
+    Tensor::cat(&parts, 0)
+}
+
+/// [`fused_forward`]'s chunk: `[len, 2]` log-probs and entropies.
 fn fused_chunk_forward(logits: &Tensor, labels: &Tensor, opts: &LogProbOptions) -> Result<Tensor> {
     let (len, v) = logits.dims2()?;
     let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
@@ -170,17 +200,22 @@ fn fused_backward(
     grad: &Tensor,
     opts: &LogProbOptions,
 ) -> Result<(Tensor, Tensor)> {
-    use kernels::gemm::{matmul, matmul_acc, View};
+    use kernels::gemm::{matmul_acc, matmul_by, Rhs, View};
     let ((n, h), (v, _)) = (hidden.dims2()?, weight.dims2()?);
     let chunk = opts.chunk_rows.max(1);
+    let p = opts.precision;
     let mut dh = Vec::with_capacity(n * h);
     let mut dw = vec![0f32; v * h];
     kernels::with_slice(hidden, |hv| {
         kernels::with_slice(weight, |wv| {
+            let (wt, w) = (
+                Rhs::new(p, View::transposed(wv, h), h, v),
+                Rhs::new(p, View::rows(wv, h), v, h),
+            );
             for start in (0..n).step_by(chunk) {
                 let len = chunk.min(n - start);
                 let hc = &hv[start * h..(start + len) * h];
-                let raw = matmul(len, v, h, View::rows(hc, h), View::transposed(wv, h));
+                let raw = matmul_by(len, View::rows(hc, h), &wt);
                 let raw = Tensor::from_vec(raw, (len, v), hidden.device())?;
                 let dz = fused_chunk_grad(
                     &raw,
@@ -190,8 +225,9 @@ fn fused_backward(
                     opts,
                 )?;
                 drop(raw);
-                dh.extend(matmul(len, h, v, View::rows(&dz, v), View::rows(wv, h)));
+                dh.extend(matmul_by(len, View::rows(&dz, v), &w));
                 matmul_acc(
+                    p,
                     &mut dw,
                     v,
                     h,
@@ -351,7 +387,7 @@ impl crate::Model {
         if response_len == 0 || response_len >= s {
             candle_core::bail!("response_len {response_len} must be in 1..{s} (sequence length)")
         }
-        let hs = self.forward_hidden(input_ids, attention_mask, opts.grad)?;
+        let hs = self.forward_hidden(input_ids, attention_mask, opts.grad, opts.precision)?;
         let h = hs.dim(2)?;
         // Position t predicts token t + 1.
         let rows = hs

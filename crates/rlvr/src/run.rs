@@ -96,6 +96,19 @@ pub fn build_for(resolved: &ResolvedConfig, ext: Extensions, purpose: Purpose) -
     let device = rlvr_model::parse_device(&cfg.trainer.device)
         .with_context(|| format!("trainer.device={}", cfg.trainer.device))?;
     tracing::info!("device {}", rlvr_model::device_name(&device));
+    tracing::info!(
+        "training products: {}",
+        match (cfg.trainer.bf16, device.is_cpu()) {
+            (false, _) => "f32 (trainer.bf16=false)",
+            (true, false) => "bf16 inputs, f32 accumulation",
+            (true, true) if rlvr_model::kernels::amx::available() => {
+                "bf16 inputs, f32 accumulation (AMX tiles)"
+            }
+            (true, true) => {
+                "bf16 inputs, f32 accumulation (no AMX on this CPU: rounded, then f32 gemm)"
+            }
+        }
+    );
 
     let model_path = PathBuf::from(&cfg.trainer.policy.model.path);
     tracing::info!("loading {}", model_path.display());

@@ -225,7 +225,8 @@ fn dapo_on_two_sglang_style_servers_syncs_weights_every_step() {
     let servers = [serve(&model, "toy-policy"), serve(&model, "toy-policy")];
     let sync = dir.path().join("sync");
     // With off-policy correction on: the servers' log-probs are those the trainer computes, so
-    // the importance ratios are 1 and nothing is masked.
+    // the importance ratios are 1 and nothing is masked. The servers decode in f32, so the
+    // trainer does too (bf16 products would differ from them by ~3e-4).
     let trainer = train(
         dir.path(),
         "sglang",
@@ -233,6 +234,7 @@ fn dapo_on_two_sglang_style_servers_syncs_weights_every_step() {
         &sync,
         2,
         &[
+            "trainer.bf16=false",
             "trainer.algorithm.off_policy_correction.tis_ratio_type=token",
             "trainer.algorithm.off_policy_correction.sequence_mask_metric=geometric",
         ],

@@ -8,11 +8,12 @@
 //! - [`softmax`]: masked attention softmax and its backward.
 //! - [`attention`]: decoding attention over the KV cache.
 //! - [`rms_norm`], [`swiglu`]: their forward and backward.
-//! - [`gemm`]: training's matmuls and their gradients.
+//! - [`gemm`]: training's matmuls and their gradients, f32 or bf16 ([`amx`]: on AMX tiles).
 //! - [`skinny`]: `x @ w^T` for few rows (decoding, f32 weights).
 //! - [`packed`]: weights packed for decoding on AVX-512, bf16 or f32.
 //! - [`team`]: the worker threads the kernels split rows over.
 
+pub mod amx;
 pub mod attention;
 pub mod cpu;
 pub mod exp;

@@ -10,6 +10,7 @@ pub mod ops;
 pub mod rope;
 
 use crate::config::ModelConfig;
+use crate::kernels::gemm::Precision;
 use crate::kernels::packed::{self, Packed};
 use crate::kernels::skinny;
 use crate::kv_cache::KvCache;
@@ -39,18 +40,24 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// `x: [N, in]` → `[N, out]`. Without `grad`, few-row inputs take the decoding kernel.
-    pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
+    /// `x: [N, in]` → `[N, out]`, the product's inputs in `precision`. Without `grad`, few-row
+    /// inputs take the decoding kernel.
+    pub fn forward(&self, x: &Tensor, grad: bool, precision: Precision) -> Result<Tensor> {
         let w = self.weight.as_tensor();
         let y = if let (false, Some(p)) = (grad, &self.packed) {
             p.matmul_t(x)?
-        } else if grad {
-            match ops::linear(x, w, true)? {
-                Some(y) => y,
-                None => x.matmul(&w.t()?)?,
-            }
-        } else {
+        } else if !grad && precision == Precision::F32 {
             matmul_t(x, w)?
+        } else if let Some(y) = ops::linear(x, w, grad, precision)? {
+            y
+        } else if precision == Precision::Bf16 && x.dtype() == DType::F32 {
+            // Other devices: their bf16 matmul (cuBLAS on CUDA), differentiable through the casts.
+            let bf = DType::BF16;
+            x.to_dtype(bf)?
+                .matmul(&w.to_dtype(bf)?.t()?)?
+                .to_dtype(DType::F32)?
+        } else {
+            x.matmul(&w.t()?)?
         };
         self.add_bias(y)
     }
@@ -407,12 +414,14 @@ impl Model {
     /// Full-sequence forward over a padded batch. `input_ids: [B, S]` (u32), `attention_mask: [B, S]`
     /// (1 = token, 0 = padding; prompts left-padded, responses right-padded). Position ids are
     /// `cumsum(mask) - 1` as HF computes them. Returns the final-normed hidden states `[B, S, hidden]`.
-    /// `grad = false` uses fused kernels without backward (reference model, scoring).
+    /// `grad = false` uses fused kernels without backward (reference model, scoring). The linear
+    /// layers' products take their inputs in `precision` (bf16 for mixed-precision training).
     pub fn forward_hidden(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
         grad: bool,
+        precision: Precision,
     ) -> Result<Tensor> {
         let (b, s) = input_ids.dims2()?;
         if attention_mask.dims() != [b, s] {
@@ -446,7 +455,7 @@ impl Model {
         let mut x = self.embed_tokens(input_ids)?;
         let dims = self.dims();
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &cos, &sin, grad, |q, k, v| {
+            x = self.layer_forward(layer, &x, &cos, &sin, grad, precision, |q, k, v| {
                 ops::attention(q, k, v, &mask, dims, grad)
             })?;
         }
@@ -460,7 +469,7 @@ impl Model {
         attention_mask: &Tensor,
         grad: bool,
     ) -> Result<Tensor> {
-        let hs = self.forward_hidden(input_ids, attention_mask, grad)?;
+        let hs = self.forward_hidden(input_ids, attention_mask, grad, Precision::F32)?;
         let (b, s, h) = hs.dims3()?;
         let logits = hs
             .reshape((b * s, h))?
@@ -469,6 +478,7 @@ impl Model {
     }
 
     /// One decoder layer; `attn` maps rotated `q [B,nh,L,hd]`, `k, v [B,nkv,L,hd]` to `[B,nh,L,hd]`.
+    #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
         layer: &Layer,
@@ -476,6 +486,7 @@ impl Model {
         cos: &Tensor,
         sin: &Tensor,
         grad: bool,
+        precision: Precision,
         attn: impl FnOnce(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
@@ -502,9 +513,9 @@ impl Model {
                 )
             }
             _ => (
-                layer.q.forward(&hn, grad)?,
-                layer.k.forward(&hn, grad)?,
-                layer.v.forward(&hn, grad)?,
+                layer.q.forward(&hn, grad, precision)?,
+                layer.k.forward(&hn, grad, precision)?,
+                layer.v.forward(&hn, grad, precision)?,
             ),
         };
         let q = split(q, heads)?;
@@ -514,7 +525,7 @@ impl Model {
         let k = ops::rope(&k, cos, sin, grad)?;
         let a = attn(&q, &k, &v)?;
         let a = a.transpose(1, 2)?.reshape((b * l, heads * head_dim))?;
-        let x = (x + layer.o.forward(&a, grad)?.reshape((b, l, h))?)?;
+        let x = (x + layer.o.forward(&a, grad, precision)?.reshape((b, l, h))?)?;
         let hn = ops::rms_norm(&x, layer.post_norm.as_tensor(), eps, grad)?.reshape((b * l, h))?;
         let m = match (&layer.fused, grad) {
             (Some(f), false) => {
@@ -523,12 +534,15 @@ impl Model {
                 ops::swiglu(&y.narrow(1, 0, i)?, &y.narrow(1, i, i)?, false)?
             }
             _ => ops::swiglu(
-                &layer.gate.forward(&hn, grad)?,
-                &layer.up.forward(&hn, grad)?,
+                &layer.gate.forward(&hn, grad, precision)?,
+                &layer.up.forward(&hn, grad, precision)?,
                 grad,
             )?,
         };
-        x + layer.down.forward(&m, grad)?.reshape((b, l, h))?
+        x + layer
+            .down
+            .forward(&m, grad, precision)?
+            .reshape((b, l, h))?
     }
 
     /// KV-cached forward of `tokens` (row-major `[n, L]`) for the cache slots
@@ -576,7 +590,7 @@ impl Model {
         let mut x = self.embed_tokens(&ids)?;
         let dims = self.dims();
         for (li, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward(layer, &x, &cos, &sin, false, |q, k, v| {
+            x = self.layer_forward(layer, &x, &cos, &sin, false, Precision::F32, |q, k, v| {
                 cache.write(li, first_slot, &starts, k, v)?;
                 if l <= DECODE_KERNEL_MAX_L && crate::kernels::applies(q) {
                     return decode_attention(q, cache, li, first_slot, total, &mask, dims);
@@ -657,7 +671,7 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if let Some(y) = skinny::try_matmul_t(x, w)? {
         return Ok(y);
     }
-    if let Some(y) = ops::linear(x, w, false)? {
+    if let Some(y) = ops::linear(x, w, false, Precision::F32)? {
         return Ok(y);
     }
     if x.dtype() == w.dtype() {

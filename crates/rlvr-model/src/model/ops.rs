@@ -3,6 +3,7 @@
 //! only each op's inputs; f64 (gradient checks) goes through composite ops for full precision.
 
 use super::autograd::{op1, op2, op3, Output};
+use crate::kernels::gemm::Precision;
 use crate::kernels::{self, Lanes};
 use candle_core::{DType, Result, Tensor, D};
 
@@ -11,9 +12,10 @@ fn fused(x: &Tensor) -> bool {
 }
 
 /// `x @ w^T` for `x: [N, in]` and `w: [out, in]` (a linear layer without bias), on the CPU
-/// gemm kernels with `dx = g w` and `dw = g^T x` as backward. `None` where those do not apply
-/// (other devices and dtypes): the caller uses `matmul`.
-pub fn linear(x: &Tensor, w: &Tensor, grad: bool) -> Result<Option<Tensor>> {
+/// gemm kernels with `dx = g w` and `dw = g^T x` as backward, all three products in
+/// `precision`. `None` where those do not apply (other devices and dtypes): the caller uses
+/// `matmul`.
+pub fn linear(x: &Tensor, w: &Tensor, grad: bool, precision: Precision) -> Result<Option<Tensor>> {
     use kernels::gemm::{matmul, View};
     if !(kernels::applies(x) && kernels::applies(w) && x.rank() == 2) {
         return Ok(None);
@@ -24,7 +26,14 @@ pub fn linear(x: &Tensor, w: &Tensor, grad: bool) -> Result<Option<Tensor>> {
     }
     let y = kernels::with_slice(&x.detach(), |xv| {
         kernels::with_slice(&w.detach(), |wv| {
-            matmul(n, out, k, View::rows(xv, k), View::transposed(wv, k))
+            matmul(
+                precision,
+                n,
+                out,
+                k,
+                View::rows(xv, k),
+                View::transposed(wv, k),
+            )
         })
     })??;
     if !grad {
@@ -33,10 +42,17 @@ pub fn linear(x: &Tensor, w: &Tensor, grad: bool) -> Result<Option<Tensor>> {
     let y = op2("linear", x, w, Output::cpu(y, (n, out)), move |x, w, g| {
         let (dx, dw) = kernels::with_slice(g, |gv| {
             let dx = kernels::with_slice(w, |wv| {
-                matmul(n, k, out, View::rows(gv, out), View::rows(wv, k))
+                matmul(precision, n, k, out, View::rows(gv, out), View::rows(wv, k))
             })?;
             let dw = kernels::with_slice(x, |xv| {
-                matmul(out, k, n, View::transposed(gv, out), View::rows(xv, k))
+                matmul(
+                    precision,
+                    out,
+                    k,
+                    n,
+                    View::transposed(gv, out),
+                    View::rows(xv, k),
+                )
             })?;
             Ok::<_, candle_core::Error>((dx, dw))
         })??;

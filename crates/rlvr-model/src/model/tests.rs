@@ -131,6 +131,7 @@ fn chunked_logprobs_match_full_log_softmax() {
             entropy: true,
             grad,
             chunk_rows: chunk,
+            ..Default::default()
         };
         let out = model.response_logprobs(&ids, &mask, r, &opts).unwrap();
         assert!(max_abs_diff(&out.logprobs, &want_lp) < 1e-5);
@@ -149,6 +150,7 @@ fn logprob_gradients_match_finite_differences() {
         entropy: true,
         grad: true,
         chunk_rows: 2,
+        ..Default::default()
     };
     // A loss that weights every output differently, so sign or index mistakes show.
     let w = Tensor::arange(0f64, 6.0, model.device())
@@ -427,6 +429,7 @@ fn f32_kernels_match_the_f64_path_in_outputs_and_gradients() {
             entropy: true,
             grad: true,
             chunk_rows: 4,
+            ..Default::default()
         };
         let run = |m: &Model| {
             let (ids, mask) = padded_batch(m.device());
@@ -593,6 +596,71 @@ mod cuda {
         for ((name, vc), (_, vg)) in cpu.named_vars().iter().zip(gpu.named_vars()) {
             let d = rel_diff(vc.as_tensor(), vg.as_tensor());
             assert!(d < 1e-4, "{name}: parameters differ by {d:e} after a step");
+        }
+    }
+}
+
+/// Mixed precision (`trainer.bf16`): bf16 inputs to every linear product, f32 elsewhere. Log-probs
+/// stay within bf16's rounding of the f32 ones, and every parameter's gradient points the same
+/// way (cosine >= 0.999), on both the AMX path and the rounding fallback, whichever this CPU has.
+#[test]
+fn bf16_products_keep_logprobs_and_gradients_close_to_f32() {
+    for (bias, tied) in [(true, false), (false, true)] {
+        let cfg = tiny_config(bias, tied);
+        let model =
+            Model::from_tensors(&cfg, &random_tensors(&cfg, 9, DType::F32), &Device::Cpu).unwrap();
+        let run = |precision: Precision| {
+            let opts = LogProbOptions {
+                temperature: 0.8,
+                entropy: true,
+                chunk_rows: 4,
+                precision,
+                ..Default::default()
+            };
+            let (ids, mask) = padded_batch(model.device());
+            let o = model.response_logprobs(&ids, &mask, 3, &opts).unwrap();
+            let w = Tensor::new(&[[1.0f32, -0.5, 2.0], [0.3, 1.5, -1.0]], model.device()).unwrap();
+            let e = o.entropy.unwrap();
+            let loss = ((&o.logprobs * &w).unwrap().sum_all().unwrap()
+                + (&e * 0.7).unwrap().sum_all().unwrap())
+            .unwrap();
+            (o.logprobs, loss.backward().unwrap())
+        };
+        let (lp32, g32) = run(Precision::F32);
+        let (lp16, g16) = run(Precision::Bf16);
+        let d = max_abs_diff(&lp32, &lp16);
+        let scale = lp32
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        // bf16 keeps 8 bits of mantissa (relative rounding 2^-9 per input); through two layers
+        // that leaves a few 1e-3 of the log-probs' size. Zero would mean nothing was rounded.
+        assert!(
+            d > 0.0 && d < 5e-3 * scale,
+            "bf16 vs f32 log-probs differ by {d:e} (largest |log-prob| {scale})"
+        );
+        for (name, v) in model.named_vars() {
+            let (a, b) = (g32.get(v).unwrap(), g16.get(v).unwrap());
+            let dot = (a * b)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
+            let norm = |t: &Tensor| {
+                (t.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64)
+                    .sqrt()
+            };
+            let cos = dot / (norm(a) * norm(b)).max(1e-30);
+            assert!(cos >= 0.999, "{name}: gradient cosine {cos}");
         }
     }
 }

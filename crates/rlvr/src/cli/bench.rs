@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use clap::Subcommand;
 use rlvr_model::engine::{Engine, EngineConfig, Request, SamplingParams};
 use rlvr_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use rlvr_model::{load_pretrained, ChatMessage, LogProbOptions, Model};
+use rlvr_model::{load_pretrained, ChatMessage, LogProbOptions, Model, Precision};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -55,6 +55,10 @@ pub enum BenchCommand {
         /// cpu, cuda, cuda:N, or auto (the first GPU in a CUDA build, else the CPU).
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Precisions of the training products, comma separated: bfloat16 (`trainer.bf16=true`,
+        /// SkyRL's default: bf16 inputs, f32 accumulation, f32 weights and AdamW) and/or float32.
+        #[arg(long, default_value = "bfloat16,float32", value_delimiter = ',')]
+        train_dtypes: Vec<String>,
         #[arg(long)]
         skip_gen: bool,
         #[arg(long)]
@@ -116,6 +120,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         answer_only,
         samples_per_prompt,
         dtype,
+        train_dtypes,
         device,
         skip_gen,
         skip_train,
@@ -264,11 +269,45 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             resp,
         )?;
         let adv = Tensor::randn(0f32, 1.0, (train_batch, 1), &device)?;
-        let opts = LogProbOptions {
-            grad: false,
-            ..Default::default()
-        };
-        let old = model.response_logprobs(&ids, &mask, resp, &opts)?.logprobs;
+        for name in &train_dtypes {
+            let precision = match name.as_str() {
+                "bfloat16" | "bf16" => Precision::Bf16,
+                "float32" | "fp32" | "f32" => Precision::F32,
+                other => anyhow::bail!(
+                    "--train-dtypes: unknown precision `{other}` (expected bfloat16 or float32)"
+                ),
+            };
+            reset_peak_rss();
+            let res = bench_train(&model, &ids, &mask, &m, &adv, resp, train_steps, precision)?;
+            println!("train {name}: {res}");
+            results.insert(format!("train_{name}"), res);
+        }
+    }
+    println!("RESULT {}", serde_json::Value::Object(results));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Training tokens/s of forward + backward + AdamW on one batch (median over `steps` after a
+/// warm-up step), the linear products in `precision`.
+#[allow(clippy::too_many_arguments)]
+fn bench_train(
+    model: &Model,
+    ids: &Tensor,
+    mask: &Tensor,
+    m: &Tensor,
+    adv: &Tensor,
+    resp: usize,
+    train_steps: usize,
+    precision: Precision,
+) -> anyhow::Result<serde_json::Value> {
+    let (train_batch, train_seq) = ids.dims2()?;
+    let opts = LogProbOptions {
+        grad: false,
+        precision,
+        ..Default::default()
+    };
+    let old = model.response_logprobs(ids, mask, resp, &opts)?.logprobs;
+    {
         let mut opt = AdamW::new(
             model.named_vars().to_vec(),
             AdamWConfig {
@@ -279,15 +318,19 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         )?;
         let vars = model.vars();
         let mut rates = Vec::new();
+        let train_opts = LogProbOptions {
+            precision,
+            ..Default::default()
+        };
         for step in 0..=train_steps {
             let t = Instant::now();
             let lp = model
-                .response_logprobs(&ids, &mask, resp, &LogProbOptions::default())?
+                .response_logprobs(ids, mask, resp, &train_opts)?
                 .logprobs;
             let ratio = (lp - &old)?.exp()?;
-            let l1 = ratio.broadcast_mul(&adv)?;
-            let l2 = ratio.clamp(0.8f32, 1.28f32)?.broadcast_mul(&adv)?;
-            let loss = ((l1.minimum(&l2)? * &m)?.sum_all()?.neg()?
+            let l1 = ratio.broadcast_mul(adv)?;
+            let l2 = ratio.clamp(0.8f32, 1.28f32)?.broadcast_mul(adv)?;
+            let loss = ((l1.minimum(&l2)? * m)?.sum_all()?.neg()?
                 / m.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?;
             let t_fwd = t.elapsed().as_secs_f64();
             let mut grads = loss.backward()?;
@@ -309,10 +352,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 rates.push(rate);
             }
         }
-        let res = serde_json::json!({"tok_s_median": median(rates), "batch": train_batch, "seq": train_seq, "scored_positions": resp, "peak_rss_mb": peak_rss_mb()});
-        println!("train: {res}");
-        results.insert("train".into(), res);
+        Ok(
+            serde_json::json!({"tok_s_median": median(rates), "batch": train_batch, "seq": train_seq, "scored_positions": resp, "peak_rss_mb": peak_rss_mb()}),
+        )
     }
-    println!("RESULT {}", serde_json::Value::Object(results));
-    Ok(ExitCode::SUCCESS)
 }

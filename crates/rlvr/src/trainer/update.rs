@@ -13,7 +13,7 @@ use rlvr_algo::ops::{masked_mean, masked_mean_rows};
 use rlvr_algo::reduction::{self, LossReduction};
 use rlvr_algo::{advantages, policy_loss};
 use rlvr_model::logprobs::LogProbOptions;
-use rlvr_model::Model;
+use rlvr_model::{Model, Precision};
 
 /// Runs steps 6-8 on the whole (post-processed) batch and returns the policy metrics.
 pub fn train_on_batch(
@@ -27,21 +27,28 @@ pub fn train_on_batch(
     let rows = out.len();
     let micro_fwd = cfg.trainer.micro_forward_batch_size_per_gpu.max(1);
     let kl_estimator: KlEstimator = alg.kl_estimator_type.parse()?;
-
-    // 6. Old-policy (and reference) log-probs, recomputed by the trainer in forward-sized chunks.
-    let t0 = std::time::Instant::now();
-    let old_logprobs = forward_logprobs(&t.policy, out, full, micro_fwd, temperature, t.pad_id)?;
-    let ref_logprobs = match &t.reference {
-        Some(reference) => Some(forward_logprobs(
-            reference,
+    // SkyRL's `trainer.bf16`: bf16 inputs to every linear product, f32 everywhere else.
+    let precision = if cfg.trainer.bf16 {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    };
+    let fwd = |model: &Model| {
+        forward_logprobs(
+            model,
             out,
             full,
             micro_fwd,
             temperature,
             t.pad_id,
-        )?),
-        None => None,
+            precision,
+        )
     };
+
+    // 6. Old-policy (and reference) log-probs, recomputed by the trainer in forward-sized chunks.
+    let t0 = std::time::Instant::now();
+    let old_logprobs = fwd(&t.policy)?;
+    let ref_logprobs = t.reference.as_ref().map(fwd).transpose()?;
     let mut metrics = Metrics::new();
     metrics.insert("timing/fwd_logprobs".into(), t0.elapsed().as_secs_f64());
     if !out.rollout_logprobs.is_empty() {
@@ -173,6 +180,7 @@ pub fn train_on_batch(
                         temperature,
                         entropy: true,
                         grad: true,
+                        precision,
                         ..Default::default()
                     },
                 )?;
@@ -300,6 +308,7 @@ fn forward_logprobs(
     micro: usize,
     temperature: f64,
     pad_id: u32,
+    precision: Precision,
 ) -> Result<Tensor> {
     let rows = out.len();
     let r_full = full.response_len;
@@ -315,6 +324,7 @@ fn forward_logprobs(
                 temperature,
                 entropy: false,
                 grad: false,
+                precision,
                 ..Default::default()
             },
         )?;

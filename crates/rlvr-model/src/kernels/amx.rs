@@ -1,0 +1,610 @@
+//! bf16 matrix products on AMX tiles (Intel Xeon from Sapphire Rapids on): `dst (+)= a @ b` with
+//! `a` and `b` rounded to bf16 and products accumulated in f32, the matmuls of mixed-precision
+//! training (`trainer.bf16`).
+//!
+//! Both operands are packed first, rounded to bf16 and zero-padded to whole tiles, so the inner
+//! loop has no edges: `a` into blocks of 32 rows, each a run of 16 x 32 tiles along k; `b` into
+//! panels of 32 columns in the pair-interleaved layout `TDPBF16PS` reads (row `r` of a tile holds
+//! k rows `2r` and `2r + 1`, interleaved by column). Each 32 x 32 output block is four f32
+//! accumulator tiles fed by two `a` tiles and two `b` tiles per 32 values of k. Blocks on the
+//! matrix's edge go through a scratch block. Tile instructions are not exposed by stable Rust's
+//! intrinsics, so they are written as inline assembly.
+
+use super::gemm::View;
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Output rows and columns per microkernel call (two tiles of 16 each way).
+const BLOCK: usize = 32;
+/// bf16 values of k per tile row (64 bytes).
+const TILE_K: usize = 32;
+/// bf16 values in one packed 32-row block (or 32-column panel) per 32 values of k.
+const CHUNK: usize = BLOCK * TILE_K;
+/// Row blocks and column panels per parallel task: 256 rows of `a` and 128 columns of `b` stay
+/// in L2 while the task's 64 output blocks are computed.
+const TASK_BLOCKS: usize = 8;
+const TASK_PANELS: usize = 4;
+/// Chunks of k per pass over a task's blocks: 32 KB of a block and 32 KB of a panel, near the
+/// core (8 and 4 measured slower on training's shapes).
+const K_CHUNKS: usize = 16;
+
+/// Whether this CPU has AMX-BF16 and the OS lets this process use the tile registers.
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| std::env::var_os("RLVR_NO_AMX").is_none() && detect())
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    use std::arch::x86_64::__cpuid_count;
+    // SAFETY: CPUID exists on every x86_64 CPU (the intrinsic is safe in newer Rust).
+    #[allow(unused_unsafe)]
+    let (max, edx) = unsafe { (__cpuid_count(0, 0).eax, __cpuid_count(7, 0).edx) };
+    if max < 7 {
+        return false;
+    }
+    // CPUID.(EAX=7, ECX=0):EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
+    if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+        return false;
+    }
+    // Linux (5.16+) leaves tile data out of a process's saved state until the process asks for
+    // it; tile instructions fault before that.
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with these arguments only changes this process's permitted state.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as its bits.
+#[inline]
+pub fn to_bf16(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
+}
+
+/// A right operand `b: [k, n]` packed once for any number of products ([`matmul`]).
+pub struct Packed {
+    tiles: Vec<u16>,
+    k: usize,
+    n: usize,
+}
+
+impl Packed {
+    /// # Panics
+    /// If [`available`] is false or `b` is too short for `[k, n]`.
+    pub fn new(b: View, k: usize, n: usize) -> Packed {
+        assert!(available(), "AMX-BF16 is not available on this CPU");
+        assert!(b.covers(k, n));
+        Packed {
+            tiles: pack_b(b, k, n),
+            k,
+            n,
+        }
+    }
+}
+
+/// `dst (+)= a @ b` for `a: [m, k]`, a packed `b: [k, n]` and row-major `dst: [m, n]`, in bf16
+/// with f32 accumulation. Without `accumulate`, `dst` is only written.
+///
+/// # Safety
+/// `dst` has room for `m * n` values, initialised when `accumulate`; nothing else accesses them
+/// during the call.
+///
+/// # Panics
+/// If `a` is too short for `[m, k]`.
+pub unsafe fn matmul(dst: *mut f32, accumulate: bool, m: usize, a: View, b: &Packed) {
+    let (k, n) = (b.k, b.n);
+    assert!(a.covers(m, k));
+    if m == 0 || n == 0 {
+        return;
+    }
+    let chunks = k.div_ceil(TILE_K);
+    let pa = pack_a(a, m, k);
+    let pb = &b.tiles;
+    let (blocks, panels) = (m.div_ceil(BLOCK), n.div_ceil(BLOCK));
+    let task_rows = blocks.div_ceil(TASK_BLOCKS);
+    let tasks = task_rows * panels.div_ceil(TASK_PANELS);
+    let out = SendPtr(dst);
+    (0..tasks).into_par_iter().for_each(|t| {
+        let out = &out;
+        let (bi, pj) = (t % task_rows * TASK_BLOCKS, t / task_rows * TASK_PANELS);
+        let mut scratch = [0f32; BLOCK * BLOCK];
+        // SAFETY: AMX is available (`Packed::new` checked); the tile configuration is loaded on
+        // this thread before any tile instruction and released after.
+        unsafe { tiles::configure() };
+        let (task_panels, task_blocks) = (
+            pj..panels.min(pj + TASK_PANELS),
+            bi..blocks.min(bi + TASK_BLOCKS),
+        );
+        let full = |i: usize, j: usize| (i + 1) * BLOCK <= m && (j + 1) * BLOCK <= n;
+        // Whole blocks, k in slices of K_CHUNKS chunks so that a block's slice of `a` and a
+        // panel's slice of `b` stay in L1 while the task's blocks go by; the output block
+        // accumulates over the slices.
+        for k0 in (0..chunks.max(1)).step_by(K_CHUNKS) {
+            let kn = K_CHUNKS.min(chunks - k0.min(chunks));
+            for j in task_panels.clone() {
+                let panel = &pb[(j * chunks + k0) * CHUNK..];
+                for i in task_blocks.clone().filter(|&i| full(i, j)) {
+                    let block = &pa[(i * chunks + k0) * CHUNK..];
+                    // SAFETY: (i, j) is this task's own output block, whole inside `dst` (m * n
+                    // elements, row stride n, by the contract); no other thread touches it.
+                    unsafe {
+                        let corner = out.0.add(i * BLOCK * n + j * BLOCK);
+                        tiles::block(block, panel, kn, corner, n, accumulate || k0 > 0);
+                    }
+                }
+            }
+        }
+        // Blocks on the edge, all of k at once, through a whole scratch block.
+        for j in task_panels.clone() {
+            let panel = &pb[j * chunks * CHUNK..];
+            for i in task_blocks.clone().filter(|&i| !full(i, j)) {
+                let block = &pa[i * chunks * CHUNK..];
+                let (rows, cols) = (BLOCK.min(m - i * BLOCK), BLOCK.min(n - j * BLOCK));
+                // SAFETY: (i, j) is this task's own block; (r, c) stays inside it and `dst`.
+                let corner = unsafe { out.0.add(i * BLOCK * n + j * BLOCK) };
+                for r in 0..rows {
+                    for c in 0..cols {
+                        // SAFETY: as above.
+                        scratch[r * BLOCK + c] = if accumulate {
+                            unsafe { *corner.add(r * n + c) }
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+                // SAFETY: scratch is a whole 32 x 32 block with row stride 32.
+                unsafe { tiles::block(block, panel, chunks, scratch.as_mut_ptr(), BLOCK, true) };
+                for r in 0..rows {
+                    for c in 0..cols {
+                        // SAFETY: as above.
+                        unsafe { *corner.add(r * n + c) = scratch[r * BLOCK + c] };
+                    }
+                }
+            }
+        }
+        // SAFETY: configured above on this thread.
+        unsafe { tiles::release() };
+    });
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: the tasks of `matmul` write disjoint output blocks through it.
+unsafe impl Sync for SendPtr {}
+
+/// `a` as bf16 tiles: 32-row block `i`, k chunk `c` and 16-row half `h` is the 16 x 32 tile at
+/// `((i * chunks + c) * 2 + h) * 512`, row-major (64-byte rows).
+fn pack_a(a: View, m: usize, k: usize) -> Vec<u16> {
+    let chunks = k.div_ceil(TILE_K);
+    let mut out = vec![0u16; m.div_ceil(BLOCK) * chunks * CHUNK];
+    out.par_chunks_mut(chunks * CHUNK)
+        .enumerate()
+        .for_each(|(i, block)| {
+            let rows = BLOCK.min(m - i * BLOCK);
+            // SAFETY: AVX-512F comes with AMX (checked by `available`, which every caller
+            // passed); `a` covers [m, k] (asserted by `matmul`).
+            unsafe { convert::pack_a_block(a, i * BLOCK, rows, k, block) }
+        });
+    out
+}
+
+/// `b` as bf16 tiles in pairs: 32-column panel `j`, k chunk `c` and 16-column half `h` is the
+/// tile at `((j * chunks + c) * 2 + h) * 512`, whose row `q` holds `(b[2q][col], b[2q+1][col])`
+/// for its 16 columns, k counted from the chunk's start.
+fn pack_b(b: View, k: usize, n: usize) -> Vec<u16> {
+    let chunks = k.div_ceil(TILE_K);
+    let mut out = vec![0u16; n.div_ceil(BLOCK) * chunks * CHUNK];
+    out.par_chunks_mut(chunks * CHUNK)
+        .enumerate()
+        .for_each(|(j, panel)| {
+            let cols = BLOCK.min(n - j * BLOCK);
+            // SAFETY: as in `pack_a`; `b` covers [k, n] (asserted by `Packed::new`).
+            unsafe { convert::pack_b_panel(b, j * BLOCK, cols, k, panel) }
+        });
+    out
+}
+
+/// f32 → bf16 packing, 16 values at a time on AVX-512F (every AMX CPU has it). The two
+/// layouts training uses are vectorized: row-major (`x`, `g`, the weight for `g W`) and
+/// transposed (the weight for `x W^T`, `g^T` for `g^T x`); other strides take a scalar loop.
+#[cfg(target_arch = "x86_64")]
+mod convert {
+    use super::{to_bf16, View, BLOCK, CHUNK, TILE_K};
+    use std::arch::x86_64::*;
+
+    /// Up to 16 floats from `p` (`n` of them; nothing is read when `n` is 0).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(p: *const f32, n: usize) -> __m512 {
+        let mask: __mmask16 = if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
+        // SAFETY: the masked-off lanes are not read; the caller vouches for the first n.
+        unsafe { _mm512_maskz_loadu_ps(mask, p) }
+    }
+
+    /// Each lane rounded to bf16 (to nearest, ties to even; NaN stays NaN), in the low 16 bits
+    /// of a 32-bit lane: what `half::bf16::from_f32` computes, 16 at a time.
+    #[target_feature(enable = "avx512f")]
+    fn bf16_lanes(x: __m512) -> __m512i {
+        let b = _mm512_castps_si512(x);
+        let high = _mm512_srli_epi32::<16>(b);
+        let lsb = _mm512_and_si512(high, _mm512_set1_epi32(1));
+        let bias = _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, bias));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        let quiet = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
+        _mm512_mask_blend_epi32(nan, rounded, quiet)
+    }
+
+    /// 32 floats (`n` read from `p`, zeros after) as 32 bf16 in one register.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn bf16_x32(p: *const f32, n: usize) -> __m512i {
+        // SAFETY: the caller vouches for n floats at p; `wrapping_add` forms the second half's
+        // address without assuming it is inside the allocation (it is not read when n <= 16).
+        let (lo, hi) = unsafe {
+            (
+                load(p, n.min(16)),
+                load(p.wrapping_add(16), n.saturating_sub(16)),
+            )
+        };
+        let lo = _mm512_cvtepi32_epi16(bf16_lanes(lo));
+        let hi = _mm512_cvtepi32_epi16(bf16_lanes(hi));
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+
+    /// Rows `r0..r0 + rows` of `a: [_, k]` into one 32-row block (see `pack_a`).
+    ///
+    /// # Safety
+    /// AVX-512F; `a` covers rows `r0..r0 + rows` of k columns; `block` holds the block's chunks.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pack_a_block(a: View, r0: usize, rows: usize, k: usize, block: &mut [u16]) {
+        let chunks = k.div_ceil(TILE_K);
+        assert!(block.len() >= chunks * CHUNK && rows <= BLOCK);
+        let at = |r: usize, c: usize| (c * BLOCK + r) * TILE_K;
+        if a.cs == 1 {
+            for r in 0..rows {
+                let src = a.data[(r0 + r) * a.rs..][..k].as_ptr();
+                for c in 0..chunks {
+                    let n = TILE_K.min(k - c * TILE_K);
+                    // SAFETY: n floats from the row's chunk; 64 bytes into the block's tile row.
+                    unsafe {
+                        let v = bf16_x32(src.add(c * TILE_K), n);
+                        _mm512_storeu_si512(block[at(r, c)..][..TILE_K].as_mut_ptr().cast(), v);
+                    }
+                }
+            }
+        } else if a.rs == 1 {
+            // Column-major source (`g^T`): 32 k values of a row are 32 rows of the source apart,
+            // so each 32 x 32 piece is read a source row at a time and transposed.
+            let mut tmp = [0u16; TILE_K * BLOCK];
+            for c in 0..chunks {
+                let n = TILE_K.min(k - c * TILE_K);
+                for p in 0..n {
+                    let src = a.data[r0 + (c * TILE_K + p) * a.cs..][..rows].as_ptr();
+                    // SAFETY: `rows` floats from the source row; 64 bytes into tmp's row p.
+                    unsafe {
+                        let v = bf16_x32(src, rows);
+                        _mm512_storeu_si512(tmp[p * BLOCK..][..BLOCK].as_mut_ptr().cast(), v);
+                    }
+                }
+                for r in 0..rows {
+                    let dst = &mut block[at(r, c)..][..TILE_K];
+                    for (p, d) in dst.iter_mut().enumerate().take(n) {
+                        *d = tmp[p * BLOCK + r];
+                    }
+                }
+            }
+        } else {
+            for r in 0..rows {
+                for p in 0..k {
+                    block[at(r, p / TILE_K) + p % TILE_K] =
+                        to_bf16(a.data[(r0 + r) * a.rs + p * a.cs]);
+                }
+            }
+        }
+    }
+
+    /// Columns `c0..c0 + cols` of `b: [k, _]` into one 32-column panel (see `pack_b`).
+    ///
+    /// # Safety
+    /// AVX-512F; `b` covers k rows of columns `c0..c0 + cols`; `panel` holds the panel's chunks.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pack_b_panel(b: View, c0: usize, cols: usize, k: usize, panel: &mut [u16]) {
+        let chunks = k.div_ceil(TILE_K);
+        assert!(panel.len() >= chunks * CHUNK && cols <= BLOCK);
+        // Tile row `q` of half `h` in chunk `c`: 16 (even, odd) pairs, one per column.
+        let row_at = |c: usize, h: usize, q: usize| ((c * 2 + h) * 16 + q) * 32;
+        if b.cs == 1 {
+            for p in (0..k).step_by(2) {
+                let (c, q) = (p / TILE_K, p % TILE_K / 2);
+                for h in 0..2 {
+                    let n = cols.saturating_sub(h * 16).min(16);
+                    if n == 0 {
+                        continue;
+                    }
+                    let at = |row: usize| b.data[row * b.rs + c0 + h * 16..][..n].as_ptr();
+                    // SAFETY: n floats of rows p and p + 1 (when inside k); 64 bytes into the
+                    // tile row.
+                    unsafe {
+                        let even = bf16_lanes(load(at(p), n));
+                        let odd = if p + 1 < k {
+                            bf16_lanes(load(at(p + 1), n))
+                        } else {
+                            _mm512_setzero_si512()
+                        };
+                        let pairs = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
+                        let dst = panel[row_at(c, h, q)..][..32].as_mut_ptr();
+                        _mm512_storeu_si512(dst.cast(), pairs);
+                    }
+                }
+            }
+        } else if b.rs == 1 {
+            // Column-major source (the weight in `x W^T`): a column's 32 k values of a chunk are
+            // contiguous and become its 16 pairs, one per tile row, so 16 columns are converted
+            // and then transposed.
+            let mut tmp = [0u32; 16 * 16];
+            for c in 0..chunks {
+                let n = TILE_K.min(k - c * TILE_K);
+                for h in 0..2 {
+                    let width = cols.saturating_sub(h * 16).min(16);
+                    for col in 0..width {
+                        let src = b.data[(c0 + h * 16 + col) * b.cs + c * TILE_K..][..n].as_ptr();
+                        // SAFETY: n floats of the column's chunk; 64 bytes into tmp's row.
+                        unsafe {
+                            let v = bf16_x32(src, n);
+                            _mm512_storeu_si512(tmp[col * 16..][..16].as_mut_ptr().cast(), v);
+                        }
+                    }
+                    for q in 0..n.div_ceil(2) {
+                        let dst = &mut panel[row_at(c, h, q)..][..32];
+                        for col in 0..width {
+                            let pair = tmp[col * 16 + q];
+                            dst[2 * col] = pair as u16;
+                            dst[2 * col + 1] = (pair >> 16) as u16;
+                        }
+                    }
+                }
+            }
+        } else {
+            for col in 0..cols {
+                for p in 0..k {
+                    let (c, q, h) = (p / TILE_K, p % TILE_K, col / 16);
+                    panel[row_at(c, h, q / 2) + (col % 16) * 2 + q % 2] =
+                        to_bf16(b.data[p * b.rs + (c0 + col) * b.cs]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod convert {
+    use super::View;
+    pub unsafe fn pack_a_block(_: View, _: usize, _: usize, _: usize, _: &mut [u16]) {
+        unreachable!("AMX exists only on x86_64")
+    }
+    pub unsafe fn pack_b_panel(_: View, _: usize, _: usize, _: usize, _: &mut [u16]) {
+        unreachable!("AMX exists only on x86_64")
+    }
+}
+
+/// The tile instructions.
+#[cfg(target_arch = "x86_64")]
+mod tiles {
+    use super::CHUNK;
+    use std::arch::asm;
+
+    /// Palette 1, all eight tiles 16 rows of 64 bytes: 0-3 accumulate f32 (a 32 x 32 output
+    /// block as four 16 x 16 quarters), 4-5 hold `a`'s two 16-row halves, 6-7 `b`'s two
+    /// 16-column halves.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    const CONFIG: Config = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64; // bytes per row (u16, little-endian)
+            c[48 + t] = 16; // rows
+            t += 1;
+        }
+        Config(c)
+    };
+
+    /// # Safety
+    /// AMX must be available and permitted (see [`super::available`]).
+    pub unsafe fn configure() {
+        // SAFETY: CONFIG is a valid palette-1 configuration, 64-byte aligned.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+    }
+
+    /// # Safety
+    /// Called on a thread that ran [`configure`].
+    pub unsafe fn release() {
+        // SAFETY: see the caller's contract.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// `c (+)= a_block @ b_panel` for one 32 x 32 f32 block at `c` with row stride `ldc`
+    /// (elements); `a_block` and `b_panel` are packed as `pack_a` and `pack_b` lay them out.
+    ///
+    /// # Safety
+    /// [`configure`] ran on this thread; `c` addresses 32 rows of 32 writable f32 at stride
+    /// `ldc`; both packs hold `chunks` chunks.
+    pub unsafe fn block(
+        a_block: &[u16],
+        b_panel: &[u16],
+        chunks: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        debug_assert!(a_block.len() >= chunks * CHUNK && b_panel.len() >= chunks * CHUNK);
+        let stride = ldc * 4;
+        let half = CHUNK / 2;
+        // SAFETY (every block below): the addresses are inside `c`'s 32 x 32 block or inside
+        // the packs' `chunks` chunks, per the contract; tile rows are 64 bytes.
+        let (c0, c1) = (c, unsafe { c.add(16) });
+        let (c2, c3) = unsafe { (c.add(16 * ldc), c.add(16 * ldc + 16)) };
+        if accumulate {
+            unsafe {
+                asm!(
+                    "tileloadd tmm0, [{c0} + {s}*1]",
+                    "tileloadd tmm1, [{c1} + {s}*1]",
+                    "tileloadd tmm2, [{c2} + {s}*1]",
+                    "tileloadd tmm3, [{c3} + {s}*1]",
+                    c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
+                    s = in(reg) stride,
+                    options(nostack, readonly),
+                )
+            };
+        } else {
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                )
+            };
+        }
+        let (a, b) = (a_block.as_ptr(), b_panel.as_ptr());
+        for i in 0..chunks {
+            unsafe {
+                let (a0, b0) = (a.add(i * CHUNK), b.add(i * CHUNK));
+                asm!(
+                    "tileloadd tmm4, [{a0} + {s}*1]",
+                    "tileloadd tmm6, [{b0} + {s}*1]",
+                    "tileloadd tmm5, [{a1} + {s}*1]",
+                    "tileloadd tmm7, [{b1} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0, a1 = in(reg) a0.add(half),
+                    b0 = in(reg) b0, b1 = in(reg) b0.add(half),
+                    s = in(reg) 64usize,
+                    options(nostack, readonly),
+                )
+            };
+        }
+        unsafe {
+            asm!(
+                "tilestored [{c0} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                "tilestored [{c2} + {s}*1], tmm2",
+                "tilestored [{c3} + {s}*1], tmm3",
+                c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
+                s = in(reg) stride,
+                options(nostack),
+            )
+        };
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod tiles {
+    pub unsafe fn configure() {}
+    pub unsafe fn release() {}
+    pub unsafe fn block(_: &[u16], _: &[u16], _: usize, _: *mut f32, _: usize, _: bool) {
+        unreachable!("AMX exists only on x86_64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bf16_value(x: f32) -> f64 {
+        half::bf16::from_bits(to_bf16(x)).to_f64()
+    }
+
+    /// `a @ b` in f64 over the bf16-rounded inputs: what the tiles compute up to f32 summation.
+    fn reference(m: usize, n: usize, k: usize, a: View, b: View) -> Vec<(f64, f64)> {
+        (0..m * n)
+            .map(|ij| {
+                let (i, j) = (ij / n, ij % n);
+                (0..k).fold((0.0, 0.0), |(s, abs), p| {
+                    let x = bf16_value(a.data[i * a.rs + p * a.cs])
+                        * bf16_value(b.data[p * b.rs + j * b.cs]);
+                    (s + x, abs + x.abs())
+                })
+            })
+            .collect()
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let h = (i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8;
+                (h % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even_and_keeps_nan() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 lies halfway between two bf16 values: ties go to the even one (1.0).
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert!(half::bf16::from_bits(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(to_bf16(f32::INFINITY), 0x7f80);
+    }
+
+    #[test]
+    fn products_match_f64_over_bf16_inputs_in_every_layout_and_edge() {
+        if !available() {
+            // The bf16 product still runs (and is checked) through gemm's rounding fallback.
+            eprintln!("AMX-BF16 not available on this CPU: only the fallback path is tested");
+            return;
+        }
+        // Whole blocks, ragged edges in every dimension, k below one chunk, and a task grid
+        // larger than one task each way.
+        for &(m, n, k) in &[
+            (32, 32, 32),
+            (37, 45, 70),
+            (1, 1, 1),
+            (5, 130, 33),
+            (300, 150, 64),
+        ] {
+            let a = values(m * k, 1);
+            let b = values(k * n, 2);
+            let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+            let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let layouts = [
+                (View::rows(&a, k), View::rows(&b, n)),
+                (View::transposed(&at, m), View::transposed(&bt, k)),
+            ];
+            for (av, bv) in layouts {
+                let want = reference(m, n, k, av, bv);
+                let start = values(m * n, 3);
+                for accumulate in [false, true] {
+                    let mut got = start.clone();
+                    let packed = Packed::new(bv, k, n);
+                    // SAFETY: `got` holds m * n initialised values.
+                    unsafe { matmul(got.as_mut_ptr(), accumulate, m, av, &packed) };
+                    for (ij, (&g, &(w, abs))) in got.iter().zip(&want).enumerate() {
+                        let w = w + if accumulate { start[ij] as f64 } else { 0.0 };
+                        // f32 accumulation of exact bf16 products: error ~ k ulp of the terms.
+                        let tol = 1e-6 * (abs + 1.0) * (k as f64).sqrt();
+                        assert!(
+                            (g as f64 - w).abs() <= tol,
+                            "m={m} n={n} k={k} acc={accumulate} at {ij}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
