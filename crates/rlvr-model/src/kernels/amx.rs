@@ -185,32 +185,31 @@ unsafe impl Sync for SendPtr {}
 /// `a` as bf16 tiles: 32-row block `i`, k chunk `c` and 16-row half `h` is the 16 x 32 tile at
 /// `((i * chunks + c) * 2 + h) * 512`, row-major (64-byte rows).
 fn pack_a(a: View, m: usize, k: usize) -> Vec<u16> {
-    let chunks = k.div_ceil(TILE_K);
-    let mut out = vec![0u16; m.div_ceil(BLOCK) * chunks * CHUNK];
-    out.par_chunks_mut(chunks * CHUNK)
-        .enumerate()
-        .for_each(|(i, block)| {
-            let rows = BLOCK.min(m - i * BLOCK);
-            // SAFETY: AVX-512F comes with AMX (checked by `available`, which every caller
-            // passed); `a` covers [m, k] (asserted by `matmul`).
-            unsafe { convert::pack_a_block(a, i * BLOCK, rows, k, block) }
-        });
-    out
+    // SAFETY: AVX-512F comes with AMX (checked by `available`, which every caller passed); `a`
+    // covers [m, k] (asserted by `matmul`).
+    pack_groups(m, k, |r0, rows, block| unsafe {
+        convert::pack_a_block(a, r0, rows, k, block)
+    })
 }
 
 /// `b` as bf16 tiles in pairs: 32-column panel `j`, k chunk `c` and 16-column half `h` is the
 /// tile at `((j * chunks + c) * 2 + h) * 512`, whose row `q` holds `(b[2q][col], b[2q+1][col])`
 /// for its 16 columns, k counted from the chunk's start.
 fn pack_b(b: View, k: usize, n: usize) -> Vec<u16> {
-    let chunks = k.div_ceil(TILE_K);
-    let mut out = vec![0u16; n.div_ceil(BLOCK) * chunks * CHUNK];
-    out.par_chunks_mut(chunks * CHUNK)
+    // SAFETY: as in `pack_a`; `b` covers [k, n] (asserted by `Packed::new`).
+    pack_groups(n, k, |c0, cols, panel| unsafe {
+        convert::pack_b_panel(b, c0, cols, k, panel)
+    })
+}
+
+/// A zero-padded buffer of `len.div_ceil(32)` groups (row blocks or column panels) of k's
+/// chunks, each filled in parallel by `fill(first, count, group)`.
+fn pack_groups(len: usize, k: usize, fill: impl Fn(usize, usize, &mut [u16]) + Sync) -> Vec<u16> {
+    let group = k.div_ceil(TILE_K) * CHUNK;
+    let mut out = vec![0u16; len.div_ceil(BLOCK) * group];
+    out.par_chunks_mut(group.max(1))
         .enumerate()
-        .for_each(|(j, panel)| {
-            let cols = BLOCK.min(n - j * BLOCK);
-            // SAFETY: as in `pack_a`; `b` covers [k, n] (asserted by `Packed::new`).
-            unsafe { convert::pack_b_panel(b, j * BLOCK, cols, k, panel) }
-        });
+        .for_each(|(g, buf)| fill(g * BLOCK, BLOCK.min(len - g * BLOCK), buf));
     out
 }
 

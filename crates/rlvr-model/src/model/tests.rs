@@ -17,6 +17,16 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
 }
 
+/// The sum of a tensor's elements, as f64.
+fn total(t: &Tensor) -> f64 {
+    t.sum_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
 /// Two rows: a left-padded short prompt and a full one, both followed by a right-padded response.
 fn padded_batch(dev: &Device) -> (Tensor, Tensor) {
     let ids: Vec<u32> = vec![0, 0, 5, 9, 17, 3, 44, 0, 8, 1, 2, 60, 31, 7, 12, 50];
@@ -97,13 +107,7 @@ fn every_parameter_receives_a_gradient() {
             let g = grads
                 .get(var)
                 .unwrap_or_else(|| panic!("{name} got no gradient"));
-            let n = g
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let n = total(&g.abs().unwrap());
             assert!(n > 0.0 && n.is_finite(), "{name}: |grad| = {n}");
         }
     }
@@ -644,21 +648,8 @@ fn bf16_products_keep_logprobs_and_gradients_close_to_f32() {
         );
         for (name, v) in model.named_vars() {
             let (a, b) = (g32.get(v).unwrap(), g16.get(v).unwrap());
-            let dot = (a * b)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap() as f64;
-            let norm = |t: &Tensor| {
-                (t.sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap() as f64)
-                    .sqrt()
-            };
+            let dot = total(&(a * b).unwrap());
+            let norm = |t: &Tensor| total(&t.sqr().unwrap()).sqrt();
             let cos = dot / (norm(a) * norm(b)).max(1e-30);
             assert!(cos >= 0.999, "{name}: gradient cosine {cos}");
         }

@@ -307,53 +307,51 @@ fn bench_train(
         ..Default::default()
     };
     let old = model.response_logprobs(ids, mask, resp, &opts)?.logprobs;
-    {
-        let mut opt = AdamW::new(
-            model.named_vars().to_vec(),
-            AdamWConfig {
-                lr: 1e-6,
-                weight_decay: 0.0,
-                ..Default::default()
-            },
-        )?;
-        let vars = model.vars();
-        let mut rates = Vec::new();
-        let train_opts = LogProbOptions {
-            precision,
+    let mut opt = AdamW::new(
+        model.named_vars().to_vec(),
+        AdamWConfig {
+            lr: 1e-6,
+            weight_decay: 0.0,
             ..Default::default()
-        };
-        for step in 0..=train_steps {
-            let t = Instant::now();
-            let lp = model
-                .response_logprobs(ids, mask, resp, &train_opts)?
-                .logprobs;
-            let ratio = (lp - &old)?.exp()?;
-            let l1 = ratio.broadcast_mul(adv)?;
-            let l2 = ratio.clamp(0.8f32, 1.28f32)?.broadcast_mul(adv)?;
-            let loss = ((l1.minimum(&l2)? * m)?.sum_all()?.neg()?
-                / m.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?;
-            let t_fwd = t.elapsed().as_secs_f64();
-            let mut grads = loss.backward()?;
-            let t_bwd = t.elapsed().as_secs_f64() - t_fwd;
-            let clip = clip_grad_norm(&mut grads, &vars, 1.0)?;
-            if clip.finite {
-                opt.step(&grads)?;
-            }
-            let dt = t.elapsed().as_secs_f64();
-            let rate = (train_batch * train_seq) as f64 / dt;
-            eprintln!(
-                "train step {step}{}: loss {:.5} grad-norm {:.4} fwd {t_fwd:.2}s bwd {t_bwd:.2}s opt {:.2}s total {dt:.2}s = {rate:.1} tok/s",
-                if step == 0 { " (warm-up)" } else { "" },
-                loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
-                clip.norm,
-                dt - t_fwd - t_bwd
-            );
-            if step > 0 {
-                rates.push(rate);
-            }
+        },
+    )?;
+    let vars = model.vars();
+    let mut rates = Vec::new();
+    let train_opts = LogProbOptions {
+        precision,
+        ..Default::default()
+    };
+    for step in 0..=train_steps {
+        let t = Instant::now();
+        let lp = model
+            .response_logprobs(ids, mask, resp, &train_opts)?
+            .logprobs;
+        let ratio = (lp - &old)?.exp()?;
+        let l1 = ratio.broadcast_mul(adv)?;
+        let l2 = ratio.clamp(0.8f32, 1.28f32)?.broadcast_mul(adv)?;
+        let loss = ((l1.minimum(&l2)? * m)?.sum_all()?.neg()?
+            / m.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?;
+        let t_fwd = t.elapsed().as_secs_f64();
+        let mut grads = loss.backward()?;
+        let t_bwd = t.elapsed().as_secs_f64() - t_fwd;
+        let clip = clip_grad_norm(&mut grads, &vars, 1.0)?;
+        if clip.finite {
+            opt.step(&grads)?;
         }
-        Ok(
-            serde_json::json!({"tok_s_median": median(rates), "batch": train_batch, "seq": train_seq, "scored_positions": resp, "peak_rss_mb": peak_rss_mb()}),
-        )
+        let dt = t.elapsed().as_secs_f64();
+        let rate = (train_batch * train_seq) as f64 / dt;
+        eprintln!(
+            "train step {step}{}: loss {:.5} grad-norm {:.4} fwd {t_fwd:.2}s bwd {t_bwd:.2}s opt {:.2}s total {dt:.2}s = {rate:.1} tok/s",
+            if step == 0 { " (warm-up)" } else { "" },
+            loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            clip.norm,
+            dt - t_fwd - t_bwd
+        );
+        if step > 0 {
+            rates.push(rate);
+        }
     }
+    Ok(
+        serde_json::json!({"tok_s_median": median(rates), "batch": train_batch, "seq": train_seq, "scored_positions": resp, "peak_rss_mb": peak_rss_mb()}),
+    )
 }
