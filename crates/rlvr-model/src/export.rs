@@ -75,6 +75,12 @@ pub fn save_hf_with(
                 t.dims()
             );
         }
+        if !all_finite(t)? {
+            bail!(
+                "cannot save {}: tensor {name} holds NaN or infinite values (the weights have diverged)",
+                dir.display()
+            );
+        }
     }
     if dir.exists() && !dir.is_dir() {
         bail!(
@@ -247,4 +253,45 @@ fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
         std::fs::rename(tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
     }
     Ok(())
+}
+
+/// Whether every element of `t` is finite. Reads CPU f32 storage in place (no copy of a large
+/// embedding); other tensors through `x * 0`, which is 0 only for finite `x`.
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    if t.device().is_cpu() && t.dtype() == DType::F32 {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((from, to))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(cpu.as_slice::<f32>()?[from..to]
+                .iter()
+                .all(|x| x.is_finite()));
+        }
+    }
+    let t = t.to_dtype(DType::F32)?;
+    // x * 0 is 0 for finite x and NaN for NaN and ±inf.
+    let zero = (&t * 0.0)?.sum_all()?.to_scalar::<f32>()?;
+    Ok(zero == 0.0)
+}
+
+#[cfg(test)]
+mod finite_tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn non_finite_values_are_found_in_every_layout_and_dtype() {
+        let d = &Device::Cpu;
+        let ok = Tensor::new(&[[1f32, -2.0], [3.0, 1e30]], d).unwrap();
+        assert!(all_finite(&ok).unwrap());
+        assert!(all_finite(&ok.t().unwrap()).unwrap());
+        assert!(all_finite(&ok.to_dtype(DType::BF16).unwrap()).unwrap());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let t = Tensor::new(&[[1f32, 2.0], [bad, 4.0]], d).unwrap();
+            assert!(!all_finite(&t).unwrap());
+            assert!(!all_finite(&t.t().unwrap()).unwrap());
+            assert!(!all_finite(&t.narrow(0, 1, 1).unwrap()).unwrap());
+            assert!(!all_finite(&t.to_dtype(DType::BF16).unwrap()).unwrap());
+        }
+    }
 }

@@ -28,7 +28,7 @@ pub mod load;
 pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
-pub use export::{save_hf, save_hf_with, SaveDType, SaveOptions};
+pub use export::{all_finite, save_hf, save_hf_with, SaveDType, SaveOptions};
 pub use generation_config::GenerationConfig;
-pub use load::{load_pretrained, Pretrained};
+pub use load::{load_pretrained, read_model_config, Pretrained};
 pub use tokenizer::{SpecialTokens, Tokenizer};

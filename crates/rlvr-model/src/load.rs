@@ -40,7 +40,23 @@ pub fn load_pretrained(path: &Path, device: &Device) -> Result<Pretrained> {
     }
 }
 
-fn load_hf_dir(dir: &Path, device: &Device) -> Result<Pretrained> {
+/// Only the model config of a checkpoint (validated), without reading its weights: to check that
+/// a checkpoint fits before loading it.
+pub fn read_model_config(path: &Path) -> Result<ModelConfig> {
+    let path = &crate::hub::resolve_model_path(path)?;
+    if path.is_dir() {
+        read_hf_config(path)
+    } else if path.is_file() {
+        crate::gguf::header_config(&crate::gguf::GgufFile::open(path)?)
+    } else {
+        bail!(
+            "{}: no such checkpoint (expected an HF directory or a .gguf file)",
+            path.display()
+        )
+    }
+}
+
+fn read_hf_config(dir: &Path) -> Result<ModelConfig> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
@@ -49,6 +65,11 @@ fn load_hf_dir(dir: &Path, device: &Device) -> Result<Pretrained> {
     config
         .validate()
         .with_context(|| format!("{}: not a usable model config", config_path.display()))?;
+    Ok(config)
+}
+
+fn load_hf_dir(dir: &Path, device: &Device) -> Result<Pretrained> {
+    let config = read_hf_config(dir)?;
     let mut tensors = HashMap::new();
     for file in safetensors_files(dir)? {
         read_safetensors(&file, device, &mut tensors)?;
@@ -118,11 +139,12 @@ fn read_safetensors(path: &Path, device: &Device, out: &mut HashMap<String, Tens
         .map_err(|e| anyhow!("{}: not a readable safetensors file: {e}", path.display()))?;
     for (name, view) in st.tensors() {
         let t = view_to_f32(&view, device)
-            .with_context(|| format!("{}: tensor {name}", path.display()))?;
+            .with_context(|| format!("{}: tensor {}", path.display(), quote(&name)))?;
         if out.insert(name.clone(), t).is_some() {
             bail!(
-                "{}: tensor {name} appears in more than one file",
-                path.display()
+                "{}: tensor {} appears in more than one file",
+                path.display(),
+                quote(&name)
             );
         }
     }
@@ -147,6 +169,15 @@ fn view_to_f32(view: &safetensors::tensor::TensorView<'_>, device: &Device) -> R
 impl Pretrained {
     /// Every parameter the config implies is present with its shape; a clear error otherwise.
     pub fn check_tensors(&self) -> Result<()> {
+        for (name, t) in &self.tensors {
+            if !crate::export::all_finite(t)? {
+                bail!(
+                    "{}: tensor {} holds NaN or infinite values",
+                    self.source.display(),
+                    quote(name)
+                );
+            }
+        }
         for (name, shape) in expected_shapes(&self.config) {
             let t = self.tensors.get(&name).ok_or_else(|| {
                 anyhow!(
@@ -205,4 +236,21 @@ pub fn expected_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         out.push((p("post_attention_layernorm.weight"), vec![h]));
     }
     out
+}
+
+/// A name or value read from a file, as an error message may quote it: control characters
+/// escaped, at most 96 characters (a corrupt header can hold kilobytes of binary "name").
+pub fn quote(s: &str) -> String {
+    const MAX: usize = 96;
+    let escaped: String = s
+        .chars()
+        .take(MAX)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if s.chars().nth(MAX).is_some() {
+        format!("\"{escaped}\"… ({} bytes)", s.len())
+    } else {
+        format!("\"{escaped}\"")
+    }
 }

@@ -137,6 +137,19 @@ impl Tokenizer {
     }
 
     /// Vocabulary size including added tokens.
+    /// The longest vocabulary entry in UTF-8 bytes: no token stands for more text than this (a
+    /// byte-level BPE symbol is one text byte and at least one UTF-8 byte), so a text longer
+    /// than `n * max_token_bytes()` bytes cannot fit in `n` tokens and need not be tokenized.
+    pub fn max_token_bytes(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

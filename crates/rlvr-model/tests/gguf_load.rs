@@ -233,7 +233,7 @@ fn truncated_gguf_errors_name_the_file_and_tensor() {
     write(&path, b"this is not a gguf file at all, just text");
     let err = format!("{:#}", load_pretrained(&path, &Device::Cpu).unwrap_err());
     assert!(
-        err.contains("junk.gguf") && err.contains("not a readable GGUF"),
+        err.contains("junk.gguf") && err.contains("not a GGUF file"),
         "{err}"
     );
 }

@@ -47,6 +47,8 @@ pub struct Optimizer {
     max_grad_norm: f64,
     /// Optimizer steps taken so far (the schedule's position).
     steps_taken: u64,
+    /// Steps skipped in a row (non-finite gradient norm) since the last one taken.
+    skipped_in_a_row: usize,
 }
 
 impl Optimizer {
@@ -77,6 +79,7 @@ impl Optimizer {
             },
             max_grad_norm: s.max_grad_norm,
             steps_taken: 0,
+            skipped_in_a_row: 0,
         })
     }
 
@@ -89,12 +92,14 @@ impl Optimizer {
                 "gradient norm is {}: skipping this optimizer step",
                 clip.norm
             );
+            self.skipped_in_a_row += 1;
             return Ok(StepStats {
                 grad_norm: clip.norm,
                 lr,
                 skipped: true,
             });
         }
+        self.skipped_in_a_row = 0;
         self.adamw.set_lr(lr);
         self.adamw.step(&grads)?;
         self.steps_taken += 1;
@@ -103,6 +108,11 @@ impl Optimizer {
             lr,
             skipped: false,
         })
+    }
+
+    /// Optimizer steps skipped in a row up to now (0 after a step that updated the weights).
+    pub fn skipped_in_a_row(&self) -> usize {
+        self.skipped_in_a_row
     }
 
     /// The learning rate the next step will use.
@@ -127,6 +137,34 @@ impl Optimizer {
     }
 
     /// Restores what [`Optimizer::state`] produced.
+    /// Checks a saved state against this optimizer without changing it: every moment present,
+    /// of its parameter's shape, and finite.
+    pub fn check_state(
+        &self,
+        tensors: &HashMap<String, Tensor>,
+        meta: &serde_json::Value,
+    ) -> Result<()> {
+        serde_json::from_value::<Meta>(meta.clone())
+            .context("optimizer state in trainer_state.json")?;
+        for (name, current) in self.adamw.names().zip(self.adamw.state()) {
+            for suffix in ["exp_avg", "exp_avg_sq"] {
+                let key = format!("{name}.{suffix}");
+                let t = tensors.get(&key).with_context(|| format!("no `{key}`"))?;
+                if t.dims() != current.exp_avg.dims() {
+                    anyhow::bail!(
+                        "`{key}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        current.exp_avg.dims()
+                    );
+                }
+                if !rlvr_model::all_finite(t)? {
+                    anyhow::bail!("`{key}` holds NaN or infinite values");
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn load_state(
         &mut self,
         tensors: &HashMap<String, Tensor>,

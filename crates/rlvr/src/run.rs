@@ -178,6 +178,11 @@ pub fn remote_settings(cfg: &Config) -> Result<RemoteSettings> {
             backoff: std::time::Duration::from_millis(500),
         },
         max_in_flight: g.max_num_seqs,
+        api_key: g
+            .remote_api_key
+            .clone()
+            .or_else(|| std::env::var(crate::serve::API_KEY_ENV).ok())
+            .filter(|k| !k.is_empty()),
     })
 }
 
@@ -347,12 +352,11 @@ fn assemble(
         tokenizer: Some(tokenizer),
         max_steps,
     };
-    if let Some(dir) = checkpoint::resume_dir(
+    checkpoint::resume(
+        &mut trainer,
         cfg.trainer.resume_mode.as_deref(),
         cfg.trainer.resume_path.as_deref(),
         ckpt_dir.as_deref().unwrap_or(Path::new(".")),
-    )? {
-        checkpoint::load(&mut trainer, &dir)?;
-    }
+    )?;
     Ok(trainer)
 }

@@ -11,10 +11,12 @@ const DAPO: &str = include_str!("data/skyrl_dapo_gsm8k_overrides.txt");
 /// Keys rlvr adds to SkyRL's base config (each marked in base.yaml).
 const RLVR_ADDED: &[&str] = &[
     "trainer.device",
+    "trainer.max_consecutive_skipped_steps",
     "trainer.algorithm.overlong_buffer",
     "generator.weight_sync_dir",
     "generator.remote_request_timeout_s",
     "generator.remote_max_retries",
+    "generator.remote_api_key",
     // Composed by SkyRL from skyrl_gym_config/default.yaml (not in ppo_base_config.yaml).
     "environment.skyrl_gym.",
 ];

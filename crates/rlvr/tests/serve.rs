@@ -7,7 +7,7 @@ use rlvr::generator::{
     EmbeddedGenerator, Generator, PromptGroup, RemoteGenerator, RemoteSettings, Sampling,
 };
 use rlvr::protocol::Backend;
-use rlvr::serve::{ServeOptions, Server};
+use rlvr::serve::{Limits, ServeOptions, Server};
 use rlvr_algo::rewards::gsm8k::Method;
 use rlvr_model::engine::LogprobsMode;
 use rlvr_model::{load_pretrained, Model};
@@ -15,8 +15,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn serve(model: &Path, name: &str) -> String {
-    let server = Server::start(&ServeOptions {
+fn options(model: &Path, name: &str) -> ServeOptions {
+    ServeOptions {
         model: model.to_path_buf(),
         bind: "127.0.0.1:0".into(),
         served_model_name: Some(name.into()),
@@ -25,10 +25,18 @@ fn serve(model: &Path, name: &str) -> String {
         logprobs_mode: LogprobsMode::Processed,
         weights: candle_core::DType::F32,
         device: candle_core::Device::Cpu,
-        http_threads: 64,
-    })
-    .unwrap();
-    server.spawn().to_string()
+        api_key: None,
+        allow_unauthenticated: false,
+        limits: Limits::default(),
+    }
+}
+
+fn serve(model: &Path, name: &str) -> String {
+    serve_with(&options(model, name))
+}
+
+fn serve_with(opts: &ServeOptions) -> String {
+    Server::start(opts).unwrap().spawn().to_string()
 }
 
 fn settings(urls: Vec<String>, backend: Backend, model: &str, sync: &Path) -> RemoteSettings {
@@ -43,6 +51,7 @@ fn settings(urls: Vec<String>, backend: Backend, model: &str, sync: &Path) -> Re
             backoff: Duration::from_millis(50),
         },
         max_in_flight: 64,
+        api_key: None,
     }
 }
 
@@ -289,4 +298,263 @@ fn copy_dir(from: &Path, to: &Path) {
         let e = e.unwrap();
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
+}
+
+/// Sends `head` (and `body`) on a fresh connection; returns the status and the body text.
+fn raw(addr: &str, head: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(head.as_bytes()).unwrap();
+    // The server may answer (413) and close before the whole body is sent.
+    let _ = c.write_all(body);
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_string())
+}
+
+fn post_json(addr: &str, path: &str, body: &str, key: Option<&str>) -> (u16, String) {
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    raw(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ),
+        body.as_bytes(),
+    )
+}
+
+fn get(addr: &str, method: &str, path: &str, key: Option<&str>) -> (u16, String) {
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    raw(
+        addr,
+        &format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"),
+        b"",
+    )
+}
+
+const GOOD: &str =
+    r#"{"model": "toy", "prompt": [3, 4], "max_tokens": 5, "seed": 1, "temperature": 0.0}"#;
+
+#[test]
+fn hostile_requests_are_refused_before_allocating_and_never_fail_others() {
+    let s = setup();
+    let mut opts = options(&s.model_dir, "toy");
+    opts.limits.max_body_bytes = 1 << 20;
+    opts.limits.max_seqs_per_request = 256;
+    let addr = serve_with(&opts);
+    let (status, want) = post_json(&addr, "/v1/completions", GOOD, None);
+    assert_eq!(status, 200, "{want}");
+    let want: serde_json::Value = serde_json::from_str(&want).unwrap();
+    let hostile: Vec<(String, u16)> = vec![
+        // max_tokens near u64::MAX: prompt + max_tokens must not wrap.
+        (
+            r#"{"model": "toy", "prompt": [3], "max_tokens": 18446744073709551615}"#.into(),
+            400,
+        ),
+        (
+            r#"{"text": "q1", "sampling_params": {"max_new_tokens": 18446744073709551615}}"#.into(),
+            400,
+        ),
+        (
+            r#"{"model": "toy", "prompt": [3], "n": 1000000000}"#.into(),
+            400,
+        ),
+        (
+            r#"{"model": "toy", "prompt": [[3], [4], [5]], "n": 100}"#.into(),
+            400,
+        ),
+        (
+            r#"{"model": "toy", "prompt": [3], "max_tokens": -1}"#.into(),
+            400,
+        ),
+        (
+            r#"{"model": "toy", "prompt": [3], "temperature": -2}"#.into(),
+            400,
+        ),
+        (r#"{"model": "toy", "prompt": [4294967295]}"#.into(), 400),
+        // A text prompt far longer than the context: refused before tokenizing.
+        (
+            format!(
+                r#"{{"model": "toy", "prompt": "{}"}}"#,
+                "q1 ".repeat(200_000)
+            ),
+            400,
+        ),
+        (r#"{"model": "toy", "prompt": [3"#.into(), 400),
+    ];
+    // Every hostile request beside a sound one from another client at the same moment.
+    std::thread::scope(|sc| {
+        for (body, code) in &hostile {
+            let a = addr.clone();
+            let good = sc.spawn(move || post_json(&a, "/v1/completions", GOOD, None));
+            let path = if body.contains("sampling_params") {
+                "/generate"
+            } else {
+                "/v1/completions"
+            };
+            let (status, text) = post_json(&addr, path, body, None);
+            assert_eq!(status, *code, "{}: {text}", &body[..body.len().min(80)]);
+            assert!(
+                !text.contains("backtrace") && !text.contains(".rs:"),
+                "{text}"
+            );
+            let (status, text) = good.join().unwrap();
+            assert_eq!(status, 200, "{text}");
+            let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(got["choices"][0]["text"], want["choices"][0]["text"]);
+        }
+    });
+    // Bodies beyond the limit: 413 from the declared length, before reading it.
+    let (status, text) = raw(
+        &addr,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n",
+        b"{",
+    );
+    assert_eq!(status, 413, "{text}");
+    // ... and from the bytes when no length is declared (chunked).
+    let chunk = vec![b' '; 1 << 16];
+    let mut body = Vec::new();
+    for _ in 0..20 {
+        body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        body.extend_from_slice(&chunk);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let (status, _) = raw(
+        &addr,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        &body,
+    );
+    assert_eq!(status, 413);
+    let (status, _) = get(&addr, "HEAD", "/health", None);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_failed_reload_keeps_the_old_weights_serving_and_health_stays_true() {
+    let s = setup();
+    let addr = serve(&s.model_dir, "toy");
+    let (_, before) = post_json(&addr, "/v1/completions", GOOD, None);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.model_dir.join("config.json")).unwrap())
+            .unwrap();
+    let edits: Vec<(&str, serde_json::Value)> = vec![
+        ("num_attention_heads", 0.into()),
+        ("max_position_embeddings", 1_000_000_000_000_000u64.into()),
+        ("hidden_size", 48.into()),
+        ("rope_theta", (-1.0).into()),
+    ];
+    for (i, (key, value)) in edits.into_iter().enumerate() {
+        let dir = s.sync_dir.join(format!("bad{i}"));
+        copy_dir(&s.model_dir, &dir);
+        let mut c = config.clone();
+        c[key] = value;
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        let body = serde_json::json!({"model_path": dir, "weight_version": "bad"}).to_string();
+        let (status, text) = post_json(&addr, "/update_weights_from_disk", &body, None);
+        assert_eq!(status, 400, "{key}: {text}");
+        assert!(text.contains(key), "{key}: {text}");
+        assert_eq!(get(&addr, "GET", "/health", None).0, 200);
+        let (status, after) = post_json(&addr, "/v1/completions", GOOD, None);
+        assert_eq!(status, 200, "{after}");
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(&before).unwrap(),
+            serde_json::from_str(&after).unwrap(),
+        );
+        assert_eq!(a["choices"], b["choices"], "the old weights still serve");
+    }
+    let (_, v) = get(&addr, "GET", "/get_weight_version", None);
+    assert!(v.contains("\"0\""), "{v}");
+    // A file that is not a model: the error does not quote its bytes.
+    let junk = s.sync_dir.join("junk.gguf");
+    std::fs::write(&junk, b"\x01SECRET-BYTES-HERE").unwrap();
+    let body = serde_json::json!({"model_path": junk}).to_string();
+    let (status, text) = post_json(&addr, "/update_weights_from_disk", &body, None);
+    assert_eq!(status, 400);
+    assert!(text.contains("not a GGUF file"), "{text}");
+    assert!(
+        !text.contains("SECRET") && !text.contains("magic 0x"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_api_key_guards_every_route_but_health_and_the_remote_client_sends_it() {
+    let s = setup();
+    let mut opts = options(&s.model_dir, "toy");
+    opts.api_key = Some("sesame".into());
+    let addr = serve_with(&opts);
+    assert_eq!(get(&addr, "GET", "/health", None).0, 200);
+    for (method, path) in [
+        ("GET", "/v1/models"),
+        ("GET", "/get_model_info"),
+        ("POST", "/update_weights_from_disk"),
+    ] {
+        assert_eq!(get(&addr, method, path, None).0, 401, "{path}");
+        assert_eq!(get(&addr, method, path, Some("wrong")).0, 401, "{path}");
+    }
+    assert_eq!(get(&addr, "GET", "/v1/models", Some("sesame")).0, 200);
+    assert_eq!(post_json(&addr, "/v1/completions", GOOD, None).0, 401);
+    assert_eq!(
+        post_json(&addr, "/v1/completions", GOOD, Some("sesame")).0,
+        200
+    );
+    // The remote generator without the key is refused, with it generates.
+    assert!(remote(&s, vec![addr.clone()], Backend::Vllm, "toy").is_err());
+    let stop = rlvr::generator::eos_ids(s.model.config(), &s.tokenizer);
+    let mut keyed = settings(vec![addr], Backend::Vllm, "toy", &s.sync_dir);
+    keyed.api_key = Some("sesame".into());
+    let mut g = RemoteGenerator::connect(keyed, s.tokenizer.clone(), s.envs.clone(), stop).unwrap();
+    let want = embedded(&s).generate(&groups(), &sampling(), 11).unwrap();
+    assert_same(&want, &g.generate(&groups(), &sampling(), 11).unwrap());
+    // Beyond loopback, no key and no explicit opt-out: refused.
+    let mut open = options(&s.model_dir, "toy");
+    open.bind = "0.0.0.0:0".into();
+    let err = Server::start(&open).err().unwrap();
+    assert!(format!("{err:#}").contains("--api-key"), "{err:#}");
+}
+
+#[test]
+fn slow_clients_hold_no_worker_and_time_out() {
+    use std::io::Write;
+    let s = setup();
+    let mut opts = options(&s.model_dir, "toy");
+    opts.limits.read_timeout = Duration::from_secs(2);
+    let addr = serve_with(&opts);
+    // 200 clients that send half a head or half a body and then nothing.
+    let stalled: Vec<std::net::TcpStream> = (0..200)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            let part: &[u8] = if i % 2 == 0 {
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+            } else {
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"mo"
+            };
+            c.write_all(part).unwrap();
+            c
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    assert_eq!(get(&addr, "GET", "/health", None).0, 200);
+    assert_eq!(post_json(&addr, "/v1/completions", GOOD, None).0, 200);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // The stalled body is answered 408 once the read timeout passes; stalled heads are closed.
+    let mut c = stalled.into_iter().nth(1).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = String::new();
+    let _ = std::io::Read::read_to_string(&mut c, &mut out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
 }

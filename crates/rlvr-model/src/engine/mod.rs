@@ -149,7 +149,7 @@ impl<'a> Engine<'a> {
             if !r.params.stop.is_empty() && self.detokenize.is_none() {
                 bail!("request {i} has stop strings but the engine has no detokenizer");
             }
-            let need = r.prompt.len() + r.params.max_tokens;
+            let need = r.prompt.len().saturating_add(r.params.max_tokens);
             if need > max_pos {
                 bail!("request {i}: prompt ({}) + max_tokens ({}) exceeds the model's {max_pos} positions", r.prompt.len(), r.params.max_tokens);
             }

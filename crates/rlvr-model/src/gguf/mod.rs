@@ -19,9 +19,21 @@ pub use reader::{dequantize_bytes, GgufFile};
 use crate::generation_config::GenerationConfig;
 use crate::load::Pretrained;
 
+/// The model config from the header alone (validated), before any tensor is read.
+pub fn header_config(file: &GgufFile) -> Result<crate::ModelConfig> {
+    let tied = file.tensor_info("output.weight").is_none();
+    let qkv_bias = file.tensor_info("blk.0.attn_q.bias").is_some();
+    let vocab = file
+        .tensor_info("token_embd.weight")
+        .and_then(|i| i.shape.dims().first().copied())
+        .ok_or_else(|| anyhow!("{}: no token_embd.weight tensor", file.path().display()))?;
+    config::model_config(file, vocab, tied, qkv_bias)
+}
+
 pub fn load_gguf(path: &Path, device: &Device) -> Result<Pretrained> {
     let mut file = GgufFile::open(path)?;
     let shown = path.display().to_string();
+    let config = header_config(&file)?;
     let tokenizer = tokenizer::tokenizer_from_gguf(&file)?;
     let arch = file
         .get_str("general.architecture")?
@@ -43,8 +55,12 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Pretrained> {
     }
     let mut tensors: HashMap<String, Tensor> = HashMap::with_capacity(names.len());
     for name in &names {
-        let hf = names::hf_name(name)
-            .ok_or_else(|| anyhow!("{shown}: tensor {name} has no Hugging Face counterpart"))?;
+        let hf = names::hf_name(name).ok_or_else(|| {
+            anyhow!(
+                "{shown}: tensor {} has no Hugging Face counterpart",
+                crate::load::quote(name)
+            )
+        })?;
         let mut t = file.dequantize(name)?;
         if permuted {
             let heads = if hf.contains(".q_proj.") {
@@ -62,13 +78,6 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Pretrained> {
         tensors.insert(hf, t.to_device(device)?);
     }
 
-    let tied = !tensors.contains_key("lm_head.weight");
-    let qkv_bias = tensors.contains_key("model.layers.0.self_attn.q_proj.bias");
-    let vocab = tensors
-        .get("model.embed_tokens.weight")
-        .map(|t| t.dims()[0])
-        .ok_or_else(|| anyhow!("{shown}: no token_embd.weight tensor"))?;
-    let config = config::model_config(&file, vocab, tied, qkv_bias)?;
     let generation_config = GenerationConfig {
         bos_token_id: tokenizer.bos_token_id(),
         eos_token_id: tokenizer.eos_token_id().map(serde_json::Value::from),

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,8 +22,21 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let mut reader = BufReader::new(file);
+        // Checked here so that the error never quotes the file's bytes (candle's shows them).
+        let mut magic = [0u8; 4];
+        if reader.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
+            bail!(
+                "{}: not a GGUF file (it does not start with GGUF)",
+                path.display()
+            );
+        }
+        reader.rewind()?;
         let content = Content::read(&mut reader)
             .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
+        let file_len = reader.get_ref().metadata()?.len();
+        check_layout(&content, file_len).with_context(|| {
+            format!("{}: the tensor table does not fit the file", path.display())
+        })?;
         Ok(Self {
             path: path.to_owned(),
             reader,
@@ -236,4 +249,47 @@ pub fn dequantize_bytes(dtype: GgmlDType, data: &[u8], dims: &[usize]) -> Result
         &Device::Cpu,
     )?;
     Ok(q.dequantize(&Device::Cpu)?)
+}
+
+/// Every tensor's bytes lie inside the file and no two tensors overlap. A tensor whose type or
+/// shape was altered would otherwise read its neighbours' bytes as its own.
+fn check_layout(content: &Content, file_len: u64) -> Result<()> {
+    let data_len = file_len
+        .checked_sub(content.tensor_data_offset)
+        .ok_or_else(|| anyhow!("the tensor data starts beyond the end of the file"))?;
+    let mut spans = Vec::with_capacity(content.tensor_infos.len());
+    for (name, info) in &content.tensor_infos {
+        let shown = crate::load::quote(name);
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .ok_or_else(|| anyhow!("tensor {shown}: the element count overflows"))?;
+        let block = info.ggml_dtype.block_size() as u64;
+        if elems % block != 0 {
+            bail!(
+                "tensor {shown}: {elems} elements of {:?} do not fill whole blocks of {block}",
+                info.ggml_dtype
+            );
+        }
+        let bytes = (elems / block)
+            .checked_mul(info.ggml_dtype.type_size() as u64)
+            .ok_or_else(|| anyhow!("tensor {shown}: the byte count overflows"))?;
+        let end = info.offset.checked_add(bytes).filter(|&e| e <= data_len).ok_or_else(|| {
+            anyhow!(
+                "tensor {shown} ({:?}, {bytes} bytes at offset {}) ends beyond the file's {data_len} bytes of tensor data",
+                info.ggml_dtype,
+                info.offset
+            )
+        })?;
+        spans.push((info.offset, end, shown));
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        if w[0].1 > w[1].0 {
+            bail!("tensors {} and {} overlap", w[0].2, w[1].2);
+        }
+    }
+    Ok(())
 }

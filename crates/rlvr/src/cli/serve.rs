@@ -1,4 +1,4 @@
-use rlvr::serve::{ServeOptions, Server};
+use rlvr::serve::{Limits, ServeOptions, Server};
 use rlvr_model::engine::LogprobsMode;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,9 +32,26 @@ pub struct Args {
     /// cpu, cuda, cuda:N, or auto (the first GPU in a CUDA build, else the CPU).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Concurrent HTTP connections served.
-    #[arg(long, default_value_t = 256)]
-    pub http_threads: usize,
+    /// Clients must send `Authorization: Bearer <key>` on every route but /health (as vLLM's
+    /// --api-key). Needed to bind beyond loopback.
+    #[arg(long, env = rlvr::serve::API_KEY_ENV, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Serve beyond loopback without an API key: anyone who reaches the port can then replace
+    /// the weights.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = Limits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+    /// Most sequences (prompts x n) one request may ask for.
+    #[arg(long, default_value_t = Limits::default().max_seqs_per_request)]
+    pub max_seqs_per_request: usize,
+    /// Open connections at once; more wait to be accepted.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's head, and then its body.
+    #[arg(long, default_value_t = Limits::default().read_timeout.as_secs_f64())]
+    pub read_timeout_s: f64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -56,7 +73,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         logprobs_mode,
         weights: rlvr::run::decode_dtype(&args.dtype, &device)?,
         device,
-        http_threads: args.http_threads,
+        api_key: args.api_key,
+        allow_unauthenticated: args.allow_unauthenticated,
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_seqs_per_request: args.max_seqs_per_request,
+            max_connections: args.max_connections,
+            read_timeout: read_timeout(args.read_timeout_s)?,
+        },
     })?;
     // Tests and scripts wait for this line (the port is real even when --port 0 was asked).
     eprintln!(
@@ -64,6 +88,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         server.model_name(),
         server.local_addr()?
     );
-    server.run();
+    server.run()?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn read_timeout(seconds: f64) -> anyhow::Result<std::time::Duration> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+        anyhow::bail!("--read-timeout-s {seconds}: expected a number of seconds in (0, 86400]");
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }

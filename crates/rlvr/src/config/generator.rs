@@ -48,6 +48,10 @@ pub struct GeneratorConfig {
     pub remote_request_timeout_s: f64,
     /// rlvr-only.
     pub remote_max_retries: usize,
+    /// rlvr-only: the Bearer key of the servers (`rlvr serve --api-key`, vLLM's `--api-key`);
+    /// else `RLVR_API_KEY`. Never written out: saved configs show `"***"`.
+    #[serde(serialize_with = "redact")]
+    pub remote_api_key: Option<String>,
     pub max_turns: usize,
     pub chat_template: ChatTemplateConfig,
     pub chat_template_kwargs: Mapping,
@@ -72,4 +76,11 @@ pub struct ChatTemplateConfig {
     /// `name` (the model's own template) or `file`.
     pub source: String,
     pub name_or_path: Option<String>,
+}
+
+fn redact<S: serde::Serializer>(key: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match key {
+        Some(_) => s.serialize_str("***"),
+        None => s.serialize_none(),
+    }
 }

@@ -47,8 +47,18 @@ impl ResolvedConfig {
     }
 
     /// The resolved config as YAML, in `base.yaml`'s key order.
+    /// Secrets (`generator.remote_api_key`) are written as `"***"`: this text goes to run
+    /// directories and logs.
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(&self.tree).expect("a YAML tree serializes")
+        let mut tree = self.tree.clone();
+        if let Some(key) = tree
+            .get_mut("generator")
+            .and_then(|g| g.get_mut("remote_api_key"))
+            .filter(|k| !k.is_null())
+        {
+            *key = Value::from("***");
+        }
+        serde_yaml::to_string(&tree).expect("a YAML tree serializes")
     }
 
     /// Check every rule (see [`validate`](super::validate)) with rlvr-algo's registries.

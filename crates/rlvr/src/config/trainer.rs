@@ -29,6 +29,9 @@ pub struct TrainerConfig {
     pub ckpt_path: String,
     /// -1 = keep all.
     pub max_ckpts_to_keep: i64,
+    /// rlvr-only: optimizer steps skipped in a row (non-finite gradient norm) that stop the run;
+    /// 0 = never.
+    pub max_consecutive_skipped_steps: usize,
     /// `<= 0` = never.
     pub ckpt_interval: i64,
     pub hf_save_interval: i64,

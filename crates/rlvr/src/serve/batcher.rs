@@ -1,13 +1,15 @@
 //! The engine thread of `rlvr serve`: it owns the model, takes every generation request that has
 //! arrived (from any HTTP connection) and decodes them together in one engine batch, and applies
-//! weight reloads between batches so a batch never mixes two weight versions.
+//! weight reloads between batches so a batch never mixes two weight versions. A panic in a batch
+//! or a reload fails that job only; a reload that fails leaves the old weights serving.
 
 use anyhow::{bail, Context, Result};
 use rlvr_model::engine::{Completion, Engine, EngineConfig, Request};
-use rlvr_model::{load_pretrained, Model, ModelConfig, Tokenizer};
+use rlvr_model::{load_pretrained, read_model_config, Model, ModelConfig, Tokenizer};
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -32,6 +34,8 @@ pub struct Loaded {
     /// Where the current weights came from.
     pub path: PathBuf,
     pub weight_version: String,
+    /// Longest prompt + completion served: a reloaded model must have at least these positions.
+    pub max_model_len: usize,
 }
 
 /// Sends jobs to the engine thread and waits for their answers.
@@ -41,6 +45,17 @@ pub struct Batcher {
     pub loaded: Arc<RwLock<Loaded>>,
     /// Engine batches run so far.
     batches: Arc<AtomicUsize>,
+    /// Cleared when the engine thread ends, whatever ends it.
+    alive: Arc<AtomicBool>,
+}
+
+/// Clears the flag when the engine thread ends, by return or by unwinding.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Batcher {
@@ -52,20 +67,30 @@ impl Batcher {
         engine: EngineConfig,
         loaded: Loaded,
         gather: Duration,
-    ) -> Batcher {
+    ) -> Result<Batcher> {
         let (tx, rx) = mpsc::channel();
         let loaded = Arc::new(RwLock::new(loaded));
         let batches = Arc::new(AtomicUsize::new(0));
-        let (state, count) = (loaded.clone(), batches.clone());
+        let alive = Arc::new(AtomicBool::new(true));
+        let (state, count, guard) = (loaded.clone(), batches.clone(), AliveGuard(alive.clone()));
         std::thread::Builder::new()
             .name("rlvr-engine".into())
-            .spawn(move || engine_loop(model, tokenizer, engine, rx, state, count, gather))
-            .expect("spawning the engine thread");
-        Batcher {
+            .spawn(move || {
+                let _guard = guard;
+                engine_loop(model, tokenizer, engine, rx, state, count, gather)
+            })
+            .context("spawning the engine thread")?;
+        Ok(Batcher {
             tx,
             loaded,
             batches,
-        }
+            alive,
+        })
+    }
+
+    /// Whether the engine thread still takes jobs.
+    pub fn healthy(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     pub fn generate(&self, requests: Vec<Request>) -> Result<Vec<Completion>, String> {
@@ -100,21 +125,39 @@ impl Batcher {
 
     pub fn set_weight_version(&self, version: String) {
         tracing::info!("weight version {version}");
-        self.loaded.write().expect("not poisoned").weight_version = version;
+        write(&self.loaded).weight_version = version;
     }
 
     pub fn weight_version(&self) -> String {
-        self.loaded
-            .read()
-            .expect("not poisoned")
-            .weight_version
-            .clone()
+        read(&self.loaded).weight_version.clone()
     }
 
     /// The checkpoint served now.
     pub fn path(&self) -> PathBuf {
-        self.loaded.read().expect("not poisoned").path.clone()
+        read(&self.loaded).path.clone()
     }
+}
+
+// The lock guards plain data that every writer leaves whole, so a poisoned lock is still usable.
+fn read(l: &RwLock<Loaded>) -> std::sync::RwLockReadGuard<'_, Loaded> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(l: &RwLock<Loaded>) -> std::sync::RwLockWriteGuard<'_, Loaded> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f`, turning a panic into an error message (the engine must outlive one bad job).
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        tracing::error!("{what} panicked: {why}");
+        Err(format!("{what} failed inside the engine ({why})"))
+    })
 }
 
 fn engine_loop(
@@ -147,10 +190,17 @@ fn engine_loop(
                 version,
                 reply,
             } => {
-                let result = reload(&mut model, &path).map_err(|e| format!("{e:#}"));
-                copy = decode_copy(&model, &engine);
-                let result = result.map(|()| {
-                    let mut l = loaded.write().expect("not poisoned");
+                let max_model_len = read(&loaded).max_model_len;
+                // The new model is built beside the served one and replaces it only whole.
+                let result = guarded("reloading the weights", || {
+                    let new = load(&model, &path, max_model_len).map_err(|e| format!("{e:#}"))?;
+                    let new_copy = decode_copy(&new, &engine);
+                    Ok((new, new_copy))
+                });
+                let result = result.map(|(new, new_copy)| {
+                    model = new;
+                    copy = new_copy;
+                    let mut l = write(&loaded);
                     l.path = path.clone();
                     if let Some(v) = version {
                         l.weight_version = v;
@@ -201,10 +251,7 @@ fn run_batch(
 ) {
     let all: Vec<Request> = batch.iter().flat_map(|(r, _)| r.iter().cloned()).collect();
     let t = Instant::now();
-    let tok = tokenizer.clone();
-    let result = Engine::new(model, engine.clone())
-        .with_detokenizer(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default())
-        .generate(&all);
+    let result = generate(model, tokenizer, engine, &all);
     match result {
         Ok(completions) => {
             let tokens: usize = completions.iter().map(|c| c.token_ids.len()).sum();
@@ -221,26 +268,62 @@ fn run_batch(
                 let _ = reply.send(Ok(mine));
             }
         }
+        // One connection's bad request must not fail the others: each tries again alone.
+        Err(_) if batch.len() > 1 => {
+            for (requests, reply) in batch {
+                let _ = reply.send(generate(model, tokenizer, engine, &requests));
+            }
+        }
         Err(e) => {
-            let msg = format!("{e:#}");
             for (_, reply) in batch {
-                let _ = reply.send(Err(msg.clone()));
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }
 }
 
-/// Replaces `model`'s weights with the HF checkpoint at `path`, which must have the same shape.
-fn reload(model: &mut Model, path: &std::path::Path) -> Result<()> {
-    let pre = load_pretrained(path, model.device())
-        .with_context(|| format!("loading {}", path.display()))?;
-    check_same_architecture(model.config(), &pre.config)
-        .with_context(|| format!("{} does not fit the served model", path.display()))?;
-    *model = Model::from_tensors(&pre.config, &pre.tensors, model.device())?;
-    Ok(())
+fn generate(
+    model: &Model,
+    tokenizer: &Arc<Tokenizer>,
+    engine: &EngineConfig,
+    requests: &[Request],
+) -> Result<Vec<Completion>, String> {
+    guarded("generation", || {
+        let tok = tokenizer.clone();
+        Engine::new(model, engine.clone())
+            .with_detokenizer(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default())
+            .generate(requests)
+            .map_err(|e| format!("{e:#}"))
+    })
 }
 
-fn check_same_architecture(a: &ModelConfig, b: &ModelConfig) -> Result<()> {
+/// The checkpoint at `path` as a model to serve in place of `served`. Its config is read and
+/// checked against the served one before any weight is read.
+fn load(served: &Model, path: &std::path::Path, max_model_len: usize) -> Result<Model> {
+    let config = read_model_config(path).with_context(|| format!("loading {}", path.display()))?;
+    check_fits(served.config(), &config, max_model_len)
+        .with_context(|| format!("{} does not fit the served model", path.display()))?;
+    let pre = load_pretrained(path, served.device())
+        .with_context(|| format!("loading {}", path.display()))?;
+    check_fits(served.config(), &pre.config, max_model_len)
+        .with_context(|| format!("{} does not fit the served model", path.display()))?;
+    Model::from_tensors(&pre.config, &pre.tensors, served.device())
+}
+
+fn check_fits(a: &ModelConfig, b: &ModelConfig, max_model_len: usize) -> Result<()> {
+    if a.model_type != b.model_type {
+        bail!(
+            "model_type is {}, the served model is {}",
+            b.model_type.escape_debug(),
+            a.model_type
+        );
+    }
+    if b.max_position_embeddings < max_model_len {
+        bail!(
+            "max_position_embeddings is {}, fewer than the {max_model_len} positions served",
+            b.max_position_embeddings
+        );
+    }
     let fields = [
         ("vocab_size", a.vocab_size, b.vocab_size),
         ("hidden_size", a.hidden_size, b.hidden_size),
@@ -260,6 +343,7 @@ fn check_same_architecture(a: &ModelConfig, b: &ModelConfig) -> Result<()> {
             a.intermediate_size,
             b.intermediate_size,
         ),
+        ("head_dim", a.head_dim(), b.head_dim()),
     ];
     for (name, served, new) in fields {
         if served != new {
@@ -288,10 +372,32 @@ mod tests {
             Loaded {
                 path: PathBuf::from("toy"),
                 weight_version: "0".into(),
+                max_model_len: cfg.max_position_embeddings,
             },
             // Generous, so a loaded CI machine still gathers all eight.
             Duration::from_millis(300),
         )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_panicking_job_is_an_error_and_the_engine_goes_on() {
+        let err = guarded("a job", || -> Result<(), String> { panic!("boom") }).unwrap_err();
+        assert!(err.contains("boom"), "{err}");
+        let b = batcher();
+        // A request the engine refuses, beside a sound one: only the bad one fails.
+        let mut bad = request(1);
+        bad.params.max_tokens = usize::MAX;
+        let (good, bad) = std::thread::scope(|sc| {
+            let (b1, b2) = (b.clone(), b.clone());
+            let bad = sc.spawn(move || b1.generate(vec![bad]));
+            let good = sc.spawn(move || b2.generate(vec![request(2)]));
+            (good.join().unwrap(), bad.join().unwrap())
+        });
+        assert!(bad.is_err());
+        assert_eq!(good.unwrap()[0].token_ids.len(), 6);
+        assert!(b.healthy());
+        assert_eq!(b.generate(vec![request(3)]).unwrap().len(), 1);
     }
 
     fn request(seed: u64) -> Request {

@@ -3,6 +3,7 @@
 
 use super::batcher::Batcher;
 use crate::protocol::{sglang, vllm};
+use hyper::Method;
 use rlvr_model::engine::{Completion, FinishReason, Request, SamplingParams};
 use rlvr_model::Tokenizer;
 use serde::Serialize;
@@ -17,6 +18,10 @@ pub struct ServeState {
     pub model_name: String,
     pub max_model_len: usize,
     pub vocab_size: usize,
+    /// The longest token's text in bytes: bounds a text prompt's length before tokenizing it.
+    pub max_token_bytes: usize,
+    /// Prompts × `n` one request may ask for.
+    pub max_seqs_per_request: usize,
     /// Generation always stops at these (unless `ignore_eos`).
     pub eos_ids: Vec<u32>,
     pub started: u64,
@@ -31,14 +36,21 @@ pub struct HttpError {
 }
 
 impl HttpError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        HttpError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
         HttpError {
             status: 400,
             message: message.into(),
         }
     }
 
-    fn internal(message: impl Into<String>) -> Self {
+    pub fn internal(message: impl Into<String>) -> Self {
         HttpError {
             status: 500,
             message: message.into(),
@@ -46,7 +58,7 @@ impl HttpError {
     }
 }
 
-type Answer = Result<serde_json::Value, HttpError>;
+pub type Answer = Result<serde_json::Value, HttpError>;
 
 fn json<T: Serialize>(v: &T) -> Answer {
     serde_json::to_value(v).map_err(|e| HttpError::internal(e.to_string()))
@@ -57,66 +69,80 @@ fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, HttpError> {
         .map_err(|e| HttpError::bad_request(format!("invalid request body: {e}")))
 }
 
-/// Answers one HTTP request.
-pub fn handle(state: &ServeState, mut req: tiny_http::Request) {
-    let path = req.url().split('?').next().unwrap_or("").to_string();
-    let method = req.method().clone();
-    let mut body = String::new();
-    let read = req.as_reader().read_to_string(&mut body);
-    let answer: Answer = match read {
-        Err(e) => Err(HttpError::bad_request(format!("reading the body: {e}"))),
-        Ok(_) => route(state, &method, &path, &body),
+/// The JSON error body, vLLM's shape. Messages never carry a backtrace (candle appends one to its
+/// errors under `RUST_BACKTRACE`), control characters or more than a few hundred characters of
+/// whatever input they quote.
+pub fn error_body(e: &HttpError) -> serde_json::Value {
+    let kind = match e.status {
+        401 => "AuthenticationError",
+        404 => "NotFoundError",
+        s if s >= 500 => "InternalServerError",
+        _ => "BadRequestError",
     };
-    let (status, value) = match answer {
-        Ok(v) => (200, v),
-        Err(e) => {
-            if e.status >= 500 {
-                tracing::error!("{method} {path}: {}", e.message);
-            } else {
-                tracing::warn!("{method} {path}: {}", e.message);
-            }
-            let kind = if e.status == 404 {
-                "NotFoundError"
-            } else if e.status >= 500 {
-                "InternalServerError"
-            } else {
-                "BadRequestError"
-            };
-            let err = vllm::ErrorResponse::new(e.status, kind, e.message);
-            (e.status, serde_json::to_value(err).unwrap_or_default())
+    let err = vllm::ErrorResponse::new(e.status, kind, public_message(&e.message));
+    serde_json::to_value(err).unwrap_or_default()
+}
+
+/// What of an internal error message a client may see.
+pub fn public_message(message: &str) -> String {
+    const MAX_CHARS: usize = 1000;
+    let mut kept = Vec::new();
+    for line in message.lines() {
+        let t = line.trim_start();
+        let frame = t
+            .split_once(": ")
+            .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+            || t.starts_with("at ");
+        if t.to_ascii_lowercase().starts_with("stack backtrace") || frame {
+            break;
         }
-    };
-    let text = if value.is_null() {
-        String::new()
+        kept.push(line.trim_end());
+    }
+    let joined = kept.join(" ");
+    let escaped: String = joined
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if escaped.chars().count() > MAX_CHARS {
+        let cut: String = escaped.chars().take(MAX_CHARS).collect();
+        format!("{cut}… (cut)")
     } else {
-        value.to_string()
-    };
-    let header =
-        tiny_http::Header::from_bytes("Content-Type", "application/json").expect("valid header");
-    let response = tiny_http::Response::from_string(text)
-        .with_status_code(status)
-        .with_header(header);
-    if let Err(e) = req.respond(response) {
-        tracing::warn!("{method} {path}: the client went away: {e}");
+        escaped
     }
 }
 
-fn route(state: &ServeState, method: &tiny_http::Method, path: &str, body: &str) -> Answer {
-    use tiny_http::Method::{Get, Post};
+/// Answers one authorized request whose body has been read.
+pub fn route(state: &ServeState, method: &Method, path: &str, body: &str) -> Answer {
     match (method, path) {
-        (Get, "/health") => Ok(serde_json::Value::Null),
-        (Get, "/v1/models") => models(state),
-        (Post, "/v1/completions") => completions(state, parse(body)?),
-        (Post, "/generate") => generate(state, parse(body)?),
-        (Post, "/update_weights_from_disk") => update_weights_from_disk(state, parse(body)?),
-        (Get, "/get_model_info") => model_info(state),
-        (Get, "/get_weight_version") => json(&sglang::WeightVersion {
+        (&Method::GET | &Method::HEAD, "/health") => {
+            if state.batcher.healthy() {
+                Ok(serde_json::Value::Null)
+            } else {
+                Err(HttpError::new(503, "the engine has stopped"))
+            }
+        }
+        (&Method::GET, "/v1/models") => models(state),
+        (&Method::POST, "/v1/completions") => completions(state, parse(body)?),
+        (&Method::POST, "/generate") => generate(state, parse(body)?),
+        (&Method::POST, "/update_weights_from_disk") => {
+            update_weights_from_disk(state, parse(body)?)
+        }
+        (&Method::GET, "/get_model_info") => model_info(state),
+        (&Method::GET, "/get_weight_version") => json(&sglang::WeightVersion {
             weight_version: state.batcher.weight_version(),
         }),
-        (Post, "/collective_rpc") => collective_rpc(state, parse(body)?),
+        (&Method::POST, "/collective_rpc") => collective_rpc(state, parse(body)?),
         // No prefix cache: nothing to reset (vLLM and SGLang spellings).
-        (Post, "/reset_prefix_cache") | (Post, "/flush_cache") => Ok(serde_json::Value::Null),
-        (Post, "/update_weight_version") => {
+        (&Method::POST, "/reset_prefix_cache") | (&Method::POST, "/flush_cache") => {
+            Ok(serde_json::Value::Null)
+        }
+        (&Method::POST, "/update_weight_version") => {
             let r: vllm::UpdateWeightVersionRequest = parse(body)?;
             state.batcher.set_weight_version(r.new_version.clone());
             Ok(serde_json::json!({
@@ -125,13 +151,13 @@ fn route(state: &ServeState, method: &tiny_http::Method, path: &str, body: &str)
                 "new_version": r.new_version,
             }))
         }
-        (Get, "/weight_info") => json(&vllm::WeightInfo {
+        (&Method::GET, "/weight_info") => json(&vllm::WeightInfo {
             weight_version: Some(state.batcher.weight_version()),
         }),
-        (Get, "/version") => Ok(serde_json::json!({
+        (&Method::GET, "/version") => Ok(serde_json::json!({
             "version": concat!("rlvr ", env!("CARGO_PKG_VERSION")),
         })),
-        (Get, "/get_server_info") => Ok(serde_json::json!({
+        (&Method::GET, "/get_server_info") => Ok(serde_json::json!({
             "version": concat!("rlvr ", env!("CARGO_PKG_VERSION")),
             "served_model_name": state.model_name,
             "max_model_len": state.max_model_len,
@@ -228,11 +254,13 @@ fn engine_request(state: &ServeState, prompt: Vec<u32>, k: &Knobs) -> Result<Req
             state.vocab_size
         )));
     }
-    if prompt.len() + k.max_tokens > state.max_model_len {
+    // Saturating: a max_tokens near usize::MAX must be refused, not wrap into a small sum.
+    let total = prompt.len().saturating_add(k.max_tokens);
+    if total > state.max_model_len {
         return Err(HttpError::bad_request(format!(
             "This model's maximum context length is {} tokens. However, you requested {} tokens ({} in the prompt, {} for the completion).",
             state.max_model_len,
-            prompt.len() + k.max_tokens,
+            total,
             prompt.len(),
             k.max_tokens
         )));
@@ -318,6 +346,18 @@ fn completions(state: &ServeState, r: vllm::CompletionRequest) -> Answer {
             "rlvr serve reports only the sampled token's log-prob: use logprobs=0",
         ));
     }
+    let n = r.n.unwrap_or(1).max(1);
+    let count = match &r.prompt {
+        Some(vllm::Prompt::TokensBatch(b)) => b.len(),
+        Some(vllm::Prompt::TextBatch(b)) => b.len(),
+        _ => 1,
+    };
+    if count.saturating_mul(n) > state.max_seqs_per_request {
+        return Err(HttpError::bad_request(format!(
+            "{count} prompt(s) x n={n} asks for more than the {} sequences one request may ask for",
+            state.max_seqs_per_request
+        )));
+    }
     let prompts: Vec<Vec<u32>> = match r.prompt.clone() {
         None => return Err(HttpError::bad_request("`prompt` is required")),
         Some(vllm::Prompt::Tokens(ids)) => vec![ids],
@@ -328,7 +368,6 @@ fn completions(state: &ServeState, r: vllm::CompletionRequest) -> Answer {
             .map(|t| encode(state, t))
             .collect::<Result<_, _>>()?,
     };
-    let n = r.n.unwrap_or(1).max(1);
     let user_stop_ids = r.stop_token_ids.clone().unwrap_or_default();
     let mut requests = Vec::new();
     for prompt in &prompts {
@@ -417,6 +456,16 @@ fn choice_logprobs(
 }
 
 fn encode(state: &ServeState, text: &str) -> Result<Vec<u32>, HttpError> {
+    // Bounded before tokenizing: a many-megabyte text would cost memory and time first.
+    let most = state.max_model_len.saturating_mul(state.max_token_bytes);
+    if text.len() > most {
+        return Err(HttpError::bad_request(format!(
+            "This model's maximum context length is {} tokens. However, the prompt text is {} bytes, more than {} tokens can hold.",
+            state.max_model_len,
+            text.len(),
+            state.max_model_len
+        )));
+    }
     state
         .tokenizer
         .encode(text, true)

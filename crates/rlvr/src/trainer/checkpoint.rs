@@ -31,34 +31,58 @@ pub fn save(t: &Trainer, ckpt_root: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(ckpt_root)
         .with_context(|| format!("creating {}", ckpt_root.display()))?;
     let final_dir = step_dir(ckpt_root, t.global_step);
+    let weights: HashMap<String, Tensor> = t.policy.tensors();
+    // A diverged policy must not replace the last good checkpoint.
+    for (name, w) in &weights {
+        if !rlvr_model::all_finite(w)? {
+            bail!(
+                "not saving the step-{} checkpoint: weight {name} holds NaN or infinite values \
+                 (the run has diverged; the last checkpoint saved is kept)",
+                t.global_step
+            );
+        }
+    }
     let tmp = ckpt_root.join(format!(".global_step_{}.tmp", t.global_step));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
-    std::fs::create_dir_all(&tmp)?;
-
-    let weights: HashMap<String, Tensor> = t.policy.tensors();
-    candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let (opt_tensors, opt_meta) = t.optimizer.state()?;
-    candle_core::safetensors::save(&opt_tensors, tmp.join("optimizer.safetensors"))?;
     let state = TrainerState {
         global_step: t.global_step,
         loader: t.loader_state(),
         optimizer: opt_meta,
         seed: t.cfg.trainer.seed,
     };
-    std::fs::write(
-        tmp.join("trainer_state.json"),
-        serde_json::to_string_pretty(&state)?,
-    )?;
-    std::fs::write(tmp.join("config.yaml"), serde_yaml::to_string(&t.cfg)?)?;
-    sync_dir(&tmp)?;
+    let written = (|| -> Result<()> {
+        let file = tmp.join("model.safetensors");
+        candle_core::safetensors::save(&weights, &file)
+            .with_context(|| format!("writing {}", file.display()))?;
+        let file = tmp.join("optimizer.safetensors");
+        candle_core::safetensors::save(&opt_tensors, &file)
+            .with_context(|| format!("writing {}", file.display()))?;
+        write_file(
+            &tmp.join("trainer_state.json"),
+            serde_json::to_string_pretty(&state)?.as_bytes(),
+        )?;
+        write_file(
+            &tmp.join("config.yaml"),
+            serde_yaml::to_string(&t.cfg)?.as_bytes(),
+        )?;
+        sync_dir(&tmp)
+    })();
+    if let Err(e) = written {
+        // Disk full and the like: leave no partial directory behind; earlier checkpoints stay.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
 
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir)?;
+        remove_checkpoint(ckpt_root, t.global_step)?;
     }
     std::fs::rename(&tmp, &final_dir)
         .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
+    sync_parent(ckpt_root)?;
     write_atomic(
         &ckpt_root.join(LATEST),
         t.global_step.to_string().as_bytes(),
@@ -99,7 +123,54 @@ pub fn resume_dir(
     }
 }
 
-/// Restores weights, optimizer, loader position and step from `dir`.
+/// Resumes as `trainer.resume_mode` says. With `latest`, a latest checkpoint that cannot be read
+/// (a disk fault, a file cut short) is reported and the newest intact earlier one is used.
+pub fn resume(
+    t: &mut Trainer,
+    mode: Option<&str>,
+    resume_path: Option<&str>,
+    ckpt_root: &Path,
+) -> Result<()> {
+    let Some(dir) = resume_dir(mode, resume_path, ckpt_root)? else {
+        return Ok(());
+    };
+    let first = match load(t, &dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if mode == Some("latest") => e,
+        Err(e) => return Err(e),
+    };
+    let newest = step_of(&dir).unwrap_or(usize::MAX);
+    let mut earlier: Vec<usize> = checkpoint_steps(ckpt_root)?
+        .into_iter()
+        .filter(|&s| s < newest)
+        .collect();
+    earlier.sort_unstable_by(|a, b| b.cmp(a));
+    for step in earlier {
+        let older = step_dir(ckpt_root, step);
+        tracing::warn!(
+            "the latest checkpoint cannot be used ({first:#}); trying {}",
+            older.display()
+        );
+        match load(t, &older) {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::warn!("{} cannot be used either: {e:#}", older.display()),
+        }
+    }
+    Err(first.context(
+        "no intact checkpoint to resume from (set trainer.resume_mode=none to start afresh)",
+    ))
+}
+
+fn step_of(dir: &Path) -> Option<usize> {
+    dir.file_name()?
+        .to_str()?
+        .strip_prefix("global_step_")?
+        .parse()
+        .ok()
+}
+
+/// Restores weights, optimizer, loader position and step from `dir`. Everything is read and
+/// checked before the trainer is touched, so a bad checkpoint leaves it as it was.
 pub fn load(t: &mut Trainer, dir: &Path) -> Result<()> {
     let state: TrainerState = serde_json::from_str(
         &std::fs::read_to_string(dir.join("trainer_state.json")).with_context(|| {
@@ -110,17 +181,41 @@ pub fn load(t: &mut Trainer, dir: &Path) -> Result<()> {
         })?,
     )
     .with_context(|| format!("{}/trainer_state.json is malformed", dir.display()))?;
+    check_state(t, &state).with_context(|| format!("{}/trainer_state.json", dir.display()))?;
     let device = t.policy.device().clone();
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &device)
         .with_context(|| format!("reading {}/model.safetensors", dir.display()))?;
+    let mut restored = Vec::new();
     for (name, var) in t.policy.named_vars() {
         let w = weights
             .get(name)
             .with_context(|| format!("{}/model.safetensors has no tensor {name}", dir.display()))?;
-        var.set(w).with_context(|| format!("restoring {name}"))?;
+        if w.dims() != var.dims() || w.dtype() != var.dtype() {
+            bail!(
+                "{}/model.safetensors: tensor {name} is {:?} {:?}, the policy's is {:?} {:?}",
+                dir.display(),
+                w.dtype(),
+                w.dims(),
+                var.dtype(),
+                var.dims()
+            );
+        }
+        if !rlvr_model::all_finite(w)? {
+            bail!(
+                "{}/model.safetensors: tensor {name} holds NaN or infinite values",
+                dir.display()
+            );
+        }
+        restored.push((var, w));
     }
     let opt = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &device)
         .with_context(|| format!("reading {}/optimizer.safetensors", dir.display()))?;
+    t.optimizer
+        .check_state(&opt, &state.optimizer)
+        .with_context(|| format!("{}/optimizer.safetensors", dir.display()))?;
+    for (var, w) in restored {
+        var.set(w)?;
+    }
     t.optimizer.load_state(&opt, &state.optimizer)?;
     t.loader.set_state(state.loader);
     t.global_step = state.global_step;
@@ -132,39 +227,247 @@ pub fn load(t: &mut Trainer, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A state this run could have written: no step beyond the run's last, no loader position
+/// beyond its data.
+fn check_state(t: &Trainer, s: &TrainerState) -> Result<()> {
+    let total = t.total_steps();
+    if s.global_step > total {
+        bail!(
+            "global_step {} is beyond this run's {total} steps (trainer.epochs × batches per \
+             epoch): the checkpoint belongs to another run or data set",
+            s.global_step
+        );
+    }
+    let (epochs, per_epoch) = (t.cfg.trainer.epochs, t.loader.batches_per_epoch());
+    if s.loader.epoch > epochs || s.loader.batch_in_epoch > per_epoch {
+        bail!(
+            "the data loader position (epoch {}, batch {}) is beyond this run's {epochs} epochs \
+             of {per_epoch} batches",
+            s.loader.epoch,
+            s.loader.batch_in_epoch
+        );
+    }
+    Ok(())
+}
+
+/// Steps of the `global_step_N` directories under `root`.
+fn checkpoint_steps(root: &Path) -> Result<Vec<usize>> {
+    Ok(std::fs::read_dir(root)
+        .with_context(|| format!("listing {}", root.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| step_of(&e.path()))
+        .collect())
+}
+
+/// Keeps the newest `keep` checkpoints (all when `keep <= 0`), and clears what an interrupted
+/// earlier removal left.
 fn prune(root: &Path, keep: i64) -> Result<()> {
+    for e in std::fs::read_dir(root)?.filter_map(|e| e.ok()) {
+        let name = e.file_name();
+        if name.to_str().is_some_and(|n| n.ends_with(".deleting")) {
+            std::fs::remove_dir_all(e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
     if keep <= 0 {
         return Ok(());
     }
-    let mut steps: Vec<usize> = std::fs::read_dir(root)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_prefix("global_step_")?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let mut steps = checkpoint_steps(root)?;
     steps.sort_unstable();
     let excess = steps.len().saturating_sub(keep as usize);
     for s in &steps[..excess] {
-        std::fs::remove_dir_all(step_dir(root, *s))?;
+        remove_checkpoint(root, *s)?;
     }
     Ok(())
+}
+
+/// Removes a checkpoint so that a kill at any moment leaves either all of it or none of it under
+/// its name: it is renamed out of the way first, then deleted.
+fn remove_checkpoint(root: &Path, step: usize) -> Result<()> {
+    let dir = step_dir(root, step);
+    let doomed = root.join(format!(".global_step_{step}.deleting"));
+    std::fs::rename(&dir, &doomed)
+        .with_context(|| format!("renaming {} to {}", dir.display(), doomed.display()))?;
+    sync_parent(root)?;
+    std::fs::remove_dir_all(&doomed).with_context(|| format!("removing {}", doomed.display()))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
+    write_file(&tmp, bytes)?;
     std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    sync_parent(path.parent().unwrap_or(Path::new(".")))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
     for e in std::fs::read_dir(dir)? {
-        std::fs::File::open(e?.path())?.sync_all()?;
+        let path = e?.path();
+        std::fs::File::open(&path)?
+            .sync_all()
+            .with_context(|| format!("syncing {}", path.display()))?;
     }
-    Ok(())
+    sync_parent(dir)
+}
+
+/// Makes a rename or a new entry in `dir` durable (the entry lives in the directory's data).
+fn sync_parent(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing the directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigBuilder;
+    use crate::run::{self, Extensions};
+
+    /// A toy trainer whose checkpoints go under `dir/ckpt`.
+    fn trainer(dir: &Path) -> Trainer {
+        crate::toy::write(dir, 3).unwrap();
+        let d = dir.display();
+        let mut b = ConfigBuilder::new();
+        b.merge_file(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/toy/dapo_toy.yaml"),
+        )
+        .unwrap();
+        b.apply_overrides(&[
+            format!("trainer.policy.model.path={d}/model"),
+            format!("data.train_data=['{d}/data/train.parquet']"),
+            format!("data.val_data=['{d}/data/validation.parquet']"),
+            format!("trainer.log_path={d}/logs"),
+            format!("trainer.ckpt_path={d}/ckpt"),
+            format!("trainer.export_path={d}/export"),
+            "trainer.logger=jsonl".into(),
+            "trainer.max_ckpts_to_keep=2".into(),
+            // The tests resume by hand.
+            "trainer.resume_mode=none".into(),
+        ])
+        .unwrap();
+        let resolved = b.resolve().unwrap();
+        let ext = Extensions::defaults(&resolved.config).unwrap();
+        run::build(&resolved, ext).unwrap()
+    }
+
+    fn entries(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn first_weight(t: &Trainer) -> Vec<f32> {
+        let (_, var) = t.policy.named_vars().first().unwrap().clone();
+        var.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn pruning_is_whole_and_a_diverged_policy_is_never_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ckpt");
+        let mut t = trainer(dir.path());
+        // What a kill in the middle of an earlier removal leaves behind.
+        std::fs::create_dir_all(root.join(".global_step_0.deleting/x")).unwrap();
+        for step in 1..=3 {
+            t.global_step = step;
+            save(&t, &root).unwrap();
+        }
+        assert_eq!(
+            entries(&root),
+            [
+                "global_step_2",
+                "global_step_3",
+                "latest_ckpt_global_step.txt"
+            ]
+        );
+        // NaN weights: refused, the previous checkpoint stays the latest, nothing half-written.
+        let (name, var) = t.policy.named_vars().first().unwrap().clone();
+        let nan = (var.as_tensor() * f64::NAN).unwrap();
+        var.set(&nan).unwrap();
+        t.global_step = 4;
+        let err = save(&t, &root).unwrap_err();
+        assert!(
+            format!("{err:#}").contains(&format!("weight {name} holds NaN")),
+            "{err:#}"
+        );
+        assert_eq!(
+            entries(&root),
+            [
+                "global_step_2",
+                "global_step_3",
+                "latest_ckpt_global_step.txt"
+            ]
+        );
+        assert_eq!(std::fs::read_to_string(root.join(LATEST)).unwrap(), "3");
+    }
+
+    #[test]
+    fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_and_absurd_states_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ckpt");
+        let mut t = trainer(dir.path());
+        let at_step_1 = first_weight(&t);
+        t.global_step = 1;
+        save(&t, &root).unwrap();
+        // Different weights at step 2.
+        let (_, var) = t.policy.named_vars().first().unwrap().clone();
+        var.set(&(var.as_tensor() + 1.0).unwrap()).unwrap();
+        t.global_step = 2;
+        save(&t, &root).unwrap();
+
+        // Step 2's weights cut short: `latest` resumes from step 1, with step 1's weights.
+        let file = step_dir(&root, 2).join("model.safetensors");
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+        let mut fresh = trainer(dir.path());
+        var_set_to(&fresh, 7.0);
+        load(&mut trainer(dir.path()), &step_dir(&root, 1)).unwrap();
+        resume(&mut fresh, Some("latest"), None, &root).unwrap();
+        assert_eq!(fresh.global_step, 1);
+        assert_eq!(first_weight(&fresh), at_step_1);
+        // `from_path` names one checkpoint: no fallback.
+        let step2 = step_dir(&root, 2).display().to_string();
+        assert!(resume(&mut fresh, Some("from_path"), Some(&step2), &root).is_err());
+
+        // A state no run of this config could have written: refused, the trainer untouched.
+        let state_file = step_dir(&root, 1).join("trainer_state.json");
+        let mut state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+        state["global_step"] = 1000.into();
+        std::fs::write(&state_file, state.to_string()).unwrap();
+        let mut other = trainer(dir.path());
+        var_set_to(&other, 7.0);
+        let err = load(&mut other, &step_dir(&root, 1)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("global_step 1000 is beyond"),
+            "{err:#}"
+        );
+        assert_eq!(other.global_step, 0);
+        assert!(first_weight(&other).iter().all(|&x| x == 7.0));
+        state["global_step"] = 1.into();
+        state["loader"]["batch_in_epoch"] = 1_000_000_000.into();
+        std::fs::write(&state_file, state.to_string()).unwrap();
+        let err = load(&mut other, &step_dir(&root, 1)).unwrap_err();
+        assert!(format!("{err:#}").contains("loader position"), "{err:#}");
+        // Neither checkpoint usable now: the error says so.
+        let err = resume(&mut other, Some("latest"), None, &root).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no intact checkpoint"),
+            "{err:#}"
+        );
+    }
+
+    fn var_set_to(t: &Trainer, value: f64) {
+        let (_, var) = t.policy.named_vars().first().unwrap().clone();
+        let v = (var.as_tensor().zeros_like().unwrap() + value).unwrap();
+        var.set(&v).unwrap();
+    }
 }

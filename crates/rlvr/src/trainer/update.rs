@@ -247,6 +247,17 @@ pub fn train_on_batch(
                     "policy/skipped_steps",
                     if stats.skipped { 1.0 } else { 0.0 },
                 );
+                let limit = t.cfg.trainer.max_consecutive_skipped_steps;
+                if limit > 0 && t.optimizer.skipped_in_a_row() >= limit {
+                    anyhow::bail!(
+                        "{} optimizer steps in a row had a non-finite gradient norm ({}) and were \
+                         skipped (trainer.max_consecutive_skipped_steps={limit}): the loss or the \
+                         weights have diverged; lower the learning rate, check the rewards and \
+                         resume from the last checkpoint",
+                        t.optimizer.skipped_in_a_row(),
+                        stats.grad_norm
+                    );
+                }
             }
             acc.end_mini_batch();
         }

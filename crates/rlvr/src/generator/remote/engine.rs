@@ -43,6 +43,8 @@ pub struct RemoteEngine {
     model: String,
     agent: ureq::Agent,
     retry: Retry,
+    /// `Bearer <key>`, sent with every request.
+    authorization: Option<String>,
 }
 
 impl RemoteEngine {
@@ -53,6 +55,7 @@ impl RemoteEngine {
         model: &str,
         timeout: Duration,
         retry: Retry,
+        api_key: Option<&str>,
     ) -> RemoteEngine {
         let url = if address.contains("://") {
             address.trim_end_matches('/').to_string()
@@ -71,6 +74,15 @@ impl RemoteEngine {
             model: model.to_string(),
             agent,
             retry,
+            authorization: api_key.map(|k| format!("Bearer {k}")),
+        }
+    }
+
+    fn get_request(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let r = self.agent.get(url);
+        match &self.authorization {
+            Some(a) => r.header("Authorization", a),
+            None => r,
         }
     }
 
@@ -198,7 +210,7 @@ impl RemoteEngine {
     /// One `GET /health`, no retries: is a server that went down back?
     pub fn is_up(&self) -> bool {
         matches!(
-            self.agent.get(format!("{}/health", self.url)).call(),
+            self.get_request(&format!("{}/health", self.url)).call(),
             Ok(r) if r.status().is_success()
         )
     }
@@ -224,12 +236,16 @@ impl RemoteEngine {
         let mut attempt = 0;
         loop {
             let sent = match &payload {
-                Some(p) => self
-                    .agent
-                    .post(&url)
-                    .header("Content-Type", "application/json")
-                    .send(p.as_str()),
-                None => self.agent.get(&url).call(),
+                Some(p) => {
+                    let r = self.agent.post(&url);
+                    let r = match &self.authorization {
+                        Some(a) => r.header("Authorization", a),
+                        None => r,
+                    };
+                    r.header("Content-Type", "application/json")
+                        .send(p.as_str())
+                }
+                None => self.get_request(&url).call(),
             };
             let failure = match sent {
                 Ok(resp) => {

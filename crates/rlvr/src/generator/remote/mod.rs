@@ -34,6 +34,8 @@ pub struct RemoteSettings {
     pub retry: Retry,
     /// Requests in flight per engine (`generator.max_num_seqs`).
     pub max_in_flight: usize,
+    /// Sent as `Authorization: Bearer <key>` (`generator.remote_api_key`, else `RLVR_API_KEY`).
+    pub api_key: Option<String>,
 }
 
 pub struct RemoteGenerator {
@@ -67,6 +69,7 @@ impl RemoteGenerator {
                     &settings.model,
                     settings.request_timeout,
                     settings.retry.clone(),
+                    settings.api_key.as_deref(),
                 )
             })
             .collect();
