@@ -62,8 +62,21 @@ impl Tokenizer {
     /// `chat_template.jinja` when present, from an HF checkpoint directory.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&tj)
-            .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", tj.display()))?;
+        let text = std::fs::read_to_string(&tj)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", tj.display()))?;
+        // JSON syntax first: tokenizers panics on some malformed files (its decoder section is
+        // parsed with `expect`); what still panics inside it becomes an error here.
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", tj.display()))?;
+        let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>());
+        let inner = match parsed {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => anyhow::bail!("{}: cannot load tokenizer: {e}", tj.display()),
+            Err(_) => anyhow::bail!(
+                "{}: cannot load tokenizer: the file is malformed (the tokenizers library panicked)",
+                tj.display()
+            ),
+        };
         let config = read_json_opt(&dir.join("tokenizer_config.json"))?;
         let map = read_json_opt(&dir.join("special_tokens_map.json"))?;
         let pick = |key: &str| -> Option<String> {

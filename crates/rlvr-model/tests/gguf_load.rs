@@ -243,3 +243,51 @@ fn missing_checkpoint_is_an_error() {
     let err = load_pretrained(std::path::Path::new("/no/such/ckpt"), &Device::Cpu).unwrap_err();
     assert!(format!("{err:#}").contains("/no/such/ckpt"));
 }
+
+/// The byte offset of tensor `name`'s ggml type in a GGUF header.
+fn type_field(bytes: &[u8], name: &str) -> usize {
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend(name.as_bytes());
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key.as_slice())
+        .unwrap();
+    let dims_at = at + key.len();
+    let n_dims = u32::from_le_bytes(bytes[dims_at..dims_at + 4].try_into().unwrap()) as usize;
+    dims_at + 4 + 8 * n_dims
+}
+
+#[test]
+fn altered_tensor_tables_and_binary_names_are_clear_short_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_gguf(true, "smollm").bytes;
+    // One tensor's type changed (F32 -> F16 and F16 -> F32): its size no longer matches its bytes.
+    for (name, ty) in [("output_norm.weight", 1u32), ("blk.0.attn_k.weight", 0)] {
+        let mut b = base.clone();
+        let at = type_field(&b, name);
+        b[at..at + 4].copy_from_slice(&ty.to_le_bytes());
+        let path = dir.path().join("retyped.gguf");
+        write(&path, &b);
+        let err = format!("{:#}", load_pretrained(&path, &Device::Cpu).unwrap_err());
+        assert!(err.contains("does not fit the file"), "{name}: {err}");
+    }
+    // A dimension of 0 (found by the fuzz harness: candle would build a slice from a dangling
+    // pointer).
+    let mut b = base.clone();
+    let at = type_field(&b, "output_norm.weight");
+    b[at - 8..at].copy_from_slice(&0u64.to_le_bytes());
+    let path = dir.path().join("empty.gguf");
+    write(&path, &b);
+    let err = format!("{:#}", load_pretrained(&path, &Device::Cpu).unwrap_err());
+    assert!(err.contains("no elements"), "{err}");
+    // A tensor name of binary junk: quoted short and escaped.
+    let mut b = base.clone();
+    let at = type_field(&b, "output_norm.weight") - 8 - 4 - "output_norm.weight".len();
+    for x in &mut b[at..at + 6] {
+        *x = 0x01;
+    }
+    let path = dir.path().join("junk_name.gguf");
+    write(&path, &b);
+    let err = format!("{:#}", load_pretrained(&path, &Device::Cpu).unwrap_err());
+    assert!(err.len() < 400 && err.contains("\\u{1}"), "{err}");
+}

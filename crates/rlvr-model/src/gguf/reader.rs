@@ -229,6 +229,9 @@ impl GgufFile {
 /// Checks the byte count first: candle reads `dims`-many blocks without checking.
 pub fn dequantize_bytes(dtype: GgmlDType, data: &[u8], dims: &[usize]) -> Result<Tensor> {
     let elems: usize = dims.iter().product();
+    if elems == 0 {
+        bail!("{dtype:?} {dims:?}: no elements");
+    }
     let block = dtype.block_size();
     if !elems.is_multiple_of(block) {
         bail!("{dtype:?}: {elems} elements is not a multiple of the block size {block}");
@@ -266,6 +269,14 @@ fn check_layout(content: &Content, file_len: u64) -> Result<()> {
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
             .ok_or_else(|| anyhow!("tensor {shown}: the element count overflows"))?;
+        if elems == 0 {
+            // No model tensor is empty, and candle would build its block slice from a dangling
+            // pointer.
+            bail!(
+                "tensor {shown} has no elements (shape {:?})",
+                info.shape.dims()
+            );
+        }
         let block = info.ggml_dtype.block_size() as u64;
         if elems % block != 0 {
             bail!(
@@ -286,9 +297,33 @@ fn check_layout(content: &Content, file_len: u64) -> Result<()> {
         spans.push((info.offset, end, shown));
     }
     spans.sort();
+    // Writers place tensors back to back, each at the next multiple of the alignment: a gap
+    // means a tensor's type or shape no longer matches the bytes written for it.
+    let align = match content.metadata.get("general.alignment") {
+        Some(Value::U32(a)) if a.is_power_of_two() => *a as u64,
+        Some(Value::U64(a)) if a.is_power_of_two() => *a,
+        Some(_) => bail!("general.alignment must be a power of two"),
+        None => 32,
+    };
     for w in spans.windows(2) {
         if w[0].1 > w[1].0 {
             bail!("tensors {} and {} overlap", w[0].2, w[1].2);
+        }
+        if w[0].1.div_ceil(align) * align != w[1].0 {
+            bail!(
+                "{} bytes lie between tensors {} and {}: the table does not describe the data",
+                w[1].0 - w[0].1,
+                w[0].2,
+                w[1].2
+            );
+        }
+    }
+    if let Some((_, end, name)) = spans.last() {
+        if data_len.saturating_sub(*end) >= align {
+            bail!(
+                "{} bytes follow the last tensor {name}: the table does not describe the data",
+                data_len - end
+            );
         }
     }
     Ok(())

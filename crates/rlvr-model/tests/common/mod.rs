@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod assets;
+pub mod fuzz;
 
 use std::path::Path;
 
@@ -104,28 +105,8 @@ pub fn gguf_bytes(metadata: &[(&str, Md)], tensors: &[RawTensor]) -> Vec<u8> {
 
 // ---------------------------------------------------------------- deterministic data
 
-/// A small LCG: tests need varied but reproducible bytes, not quality randomness.
-pub struct Lcg(pub u64);
-
-impl Lcg {
-    pub fn next_u32(&mut self) -> u32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) as u32
-    }
-    pub fn byte(&mut self) -> u8 {
-        self.next_u32() as u8
-    }
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-    /// Uniform in [-1, 1).
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u32() as f32 / (1u64 << 31) as f32) - 1.0
-    }
-}
+/// Tests need varied but reproducible bytes, not quality randomness.
+pub use fuzz::Mutator as Lcg;
 
 pub fn f16_bytes(x: f32) -> [u8; 2] {
     f16::from_f32(x).to_le_bytes()
