@@ -275,3 +275,38 @@ fn hf_exports_follow_hf_save_interval() {
     assert!(train_cmd(on.path(), &args).status().unwrap().success());
     assert_eq!(exported(on.path()), vec![2, 4, 5]);
 }
+
+#[test]
+fn a_diverged_run_saves_no_checkpoint_and_stops_after_consecutive_skipped_steps() {
+    // An absurd learning rate: the first update sends weights to ±inf or ~1e38, and every
+    // gradient norm after it is NaN.
+    let diverge = |extra: &[&str]| -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path());
+        let mut args = vec![
+            "trainer.policy.optimizer_config.lr=1e38",
+            "trainer.algorithm.dynamic_sampling.type=null",
+            "trainer.max_consecutive_skipped_steps=2",
+            "+trainer.max_steps=6",
+        ];
+        args.extend_from_slice(extra);
+        let out = train_cmd(dir.path(), &args)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        (dir, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // Checkpoint after every step: the step-1 weights hold inf, so nothing is saved.
+    let (dir, err) = diverge(&[]);
+    assert!(err.contains("not saving the step-1 checkpoint"), "{err}");
+    assert!(err.contains("holds NaN or infinite values"), "{err}");
+    assert_eq!(latest_checkpoint(dir.path()), None);
+    assert!(!dir.path().join("ckpt/global_step_1").exists());
+    // No checkpoint in the way: the run stops at the second skipped step, saying why.
+    let (_dir, err) = diverge(&["trainer.ckpt_interval=100"]);
+    assert!(
+        err.contains("2 optimizer steps in a row had a non-finite gradient norm"),
+        "{err}"
+    );
+}

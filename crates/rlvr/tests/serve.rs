@@ -558,3 +558,149 @@ fn slow_clients_hold_no_worker_and_time_out() {
     let _ = std::io::Read::read_to_string(&mut c, &mut out);
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `rlvr serve` as a process: 16 clients × 500 requests, one in ten hostile. Every valid
+/// request gets the right answer, the server survives, its memory returns to where it was.
+#[test]
+fn load_with_hostile_requests_mixed_in() {
+    use std::io::BufRead;
+    let s = setup();
+    /// Kills the server however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rlvr"))
+        .args(["serve", "--model"])
+        .arg(&s.model_dir)
+        .args([
+            "--served-model-name",
+            "toy",
+            "--port",
+            "0",
+            "--max-body-bytes",
+            "1000000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut child = Killed(child);
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("rlvr serve printed its address")
+            .unwrap();
+        if let Some(rest) = line.split("on http://").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+    // Keep draining the server's log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let pid = child.0.id();
+    let prompt = |k: usize| {
+        format!(
+            r#"{{"model": "toy", "prompt": [{}, 4], "max_tokens": 6, "temperature": 0.0}}"#,
+            3 + k % 8
+        )
+    };
+    let expected: Vec<String> = (0..8)
+        .map(|k| {
+            let (status, body) = post_json(&addr, "/v1/completions", &prompt(k), None);
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            v["choices"][0]["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let hostile = [
+        r#"{"model": "toy", "prompt": [3], "max_tokens": 18446744073709551615}"#.to_string(),
+        r#"{"model": "toy", "prompt": [3], "n": 1000000000}"#.into(),
+        r#"{"model": "toy", "prompt": [99999]}"#.into(),
+        r#"{"model": "toy", "prompt": "#.into(),
+        format!(
+            r#"{{"model": "toy", "prompt": "{}"}}"#,
+            "q1 ".repeat(100_000)
+        ),
+    ];
+    // One burst: `per_client` requests from each of 16 clients; latencies of the valid ones.
+    let burst = |per_client: usize| -> Vec<f64> {
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..16)
+                .map(|c| {
+                    let (addr, expected, hostile, prompt) = (&addr, &expected, &hostile, &prompt);
+                    sc.spawn(move || {
+                        let mut lat = Vec::new();
+                        for i in 0..per_client {
+                            let k = c * per_client + i;
+                            let t = std::time::Instant::now();
+                            if k % 10 == 7 {
+                                let body = &hostile[k % hostile.len()];
+                                let (status, text) = post_json(addr, "/v1/completions", body, None);
+                                assert!((400..500).contains(&status), "{status}: {text}");
+                            } else {
+                                let (status, text) =
+                                    post_json(addr, "/v1/completions", &prompt(k), None);
+                                assert_eq!(status, 200, "{text}");
+                                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                                assert_eq!(v["choices"][0]["text"], expected[k % 8].as_str());
+                                lat.push(t.elapsed().as_secs_f64());
+                            }
+                        }
+                        lat
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        })
+    };
+    // The starting point is a warm server: worker threads started, allocator pools filled.
+    burst(50);
+    std::thread::sleep(Duration::from_secs(1));
+    let start_rss = rss_kib(pid);
+    let (clients, per_client) = (16, 500);
+    let t0 = std::time::Instant::now();
+    let latencies = burst(per_client);
+    let wall = t0.elapsed().as_secs_f64();
+    let mut sorted = latencies.clone();
+    sorted.sort_by(f64::total_cmp);
+    let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize] * 1e3;
+    // Memory settles once the allocator has returned the burst's buffers.
+    std::thread::sleep(Duration::from_secs(1));
+    let end_rss = rss_kib(pid);
+    eprintln!(
+        "load: {} requests ({} valid) in {wall:.1} s, valid latency p50 {:.1} ms p99 {:.1} ms, RSS {} -> {} MiB",
+        clients * per_client,
+        latencies.len(),
+        q(0.5),
+        q(0.99),
+        start_rss / 1024,
+        end_rss / 1024
+    );
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the server is still up"
+    );
+    assert_eq!(get(&addr, "GET", "/health", None).0, 200);
+    assert!(
+        (end_rss as f64) <= start_rss as f64 * 1.2,
+        "RSS {start_rss} KiB -> {end_rss} KiB"
+    );
+    drop(child);
+}

@@ -84,7 +84,11 @@ pub fn mutate(rng: &mut Mutator, base: &[u8], hot: usize) -> Vec<u8> {
             // An interesting integer, 4 or 8 bytes, little-endian.
             2 => {
                 let v = INTERESTING[rng.next_u32() as usize % INTERESTING.len()];
-                let width = if rng.next_u32().is_multiple_of(2) { 4 } else { 8 };
+                let width = if rng.next_u32().is_multiple_of(2) {
+                    4
+                } else {
+                    8
+                };
                 let at = pick(rng, b.len());
                 for (i, byte) in v.to_le_bytes()[..width].iter().enumerate() {
                     if let Some(x) = b.get_mut(at + i) {
