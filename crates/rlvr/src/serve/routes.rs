@@ -559,3 +559,26 @@ pub fn now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_messages_carry_no_backtrace_no_control_bytes_and_no_floods() {
+        // candle's errors under RUST_BACKTRACE: the message, then the frames.
+        let candle = "shape mismatch in matmul\nStack backtrace:\n   0: candle_core::error::Error::bt\n             at /src/candle-core/src/error.rs:253:25\n   1: rlvr::serve";
+        assert_eq!(public_message(candle), "shape mismatch in matmul");
+        let std_style = "loading x: bad\n   0: std::backtrace::Backtrace::capture\n   1: main";
+        assert_eq!(public_message(std_style), "loading x: bad");
+        assert_eq!(public_message("a\u{1}b\u{1b}[2J"), "a\\u{1}b\\u{1b}[2J");
+        let flood = "x".repeat(100_000);
+        let shown = public_message(&flood);
+        assert!(shown.chars().count() < 1100 && shown.ends_with("(cut)"));
+        // Ordinary multi-line context chains stay.
+        assert_eq!(
+            public_message("loading m: bad\ncaused by: y"),
+            "loading m: bad caused by: y"
+        );
+    }
+}
