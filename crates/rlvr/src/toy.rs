@@ -163,6 +163,21 @@ pub fn rows(copies: usize) -> Vec<PromptRow> {
 }
 
 /// Writes `DIR/model` (HF format, random weights) and `DIR/data/{train,validation}.parquet`.
+/// The overrides that point a run of `examples/toy/dapo_toy.yaml` at the files [`write`] put
+/// under `dir`, with its logs, checkpoints and exports there too (JSONL metrics only).
+pub fn run_overrides(dir: &Path) -> Vec<String> {
+    let d = dir.display();
+    vec![
+        format!("trainer.policy.model.path={d}/model"),
+        format!("data.train_data=['{d}/data/train.parquet']"),
+        format!("data.val_data=['{d}/data/validation.parquet']"),
+        format!("trainer.log_path={d}/logs"),
+        format!("trainer.ckpt_path={d}/ckpt"),
+        format!("trainer.export_path={d}/export"),
+        "trainer.logger=jsonl".into(),
+    ]
+}
+
 pub fn write(dir: &Path, seed: u64) -> Result<()> {
     let cfg = model_config();
     let tensors = random_tensors(&cfg, seed)?;

@@ -18,22 +18,18 @@ fn toy_config() -> PathBuf {
 /// The toy task's trainer with `overrides`, its files under `dir`.
 fn toy_trainer(dir: &Path, overrides: &[&str]) -> rlvr::trainer::Trainer {
     rlvr::toy::write(dir, 0).unwrap();
-    let d = dir.display();
-    let mut args: Vec<String> = vec![
-        format!("trainer.policy.model.path={d}/model"),
-        format!("data.train_data=['{d}/data/train.parquet']"),
-        format!("data.val_data=['{d}/data/validation.parquet']"),
-        format!("trainer.log_path={d}/logs"),
-        format!("trainer.ckpt_path={d}/ckpt"),
-        format!("trainer.export_path={d}/export"),
-        "trainer.logger=jsonl".into(),
-        "trainer.epochs=20".into(),
-        "trainer.eval_before_train=false".into(),
-        "trainer.eval_interval=-1".into(),
-        "generator.eval_sampling_params.temperature=1.0".into(),
-        "generator.eval_n_samples_per_prompt=8".into(),
-        "trainer.ckpt_interval=-1".into(),
-    ];
+    let mut args = rlvr::toy::run_overrides(dir);
+    args.extend(
+        [
+            "trainer.epochs=20",
+            "trainer.eval_before_train=false",
+            "trainer.eval_interval=-1",
+            "generator.eval_sampling_params.temperature=1.0",
+            "generator.eval_n_samples_per_prompt=8",
+            "trainer.ckpt_interval=-1",
+        ]
+        .map(String::from),
+    );
     args.extend(overrides.iter().map(|s| s.to_string()));
     let mut builder = ConfigBuilder::new();
     builder.merge_file(&toy_config()).unwrap();

@@ -68,7 +68,6 @@ fn train(
     extra: &[&str],
 ) -> Child {
     let toy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/toy/dapo_toy.yaml");
-    let d = dir.display();
     let urls = urls
         .iter()
         .map(|u| format!("'{u}'"))
@@ -78,14 +77,8 @@ fn train(
         .arg("train")
         .arg("--config")
         .arg(toy)
+        .args(rlvr::toy::run_overrides(dir))
         .args([
-            format!("trainer.policy.model.path={d}/model"),
-            format!("data.train_data=['{d}/data/train.parquet']"),
-            format!("data.val_data=['{d}/data/validation.parquet']"),
-            format!("trainer.log_path={d}/logs"),
-            format!("trainer.ckpt_path={d}/ckpt"),
-            format!("trainer.export_path={d}/export"),
-            "trainer.logger=jsonl".into(),
             "trainer.eval_before_train=false".into(),
             format!("+trainer.max_steps={steps}"),
             "generator.run_engines_locally=false".into(),

@@ -15,26 +15,19 @@ fn rlvr() -> Command {
 
 fn train_cmd(dir: &Path, extra: &[&str]) -> Command {
     let toy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/toy/dapo_toy.yaml");
-    let d = dir.display();
     let mut cmd = rlvr();
     cmd.arg("train")
         .arg("--config")
         .arg(toy)
+        .args(rlvr::toy::run_overrides(dir))
         .args([
-            format!("trainer.policy.model.path={d}/model"),
-            format!("data.train_data=['{d}/data/train.parquet']"),
-            format!("data.val_data=['{d}/data/validation.parquet']"),
-            format!("trainer.log_path={d}/logs"),
-            format!("trainer.ckpt_path={d}/ckpt"),
-            format!("trainer.export_path={d}/export"),
-            "trainer.logger=jsonl".into(),
             // Dynamic sampling draws more than one batch on some steps; 4 epochs of data
             // leave room for STEPS steps.
-            "trainer.epochs=4".into(),
-            "trainer.eval_before_train=false".into(),
-            "trainer.eval_interval=-1".into(),
-            "trainer.ckpt_interval=1".into(),
-            "trainer.max_ckpts_to_keep=-1".into(),
+            "trainer.epochs=4",
+            "trainer.eval_before_train=false",
+            "trainer.eval_interval=-1",
+            "trainer.ckpt_interval=1",
+            "trainer.max_ckpts_to_keep=-1",
         ])
         .args(extra)
         .args(

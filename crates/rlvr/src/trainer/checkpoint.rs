@@ -331,25 +331,16 @@ mod tests {
     /// A toy trainer whose checkpoints go under `dir/ckpt`.
     fn trainer(dir: &Path) -> Trainer {
         crate::toy::write(dir, 3).unwrap();
-        let d = dir.display();
         let mut b = ConfigBuilder::new();
         b.merge_file(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/toy/dapo_toy.yaml"),
         )
         .unwrap();
-        b.apply_overrides(&[
-            format!("trainer.policy.model.path={d}/model"),
-            format!("data.train_data=['{d}/data/train.parquet']"),
-            format!("data.val_data=['{d}/data/validation.parquet']"),
-            format!("trainer.log_path={d}/logs"),
-            format!("trainer.ckpt_path={d}/ckpt"),
-            format!("trainer.export_path={d}/export"),
-            "trainer.logger=jsonl".into(),
-            "trainer.max_ckpts_to_keep=2".into(),
-            // The tests resume by hand.
-            "trainer.resume_mode=none".into(),
-        ])
-        .unwrap();
+        let mut overrides = crate::toy::run_overrides(dir);
+        overrides.push("trainer.max_ckpts_to_keep=2".into());
+        // The tests resume by hand.
+        overrides.push("trainer.resume_mode=none".into());
+        b.apply_overrides(&overrides).unwrap();
         let resolved = b.resolve().unwrap();
         let ext = Extensions::defaults(&resolved.config).unwrap();
         run::build(&resolved, ext).unwrap()
