@@ -1,3 +1,4 @@
+#![deny(unsafe_op_in_unsafe_fn)]
 //! The policy model of rlvr: a Llama-family decoder on differentiable candle ops, checkpoint
 //! loading (HF safetensors directories and GGUF), tokenizer and chat template, the generation
 //! engine, and optimizer glue.

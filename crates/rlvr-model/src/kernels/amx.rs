@@ -222,6 +222,9 @@ mod convert {
     use std::arch::x86_64::*;
 
     /// Up to 16 floats from `p` (`n` of them; nothing is read when `n` is 0).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `p` points to `n.min(16)` readable f32s.
     #[target_feature(enable = "avx512f")]
     unsafe fn load(p: *const f32, n: usize) -> __m512 {
         let mask: __mmask16 = if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
@@ -244,6 +247,9 @@ mod convert {
     }
 
     /// 32 floats (`n` read from `p`, zeros after) as 32 bf16 in one register.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `p` points to `n.min(32)` readable f32s.
     #[target_feature(enable = "avx512f")]
     unsafe fn bf16_x32(p: *const f32, n: usize) -> __m512i {
         // SAFETY: the caller vouches for n floats at p; `wrapping_add` forms the second half's
@@ -387,9 +393,17 @@ mod convert {
 #[cfg(not(target_arch = "x86_64"))]
 mod convert {
     use super::View;
+    /// Never called: AMX exists only on x86_64, so `available()` is false here.
+    ///
+    /// # Safety
+    /// As for the x86_64 version; this one only panics.
     pub unsafe fn pack_a_block(_: View, _: usize, _: usize, _: usize, _: &mut [u16]) {
         unreachable!("AMX exists only on x86_64")
     }
+    /// Never called: AMX exists only on x86_64, so `available()` is false here.
+    ///
+    /// # Safety
+    /// As for the x86_64 version; this one only panics.
     pub unsafe fn pack_b_panel(_: View, _: usize, _: usize, _: usize, _: &mut [u16]) {
         unreachable!("AMX exists only on x86_64")
     }
@@ -513,8 +527,20 @@ mod tiles {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod tiles {
+    /// Does nothing: there are no tiles off x86_64.
+    ///
+    /// # Safety
+    /// As for the x86_64 version; this one does nothing.
     pub unsafe fn configure() {}
+    /// Does nothing: there are no tiles off x86_64.
+    ///
+    /// # Safety
+    /// As for the x86_64 version; this one does nothing.
     pub unsafe fn release() {}
+    /// Never called: AMX exists only on x86_64, so `available()` is false here.
+    ///
+    /// # Safety
+    /// As for the x86_64 version; this one only panics.
     pub unsafe fn block(_: &[u16], _: &[u16], _: usize, _: *mut f32, _: usize, _: bool) {
         unreachable!("AMX exists only on x86_64")
     }

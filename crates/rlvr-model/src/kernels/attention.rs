@@ -55,7 +55,7 @@ pub fn decode<T: KvElem>(
         let keys = &k_cache[base..base + total * hd];
         let values = &v_cache[base..base + total * hd];
         #[cfg(target_arch = "x86_64")]
-        if lanes == Lanes::Avx512 && hd.is_multiple_of(16) {
+        if lanes == Lanes::AVX512 && hd.is_multiple_of(16) {
             // The group's query rows, `[group, l, hd]`, are contiguous in `q` too.
             let q0 = (b * heads + kvh * group) * l * hd;
             let g = Group {
@@ -66,7 +66,7 @@ pub fn decode<T: KvElem>(
                 l,
                 scale,
             };
-            // SAFETY: AVX-512F was detected (`Lanes::Avx512`).
+            // SAFETY: AVX-512F was detected (`Lanes::AVX512`).
             return unsafe { group_avx512(&g, scores, dst) };
         }
         let scores = &mut scores[..total];
@@ -114,81 +114,93 @@ const ROWS: usize = 6;
 
 /// `out = softmax(q k^T * scale + mask) v` for every row of a [`Group`], with
 /// `scores: [rows * total]` scratch. `hd` must be a multiple of 16.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `g.keys` and `g.values` both hold exactly `total * hd` values,
+/// with `total = g.mask.len() / g.l` and `hd` a multiple of 16 (short `scores` or `out` panic).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn group_avx512<T: KvElem>(g: &Group<T>, scores: &mut [f32], out: &mut [f32]) {
-    let total = g.mask.len() / g.l;
-    let hd = g.keys.len() / total;
-    let rows = g.q.len() / hd;
-    let scores = &mut scores[..rows * total];
-    for r0 in (0..rows).step_by(ROWS) {
-        let nr = ROWS.min(rows - r0);
-        let q = &g.q[r0 * hd..(r0 + nr) * hd];
-        let s = &mut scores[r0 * total..(r0 + nr) * total];
-        match nr {
-            6 => dots::<T, 6>(q, g.keys, hd, s),
-            5 => dots::<T, 5>(q, g.keys, hd, s),
-            4 => dots::<T, 4>(q, g.keys, hd, s),
-            3 => dots::<T, 3>(q, g.keys, hd, s),
-            2 => dots::<T, 2>(q, g.keys, hd, s),
-            _ => dots::<T, 1>(q, g.keys, hd, s),
+    unsafe {
+        let total = g.mask.len() / g.l;
+        let hd = g.keys.len() / total;
+        let rows = g.q.len() / hd;
+        let scores = &mut scores[..rows * total];
+        for r0 in (0..rows).step_by(ROWS) {
+            let nr = ROWS.min(rows - r0);
+            let q = &g.q[r0 * hd..(r0 + nr) * hd];
+            let s = &mut scores[r0 * total..(r0 + nr) * total];
+            match nr {
+                6 => dots::<T, 6>(q, g.keys, hd, s),
+                5 => dots::<T, 5>(q, g.keys, hd, s),
+                4 => dots::<T, 4>(q, g.keys, hd, s),
+                3 => dots::<T, 3>(q, g.keys, hd, s),
+                2 => dots::<T, 2>(q, g.keys, hd, s),
+                _ => dots::<T, 1>(q, g.keys, hd, s),
+            }
         }
-    }
-    for (r, row) in scores.chunks_exact_mut(total).enumerate() {
-        let m = &g.mask[r % g.l * total..(r % g.l + 1) * total];
-        softmax_row(row, m, g.scale);
-    }
-    for r0 in (0..rows).step_by(ROWS) {
-        let nr = ROWS.min(rows - r0);
-        let p = &scores[r0 * total..(r0 + nr) * total];
-        let o = &mut out[r0 * hd..(r0 + nr) * hd];
-        match nr {
-            6 => weighted::<T, 6>(p, g.values, hd, o),
-            5 => weighted::<T, 5>(p, g.values, hd, o),
-            4 => weighted::<T, 4>(p, g.values, hd, o),
-            3 => weighted::<T, 3>(p, g.values, hd, o),
-            2 => weighted::<T, 2>(p, g.values, hd, o),
-            _ => weighted::<T, 1>(p, g.values, hd, o),
+        for (r, row) in scores.chunks_exact_mut(total).enumerate() {
+            let m = &g.mask[r % g.l * total..(r % g.l + 1) * total];
+            softmax_row(row, m, g.scale);
+        }
+        for r0 in (0..rows).step_by(ROWS) {
+            let nr = ROWS.min(rows - r0);
+            let p = &scores[r0 * total..(r0 + nr) * total];
+            let o = &mut out[r0 * hd..(r0 + nr) * hd];
+            match nr {
+                6 => weighted::<T, 6>(p, g.values, hd, o),
+                5 => weighted::<T, 5>(p, g.values, hd, o),
+                4 => weighted::<T, 4>(p, g.values, hd, o),
+                3 => weighted::<T, 3>(p, g.values, hd, o),
+                2 => weighted::<T, 2>(p, g.values, hd, o),
+                _ => weighted::<T, 1>(p, g.values, hd, o),
+            }
         }
     }
 }
 
 /// `s[r, t] = q[r] . keys[t]` for `R` rows. Four keys at a time: their 4R partial-sum vectors
 /// are reduced together, one horizontal reduction per four dot products.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `hd` is a multiple of 16; `q` holds at least `R * hd` values and
+/// `s` at least `R * total`, with `total = keys.len() / hd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dots<T: KvElem, const R: usize>(q: &[f32], keys: &[T], hd: usize, s: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let total = keys.len() / hd;
-    let (qp, kp) = (q.as_ptr(), keys.as_ptr());
-    let mut t = 0;
-    let row_bytes = hd * std::mem::size_of::<T>();
-    while t + 4 <= total {
-        prefetch_rows(kp.add((t + 4) * hd).cast(), 4 * row_bytes);
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        for c in (0..hd).step_by(16) {
-            let k: [__m512; 4] = std::array::from_fn(|j| T::load16(kp.add((t + j) * hd + c)));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let qv = _mm512_loadu_ps(qp.add(r * hd + c));
-                for j in 0..4 {
-                    a[j] = _mm512_fmadd_ps(qv, k[j], a[j]);
+    unsafe {
+        use std::arch::x86_64::*;
+        let total = keys.len() / hd;
+        let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+        let mut t = 0;
+        let row_bytes = hd * std::mem::size_of::<T>();
+        while t + 4 <= total {
+            prefetch_rows(kp.add((t + 4) * hd).cast(), 4 * row_bytes);
+            let mut acc = [[_mm512_setzero_ps(); 4]; R];
+            for c in (0..hd).step_by(16) {
+                let k: [__m512; 4] = std::array::from_fn(|j| T::load16(kp.add((t + j) * hd + c)));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let qv = _mm512_loadu_ps(qp.add(r * hd + c));
+                    for j in 0..4 {
+                        a[j] = _mm512_fmadd_ps(qv, k[j], a[j]);
+                    }
                 }
             }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            let four = reduce4(a);
-            _mm_storeu_ps(s.as_mut_ptr().add(r * total + t), four);
-        }
-        t += 4;
-    }
-    for t in t..total {
-        for r in 0..R {
-            let mut a = _mm512_setzero_ps();
-            for c in (0..hd).step_by(16) {
-                let k = T::load16(kp.add(t * hd + c));
-                a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(r * hd + c)), k, a);
+            for (r, a) in acc.iter().enumerate() {
+                let four = reduce4(a);
+                _mm_storeu_ps(s.as_mut_ptr().add(r * total + t), four);
             }
-            s[r * total + t] = _mm512_reduce_add_ps(a);
+            t += 4;
+        }
+        for t in t..total {
+            for r in 0..R {
+                let mut a = _mm512_setzero_ps();
+                for c in (0..hd).step_by(16) {
+                    let k = T::load16(kp.add(t * hd + c));
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(r * hd + c)), k, a);
+                }
+                s[r * total + t] = _mm512_reduce_add_ps(a);
+            }
         }
     }
 }
@@ -198,14 +210,16 @@ unsafe fn dots<T: KvElem, const R: usize>(q: &[f32], keys: &[T], hd: usize, s: &
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_BYTES: usize = 4096;
 
-/// Prefetches the `bytes` that follow `PREFETCH_BYTES` after `p`. Prefetches never fault, so
-/// reaching past the end of the cache is harmless.
+/// Prefetches the `bytes` that follow `PREFETCH_BYTES` after `p`. Safe for any `p`: addresses
+/// are formed with `wrapping_add` and only prefetched, and prefetches never fault, so reaching
+/// past the end of the cache is harmless.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn prefetch_rows(p: *const u8, bytes: usize) {
+fn prefetch_rows(p: *const u8, bytes: usize) {
     use std::arch::x86_64::*;
     for off in (0..bytes).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_BYTES + off).cast());
+        // SAFETY: a prefetch reads no memory and never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_BYTES + off).cast()) };
     }
 }
 
@@ -213,7 +227,7 @@ unsafe fn prefetch_rows(p: *const u8, bytes: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn reduce4(a: &[std::arch::x86_64::__m512; 4]) -> std::arch::x86_64::__m128 {
+fn reduce4(a: &[std::arch::x86_64::__m512; 4]) -> std::arch::x86_64::__m128 {
     use std::arch::x86_64::*;
     // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d.
     let ab = _mm512_add_ps(
@@ -236,6 +250,9 @@ unsafe fn reduce4(a: &[std::arch::x86_64::__m512; 4]) -> std::arch::x86_64::__m1
 }
 
 /// `row = softmax(row * scale + mask)` in place.
+///
+/// # Safety
+/// The CPU must have AVX-512F (the body calls `exp`'s AVX-512 path).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
@@ -249,7 +266,7 @@ unsafe fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
     }
     let max = maxes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     row.iter_mut().for_each(|s| *s -= max);
-    exp_inplace_on(Lanes::Avx512, row);
+    exp_inplace_on(Lanes::AVX512, row);
     let inv = 1.0 / sum16(row);
     row.iter_mut().for_each(|s| *s *= inv);
 }
@@ -269,37 +286,43 @@ fn sum16(x: &[f32]) -> f32 {
 }
 
 /// `o[r] = sum_t p[r, t] values[t]` for `R` rows, 64 output columns (four vectors) at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512F; with `total = values.len() / hd`, `p` holds at least `R * total`
+/// values and `o` at least `R * hd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn weighted<T: KvElem, const R: usize>(p: &[f32], values: &[T], hd: usize, o: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let total = values.len() / hd;
-    let vp = values.as_ptr();
-    let row_bytes = hd * std::mem::size_of::<T>();
-    for c0 in (0..hd).step_by(64) {
-        let nv = ((hd - c0) / 16).min(4);
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        for t in 0..total {
-            if c0 == 0 {
-                prefetch_rows(vp.add(t * hd).cast(), row_bytes);
-            }
-            let v: [__m512; 4] = std::array::from_fn(|j| {
-                if j < nv {
-                    T::load16(vp.add(t * hd + c0 + 16 * j))
-                } else {
-                    _mm512_setzero_ps()
+    unsafe {
+        use std::arch::x86_64::*;
+        let total = values.len() / hd;
+        let vp = values.as_ptr();
+        let row_bytes = hd * std::mem::size_of::<T>();
+        for c0 in (0..hd).step_by(64) {
+            let nv = ((hd - c0) / 16).min(4);
+            let mut acc = [[_mm512_setzero_ps(); 4]; R];
+            for t in 0..total {
+                if c0 == 0 {
+                    prefetch_rows(vp.add(t * hd).cast(), row_bytes);
                 }
-            });
-            for (r, a) in acc.iter_mut().enumerate() {
-                let pv = _mm512_set1_ps(*p.get_unchecked(r * total + t));
-                for j in 0..nv {
-                    a[j] = _mm512_fmadd_ps(pv, v[j], a[j]);
+                let v: [__m512; 4] = std::array::from_fn(|j| {
+                    if j < nv {
+                        T::load16(vp.add(t * hd + c0 + 16 * j))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let pv = _mm512_set1_ps(*p.get_unchecked(r * total + t));
+                    for j in 0..nv {
+                        a[j] = _mm512_fmadd_ps(pv, v[j], a[j]);
+                    }
                 }
             }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            for (j, v) in a.iter().enumerate().take(nv) {
-                _mm512_storeu_ps(o.as_mut_ptr().add(r * hd + c0 + 16 * j), *v);
+            for (r, a) in acc.iter().enumerate() {
+                for (j, v) in a.iter().enumerate().take(nv) {
+                    _mm512_storeu_ps(o.as_mut_ptr().add(r * hd + c0 + 16 * j), *v);
+                }
             }
         }
     }
@@ -319,10 +342,14 @@ pub trait KvElem: Copy + Send + Sync {
 }
 
 impl KvElem for f32 {
+    /// 16 f32s from `p`.
+    ///
+    /// # Safety
+    /// As for [`KvElem::load16`]: the CPU must have AVX-512F and `p..p + 16` is readable.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
-        std::arch::x86_64::_mm512_loadu_ps(p)
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
     }
     fn widen(x: &[f32]) -> std::borrow::Cow<'_, [f32]> {
         std::borrow::Cow::Borrowed(x)
@@ -330,12 +357,18 @@ impl KvElem for f32 {
 }
 
 impl KvElem for half::bf16 {
+    /// 16 bf16s from `p`, widened exactly to f32.
+    ///
+    /// # Safety
+    /// As for [`KvElem::load16`]: the CPU must have AVX-512F and `p..p + 16` is readable.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load16(p: *const half::bf16) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        let h = _mm256_loadu_si256(p.cast());
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        unsafe {
+            use std::arch::x86_64::*;
+            let h = _mm256_loadu_si256(p.cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
     }
     fn widen(x: &[half::bf16]) -> std::borrow::Cow<'_, [f32]> {
         std::borrow::Cow::Owned(x.iter().map(|v| v.to_f32()).collect())
@@ -357,17 +390,21 @@ struct Row<'a> {
 /// wide) for CPUs that have it.
 fn attend(lanes: Lanes, r: &Row, scores: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if lanes == Lanes::Avx512 {
+    if lanes == Lanes::AVX512 {
         // SAFETY: AVX-512F was detected.
         return unsafe { attend_avx512(r, scores, out) };
     }
     attend_body(lanes, r, scores, out)
 }
 
+/// [`attend_body`], compiled with AVX-512F enabled.
+///
+/// # Safety
+/// The CPU must have AVX-512F (the body is safe code).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attend_avx512(r: &Row, scores: &mut [f32], out: &mut [f32]) {
-    attend_body(Lanes::Avx512, r, scores, out)
+    attend_body(Lanes::AVX512, r, scores, out)
 }
 
 #[inline(always)]

@@ -26,27 +26,36 @@ pub fn avx2_fma() -> bool {
 }
 
 /// Which code path a kernel takes: chosen once per call (from the CPU) and handed to the
-/// parallel workers, so tests can run the scalar path too without touching other threads.
+/// parallel workers, so tests can run the scalar path too without touching other threads. Only
+/// [`Lanes::detect`] hands out the AVX-512 path outside this crate: safe kernels run AVX-512
+/// code on its word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lanes {
+pub struct Lanes(Path);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
     Avx512,
     Scalar,
 }
 
 impl Lanes {
+    pub const SCALAR: Lanes = Lanes(Path::Scalar);
+    /// For code that already runs with AVX-512F (or has just detected it).
+    pub(crate) const AVX512: Lanes = Lanes(Path::Avx512);
+
     pub fn detect() -> Lanes {
         if avx512f() {
-            Lanes::Avx512
+            Lanes::AVX512
         } else {
-            Lanes::Scalar
+            Lanes::SCALAR
         }
     }
 
     /// The paths to check in tests: this CPU's and the scalar one.
     #[cfg(test)]
     pub fn all() -> Vec<Lanes> {
-        let mut v = vec![Lanes::Scalar];
-        if Lanes::detect() != Lanes::Scalar {
+        let mut v = vec![Lanes::SCALAR];
+        if Lanes::detect() != Lanes::SCALAR {
             v.push(Lanes::detect());
         }
         v

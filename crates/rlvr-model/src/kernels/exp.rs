@@ -39,11 +39,11 @@ pub(crate) fn tail_mask(left: usize) -> __mmask16 {
 /// `e^x` on 16 lanes.
 ///
 /// # Safety
-/// The CPU must have AVX-512F.
+/// The CPU must have AVX-512F (a safe call from code compiled with it; elsewhere `unsafe`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-pub unsafe fn exp16(x: __m512) -> __m512 {
+pub fn exp16(x: __m512) -> __m512 {
     let underflow = _mm512_cmp_ps_mask(x, _mm512_set1_ps(MIN_X), _CMP_LT_OQ);
     // MINPS returns its second operand when either is NaN: NaN goes through.
     let xc = _mm512_min_ps(_mm512_set1_ps(MAX_X), x);
@@ -71,7 +71,7 @@ pub fn exp_inplace(x: &mut [f32]) {
 
 pub fn exp_inplace_on(lanes: Lanes, x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if lanes == Lanes::Avx512 {
+    if lanes == Lanes::AVX512 {
         // SAFETY: AVX-512F checked above; loads and stores stay inside `x` (the tail is masked).
         unsafe {
             let mut chunks = x.chunks_exact_mut(16);

@@ -218,7 +218,7 @@ impl Out {
     /// # Safety
     /// `offset` must be inside the buffer.
     unsafe fn at(self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
+        unsafe { self.0.add(offset) }
     }
 }
 
@@ -239,59 +239,67 @@ const PREFETCH: usize = 1024;
 
 /// All rows of `x` (`[m, 2 * steps]` for bf16, `[m, steps]` for f32) against a run of whole
 /// panels `w`, into the columns at `out`.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `x` holds at least `m` such rows; for each `i < m`, the
+/// `16 * (w.len() / (16 * steps))` f32s at `out.ptr + i * out.row_stride` are valid for reads
+/// and writes (they may start uninitialised: each is written before it is read), and nothing
+/// else accesses them during the call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn panels<const BF16: bool>(x: &[f32], m: usize, steps: usize, w: &[u32], out: Dst) {
-    let panel_len = steps * PANEL;
-    let cols_per_step = if BF16 { 2 } else { 1 };
-    let np = w.len() / panel_len;
-    let mut p = 0;
-    while p < np {
-        let nr = (np - p).min(3);
-        for q0 in (0..steps).step_by(BLOCK_STEPS) {
-            let t = Tile {
-                q0,
-                q1: steps.min(q0 + BLOCK_STEPS),
-                steps,
-                accumulate: q0 > 0,
-                row_stride: out.row_stride,
-            };
-            let mut i = 0;
-            while i < m {
-                let mr = (m - i).min(8);
-                let wp = w.as_ptr().add(p * panel_len);
-                let xp = x.as_ptr().add(i * steps * cols_per_step);
-                let op = out.ptr.add(i * out.row_stride + p * PANEL);
-                match (mr, nr) {
-                    (8, 3) => tile::<BF16, 8, 3>(&t, xp, wp, op),
-                    (8, 2) => tile::<BF16, 8, 2>(&t, xp, wp, op),
-                    (8, _) => tile::<BF16, 8, 1>(&t, xp, wp, op),
-                    (7, 3) => tile::<BF16, 7, 3>(&t, xp, wp, op),
-                    (7, 2) => tile::<BF16, 7, 2>(&t, xp, wp, op),
-                    (7, _) => tile::<BF16, 7, 1>(&t, xp, wp, op),
-                    (6, 3) => tile::<BF16, 6, 3>(&t, xp, wp, op),
-                    (6, 2) => tile::<BF16, 6, 2>(&t, xp, wp, op),
-                    (6, _) => tile::<BF16, 6, 1>(&t, xp, wp, op),
-                    (5, 3) => tile::<BF16, 5, 3>(&t, xp, wp, op),
-                    (5, 2) => tile::<BF16, 5, 2>(&t, xp, wp, op),
-                    (5, _) => tile::<BF16, 5, 1>(&t, xp, wp, op),
-                    (4, 3) => tile::<BF16, 4, 3>(&t, xp, wp, op),
-                    (4, 2) => tile::<BF16, 4, 2>(&t, xp, wp, op),
-                    (4, _) => tile::<BF16, 4, 1>(&t, xp, wp, op),
-                    (3, 3) => tile::<BF16, 3, 3>(&t, xp, wp, op),
-                    (3, 2) => tile::<BF16, 3, 2>(&t, xp, wp, op),
-                    (3, _) => tile::<BF16, 3, 1>(&t, xp, wp, op),
-                    (2, 3) => tile::<BF16, 2, 3>(&t, xp, wp, op),
-                    (2, 2) => tile::<BF16, 2, 2>(&t, xp, wp, op),
-                    (2, _) => tile::<BF16, 2, 1>(&t, xp, wp, op),
-                    (_, 3) => tile::<BF16, 1, 3>(&t, xp, wp, op),
-                    (_, 2) => tile::<BF16, 1, 2>(&t, xp, wp, op),
-                    (_, _) => tile::<BF16, 1, 1>(&t, xp, wp, op),
+    unsafe {
+        let panel_len = steps * PANEL;
+        let cols_per_step = if BF16 { 2 } else { 1 };
+        let np = w.len() / panel_len;
+        let mut p = 0;
+        while p < np {
+            let nr = (np - p).min(3);
+            for q0 in (0..steps).step_by(BLOCK_STEPS) {
+                let t = Tile {
+                    q0,
+                    q1: steps.min(q0 + BLOCK_STEPS),
+                    steps,
+                    accumulate: q0 > 0,
+                    row_stride: out.row_stride,
+                };
+                let mut i = 0;
+                while i < m {
+                    let mr = (m - i).min(8);
+                    let wp = w.as_ptr().add(p * panel_len);
+                    let xp = x.as_ptr().add(i * steps * cols_per_step);
+                    let op = out.ptr.add(i * out.row_stride + p * PANEL);
+                    match (mr, nr) {
+                        (8, 3) => tile::<BF16, 8, 3>(&t, xp, wp, op),
+                        (8, 2) => tile::<BF16, 8, 2>(&t, xp, wp, op),
+                        (8, _) => tile::<BF16, 8, 1>(&t, xp, wp, op),
+                        (7, 3) => tile::<BF16, 7, 3>(&t, xp, wp, op),
+                        (7, 2) => tile::<BF16, 7, 2>(&t, xp, wp, op),
+                        (7, _) => tile::<BF16, 7, 1>(&t, xp, wp, op),
+                        (6, 3) => tile::<BF16, 6, 3>(&t, xp, wp, op),
+                        (6, 2) => tile::<BF16, 6, 2>(&t, xp, wp, op),
+                        (6, _) => tile::<BF16, 6, 1>(&t, xp, wp, op),
+                        (5, 3) => tile::<BF16, 5, 3>(&t, xp, wp, op),
+                        (5, 2) => tile::<BF16, 5, 2>(&t, xp, wp, op),
+                        (5, _) => tile::<BF16, 5, 1>(&t, xp, wp, op),
+                        (4, 3) => tile::<BF16, 4, 3>(&t, xp, wp, op),
+                        (4, 2) => tile::<BF16, 4, 2>(&t, xp, wp, op),
+                        (4, _) => tile::<BF16, 4, 1>(&t, xp, wp, op),
+                        (3, 3) => tile::<BF16, 3, 3>(&t, xp, wp, op),
+                        (3, 2) => tile::<BF16, 3, 2>(&t, xp, wp, op),
+                        (3, _) => tile::<BF16, 3, 1>(&t, xp, wp, op),
+                        (2, 3) => tile::<BF16, 2, 3>(&t, xp, wp, op),
+                        (2, 2) => tile::<BF16, 2, 2>(&t, xp, wp, op),
+                        (2, _) => tile::<BF16, 2, 1>(&t, xp, wp, op),
+                        (_, 3) => tile::<BF16, 1, 3>(&t, xp, wp, op),
+                        (_, 2) => tile::<BF16, 1, 2>(&t, xp, wp, op),
+                        (_, _) => tile::<BF16, 1, 1>(&t, xp, wp, op),
+                    }
+                    i += mr;
                 }
-                i += mr;
             }
+            p += nr;
         }
-        p += nr;
     }
 }
 
@@ -308,6 +316,12 @@ struct Tile {
 /// `MR` rows of `x` against `NR` consecutive panels at `w`; row `ii`'s 16 outputs of panel `jj`
 /// go to `out + ii * row_stride + jj * 16`. bf16 pairs are widened exactly in registers: the
 /// even column by a left shift of 16, the odd one by masking the low half.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `t.q1 <= t.steps`; `x` points to `MR` rows of `t.steps` f32s
+/// (`2 * t.steps` for bf16) one after another, `w` to `NR` panels of `16 * t.steps` u32s; row
+/// `ii`'s `16 * NR` outputs at `out + ii * t.row_stride` are valid for writes, and initialised
+/// when `t.accumulate`, and nothing else accesses them during the call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -317,49 +331,53 @@ unsafe fn tile<const BF16: bool, const MR: usize, const NR: usize>(
     w: *const u32,
     out: *mut f32,
 ) {
-    use std::arch::x86_64::*;
-    let panel_len = t.steps * PANEL;
-    let (xs, cols) = if BF16 { (t.steps * 2, 2) } else { (t.steps, 1) };
-    let at = |ii: usize, jj: usize| out.add(ii * t.row_stride + jj * PANEL);
-    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-    if t.accumulate {
-        for (ii, row) in acc.iter_mut().enumerate() {
-            for (jj, v) in row.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(at(ii, jj));
-            }
-        }
-    }
-    let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-    for q in t.q0..t.q1 {
-        let mut even = [_mm512_setzero_ps(); NR];
-        let mut odd = [_mm512_setzero_ps(); NR];
-        for jj in 0..NR {
-            let at = w.add(jj * panel_len + q * PANEL);
-            _mm_prefetch::<_MM_HINT_T1>(at.add(PREFETCH).cast());
-            let v = _mm512_loadu_si512(at.cast());
-            if BF16 {
-                even[jj] = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
-                odd[jj] = _mm512_castsi512_ps(_mm512_and_si512(v, high));
-            } else {
-                even[jj] = _mm512_castsi512_ps(v);
-            }
-        }
-        for (ii, row) in acc.iter_mut().enumerate() {
-            let x0 = _mm512_set1_ps(*x.add(ii * xs + cols * q));
-            for jj in 0..NR {
-                row[jj] = _mm512_fmadd_ps(x0, even[jj], row[jj]);
-            }
-            if BF16 {
-                let x1 = _mm512_set1_ps(*x.add(ii * xs + 2 * q + 1));
-                for jj in 0..NR {
-                    row[jj] = _mm512_fmadd_ps(x1, odd[jj], row[jj]);
+    unsafe {
+        use std::arch::x86_64::*;
+        let panel_len = t.steps * PANEL;
+        let (xs, cols) = if BF16 { (t.steps * 2, 2) } else { (t.steps, 1) };
+        let at = |ii: usize, jj: usize| out.add(ii * t.row_stride + jj * PANEL);
+        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+        if t.accumulate {
+            for (ii, row) in acc.iter_mut().enumerate() {
+                for (jj, v) in row.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(at(ii, jj));
                 }
             }
         }
-    }
-    for (ii, row) in acc.iter().enumerate() {
-        for (jj, v) in row.iter().enumerate() {
-            _mm512_storeu_ps(at(ii, jj), *v);
+        let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+        for q in t.q0..t.q1 {
+            let mut even = [_mm512_setzero_ps(); NR];
+            let mut odd = [_mm512_setzero_ps(); NR];
+            for jj in 0..NR {
+                let at = w.add(jj * panel_len + q * PANEL);
+                // wrapping_add: past the last panel this address is beyond the buffer (a
+                // prefetch never faults, but `add` may not leave its allocation).
+                _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PREFETCH).cast());
+                let v = _mm512_loadu_si512(at.cast());
+                if BF16 {
+                    even[jj] = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+                    odd[jj] = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+                } else {
+                    even[jj] = _mm512_castsi512_ps(v);
+                }
+            }
+            for (ii, row) in acc.iter_mut().enumerate() {
+                let x0 = _mm512_set1_ps(*x.add(ii * xs + cols * q));
+                for jj in 0..NR {
+                    row[jj] = _mm512_fmadd_ps(x0, even[jj], row[jj]);
+                }
+                if BF16 {
+                    let x1 = _mm512_set1_ps(*x.add(ii * xs + 2 * q + 1));
+                    for jj in 0..NR {
+                        row[jj] = _mm512_fmadd_ps(x1, odd[jj], row[jj]);
+                    }
+                }
+            }
+        }
+        for (ii, row) in acc.iter().enumerate() {
+            for (jj, v) in row.iter().enumerate() {
+                _mm512_storeu_ps(at(ii, jj), *v);
+            }
         }
     }
 }

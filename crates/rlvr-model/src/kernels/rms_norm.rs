@@ -19,8 +19,8 @@ pub fn backward(lanes: Lanes, x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Ve
         .map(|(dx, (x, dy))| {
             let mut dw = vec![0f32; h];
             #[cfg(target_arch = "x86_64")]
-            if lanes == Lanes::Avx512 {
-                // SAFETY: AVX-512F was detected (`Lanes::Avx512`).
+            if lanes == Lanes::AVX512 {
+                // SAFETY: AVX-512F was detected (`Lanes::AVX512`).
                 unsafe { rows_avx512(x, w, dy, eps, dx, &mut dw) };
                 return dw;
             }
@@ -38,6 +38,10 @@ pub fn backward(lanes: Lanes, x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Ve
     (dx, dw)
 }
 
+/// [`rows`], compiled with AVX-512F enabled.
+///
+/// # Safety
+/// The CPU must have AVX-512F (the body is safe code).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn rows_avx512(x: &[f32], w: &[f32], dy: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32]) {

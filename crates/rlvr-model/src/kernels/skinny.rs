@@ -98,40 +98,50 @@ impl CustomOp2 for SkinnyMatmul {
     }
 }
 
+/// `out[j * m + i] = x[i] . w[j]` for the `w.len() / k` rows of `w`, AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `x` holds at least `m * k` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
-    let n = w.len() / k;
-    let mut j = 0;
-    while j < n {
-        let nr = (n - j).min(2);
-        let mut i = 0;
-        while i < m {
-            let mr = (m - i).min(4);
-            let wp = w.as_ptr().add(j * k);
-            let xp = x.as_ptr().add(i * k);
-            let r = match (mr, nr) {
-                (4, 2) => tile::<4, 2>(xp, wp, k),
-                (4, _) => tile::<4, 1>(xp, wp, k),
-                (3, 2) => tile::<3, 2>(xp, wp, k),
-                (3, _) => tile::<3, 1>(xp, wp, k),
-                (2, 2) => tile::<2, 2>(xp, wp, k),
-                (2, _) => tile::<2, 1>(xp, wp, k),
-                (_, 2) => tile::<1, 2>(xp, wp, k),
-                _ => tile::<1, 1>(xp, wp, k),
-            };
-            for jj in 0..nr {
-                for ii in 0..mr {
-                    out[(j + jj) * m + i + ii] = r[ii][jj];
+    unsafe {
+        let n = w.len() / k;
+        let mut j = 0;
+        while j < n {
+            let nr = (n - j).min(2);
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(4);
+                let wp = w.as_ptr().add(j * k);
+                let xp = x.as_ptr().add(i * k);
+                let r = match (mr, nr) {
+                    (4, 2) => tile::<4, 2>(xp, wp, k),
+                    (4, _) => tile::<4, 1>(xp, wp, k),
+                    (3, 2) => tile::<3, 2>(xp, wp, k),
+                    (3, _) => tile::<3, 1>(xp, wp, k),
+                    (2, 2) => tile::<2, 2>(xp, wp, k),
+                    (2, _) => tile::<2, 1>(xp, wp, k),
+                    (_, 2) => tile::<1, 2>(xp, wp, k),
+                    _ => tile::<1, 1>(xp, wp, k),
+                };
+                for jj in 0..nr {
+                    for ii in 0..mr {
+                        out[(j + jj) * m + i + ii] = r[ii][jj];
+                    }
                 }
+                i += mr;
             }
-            i += mr;
+            j += nr;
         }
-        j += nr;
     }
 }
 
 /// Dot products of `MR` rows of `x` with `NR` rows of `w` (row length `k`), AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `x` points to `MR` rows of `k` readable f32s one after
+/// another, and `w` to `NR` such rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -140,82 +150,94 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     w: *const f32,
     k: usize,
 ) -> [[f32; 2]; 4] {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
-    let kv = k / 8 * 8;
-    let mut c = 0;
-    while c < kv {
-        let mut wv = [_mm256_setzero_ps(); NR];
-        for (jj, v) in wv.iter_mut().enumerate() {
-            *v = _mm256_loadu_ps(w.add(jj * k + c));
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+        let kv = k / 8 * 8;
+        let mut c = 0;
+        while c < kv {
+            let mut wv = [_mm256_setzero_ps(); NR];
+            for (jj, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(w.add(jj * k + c));
+            }
+            for (ii, row) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(ii * k + c));
+                for jj in 0..NR {
+                    row[jj] = _mm256_fmadd_ps(xv, wv[jj], row[jj]);
+                }
+            }
+            c += 8;
         }
-        for (ii, row) in acc.iter_mut().enumerate() {
-            let xv = _mm256_loadu_ps(x.add(ii * k + c));
+        let mut r = [[0f32; 2]; 4];
+        for ii in 0..MR {
             for jj in 0..NR {
-                row[jj] = _mm256_fmadd_ps(xv, wv[jj], row[jj]);
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[ii][jj]);
+                let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+                    + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+                for t in kv..k {
+                    s += *x.add(ii * k + t) * *w.add(jj * k + t);
+                }
+                r[ii][jj] = s;
             }
         }
-        c += 8;
+        r
     }
-    let mut r = [[0f32; 2]; 4];
-    for ii in 0..MR {
-        for jj in 0..NR {
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[ii][jj]);
-            let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-            for t in kv..k {
-                s += *x.add(ii * k + t) * *w.add(jj * k + t);
-            }
-            r[ii][jj] = s;
-        }
-    }
-    r
 }
 
+/// `out[j * m + i] = x[i] . w[j]` for the `w.len() / k` rows of `w`, AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `x` holds at least `m * k` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn block_avx512(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
-    let n = w.len() / k;
-    let mut j = 0;
-    while j < n {
-        let nr = (n - j).min(4);
-        let mut i = 0;
-        while i < m {
-            let mr = (m - i).min(4);
-            let wp = w.as_ptr().add(j * k);
-            let xp = x.as_ptr().add(i * k);
-            let r = match (mr, nr) {
-                (4, 4) => tile512::<4, 4>(xp, wp, k),
-                (4, 3) => tile512::<4, 3>(xp, wp, k),
-                (4, 2) => tile512::<4, 2>(xp, wp, k),
-                (4, _) => tile512::<4, 1>(xp, wp, k),
-                (3, 4) => tile512::<3, 4>(xp, wp, k),
-                (3, 3) => tile512::<3, 3>(xp, wp, k),
-                (3, 2) => tile512::<3, 2>(xp, wp, k),
-                (3, _) => tile512::<3, 1>(xp, wp, k),
-                (2, 4) => tile512::<2, 4>(xp, wp, k),
-                (2, 3) => tile512::<2, 3>(xp, wp, k),
-                (2, 2) => tile512::<2, 2>(xp, wp, k),
-                (2, _) => tile512::<2, 1>(xp, wp, k),
-                (_, 4) => tile512::<1, 4>(xp, wp, k),
-                (_, 3) => tile512::<1, 3>(xp, wp, k),
-                (_, 2) => tile512::<1, 2>(xp, wp, k),
-                _ => tile512::<1, 1>(xp, wp, k),
-            };
-            for jj in 0..nr {
-                for ii in 0..mr {
-                    out[(j + jj) * m + i + ii] = r[ii][jj];
+    unsafe {
+        let n = w.len() / k;
+        let mut j = 0;
+        while j < n {
+            let nr = (n - j).min(4);
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(4);
+                let wp = w.as_ptr().add(j * k);
+                let xp = x.as_ptr().add(i * k);
+                let r = match (mr, nr) {
+                    (4, 4) => tile512::<4, 4>(xp, wp, k),
+                    (4, 3) => tile512::<4, 3>(xp, wp, k),
+                    (4, 2) => tile512::<4, 2>(xp, wp, k),
+                    (4, _) => tile512::<4, 1>(xp, wp, k),
+                    (3, 4) => tile512::<3, 4>(xp, wp, k),
+                    (3, 3) => tile512::<3, 3>(xp, wp, k),
+                    (3, 2) => tile512::<3, 2>(xp, wp, k),
+                    (3, _) => tile512::<3, 1>(xp, wp, k),
+                    (2, 4) => tile512::<2, 4>(xp, wp, k),
+                    (2, 3) => tile512::<2, 3>(xp, wp, k),
+                    (2, 2) => tile512::<2, 2>(xp, wp, k),
+                    (2, _) => tile512::<2, 1>(xp, wp, k),
+                    (_, 4) => tile512::<1, 4>(xp, wp, k),
+                    (_, 3) => tile512::<1, 3>(xp, wp, k),
+                    (_, 2) => tile512::<1, 2>(xp, wp, k),
+                    _ => tile512::<1, 1>(xp, wp, k),
+                };
+                for jj in 0..nr {
+                    for ii in 0..mr {
+                        out[(j + jj) * m + i + ii] = r[ii][jj];
+                    }
                 }
+                i += mr;
             }
-            i += mr;
+            j += nr;
         }
-        j += nr;
     }
 }
 
 /// Dot products of `MR` rows of `x` with `NR` rows of `w`, AVX-512: 16 lanes, and up to 16
 /// accumulators, so one pass over a `w` row block serves four `x` rows.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `x` points to `MR` rows of `k` readable f32s one after another,
+/// and `w` to `NR` such rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -224,34 +246,36 @@ unsafe fn tile512<const MR: usize, const NR: usize>(
     w: *const f32,
     k: usize,
 ) -> [[f32; 4]; 4] {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-    let kv = k / 16 * 16;
-    let mut c = 0;
-    while c < kv {
-        let mut wv = [_mm512_setzero_ps(); NR];
-        for (jj, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_loadu_ps(w.add(jj * k + c));
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+        let kv = k / 16 * 16;
+        let mut c = 0;
+        while c < kv {
+            let mut wv = [_mm512_setzero_ps(); NR];
+            for (jj, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(w.add(jj * k + c));
+            }
+            for (ii, row) in acc.iter_mut().enumerate() {
+                let xv = _mm512_loadu_ps(x.add(ii * k + c));
+                for jj in 0..NR {
+                    row[jj] = _mm512_fmadd_ps(xv, wv[jj], row[jj]);
+                }
+            }
+            c += 16;
         }
-        for (ii, row) in acc.iter_mut().enumerate() {
-            let xv = _mm512_loadu_ps(x.add(ii * k + c));
+        let mut r = [[0f32; 4]; 4];
+        for ii in 0..MR {
             for jj in 0..NR {
-                row[jj] = _mm512_fmadd_ps(xv, wv[jj], row[jj]);
+                let mut s = _mm512_reduce_add_ps(acc[ii][jj]);
+                for t in kv..k {
+                    s += *x.add(ii * k + t) * *w.add(jj * k + t);
+                }
+                r[ii][jj] = s;
             }
         }
-        c += 16;
+        r
     }
-    let mut r = [[0f32; 4]; 4];
-    for ii in 0..MR {
-        for jj in 0..NR {
-            let mut s = _mm512_reduce_add_ps(acc[ii][jj]);
-            for t in kv..k {
-                s += *x.add(ii * k + t) * *w.add(jj * k + t);
-            }
-            r[ii][jj] = s;
-        }
-    }
-    r
 }
 
 /// Portable fallback (not used on x86_64, where the fast path requires AVX2).

@@ -24,7 +24,7 @@ pub fn masked_softmax(
         .for_each(|(r, (p, x))| {
             let m = &mask[mask_row(r) * t..(mask_row(r) + 1) * t];
             #[cfg(target_arch = "x86_64")]
-            if lanes == Lanes::Avx512 {
+            if lanes == Lanes::AVX512 {
                 // SAFETY: AVX-512F was detected; the three rows have length t.
                 return unsafe { softmax_row_avx512(x, m, scale, p) };
             }
@@ -53,7 +53,7 @@ pub fn softmax_backward(lanes: Lanes, p: &[f32], dp: &[f32], t: usize, scale: f3
         .zip(p.par_chunks(t).zip(dp.par_chunks(t)))
         .for_each(|(ds, (p, dp))| {
             #[cfg(target_arch = "x86_64")]
-            if lanes == Lanes::Avx512 {
+            if lanes == Lanes::AVX512 {
                 // SAFETY: AVX-512F was detected; the three rows have length t.
                 return unsafe { softmax_grad_row_avx512(p, dp, scale, ds) };
             }
@@ -65,76 +65,88 @@ pub fn softmax_backward(lanes: Lanes, p: &[f32], dp: &[f32], t: usize, scale: f3
     out
 }
 
+/// `p = softmax(x * scale + m)` for one row, 16 lanes at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `m` and `p` are at least as long as `x`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_row_avx512(x: &[f32], m: &[f32], scale: f32, p: &mut [f32]) {
-    let n = x.len();
-    let vs = _mm512_set1_ps(scale);
-    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut i = 0;
-    while i < n {
-        let k = tail_mask(n - i);
-        let z = _mm512_fmadd_ps(
-            _mm512_maskz_loadu_ps(k, x.as_ptr().add(i)),
-            vs,
-            _mm512_maskz_loadu_ps(k, m.as_ptr().add(i)),
-        );
-        _mm512_mask_storeu_ps(p.as_mut_ptr().add(i), k, z);
-        mx = _mm512_mask_max_ps(mx, k, mx, z);
-        i += 16;
-    }
-    let vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-    let mut sum = _mm512_setzero_ps();
-    i = 0;
-    while i < n {
-        let k = tail_mask(n - i);
-        let e = exp16(_mm512_sub_ps(
-            _mm512_maskz_loadu_ps(k, p.as_ptr().add(i)),
-            vmax,
-        ));
-        let e = _mm512_maskz_mov_ps(k, e);
-        _mm512_mask_storeu_ps(p.as_mut_ptr().add(i), k, e);
-        sum = _mm512_add_ps(sum, e);
-        i += 16;
-    }
-    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
-    i = 0;
-    while i < n {
-        let k = tail_mask(n - i);
-        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.as_ptr().add(i)), inv);
-        _mm512_mask_storeu_ps(p.as_mut_ptr().add(i), k, v);
-        i += 16;
+    unsafe {
+        let n = x.len();
+        let vs = _mm512_set1_ps(scale);
+        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        while i < n {
+            let k = tail_mask(n - i);
+            let z = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(k, x.as_ptr().add(i)),
+                vs,
+                _mm512_maskz_loadu_ps(k, m.as_ptr().add(i)),
+            );
+            _mm512_mask_storeu_ps(p.as_mut_ptr().add(i), k, z);
+            mx = _mm512_mask_max_ps(mx, k, mx, z);
+            i += 16;
+        }
+        let vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        let mut sum = _mm512_setzero_ps();
+        i = 0;
+        while i < n {
+            let k = tail_mask(n - i);
+            let e = exp16(_mm512_sub_ps(
+                _mm512_maskz_loadu_ps(k, p.as_ptr().add(i)),
+                vmax,
+            ));
+            let e = _mm512_maskz_mov_ps(k, e);
+            _mm512_mask_storeu_ps(p.as_mut_ptr().add(i), k, e);
+            sum = _mm512_add_ps(sum, e);
+            i += 16;
+        }
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+        i = 0;
+        while i < n {
+            let k = tail_mask(n - i);
+            let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.as_ptr().add(i)), inv);
+            _mm512_mask_storeu_ps(p.as_mut_ptr().add(i), k, v);
+            i += 16;
+        }
     }
 }
 
+/// `ds = scale * p * (dp - sum(p dp))` for one row, 16 lanes at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `dp` and `ds` are at least as long as `p`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_grad_row_avx512(p: &[f32], dp: &[f32], scale: f32, ds: &mut [f32]) {
-    let n = p.len();
-    let mut dot = _mm512_setzero_ps();
-    let mut i = 0;
-    while i < n {
-        let k = tail_mask(n - i);
-        dot = _mm512_fmadd_ps(
-            _mm512_maskz_loadu_ps(k, p.as_ptr().add(i)),
-            _mm512_maskz_loadu_ps(k, dp.as_ptr().add(i)),
-            dot,
-        );
-        i += 16;
-    }
-    let vdot = _mm512_set1_ps(_mm512_reduce_add_ps(dot));
-    let vs = _mm512_set1_ps(scale);
-    i = 0;
-    while i < n {
-        let k = tail_mask(n - i);
-        let pv = _mm512_maskz_loadu_ps(k, p.as_ptr().add(i));
-        let g = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp.as_ptr().add(i)), vdot);
-        _mm512_mask_storeu_ps(
-            ds.as_mut_ptr().add(i),
-            k,
-            _mm512_mul_ps(_mm512_mul_ps(pv, g), vs),
-        );
-        i += 16;
+    unsafe {
+        let n = p.len();
+        let mut dot = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < n {
+            let k = tail_mask(n - i);
+            dot = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(k, p.as_ptr().add(i)),
+                _mm512_maskz_loadu_ps(k, dp.as_ptr().add(i)),
+                dot,
+            );
+            i += 16;
+        }
+        let vdot = _mm512_set1_ps(_mm512_reduce_add_ps(dot));
+        let vs = _mm512_set1_ps(scale);
+        i = 0;
+        while i < n {
+            let k = tail_mask(n - i);
+            let pv = _mm512_maskz_loadu_ps(k, p.as_ptr().add(i));
+            let g = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp.as_ptr().add(i)), vdot);
+            _mm512_mask_storeu_ps(
+                ds.as_mut_ptr().add(i),
+                k,
+                _mm512_mul_ps(_mm512_mul_ps(pv, g), vs),
+            );
+            i += 16;
+        }
     }
 }
 

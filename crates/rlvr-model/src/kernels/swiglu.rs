@@ -17,7 +17,7 @@ pub fn forward(lanes: Lanes, gate: &[f32], up: &[f32]) -> Vec<f32> {
         let span = i * CHUNK..i * CHUNK + y.len();
         let (g, u) = (&gate[span.clone()], &up[span]);
         #[cfg(target_arch = "x86_64")]
-        if lanes == Lanes::Avx512 {
+        if lanes == Lanes::AVX512 {
             // SAFETY: AVX-512F checked above; the three slices have the same length.
             return unsafe { forward_avx512(g, u, y) };
         }
@@ -39,7 +39,7 @@ pub fn backward(lanes: Lanes, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>
         .zip(dy.par_chunks(CHUNK))
         .for_each(|(((dg, du), (g, u)), dy)| {
             #[cfg(target_arch = "x86_64")]
-            if lanes == Lanes::Avx512 {
+            if lanes == Lanes::AVX512 {
                 // SAFETY: AVX-512F checked above; the five slices have the same length.
                 return unsafe { backward_avx512(g, u, dy, dg, du) };
             }
@@ -54,53 +54,65 @@ pub fn backward(lanes: Lanes, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn sigmoid16(g: __m512) -> __m512 {
+fn sigmoid16(g: __m512) -> __m512 {
     let one = _mm512_set1_ps(1.0);
     let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
     _mm512_div_ps(one, _mm512_add_ps(one, e))
 }
 
+/// `y = silu(g) * u`, 16 lanes at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `u` and `y` are at least as long as `g`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn forward_avx512(g: &[f32], u: &[f32], y: &mut [f32]) {
-    let n = g.len();
-    let mut i = 0;
-    while i < n {
-        let k = tail_mask(n - i);
-        let gv = _mm512_maskz_loadu_ps(k, g.as_ptr().add(i));
-        let uv = _mm512_maskz_loadu_ps(k, u.as_ptr().add(i));
-        let s = sigmoid16(gv);
-        _mm512_mask_storeu_ps(
-            y.as_mut_ptr().add(i),
-            k,
-            _mm512_mul_ps(_mm512_mul_ps(gv, s), uv),
-        );
-        i += 16;
+    unsafe {
+        let n = g.len();
+        let mut i = 0;
+        while i < n {
+            let k = tail_mask(n - i);
+            let gv = _mm512_maskz_loadu_ps(k, g.as_ptr().add(i));
+            let uv = _mm512_maskz_loadu_ps(k, u.as_ptr().add(i));
+            let s = sigmoid16(gv);
+            _mm512_mask_storeu_ps(
+                y.as_mut_ptr().add(i),
+                k,
+                _mm512_mul_ps(_mm512_mul_ps(gv, s), uv),
+            );
+            i += 16;
+        }
     }
 }
 
+/// [`backward`]'s `dg` and `du` for one chunk, 16 lanes at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `u`, `dy`, `dg` and `du` are at least as long as `g`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn backward_avx512(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
-    let n = g.len();
-    let one = _mm512_set1_ps(1.0);
-    let mut i = 0;
-    while i < n {
-        let k = tail_mask(n - i);
-        let gv = _mm512_maskz_loadu_ps(k, g.as_ptr().add(i));
-        let uv = _mm512_maskz_loadu_ps(k, u.as_ptr().add(i));
-        let d = _mm512_maskz_loadu_ps(k, dy.as_ptr().add(i));
-        let s = sigmoid16(gv);
-        let ds = _mm512_mul_ps(d, s);
-        _mm512_mask_storeu_ps(du.as_mut_ptr().add(i), k, _mm512_mul_ps(ds, gv));
-        // 1 + g (1 - s)
-        let f = _mm512_fmadd_ps(gv, _mm512_sub_ps(one, s), one);
-        _mm512_mask_storeu_ps(
-            dg.as_mut_ptr().add(i),
-            k,
-            _mm512_mul_ps(_mm512_mul_ps(ds, uv), f),
-        );
-        i += 16;
+    unsafe {
+        let n = g.len();
+        let one = _mm512_set1_ps(1.0);
+        let mut i = 0;
+        while i < n {
+            let k = tail_mask(n - i);
+            let gv = _mm512_maskz_loadu_ps(k, g.as_ptr().add(i));
+            let uv = _mm512_maskz_loadu_ps(k, u.as_ptr().add(i));
+            let d = _mm512_maskz_loadu_ps(k, dy.as_ptr().add(i));
+            let s = sigmoid16(gv);
+            let ds = _mm512_mul_ps(d, s);
+            _mm512_mask_storeu_ps(du.as_mut_ptr().add(i), k, _mm512_mul_ps(ds, gv));
+            // 1 + g (1 - s)
+            let f = _mm512_fmadd_ps(gv, _mm512_sub_ps(one, s), one);
+            _mm512_mask_storeu_ps(
+                dg.as_mut_ptr().add(i),
+                k,
+                _mm512_mul_ps(_mm512_mul_ps(ds, uv), f),
+            );
+            i += 16;
+        }
     }
 }
 

@@ -121,7 +121,7 @@ struct Team {
 /// # Safety
 /// `ctx` must point at a live `F`.
 unsafe fn trampoline<F: Fn(usize)>(ctx: *const (), i: usize) {
-    (*(ctx as *const F))(i)
+    unsafe { (*(ctx as *const F))(i) }
 }
 
 /// Idle polls before a helper starts yielding its core between polls.

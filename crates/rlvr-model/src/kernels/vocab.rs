@@ -75,7 +75,7 @@ pub fn backward(
 /// `(max z, sum e^(z - max), sum e^(z - max) z)` of `z = row * inv_t`.
 fn row_sums(lanes: Lanes, row: &[f32], inv_t: f32) -> (f32, f32, f32) {
     #[cfg(target_arch = "x86_64")]
-    if lanes == Lanes::Avx512 {
+    if lanes == Lanes::AVX512 {
         // SAFETY: AVX-512F checked above.
         return unsafe { row_sums_avx512(row, inv_t) };
     }
@@ -103,7 +103,7 @@ struct RowGrad {
 
 fn row_grad(lanes: Lanes, row: &[f32], dst: &mut [f32], c: RowGrad) {
     #[cfg(target_arch = "x86_64")]
-    if lanes == Lanes::Avx512 {
+    if lanes == Lanes::AVX512 {
         // SAFETY: AVX-512F checked above; `dst` and `row` have the same length.
         return unsafe { row_grad_avx512(row, dst, c) };
     }
@@ -114,56 +114,68 @@ fn row_grad(lanes: Lanes, row: &[f32], dst: &mut [f32], c: RowGrad) {
     }
 }
 
+/// [`row_sums`], 16 lanes at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512F (loads are masked to `row`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn row_sums_avx512(row: &[f32], inv_t: f32) -> (f32, f32, f32) {
-    let n = row.len();
-    let p = row.as_ptr();
-    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut i = 0;
-    while i < n {
-        let k = tail_mask(n - i);
-        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, k, p.add(i)));
-        i += 16;
+    unsafe {
+        let n = row.len();
+        let p = row.as_ptr();
+        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        while i < n {
+            let k = tail_mask(n - i);
+            mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, k, p.add(i)));
+            i += 16;
+        }
+        let m = _mm512_reduce_max_ps(mx) * inv_t;
+        let (vm, vt) = (_mm512_set1_ps(m), _mm512_set1_ps(inv_t));
+        let (mut s, mut w) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        i = 0;
+        while i < n {
+            let k = tail_mask(n - i);
+            let z = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), vt);
+            let e = _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(z, vm)));
+            s = _mm512_add_ps(s, e);
+            w = _mm512_fmadd_ps(e, z, w);
+            i += 16;
+        }
+        (m, _mm512_reduce_add_ps(s), _mm512_reduce_add_ps(w))
     }
-    let m = _mm512_reduce_max_ps(mx) * inv_t;
-    let (vm, vt) = (_mm512_set1_ps(m), _mm512_set1_ps(inv_t));
-    let (mut s, mut w) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    i = 0;
-    while i < n {
-        let k = tail_mask(n - i);
-        let z = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), vt);
-        let e = _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(z, vm)));
-        s = _mm512_add_ps(s, e);
-        w = _mm512_fmadd_ps(e, z, w);
-        i += 16;
-    }
-    (m, _mm512_reduce_add_ps(s), _mm512_reduce_add_ps(w))
 }
 
+/// [`row_grad`], 16 lanes at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `dst` is at least as long as `row`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn row_grad_avx512(row: &[f32], dst: &mut [f32], c: RowGrad) {
-    let n = row.len();
-    let (p, q) = (row.as_ptr(), dst.as_mut_ptr());
-    let vt = _mm512_set1_ps(c.inv_t);
-    let vl = _mm512_set1_ps(c.lse);
-    let vmz = _mm512_set1_ps(c.mean_z);
-    let ng = _mm512_set1_ps(-c.g_lp * c.inv_t);
-    let nge = _mm512_set1_ps(-c.g_ent * c.inv_t);
-    let mut i = 0;
-    while i < n {
-        let k = tail_mask(n - i);
-        let z = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), vt);
-        let pr = exp16(_mm512_sub_ps(z, vl));
-        // -g_lp p / t - g_ent p (z - mean_z) / t
-        let d = _mm512_fmadd_ps(
-            _mm512_mul_ps(nge, pr),
-            _mm512_sub_ps(z, vmz),
-            _mm512_mul_ps(ng, pr),
-        );
-        _mm512_mask_storeu_ps(q.add(i), k, d);
-        i += 16;
+    unsafe {
+        let n = row.len();
+        let (p, q) = (row.as_ptr(), dst.as_mut_ptr());
+        let vt = _mm512_set1_ps(c.inv_t);
+        let vl = _mm512_set1_ps(c.lse);
+        let vmz = _mm512_set1_ps(c.mean_z);
+        let ng = _mm512_set1_ps(-c.g_lp * c.inv_t);
+        let nge = _mm512_set1_ps(-c.g_ent * c.inv_t);
+        let mut i = 0;
+        while i < n {
+            let k = tail_mask(n - i);
+            let z = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), vt);
+            let pr = exp16(_mm512_sub_ps(z, vl));
+            // -g_lp p / t - g_ent p (z - mean_z) / t
+            let d = _mm512_fmadd_ps(
+                _mm512_mul_ps(nge, pr),
+                _mm512_sub_ps(z, vmz),
+                _mm512_mul_ps(ng, pr),
+            );
+            _mm512_mask_storeu_ps(q.add(i), k, d);
+            i += 16;
+        }
     }
 }
 

@@ -385,7 +385,7 @@ impl Model {
         use crate::kernels::Lanes;
         let dtype = if self.lm_head_packed.is_some()
             && self.decoding == Some(DType::BF16)
-            && Lanes::detect() == Lanes::Avx512
+            && Lanes::detect() == Lanes::AVX512
             && self.cfg.head_dim().is_multiple_of(16)
         {
             DType::BF16
