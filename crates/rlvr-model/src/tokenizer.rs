@@ -24,6 +24,9 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     special: SpecialTokens,
     chat_template: Option<ChatTemplate>,
+    /// Extra variables every chat-template rendering sees (SkyRL's `chat_template_kwargs`, e.g.
+    /// `enable_thinking`).
+    template_kwargs: Vec<(String, minijinja::Value)>,
     add_bos_token: bool,
     model_max_length: Option<usize>,
 }
@@ -53,6 +56,7 @@ impl Tokenizer {
             inner,
             special,
             chat_template,
+            template_kwargs: Vec::new(),
             add_bos_token,
             model_max_length: None,
         })
@@ -207,6 +211,16 @@ impl Tokenizer {
     }
 
     /// transformers' `apply_chat_template(messages, tokenize=False, add_generation_prompt=..)`.
+    /// Passes `kwargs` to every chat-template rendering, as transformers'
+    /// `apply_chat_template(..., **kwargs)` does.
+    pub fn with_template_kwargs(mut self, kwargs: &[(String, serde_json::Value)]) -> Self {
+        self.template_kwargs = kwargs
+            .iter()
+            .map(|(k, v)| (k.clone(), minijinja::Value::from_serialize(v)))
+            .collect();
+        self
+    }
+
     pub fn apply_chat_template(
         &self,
         messages: &[ChatMessage],
@@ -221,7 +235,12 @@ impl Tokenizer {
             pad_token: self.special.pad_token.clone(),
             unk_token: self.special.unk_token.clone(),
         };
-        template.render(messages, add_generation_prompt, &tokens)
+        let extra: Vec<(&str, minijinja::Value)> = self
+            .template_kwargs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        template.render_with(messages, add_generation_prompt, &tokens, &extra)
     }
 
     /// transformers' `apply_chat_template(..., tokenize=True)`: the rendered text encoded with
@@ -444,5 +463,23 @@ mod tests {
         assert!(tok
             .apply_chat_template(&[ChatMessage::user("a")], true)
             .is_err());
+    }
+
+    #[test]
+    fn template_kwargs_reach_every_rendering() {
+        let dir = tempfile::tempdir().unwrap();
+        write_inner(dir.path());
+        let template = "{{ messages[0].content }}{% if enable_thinking is defined and not enable_thinking %} /no_think{% endif %}";
+        let tok = Tokenizer::from_parts(
+            tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap(),
+            SpecialTokens::default(),
+            Some(template),
+            false,
+        )
+        .unwrap();
+        let msgs = [ChatMessage::user("a")];
+        assert_eq!(tok.apply_chat_template(&msgs, true).unwrap(), "a");
+        let tok = tok.with_template_kwargs(&[("enable_thinking".into(), serde_json::json!(false))]);
+        assert_eq!(tok.apply_chat_template(&msgs, true).unwrap(), "a /no_think");
     }
 }

@@ -215,6 +215,24 @@ fn assemble(
     stop_ids: Vec<u32>,
     purpose: Purpose,
 ) -> Result<Trainer> {
+    // SkyRL passes generator.chat_template_kwargs to every apply_chat_template call.
+    let kwargs = &resolved.config.generator.chat_template_kwargs;
+    let tokenizer = if kwargs.is_empty() {
+        tokenizer
+    } else {
+        let kwargs = kwargs
+            .iter()
+            .map(|(k, v)| {
+                let name = k.as_str().map(str::to_owned).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "generator.chat_template_kwargs: keys must be strings, got {k:?}"
+                    )
+                })?;
+                Ok((name, serde_json::to_value(v)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Arc::new((*tokenizer).clone().with_template_kwargs(&kwargs))
+    };
     let cfg = resolved.config.clone();
     let max_prompt = cfg.trainer.max_prompt_length;
     let (train_rows, dropped) = match purpose {

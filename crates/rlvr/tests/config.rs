@@ -311,3 +311,101 @@ fn config_file_is_merged_before_overrides_and_checked() {
         "{stderr}"
     );
 }
+
+/// Keys of SkyRL's config that rlvr acts on as SkyRL does (each is read by the trainer,
+/// generator, data or logging code; tests elsewhere check what it does).
+const HONOURED: &[&str] = &[
+    "data.train_data",
+    "data.val_data",
+    "trainer.policy.model.path",
+    "trainer.policy.optimizer_config.",
+    "trainer.ref.model.path",
+    "trainer.algorithm.",
+    "trainer.seed",
+    "trainer.resume_mode",
+    "trainer.resume_path",
+    "trainer.log_path",
+    "trainer.ckpt_path",
+    "trainer.max_ckpts_to_keep",
+    "trainer.ckpt_interval",
+    "trainer.hf_save_interval",
+    "trainer.export_path",
+    "trainer.bf16",
+    "trainer.epochs",
+    "trainer.update_epochs_per_batch",
+    "trainer.train_batch_size",
+    "trainer.policy_mini_batch_size",
+    "trainer.micro_train_batch_size_per_gpu",
+    "trainer.micro_forward_batch_size_per_gpu",
+    "trainer.eval_batch_size",
+    "trainer.eval_before_train",
+    "trainer.eval_interval",
+    "trainer.max_prompt_length",
+    "trainer.run_name",
+    "trainer.logger",
+    "trainer.dump_eval_results",
+    "generator.model_name",
+    "generator.model_dtype",
+    "generator.run_engines_locally",
+    "generator.n_samples_per_prompt",
+    "generator.max_num_seqs",
+    "generator.max_input_length",
+    "generator.chat_template.source",
+    "generator.chat_template_kwargs",
+    "generator.sampling_params.",
+    "generator.eval_sampling_params.",
+    "generator.eval_n_samples_per_prompt",
+    "generator.zero_reward_on_non_stop",
+    "generator.apply_overlong_filtering",
+    "environment.env_class",
+];
+
+/// A value other than `default`, of the same kind.
+fn other_value(default: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(default) {
+        Ok(serde_json::Value::Bool(b)) => (!b).to_string(),
+        Ok(serde_json::Value::Number(n)) if n.is_u64() || n.is_i64() => {
+            (n.as_i64().unwrap() + 3).to_string()
+        }
+        Ok(serde_json::Value::Number(n)) => (n.as_f64().unwrap() * 0.5 + 0.01).to_string(),
+        Ok(serde_json::Value::Null) => "3".into(),
+        Ok(serde_json::Value::Array(a)) if a.iter().all(|x| x.is_number()) => {
+            format!("{:?}", vec![0.5; a.len().max(1)])
+        }
+        Ok(serde_json::Value::Array(_)) => "['other']".into(),
+        Ok(serde_json::Value::Object(_)) => "{other_key: 1}".into(),
+        _ => "other".into(),
+    }
+}
+
+#[test]
+fn no_skyrl_key_is_silently_ignored() {
+    let mut silent = Vec::new();
+    for (key, default) in reference_lines(DEFAULTS) {
+        if HONOURED
+            .iter()
+            .any(|h| key == *h || (h.ends_with('.') && key.starts_with(h)))
+        {
+            continue;
+        }
+        let value = other_value(default);
+        let mut b = ConfigBuilder::new();
+        let outcome = b
+            .apply_override(&format!("{key}={value}"))
+            .map_err(|e| e.to_string())
+            .and_then(|b| b.resolve().map_err(|e| e.to_string()))
+            .and_then(|r| r.validate().map_err(|e| e.to_string()));
+        let said = match &outcome {
+            Ok(warnings) => warnings.iter().any(|w| w.contains(&format!("`{key}="))),
+            Err(e) => e.contains(key),
+        };
+        if !said {
+            silent.push(format!("{key}={value}: {outcome:?}"));
+        }
+    }
+    assert!(
+        silent.is_empty(),
+        "keys set to another value with no effect and no message:\n{}",
+        silent.join("\n")
+    );
+}

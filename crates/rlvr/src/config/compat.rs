@@ -165,6 +165,50 @@ const IGNORED: &[(&str, &str)] = &[
         "environment.skyrl_gym.search.",
         "used only by SkyRL's search environment; ignored",
     ),
+    (
+        "trainer.gradient_checkpointing",
+        "rlvr keeps activations for the backward pass (memory, not results); ignored",
+    ),
+    (
+        "trainer.gradient_checkpointing_use_reentrant",
+        "rlvr keeps activations for the backward pass (memory, not results); ignored",
+    ),
+    (
+        "trainer.disable_fast_tokenizer",
+        "rlvr always uses the Hugging Face tokenizers library (the fast tokenizer); ignored",
+    ),
+    (
+        "trainer.project_name",
+        "names the wandb project; rlvr logs locally (trainer.logger); ignored",
+    ),
+    (
+        "trainer.policy.model.lora.",
+        "LoRA is off (lora.rank=0); ignored",
+    ),
+    (
+        "trainer.algorithm.value_head_prefix",
+        "only for a critic (advantage_estimator=gae), which rlvr does not have; ignored",
+    ),
+    (
+        "trainer.algorithm.value_clip",
+        "only for a critic (advantage_estimator=gae), which rlvr does not have; ignored",
+    ),
+    (
+        "trainer.critic_mini_batch_size",
+        "only for a critic (advantage_estimator=gae), which rlvr does not have; ignored",
+    ),
+    (
+        "trainer.critic.",
+        "only for a critic (advantage_estimator=gae), which rlvr does not have; ignored",
+    ),
+    (
+        "generator.use_conversation_multi_turn",
+        "multi-turn only; rlvr generates one turn (max_turns=1); ignored",
+    ),
+    (
+        "generator.append_eos_token_after_stop_str_in_multi_turn",
+        "multi-turn only; rlvr generates one turn (max_turns=1); ignored",
+    ),
 ];
 
 fn covered(key: &str, pattern: &str) -> bool {
@@ -203,6 +247,8 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
             k if k.ends_with("_size") || k.ends_with("_num_nodes") => one,
             k if k.ends_with("_num_gpus_per_node") || k == "generator.num_inference_engines" => one,
             k if k.starts_with("trainer.placement.colocate_") => value == Some(&Value::Bool(true)),
+            // Rank 0 is "off", what rlvr does; a rank above 0 is refused below.
+            k if k.ends_with("lora.rank") => value.and_then(Value::as_u64) == Some(0),
             _ => false,
         };
         if !honoured {
@@ -271,6 +317,39 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
         t.dump_data_batch,
         "trainer.dump_data_batch",
         "rlvr does not dump training batches (use false; trainer.dump_eval_results dumps evaluations)",
+    );
+    for (section, kwargs) in [
+        ("policy", &t.policy.model_config_kwargs),
+        ("ref", &t.reference.model_config_kwargs),
+        ("critic", &t.critic.model_config_kwargs),
+    ] {
+        unsupported(
+            errors,
+            !kwargs.is_empty(),
+            &format!("trainer.{section}.model_config_kwargs"),
+            "rlvr builds the model from the checkpoint's config.json: change it there (use {})",
+        );
+    }
+    for (key, set) in [
+        ("trainer.rope_scaling", t.rope_scaling.is_some()),
+        ("trainer.rope_theta", t.rope_theta.is_some()),
+        ("generator.rope_scaling", g.rope_scaling.is_some()),
+        ("generator.rope_theta", g.rope_theta.is_some()),
+    ] {
+        unsupported(
+            errors,
+            set,
+            key,
+            "rlvr takes RoPE settings from the checkpoint's config.json: change them there (use null)",
+        );
+    }
+    unsupported(
+        errors,
+        g.chat_template.name_or_path.is_some(),
+        "generator.chat_template.name_or_path",
+        "SkyRL applies a custom chat template only when it re-tokenizes multi-turn histories; \
+         rlvr generates one turn with the model's own template (use null; \
+         generator.chat_template_kwargs is passed to it)",
     );
     unsupported(
         errors,
