@@ -245,8 +245,10 @@ impl ConfigBuilder {
                 }
             }
         }
-        let config: Config =
-            serde_yaml::from_value(tree.clone()).map_err(|e| ConfigError::Typed(e.to_string()))?;
+        let config: Config = serde_path_to_error::deserialize(tree.clone()).map_err(|e| {
+            // Name the key: serde alone says only what type it expected.
+            ConfigError::Typed(format!("`{}`: {}", e.path(), e.inner()))
+        })?;
         Ok(ResolvedConfig::new(config, tree, self.explicit.clone()))
     }
 }
