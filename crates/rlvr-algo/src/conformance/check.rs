@@ -225,6 +225,31 @@ pub(crate) fn expect_error<T>(what: &str, got: Result<T, String>, expected: &Val
     }
 }
 
+/// Whether an `expected_error` is REF crashing (a Python or numpy failure inside its code, e.g.
+/// `np.min([])` on an empty selection) rather than an error SkyRL raises on purpose (its
+/// `RuntimeError`/`ValueError` messages). Recognised by what it is, whatever the case is called.
+pub(crate) fn is_ref_crash(expected: &Value) -> bool {
+    let kind = expected.get("type").and_then(Value::as_str).unwrap_or("");
+    let msg = expected
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    const CRASH_TYPES: [&str; 5] = [
+        "IndexError",
+        "ZeroDivisionError",
+        "KeyError",
+        "TypeError",
+        "AttributeError",
+    ];
+    const CRASH_MESSAGES: [&str; 4] = [
+        "zero-size array",
+        "index out of range",
+        "out of bounds",
+        "division by zero",
+    ];
+    CRASH_TYPES.contains(&kind) || CRASH_MESSAGES.iter().any(|m| msg.contains(m))
+}
+
 pub(crate) fn err_str<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
