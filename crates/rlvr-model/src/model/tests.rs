@@ -2,10 +2,9 @@ use super::testing::*;
 use super::*;
 use crate::logprobs::LogProbOptions;
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
+/// The largest |element|, as f64.
+fn max_abs(t: &Tensor) -> f64 {
+    t.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -15,6 +14,10 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    max_abs(&(a - b).unwrap())
 }
 
 /// The sum of a tensor's elements, as f64.
@@ -456,13 +459,7 @@ fn f32_kernels_match_the_f64_path_in_outputs_and_gradients() {
         assert!(max_abs_diff(&e64, &f64_of(&e32)) < 1e-5, "entropy");
         for ((name, v64), (_, v32)) in m64.named_vars().iter().zip(m32.named_vars()) {
             let (a, b) = (g64.get(v64).unwrap(), f64_of(g32.get(v32).unwrap()));
-            let scale = a
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let scale = max_abs(a);
             let d = max_abs_diff(a, &b);
             assert!(
                 d <= 1e-4 * scale.max(1e-3),
@@ -633,13 +630,7 @@ fn bf16_products_keep_logprobs_and_gradients_close_to_f32() {
         let (lp32, g32) = run(Precision::F32);
         let (lp16, g16) = run(Precision::Bf16);
         let d = max_abs_diff(&lp32, &lp16);
-        let scale = lp32
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64;
+        let scale = max_abs(&lp32);
         // bf16 keeps 8 bits of mantissa (relative rounding 2^-9 per input); through two layers
         // that leaves a few 1e-3 of the log-probs' size. Zero would mean nothing was rounded.
         assert!(

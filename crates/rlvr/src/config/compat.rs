@@ -8,6 +8,12 @@ use serde_yaml::Value;
 
 use super::resolved::ResolvedConfig;
 
+const NO_CRITIC: &str =
+    "only for a critic (advantage_estimator=gae), which rlvr does not have; ignored";
+const NO_CHECKPOINTING: &str =
+    "rlvr keeps activations for the backward pass (memory, not results); ignored";
+const ONE_TURN: &str = "multi-turn only; rlvr generates one turn (max_turns=1); ignored";
+
 /// (key or `prefix.`, what rlvr does instead). A prefix ending in `.` covers its whole section.
 const IGNORED: &[(&str, &str)] = &[
     (
@@ -167,11 +173,11 @@ const IGNORED: &[(&str, &str)] = &[
     ),
     (
         "trainer.gradient_checkpointing",
-        "rlvr keeps activations for the backward pass (memory, not results); ignored",
+        NO_CHECKPOINTING,
     ),
     (
         "trainer.gradient_checkpointing_use_reentrant",
-        "rlvr keeps activations for the backward pass (memory, not results); ignored",
+        NO_CHECKPOINTING,
     ),
     (
         "trainer.disable_fast_tokenizer",
@@ -187,27 +193,27 @@ const IGNORED: &[(&str, &str)] = &[
     ),
     (
         "trainer.algorithm.value_head_prefix",
-        "only for a critic (advantage_estimator=gae), which rlvr does not have; ignored",
+        NO_CRITIC,
     ),
     (
         "trainer.algorithm.value_clip",
-        "only for a critic (advantage_estimator=gae), which rlvr does not have; ignored",
+        NO_CRITIC,
     ),
     (
         "trainer.critic_mini_batch_size",
-        "only for a critic (advantage_estimator=gae), which rlvr does not have; ignored",
+        NO_CRITIC,
     ),
     (
         "trainer.critic.",
-        "only for a critic (advantage_estimator=gae), which rlvr does not have; ignored",
+        NO_CRITIC,
     ),
     (
         "generator.use_conversation_multi_turn",
-        "multi-turn only; rlvr generates one turn (max_turns=1); ignored",
+        ONE_TURN,
     ),
     (
         "generator.append_eos_token_after_stop_str_in_multi_turn",
-        "multi-turn only; rlvr generates one turn (max_turns=1); ignored",
+        ONE_TURN,
     ),
 ];
 

@@ -305,6 +305,7 @@ fn load(served: &Model, path: &std::path::Path, max_model_len: usize) -> Result<
         .with_context(|| format!("{} does not fit the served model", path.display()))?;
     let pre = load_pretrained(path, served.device())
         .with_context(|| format!("loading {}", path.display()))?;
+    // Again on what was loaded: the directory may have been rewritten between the two reads.
     check_fits(served.config(), &pre.config, max_model_len)
         .with_context(|| format!("{} does not fit the served model", path.display()))?;
     Model::from_tensors(&pre.config, &pre.tensors, served.device())

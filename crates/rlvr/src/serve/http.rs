@@ -82,12 +82,16 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let answer = answer(&shared, req).await;
+    let answer = answer(&shared, req, method.clone(), path.clone()).await;
     Ok(respond(&method, &path, answer))
 }
 
-async fn answer(shared: &Shared, req: Request<Incoming>) -> routes::Answer {
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+async fn answer(
+    shared: &Shared,
+    req: Request<Incoming>,
+    method: Method,
+    path: String,
+) -> routes::Answer {
     // The health check stays open so orchestrators can probe without the key (as vLLM's).
     if !(path == "/health" && matches!(method, Method::GET | Method::HEAD)) {
         authorize(shared.api_key.as_deref(), req.headers().get(AUTHORIZATION))?;
