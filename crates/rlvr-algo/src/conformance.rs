@@ -19,6 +19,7 @@ mod kl;
 mod overlong;
 mod policy_losses;
 mod reductions;
+mod worker_losses;
 
 use std::io::Write;
 use std::path::Path;
@@ -62,12 +63,13 @@ impl CaseOutcome {
 }
 
 /// The golden files this harness knows, in reporting order.
-pub const KNOWN_FILES: [&str; 8] = [
+pub const KNOWN_FILES: [&str; 9] = [
     "entropy_logprobs.json",
     "advantages.json",
     "kl.json",
     "policy_losses.json",
     "reductions_head.json",
+    "worker_losses_head.json",
     "dynamic_sampling.json",
     "overlong.json",
     "gsm8k_reward.json",
@@ -80,6 +82,7 @@ fn runner(file_name: &str) -> Option<fn(&Value) -> Vec<CaseOutcome>> {
         "kl.json" => kl::run,
         "policy_losses.json" => policy_losses::run,
         "reductions_head.json" => reductions::run,
+        "worker_losses_head.json" => worker_losses::run,
         "dynamic_sampling.json" => dynamic_sampling::run,
         "overlong.json" => overlong::run,
         "gsm8k_reward.json" => gsm8k::run,

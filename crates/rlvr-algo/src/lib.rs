@@ -5,6 +5,7 @@
 //! - [`advantages`]: GRPO, RLOO, REINFORCE++, GAE, whitening, batch normalisation; a registry.
 //! - [`policy_loss`]: regular/dual-clip PPO, GSPO, CISPO, SAPO, KL-Cov, Clip-Cov; a registry.
 //! - [`reduction`]: mini-batch loss reductions that do not depend on the micro-batch split.
+//! - [`critic_loss`]: PPO's clipped value loss for a critic.
 //! - [`kl`]: k1/k2/k3/abs KL estimators (differentiable).
 //! - [`dynamic_sampling`]: DAPO's `filter` and `replace` strategies.
 //! - [`overlong`]: overlong filtering and soft overlong punishment, reward metrics.
@@ -13,6 +14,7 @@
 
 pub mod advantages;
 pub mod conformance;
+pub mod critic_loss;
 pub mod dynamic_sampling;
 mod error;
 pub mod kl;

@@ -248,6 +248,62 @@ pub fn masked_sum(loss: &Tensor, loss_mask: Option<&Tensor>) -> Result<Tensor> {
     })
 }
 
+/// The KL and entropy settings of the policy loss (`use_kl_loss`, `use_entropy_loss`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KlEntropySettings {
+    /// The estimator and `kl_loss_coef`, when the KL loss is on.
+    pub kl: Option<(crate::kl::KlEstimator, f64)>,
+    /// `entropy_loss_coef`, when the entropy bonus is on.
+    pub entropy_coef: Option<f64>,
+}
+
+/// One micro-batch's KL and entropy terms as SkyRL's policy worker forms them.
+pub struct KlEntropyTerms {
+    /// `(kl_loss_coef · kl − entropy_loss_coef · entropy) · micro_weight`, to add to the
+    /// micro-batch's policy loss (0 where both are off).
+    pub loss: Tensor,
+    /// `policy_kl`: the mean over rows of each row's masked token mean of the KL.
+    pub kl: Option<Tensor>,
+    /// `policy_entropy`: the masked token mean of the entropy (logged even when not in the loss).
+    pub entropy: Tensor,
+}
+
+/// SkyRL's worker terms beside the pre-scaled policy loss. Unlike the policy loss they are not
+/// pre-scaled over the mini-batch: each micro-batch reduces its own (KL per row then over rows,
+/// entropy over tokens) and is weighted by its share of the mini-batch's rows, `micro_weight`.
+/// `[B, R]` inputs; `base_log_probs` is needed when the KL loss is on.
+pub fn kl_entropy_terms(
+    log_probs: &Tensor,
+    base_log_probs: Option<&Tensor>,
+    entropy: &Tensor,
+    loss_mask: &Tensor,
+    settings: &KlEntropySettings,
+    micro_weight: f64,
+) -> Result<KlEntropyTerms> {
+    let entropy_mean = ops::masked_mean(entropy, Some(loss_mask))?;
+    let mut loss = log_probs.zeros_like()?.sum_all()?;
+    let kl = match settings.kl {
+        None => None,
+        Some((estimator, coef)) => {
+            let base = base_log_probs.ok_or_else(|| {
+                Error::invalid("the KL loss needs the reference model's log-probs")
+            })?;
+            let kl = crate::kl::approx_kl(log_probs, base, Some(loss_mask), estimator)?;
+            let kl = crate::kl::kl_loss_sequence_mean(&kl, Some(loss_mask))?;
+            loss = (loss + (&kl * (coef * micro_weight))?)?;
+            Some(kl)
+        }
+    };
+    if let Some(coef) = settings.entropy_coef {
+        loss = (loss - (&entropy_mean * (coef * micro_weight))?)?;
+    }
+    Ok(KlEntropyTerms {
+        loss,
+        kl,
+        entropy: entropy_mean,
+    })
+}
+
 /// REF's `reduce_loss` on one call's `[B,R]` per-token loss (`token_mean_legacy` reduces like
 /// `token_mean` here: per call is what "legacy" means). `prompt_mean` has no per-call form.
 pub fn reduce_loss_ref(
@@ -318,7 +374,7 @@ pub fn mini_batch_boundaries(
     }
     if mini_batch_size == 0 || !train_batch_size.is_multiple_of(mini_batch_size) {
         return Err(Error::invalid(format!(
-            "train_batch_size ({train_batch_size}) % policy_mini_batch_size ({mini_batch_size}) != 0"
+            "train_batch_size ({train_batch_size}) % mini_batch_size ({mini_batch_size}) != 0"
         )));
     }
     let out: Vec<(usize, usize)> = prompts
@@ -331,7 +387,7 @@ pub fn mini_batch_boundaries(
             if s != i * expected || e - s != expected {
                 return Err(Error::invalid(format!(
                     "mini-batch {i} spans rows {s}..{e}, expected {expected} rows \
-                     (n_samples_per_prompt {n_samples_per_prompt} x policy_mini_batch_size {mini_batch_size})"
+                     (n_samples_per_prompt {n_samples_per_prompt} x mini_batch_size {mini_batch_size})"
                 )));
             }
         }

@@ -56,6 +56,9 @@ pub struct ModelConfig {
     pub hidden_act: String,
     #[serde(default)]
     pub torch_dtype: Option<String>,
+    /// Std of HF's weight init (a critic's value head absent from the checkpoint is drawn with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initializer_range: Option<f64>,
 }
 
 fn default_model_type() -> String {

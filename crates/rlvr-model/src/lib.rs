@@ -27,9 +27,11 @@ pub mod gguf;
 pub mod hub;
 pub mod load;
 pub mod tokenizer;
+pub mod value;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use export::{all_finite, save_hf, save_hf_with, SaveDType, SaveOptions};
 pub use generation_config::GenerationConfig;
 pub use load::{load_pretrained, read_model_config, Pretrained};
 pub use tokenizer::{SpecialTokens, Tokenizer};
+pub use value::{HeadInit, ValueModel};

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 /// `trainer.policy.optimizer_config` plus the run length the schedule needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimizerSettings {
+    /// Where the settings come from (`trainer.policy.optimizer_config`), for error messages.
+    pub key: String,
     pub lr: f64,
     pub betas: (f64, f64),
     pub weight_decay: f64,
@@ -20,6 +22,22 @@ pub struct OptimizerSettings {
     pub num_warmup_steps: usize,
     /// Optimizer steps in the whole run (for cosine).
     pub num_training_steps: usize,
+}
+
+impl OptimizerSettings {
+    /// `trainer.{policy,critic}.optimizer_config` for a run of `num_training_steps` optimizer steps.
+    pub fn new(key: &str, c: &crate::config::OptimizerConfig, num_training_steps: usize) -> Self {
+        Self {
+            key: key.to_string(),
+            lr: c.lr,
+            betas: (c.adam_betas[0], c.adam_betas[1]),
+            weight_decay: c.weight_decay,
+            max_grad_norm: c.max_grad_norm,
+            scheduler: c.scheduler.clone(),
+            num_warmup_steps: c.num_warmup_steps,
+            num_training_steps,
+        }
+    }
 }
 
 /// What one optimizer step did.
@@ -56,7 +74,7 @@ impl Optimizer {
         let kind: ScheduleKind = s
             .scheduler
             .parse()
-            .with_context(|| "trainer.policy.optimizer_config.scheduler".to_string())?;
+            .with_context(|| format!("{}.scheduler", s.key))?;
         let vars = params.iter().map(|(_, v)| v.clone()).collect();
         let adamw = AdamW::new(
             params,
@@ -199,6 +217,7 @@ mod tests {
 
     fn settings(scheduler: &str) -> OptimizerSettings {
         OptimizerSettings {
+            key: "trainer.policy.optimizer_config".into(),
             lr: 0.1,
             betas: (0.9, 0.999),
             weight_decay: 0.0,

@@ -8,12 +8,13 @@ use crate::generator::remote::engine::Retry;
 use crate::generator::{EmbeddedGenerator, Generator, RemoteGenerator, RemoteSettings};
 use crate::logging;
 use crate::optimizer::{Optimizer, OptimizerSettings};
+use crate::trainer::critic::Critic;
 use crate::trainer::{checkpoint, DefaultHooks, Trainer, TrainerHooks};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use rlvr_algo::dynamic_sampling::{DynamicSampler, DynamicSamplingConfig, Strategy};
 use rlvr_algo::rewards::gsm8k::Method;
-use rlvr_model::{Model, Tokenizer};
+use rlvr_model::{HeadInit, Model, Tokenizer, ValueModel};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -133,12 +134,65 @@ pub fn build_for(resolved: &ResolvedConfig, ext: Extensions, purpose: Purpose) -
     } else {
         None
     };
+    let critic = match (&cfg.trainer.critic.model.path, purpose) {
+        (Some(path), Purpose::Train) => {
+            Some(load_critic(&cfg, Path::new(path), &pretrained, &device)?)
+        }
+        _ => None,
+    };
     // What vLLM and `rlvr serve` stop on too: generation_config.json's EOS ids as well.
     let stop_ids = crate::generator::stop_token_ids(&pretrained);
     let tokenizer = Arc::new(pretrained.tokenizer);
     assemble(
-        resolved, ext, policy, reference, tokenizer, stop_ids, purpose,
+        resolved,
+        Models {
+            policy,
+            reference,
+            critic,
+        },
+        ext,
+        tokenizer,
+        stop_ids,
+        purpose,
     )
+}
+
+/// The critic of `trainer.critic.model.path`: a value head on that checkpoint's decoder, drawn as
+/// SkyRL draws it where the checkpoint has none (`policy` is reused when the paths are equal).
+fn load_critic(
+    cfg: &Config,
+    path: &Path,
+    policy: &rlvr_model::Pretrained,
+    device: &Device,
+) -> Result<ValueModel> {
+    let same = path == Path::new(&cfg.trainer.policy.model.path);
+    let loaded;
+    let source = if same {
+        policy
+    } else {
+        tracing::info!("loading the critic from {}", path.display());
+        loaded = rlvr_model::load_pretrained(path, device)
+            .with_context(|| format!("trainer.critic.model.path={}", path.display()))?;
+        &loaded
+    };
+    let init = HeadInit::skyrl(&source.config, same, cfg.trainer.seed);
+    ValueModel::from_tensors(
+        &source.config,
+        &source.tensors,
+        device,
+        &cfg.trainer.algorithm.value_head_prefix,
+        init,
+    )
+    .with_context(|| format!("trainer.critic.model.path={}", path.display()))
+}
+
+/// The models a trainer is built around.
+pub struct Models {
+    pub policy: Arc<Model>,
+    /// Only with `use_kl_loss` or `use_kl_in_reward`.
+    pub reference: Option<Model>,
+    /// Only with `trainer.critic.model.path`.
+    pub critic: Option<ValueModel>,
 }
 
 /// `generator.model_dtype`: the weights the embedded engine decodes with on `device` (the trainer
@@ -186,35 +240,30 @@ pub fn remote_settings(cfg: &Config) -> Result<RemoteSettings> {
     })
 }
 
-/// Like [`build`] for an already constructed policy (tests use tiny models).
-pub fn build_with_model(
+/// Like [`build`] for already constructed models (tests use tiny models).
+pub fn build_with_models(
     resolved: &ResolvedConfig,
     ext: Extensions,
-    policy: Arc<Model>,
-    reference: Option<Model>,
+    models: Models,
     tokenizer: Arc<Tokenizer>,
 ) -> Result<Trainer> {
-    let stop_ids = crate::generator::eos_ids(policy.config(), &tokenizer);
-    assemble(
-        resolved,
-        ext,
-        policy,
-        reference,
-        tokenizer,
-        stop_ids,
-        Purpose::Train,
-    )
+    let stop_ids = crate::generator::eos_ids(models.policy.config(), &tokenizer);
+    assemble(resolved, models, ext, tokenizer, stop_ids, Purpose::Train)
 }
 
 fn assemble(
     resolved: &ResolvedConfig,
+    models: Models,
     ext: Extensions,
-    policy: Arc<Model>,
-    reference: Option<Model>,
     tokenizer: Arc<Tokenizer>,
     stop_ids: Vec<u32>,
     purpose: Purpose,
 ) -> Result<Trainer> {
+    let Models {
+        policy,
+        reference,
+        critic,
+    } = models;
     // SkyRL passes generator.chat_template_kwargs to every apply_chat_template call.
     let kwargs = &resolved.config.generator.chat_template_kwargs;
     let tokenizer = if kwargs.is_empty() {
@@ -303,16 +352,29 @@ fn assemble(
     let total_updates = steps * mini_batches.max(1) * cfg.trainer.update_epochs_per_batch;
     let optimizer = Optimizer::new(
         policy.named_vars().to_vec(),
-        OptimizerSettings {
-            lr: opt.lr,
-            betas: (opt.adam_betas[0], opt.adam_betas[1]),
-            weight_decay: opt.weight_decay,
-            max_grad_norm: opt.max_grad_norm,
-            scheduler: opt.scheduler.clone(),
-            num_warmup_steps: opt.num_warmup_steps,
-            num_training_steps: total_updates,
-        },
+        OptimizerSettings::new("trainer.policy.optimizer_config", opt, total_updates),
     )?;
+    // SkyRL: `train_batch_size // critic_mini_batch_size * update_epochs_per_batch` critic steps
+    // per global step.
+    let critic = match (critic, &cfg.trainer.critic.model.path) {
+        (Some(model), Some(_)) => {
+            let per_step = cfg.trainer.train_batch_size / cfg.trainer.critic_mini_batch_size.max(1)
+                * cfg.trainer.update_epochs_per_batch;
+            let optimizer = Optimizer::new(
+                model.named_vars(),
+                OptimizerSettings::new(
+                    "trainer.critic.optimizer_config",
+                    &cfg.trainer.critic.optimizer_config,
+                    steps * per_step,
+                ),
+            )?;
+            Some(Critic { model, optimizer })
+        }
+        (None, Some(path)) if purpose == Purpose::Train => {
+            anyhow::bail!("trainer.critic.model.path={path} is set but no critic model was built")
+        }
+        _ => None,
+    };
 
     let ds = &cfg.trainer.algorithm.dynamic_sampling;
     let strategy = ds.kind.as_deref().map(str::parse::<Strategy>).transpose()?;
@@ -355,6 +417,7 @@ fn assemble(
         reference,
         reward_kl,
         optimizer,
+        critic,
         generator,
         loader,
         val_rows,

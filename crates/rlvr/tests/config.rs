@@ -320,6 +320,7 @@ const HONOURED: &[&str] = &[
     "trainer.policy.model.path",
     "trainer.policy.optimizer_config.",
     "trainer.ref.model.path",
+    "trainer.critic.model.path",
     "trainer.algorithm.",
     "trainer.seed",
     "trainer.resume_mode",

@@ -73,6 +73,7 @@ pub fn model_config(
             .map(serde_json::Value::from),
         hidden_act: "silu".into(),
         torch_dtype: Some("float32".into()),
+        initializer_range: None,
     };
     config
         .validate()

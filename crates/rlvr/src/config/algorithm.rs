@@ -34,7 +34,8 @@ pub struct AlgorithmConfig {
     pub max_seq_len: Option<usize>,
     pub off_policy_correction: OffPolicyCorrectionConfig,
     pub sapo: SapoConfig,
-    pub value_clip: f64,
+    /// The critic's value clipping (`None` = unclipped value loss).
+    pub value_clip: Option<f64>,
     pub dynamic_sampling: DynamicSamplingConfig,
     pub clip_cov: ClipCovConfig,
     pub kl_cov: KlCovConfig,

@@ -8,8 +8,6 @@ use serde_yaml::Value;
 
 use super::resolved::ResolvedConfig;
 
-const NO_CRITIC: &str =
-    "only for a critic (advantage_estimator=gae), which rlvr does not have; ignored";
 const NO_CHECKPOINTING: &str =
     "rlvr keeps activations for the backward pass (memory, not results); ignored";
 const ONE_TURN: &str = "multi-turn only; rlvr generates one turn (max_turns=1); ignored";
@@ -192,20 +190,8 @@ const IGNORED: &[(&str, &str)] = &[
         "LoRA is off (lora.rank=0); ignored",
     ),
     (
-        "trainer.algorithm.value_head_prefix",
-        NO_CRITIC,
-    ),
-    (
-        "trainer.algorithm.value_clip",
-        NO_CRITIC,
-    ),
-    (
-        "trainer.critic_mini_batch_size",
-        NO_CRITIC,
-    ),
-    (
-        "trainer.critic.",
-        NO_CRITIC,
+        "trainer.critic.model.lora.",
+        "LoRA is off (lora.rank=0); ignored",
     ),
     (
         "generator.use_conversation_multi_turn",
@@ -262,6 +248,23 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
         }
     }
 
+    // Critic settings act only on a critic (as in SkyRL); say so where one is set without it.
+    if cfg.trainer.critic.model.path.is_none() {
+        for key in r.explicit_keys() {
+            let critic_only = (key.starts_with("trainer.critic.")
+                && key != "trainer.critic.model.path")
+                || key == "trainer.critic_mini_batch_size"
+                || key == "trainer.algorithm.value_clip"
+                || key == "trainer.algorithm.value_head_prefix";
+            if critic_only && !IGNORED.iter().any(|(p, _)| covered(key, p)) {
+                warnings.push(format!(
+                    "`{key}={}`: only for a critic, and trainer.critic.model.path is null; ignored",
+                    show(r.get(key))
+                ));
+            }
+        }
+    }
+
     let unsupported = |errors: &mut Vec<String>, active: bool, key: &str, what: &str| {
         if active {
             errors.push(format!("`{key}={}`: {what}", show(r.get(key))));
@@ -293,12 +296,17 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
         "generator.step_wise_trajectories",
         "step-wise trajectories are not supported by rlvr",
     );
-    unsupported(
-        errors,
-        t.policy.model.lora.rank > 0,
-        "trainer.policy.model.lora.rank",
-        "LoRA is not supported by rlvr; training would update all weights instead (use 0)",
-    );
+    for (key, rank) in [
+        ("trainer.policy.model.lora.rank", t.policy.model.lora.rank),
+        ("trainer.critic.model.lora.rank", t.critic.model.lora.rank),
+    ] {
+        unsupported(
+            errors,
+            rank > 0,
+            key,
+            "LoRA is not supported by rlvr; training would update all weights instead (use 0)",
+        );
+    }
     for section in ["sampling_params", "eval_sampling_params"] {
         let p = if section == "sampling_params" {
             &g.sampling_params

@@ -107,6 +107,7 @@ const NAMES: &[&str] = &["trainer.logger"];
 /// Keys with a non-null default that SkyRL also accepts as `null`.
 const ALSO_NULLABLE: &[&str] = &[
     "trainer.resume_mode",
+    "trainer.algorithm.value_clip",
     "generator.sampling_params.logprobs",
     "generator.eval_sampling_params.logprobs",
 ];

@@ -154,14 +154,22 @@ fn algorithm(cfg: &Config, names: &NameChecks, errors: &mut Vec<String>) {
             (names.advantage_estimator_names)().join(", ")
         ));
     }
-    if a.advantage_estimator == "gae" {
-        // SkyRL's GAE takes a critic's values; without one a run would fail at its first step.
+    if a.advantage_estimator == "gae" && cfg.trainer.critic.model.path.is_none() {
+        // GAE takes a critic's values; without one a run would fail at its first step.
         errors.push(
-            "`trainer.algorithm.advantage_estimator` = \"gae\" needs a critic (value model), \
-             which rlvr does not implement yet: use grpo, rloo, reinforce++ or another \
-             critic-free estimator"
+            "`trainer.algorithm.advantage_estimator` = \"gae\" needs a critic: set \
+             `trainer.critic.model.path` (e.g. to the policy's checkpoint), or use a critic-free \
+             estimator (grpo, rloo, reinforce++)"
                 .into(),
         );
+    }
+    if let Some(c) = a.value_clip {
+        if !(c.is_finite() && c >= 0.0) {
+            errors.push(format!(
+                "`trainer.algorithm.value_clip` = {c}: expected a non-negative number, or null \
+                 for an unclipped value loss"
+            ));
+        }
     }
     if !(names.policy_loss)(&a.policy_loss_type) {
         errors.push(format!(
@@ -537,11 +545,18 @@ mod tests {
             "trainer.algorithm.advantage_estimator",
         );
         fails(
-            &[
-                "trainer.algorithm.advantage_estimator=gae",
-                "trainer.critic.model.path=/c",
-            ],
-            "needs a critic",
+            &["trainer.algorithm.advantage_estimator=gae"],
+            "trainer.critic.model.path",
+        );
+        assert!(check(&[
+            "trainer.algorithm.advantage_estimator=gae",
+            "trainer.critic.model.path=/c",
+            "trainer.algorithm.value_clip=null",
+        ])
+        .is_ok());
+        fails(
+            &["trainer.algorithm.value_clip=-0.5"],
+            "trainer.algorithm.value_clip",
         );
         fails(
             &["trainer.algorithm.policy_loss_type=nope"],

@@ -20,6 +20,9 @@ pub struct TrainerState {
     pub loader: LoaderState,
     pub optimizer: serde_json::Value,
     pub seed: u64,
+    /// The critic optimizer's state, when the run has a critic (its tensors are under `critic/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critic_optimizer: Option<serde_json::Value>,
 }
 
 pub fn step_dir(ckpt_root: &Path, step: usize) -> PathBuf {
@@ -32,8 +35,9 @@ pub fn save(t: &Trainer, ckpt_root: &Path) -> Result<PathBuf> {
         .with_context(|| format!("creating {}", ckpt_root.display()))?;
     let final_dir = step_dir(ckpt_root, t.global_step);
     let weights: HashMap<String, Tensor> = t.policy.tensors();
-    // A diverged policy must not replace the last good checkpoint.
-    for (name, w) in &weights {
+    let critic_weights = t.critic.as_ref().map(|c| c.model.tensors());
+    // A diverged policy or critic must not replace the last good checkpoint.
+    for (name, w) in weights.iter().chain(critic_weights.iter().flatten()) {
         if !rlvr_model::all_finite(w)? {
             bail!(
                 "not saving the step-{} checkpoint: weight {name} holds NaN or infinite values \
@@ -48,11 +52,13 @@ pub fn save(t: &Trainer, ckpt_root: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let (opt_tensors, opt_meta) = t.optimizer.state()?;
+    let critic_opt = t.critic.as_ref().map(|c| c.optimizer.state()).transpose()?;
     let state = TrainerState {
         global_step: t.global_step,
         loader: t.loader_state(),
         optimizer: opt_meta,
         seed: t.cfg.trainer.seed,
+        critic_optimizer: critic_opt.as_ref().map(|(_, meta)| meta.clone()),
     };
     let written = (|| -> Result<()> {
         let file = tmp.join("model.safetensors");
@@ -61,6 +67,17 @@ pub fn save(t: &Trainer, ckpt_root: &Path) -> Result<PathBuf> {
         let file = tmp.join("optimizer.safetensors");
         candle_core::safetensors::save(&opt_tensors, &file)
             .with_context(|| format!("writing {}", file.display()))?;
+        // As SkyRL: the critic's weights and optimizer in `critic/`.
+        if let (Some(w), Some((opt, _))) = (&critic_weights, &critic_opt) {
+            let dir = tmp.join("critic");
+            std::fs::create_dir_all(&dir)?;
+            for (name, tensors) in [("model.safetensors", w), ("optimizer.safetensors", opt)] {
+                let file = dir.join(name);
+                candle_core::safetensors::save(tensors, &file)
+                    .with_context(|| format!("writing {}", file.display()))?;
+            }
+            sync_dir(&dir)?;
+        }
         write_file(
             &tmp.join("trainer_state.json"),
             serde_json::to_string_pretty(&state)?.as_bytes(),
@@ -183,40 +200,46 @@ pub fn load(t: &mut Trainer, dir: &Path) -> Result<()> {
     .with_context(|| format!("{}/trainer_state.json is malformed", dir.display()))?;
     check_state(t, &state).with_context(|| format!("{}/trainer_state.json", dir.display()))?;
     let device = t.policy.device().clone();
-    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &device)
-        .with_context(|| format!("reading {}/model.safetensors", dir.display()))?;
-    let mut restored = Vec::new();
-    for (name, var) in t.policy.named_vars() {
-        let w = weights
-            .get(name)
-            .with_context(|| format!("{}/model.safetensors has no tensor {name}", dir.display()))?;
-        if w.dims() != var.dims() || w.dtype() != var.dtype() {
-            bail!(
-                "{}/model.safetensors: tensor {name} is {:?} {:?}, the policy's is {:?} {:?}",
-                dir.display(),
-                w.dtype(),
-                w.dims(),
-                var.dtype(),
-                var.dims()
-            );
+    let restored = read_weights(
+        &dir.join("model.safetensors"),
+        t.policy.named_vars(),
+        &device,
+    )?;
+    let opt = read_optimizer(
+        &dir.join("optimizer.safetensors"),
+        &t.optimizer,
+        &state.optimizer,
+        &device,
+    )?;
+    let critic = match (&t.critic, &state.critic_optimizer) {
+        (None, _) => None,
+        (Some(c), Some(meta)) => {
+            let d = dir.join("critic");
+            let w = read_weights(&d.join("model.safetensors"), &c.model.named_vars(), &device)?;
+            let o = read_optimizer(
+                &d.join("optimizer.safetensors"),
+                &c.optimizer,
+                meta,
+                &device,
+            )?;
+            Some((w, o, meta))
         }
-        if !rlvr_model::all_finite(w)? {
-            bail!(
-                "{}/model.safetensors: tensor {name} holds NaN or infinite values",
-                dir.display()
-            );
-        }
-        restored.push((var, w));
-    }
-    let opt = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &device)
-        .with_context(|| format!("reading {}/optimizer.safetensors", dir.display()))?;
-    t.optimizer
-        .check_state(&opt, &state.optimizer)
-        .with_context(|| format!("{}/optimizer.safetensors", dir.display()))?;
+        (Some(_), None) => bail!(
+            "{}: the checkpoint has no critic, and this run trains one \
+             (trainer.critic.model.path): resume it with the config it was saved with",
+            dir.display()
+        ),
+    };
     for (var, w) in restored {
-        var.set(w)?;
+        var.set(&w)?;
     }
     t.optimizer.load_state(&opt, &state.optimizer)?;
+    if let (Some(c), Some((w, o, meta))) = (t.critic.as_mut(), critic) {
+        for (var, w) in w {
+            var.set(&w)?;
+        }
+        c.optimizer.load_state(&o, meta)?;
+    }
     t.loader.set_state(state.loader);
     t.global_step = state.global_step;
     tracing::info!(
@@ -225,6 +248,56 @@ pub fn load(t: &mut Trainer, dir: &Path) -> Result<()> {
         state.global_step
     );
     Ok(())
+}
+
+/// The tensors of `file` for `vars` (HF names), each present, of the variable's shape and dtype,
+/// and finite.
+fn read_weights(
+    file: &Path,
+    vars: &[(String, candle_core::Var)],
+    device: &candle_core::Device,
+) -> Result<Vec<(candle_core::Var, Tensor)>> {
+    let weights = candle_core::safetensors::load(file, device)
+        .with_context(|| format!("reading {}", file.display()))?;
+    let mut restored = Vec::new();
+    for (name, var) in vars {
+        let w = weights
+            .get(name)
+            .with_context(|| format!("{} has no tensor {name}", file.display()))?;
+        if w.dims() != var.dims() || w.dtype() != var.dtype() {
+            bail!(
+                "{}: tensor {name} is {:?} {:?}, the model's is {:?} {:?}",
+                file.display(),
+                w.dtype(),
+                w.dims(),
+                var.dtype(),
+                var.dims()
+            );
+        }
+        if !rlvr_model::all_finite(w)? {
+            bail!(
+                "{}: tensor {name} holds NaN or infinite values",
+                file.display()
+            );
+        }
+        restored.push((var.clone(), w.clone()));
+    }
+    Ok(restored)
+}
+
+/// An optimizer state file, checked against `optimizer` (which it does not change).
+fn read_optimizer(
+    file: &Path,
+    optimizer: &crate::optimizer::Optimizer,
+    meta: &serde_json::Value,
+    device: &candle_core::Device,
+) -> Result<HashMap<String, Tensor>> {
+    let opt = candle_core::safetensors::load(file, device)
+        .with_context(|| format!("reading {}", file.display()))?;
+    optimizer
+        .check_state(&opt, meta)
+        .with_context(|| file.display().to_string())?;
+    Ok(opt)
 }
 
 /// A state this run could have written: no step beyond the run's last, no loader position
@@ -330,6 +403,10 @@ mod tests {
 
     /// A toy trainer whose checkpoints go under `dir/ckpt`.
     fn trainer(dir: &Path) -> Trainer {
+        trainer_with(dir, &[])
+    }
+
+    fn trainer_with(dir: &Path, extra: &[String]) -> Trainer {
         crate::toy::write(dir, 3).unwrap();
         let mut b = ConfigBuilder::new();
         b.merge_file(
@@ -340,6 +417,7 @@ mod tests {
         overrides.push("trainer.max_ckpts_to_keep=2".into());
         // The tests resume by hand.
         overrides.push("trainer.resume_mode=none".into());
+        overrides.extend_from_slice(extra);
         b.apply_overrides(&overrides).unwrap();
         let resolved = b.resolve().unwrap();
         let ext = Extensions::defaults(&resolved.config).unwrap();
@@ -358,6 +436,65 @@ mod tests {
     fn first_weight(t: &Trainer) -> Vec<f32> {
         let (_, var) = t.policy.named_vars().first().unwrap().clone();
         var.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// The critic's weights and optimizer state go into `critic/` and come back on resume; a
+    /// checkpoint without them does not resume a run that trains a critic.
+    #[test]
+    fn a_critic_is_saved_and_restored_with_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_critic = [
+            "trainer.algorithm.advantage_estimator=gae".to_string(),
+            format!("trainer.critic.model.path={}/model", dir.path().display()),
+            "trainer.critic.optimizer_config.lr=1.0e-2".into(),
+            "trainer.critic_mini_batch_size=4".into(),
+        ];
+        let critic_weights = |t: &Trainer| -> Vec<Vec<f32>> {
+            t.critic
+                .as_ref()
+                .unwrap()
+                .model
+                .named_vars()
+                .iter()
+                .map(|(_, v)| v.flatten_all().unwrap().to_vec1().unwrap())
+                .collect()
+        };
+        let mut t = trainer_with(dir.path(), &with_critic);
+        let untrained = critic_weights(&t);
+        t.step().unwrap().unwrap();
+        let trained = critic_weights(&t);
+        assert_ne!(trained, untrained, "a step trains the critic");
+        let saved = save(&t, &dir.path().join("ckpt")).unwrap();
+        assert!(saved.join("critic/model.safetensors").is_file());
+        assert!(saved.join("critic/optimizer.safetensors").is_file());
+
+        let mut fresh = trainer_with(dir.path(), &with_critic);
+        assert_eq!(critic_weights(&fresh), untrained);
+        load(&mut fresh, &saved).unwrap();
+        assert_eq!(critic_weights(&fresh), trained);
+        let (a, b) = (
+            t.critic.as_ref().unwrap().optimizer.state().unwrap(),
+            fresh.critic.as_ref().unwrap().optimizer.state().unwrap(),
+        );
+        assert_eq!(a.1, b.1, "step counts");
+        let key = "value_head.weight.exp_avg_sq";
+        assert_eq!(
+            a.0[key].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.0[key].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+
+        // A checkpoint of a critic-free run cannot resume this one.
+        let other = tempfile::tempdir().unwrap();
+        let mut plain = trainer(other.path());
+        plain.step().unwrap().unwrap();
+        let plain_ckpt = save(&plain, &other.path().join("ckpt")).unwrap();
+        let err = load(&mut fresh, &plain_ckpt).unwrap_err().to_string();
+        assert!(err.contains("no critic"), "{err}");
+        assert_eq!(
+            critic_weights(&fresh),
+            trained,
+            "a refused checkpoint changes nothing"
+        );
     }
 
     #[test]

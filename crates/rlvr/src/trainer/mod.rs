@@ -13,6 +13,7 @@
 
 mod batch;
 pub mod checkpoint;
+pub mod critic;
 mod hooks;
 mod update;
 
@@ -45,6 +46,8 @@ pub struct Trainer {
     /// The KL-in-reward coefficient (`kl_ctrl`); as in SkyRL it starts afresh each launch.
     pub reward_kl: rlvr_algo::kl::KlController,
     pub optimizer: Optimizer,
+    /// The value model and its optimizer, when `trainer.critic.model.path` is set (GAE).
+    pub critic: Option<critic::Critic>,
     pub generator: Box<dyn Generator>,
     pub loader: PromptLoader,
     pub val_rows: Vec<PromptRow>,

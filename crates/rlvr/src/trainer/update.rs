@@ -7,9 +7,8 @@ use crate::generator::GeneratorOutput;
 use crate::logging::Metrics;
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 use rlvr_algo::kl::{approx_kl, KlEstimator};
-use rlvr_algo::ops::{masked_mean, masked_mean_rows};
 use rlvr_algo::reduction::{self, LossReduction};
 use rlvr_algo::{advantages, policy_loss};
 use rlvr_model::logprobs::LogProbOptions;
@@ -49,6 +48,17 @@ pub fn train_on_batch(
     let t0 = std::time::Instant::now();
     let old_logprobs = fwd(&t.policy)?;
     let ref_logprobs = t.reference.as_ref().map(fwd).transpose()?;
+    // The critic's values. SkyRL hands GAE the critic's outputs at padding positions too (its
+    // recursion ignores the mask), so a response's last token would bootstrap from a padding
+    // token's value, which depends on how wide the batch was padded. As verl does, values
+    // outside the response are 0: the state after the last token is terminal.
+    let old_values = match &t.critic {
+        Some(c) => Some(
+            c.values(out, full, micro_fwd, t.pad_id, precision)?
+                .mul(&full.response_mask)?,
+        ),
+        None => None,
+    };
     let mut metrics = Metrics::new();
     metrics.insert("timing/fwd_logprobs".into(), t0.elapsed().as_secs_f64());
     if !out.rollout_logprobs.is_empty() {
@@ -80,13 +90,13 @@ pub fn train_on_batch(
 
     // 7. Advantages, then per-mini-batch pre-scaling so each micro-batch loss is a plain masked sum
     // and the mini-batch loss does not depend on the micro-batch split.
-    let (advantages, _returns) = advantages::compute_advantages_and_returns(
+    let (advantages, returns) = advantages::compute_advantages_and_returns(
         &alg.advantage_estimator,
         &advantages::AdvantageInputs {
             token_level_rewards: &token_rewards,
             response_mask: &full.response_mask,
             uids: &out.uids,
-            values: None,
+            values: old_values.as_ref(),
         },
         &advantages::AdvantageParams {
             gamma: alg.gamma,
@@ -142,7 +152,35 @@ pub fn train_on_batch(
         },
     )?;
 
-    // 8. Policy update: one optimizer step per mini-batch, gradients summed over micro-batches.
+    // 8. Critic update (SkyRL trains the critic first), then the policy: one optimizer step per
+    // mini-batch, gradients summed over micro-batches.
+    let pad_id = t.pad_id;
+    if let (Some(critic), Some(old_values)) = (t.critic.as_mut(), old_values.as_ref()) {
+        let t0 = std::time::Instant::now();
+        let bounds = reduction::mini_batch_boundaries(
+            &run_ids,
+            cfg.trainer.critic_mini_batch_size,
+            prompt_bounds.len(),
+            false,
+            n,
+        )?;
+        metrics.extend(critic.train(
+            out,
+            &super::critic::CriticUpdate {
+                old_values,
+                returns: &returns,
+                loss_mask: &full.loss_mask,
+                mini_batches: &bounds,
+                micro_rows,
+                epochs: cfg.trainer.update_epochs_per_batch,
+                value_clip: alg.value_clip,
+                pad_id,
+                precision,
+            },
+        )?);
+        metrics.insert("timing/critic_train".into(), t0.elapsed().as_secs_f64());
+    }
+    let policy_vars = t.policy.vars();
     let loss_cfg = policy_loss_config(&cfg)?;
     // The engine's log-probs, for off-policy correction (TIS and rejection masks) when it is on.
     let oc = &loss_cfg.off_policy_correction;
@@ -157,6 +195,10 @@ pub fn train_on_batch(
         )?)
     } else {
         None
+    };
+    let kl_entropy = reduction::KlEntropySettings {
+        kl: (alg.use_kl_loss && ref_logprobs.is_some()).then_some((kl_estimator, alg.kl_loss_coef)),
+        entropy_coef: alg.use_entropy_loss.then_some(alg.entropy_loss_coef),
     };
     let mut acc = MetricAcc::default();
     for _epoch in 0..cfg.trainer.update_epochs_per_batch {
@@ -200,32 +242,25 @@ pub fn train_on_batch(
                 )?;
                 let policy_loss =
                     reduction::masked_sum(&token_loss.loss, token_loss.loss_mask.as_ref())?;
-                let mut loss = policy_loss.clone();
                 // SkyRL reduces the KL and entropy terms per micro-batch, unscaled by the policy
-                // loss's reduction (KL: the mean over rows of each row's token mean; entropy: the
-                // token mean), weighs them by the micro-batch's share of the mini-batch's rows,
-                // and reports them as means over micro-batches.
+                // loss's reduction, weighs them by the micro-batch's share of the mini-batch's
+                // rows, and reports them as means over micro-batches.
                 let micro_weight =
                     (micro_end - micro_start) as f64 / (mini_end - mini_start) as f64;
-                if alg.use_kl_loss {
-                    if let Some(reference) = &ref_logprobs {
-                        let kl = approx_kl(
-                            &lp.logprobs,
-                            &take(reference)?,
-                            Some(&mb.loss_mask),
-                            kl_estimator,
-                        )?;
-                        let kl_loss = masked_mean_rows(&kl, Some(&mb.loss_mask))?.mean_all()?;
-                        acc.add_mean("policy/policy_kl", scalar(&kl_loss)?);
-                        loss = (loss + (kl_loss * (alg.kl_loss_coef * micro_weight))?)?;
-                    }
+                let reference = ref_logprobs.as_ref().map(take).transpose()?;
+                let terms = reduction::kl_entropy_terms(
+                    &lp.logprobs,
+                    reference.as_ref(),
+                    lp.entropy.as_ref().expect("entropy was requested"),
+                    &mb.loss_mask,
+                    &kl_entropy,
+                    micro_weight,
+                )?;
+                if let Some(kl) = &terms.kl {
+                    acc.add_mean("policy/policy_kl", scalar(kl)?);
                 }
-                let entropy = lp.entropy.as_ref().expect("entropy was requested");
-                let entropy_term = masked_mean(entropy, Some(&mb.loss_mask))?;
-                acc.add_mean("policy/policy_entropy", scalar(&entropy_term)?);
-                if alg.use_entropy_loss {
-                    loss = (loss - (entropy_term * (alg.entropy_loss_coef * micro_weight))?)?;
-                }
+                acc.add_mean("policy/policy_entropy", scalar(&terms.entropy)?);
+                let loss = (&policy_loss + &terms.loss)?;
                 acc.add("policy/policy_loss", scalar(&policy_loss)?);
                 // SkyRL's worker reports each micro-batch's response width (`num_actions`).
                 acc.add_mean("policy/response_length", r as f64);
@@ -236,7 +271,7 @@ pub fn train_on_batch(
                 let g = loss.backward()?;
                 grads = Some(match grads {
                     None => g,
-                    Some(sum) => add_grads(sum, g, &t.policy)?,
+                    Some(sum) => add_grads(sum, g, &policy_vars)?,
                 });
             }
             if let Some(grads) = grads {
@@ -321,12 +356,7 @@ fn forward_logprobs(
     pad_id: u32,
     precision: Precision,
 ) -> Result<Tensor> {
-    let rows = out.len();
-    let r_full = full.response_len;
-    let mut parts = Vec::new();
-    for start in (0..rows).step_by(micro) {
-        let idx: Vec<usize> = (start..(start + micro).min(rows)).collect();
-        let mb = batch::build(out, &idx, pad_id, model.device())?;
+    forward_in_chunks(out, full, micro, pad_id, model.device(), |mb| {
         let lp = model.response_logprobs(
             &mb.input_ids,
             &mb.attention_mask,
@@ -339,20 +369,39 @@ fn forward_logprobs(
                 ..Default::default()
             },
         )?;
-        let lp = lp.logprobs.detach();
-        let pad = r_full - mb.response_len;
+        Ok(lp.logprobs.detach())
+    })
+}
+
+/// Runs `f` on the batch in chunks of `micro` rows and stacks its `[rows, R_chunk]` results,
+/// zero-padded to the whole batch's response width.
+pub(super) fn forward_in_chunks(
+    out: &GeneratorOutput,
+    full: &TrainBatch,
+    micro: usize,
+    pad_id: u32,
+    device: &candle_core::Device,
+    f: impl Fn(&TrainBatch) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let rows = out.len();
+    let mut parts = Vec::new();
+    for start in (0..rows).step_by(micro.max(1)) {
+        let idx: Vec<usize> = (start..(start + micro.max(1)).min(rows)).collect();
+        let mb = batch::build(out, &idx, pad_id, device)?;
+        let part = f(&mb)?;
+        let pad = full.response_len - mb.response_len;
         parts.push(if pad > 0 {
-            lp.pad_with_zeros(1, 0, pad)?
+            part.pad_with_zeros(1, 0, pad)?
         } else {
-            lp
+            part
         });
     }
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// Sums two gradient stores over the policy's parameters.
-fn add_grads(mut acc: GradStore, g: GradStore, model: &Model) -> Result<GradStore> {
-    for var in model.vars() {
+/// Sums two gradient stores over `vars`.
+pub(super) fn add_grads(mut acc: GradStore, g: GradStore, vars: &[Var]) -> Result<GradStore> {
+    for var in vars {
         if let Some(new) = g.get(var.as_tensor()) {
             let sum = match acc.get(var.as_tensor()) {
                 Some(old) => (old + new)?,

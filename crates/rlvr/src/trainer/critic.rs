@@ -1,0 +1,144 @@
+//! PPO's critic as SkyRL trains it (`trainer.critic.*`, needed by `advantage_estimator=gae`):
+//! a value model with its own optimizer. Its values are computed beside the old log-probs (step
+//! 6) and feed GAE; it is trained before the policy on the same batch, one optimizer step per
+//! `critic_mini_batch_size` prompts, the clipped value loss averaged over micro-batches.
+
+use super::batch::{self, TrainBatch};
+use crate::generator::GeneratorOutput;
+use crate::logging::Metrics;
+use crate::optimizer::Optimizer;
+use anyhow::Result;
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+use rlvr_algo::critic_loss::{ppo_critic_loss, values_mean};
+use rlvr_model::{Precision, ValueModel};
+
+pub struct Critic {
+    pub model: ValueModel,
+    pub optimizer: Optimizer,
+}
+
+/// What one critic update needs besides the rows.
+pub struct CriticUpdate<'a> {
+    /// The critic's values before the update (`[B, R]`, from [`Critic::values`]).
+    pub old_values: &'a Tensor,
+    /// GAE's returns `[B, R]`.
+    pub returns: &'a Tensor,
+    /// `[B, R]` loss mask of the whole batch.
+    pub loss_mask: &'a Tensor,
+    pub mini_batches: &'a [(usize, usize)],
+    pub micro_rows: usize,
+    pub epochs: usize,
+    pub value_clip: Option<f64>,
+    pub pad_id: u32,
+    pub precision: Precision,
+}
+
+impl Critic {
+    /// Values `[B, R]` of every row's response (no grad), in chunks of `micro` rows, padded to the
+    /// batch's response width.
+    pub fn values(
+        &self,
+        out: &GeneratorOutput,
+        full: &TrainBatch,
+        micro: usize,
+        pad_id: u32,
+        precision: Precision,
+    ) -> Result<Tensor> {
+        super::update::forward_in_chunks(out, full, micro, pad_id, self.model.device(), |mb| {
+            Ok(self.model.values(
+                &mb.input_ids,
+                &mb.attention_mask,
+                mb.response_len,
+                false,
+                precision,
+            )?)
+        })
+    }
+
+    /// Trains on the batch; returns SkyRL's `critic/*` metrics (means over micro-batches, then
+    /// over mini-batches and epochs).
+    pub fn train(&mut self, out: &GeneratorOutput, u: &CriticUpdate) -> Result<Metrics> {
+        let mut sums: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+        let device = self.model.device().clone();
+        for _ in 0..u.epochs {
+            for &(start, end) in u.mini_batches {
+                let mut grads: Option<GradStore> = None;
+                let mut micro: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+                let n_micro = (end - start).div_ceil(u.micro_rows);
+                for m_start in (start..end).step_by(u.micro_rows) {
+                    let m_end = (m_start + u.micro_rows).min(end);
+                    let idx: Vec<usize> = (m_start..m_end).collect();
+                    let mb = batch::build(out, &idx, u.pad_id, &device)?;
+                    let r = mb.response_len;
+                    let take = |x: &Tensor| -> Result<Tensor> {
+                        Ok(x.narrow(0, m_start, m_end - m_start)?
+                            .narrow(1, 0, r)?
+                            .contiguous()?)
+                    };
+                    let values = self.model.values(
+                        &mb.input_ids,
+                        &mb.attention_mask,
+                        r,
+                        true,
+                        u.precision,
+                    )?;
+                    let mask = take(u.loss_mask)?;
+                    let loss = ppo_critic_loss(
+                        &values,
+                        &take(u.old_values)?,
+                        &take(u.returns)?,
+                        u.value_clip,
+                        Some(&mask),
+                    )?;
+                    micro
+                        .entry("critic_loss")
+                        .or_default()
+                        .push(f64::from(loss.loss.to_scalar::<f32>()?));
+                    micro
+                        .entry("values_mean")
+                        .or_default()
+                        .push(values_mean(&values, Some(&mask))?);
+                    if let Some(c) = loss.clipfrac {
+                        micro.entry("values_clipfrac").or_default().push(c);
+                    }
+                    micro
+                        .entry("critic_lr")
+                        .or_default()
+                        .push(self.optimizer.current_lr());
+                    // SkyRL scales the summed gradients by 1 / micro-batches before the step.
+                    let g = (loss.loss / n_micro as f64)?.backward()?;
+                    grads = Some(match grads {
+                        None => g,
+                        Some(acc) => super::update::add_grads(acc, g, &self.model_vars())?,
+                    });
+                }
+                if let Some(grads) = grads {
+                    let stats = self.optimizer.step(grads)?;
+                    sums.entry("grad_norm").or_default().push(stats.grad_norm);
+                }
+                for (k, v) in micro {
+                    let mean = v.iter().sum::<f64>() / v.len() as f64;
+                    sums.entry(k).or_default().push(mean);
+                }
+            }
+        }
+        Ok(sums
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    format!("critic/{k}"),
+                    v.iter().sum::<f64>() / v.len() as f64,
+                )
+            })
+            .collect())
+    }
+
+    fn model_vars(&self) -> Vec<candle_core::Var> {
+        self.model
+            .named_vars()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
