@@ -63,11 +63,12 @@ impl CaseOutcome {
 }
 
 /// The golden files this harness knows, in reporting order.
-pub const KNOWN_FILES: [&str; 9] = [
+pub const KNOWN_FILES: [&str; 10] = [
     "entropy_logprobs.json",
     "advantages.json",
     "kl.json",
     "policy_losses.json",
+    "off_policy_ref.json",
     "reductions_head.json",
     "worker_losses_head.json",
     "dynamic_sampling.json",
@@ -80,7 +81,7 @@ fn runner(file_name: &str) -> Option<fn(&Value) -> Vec<CaseOutcome>> {
         "entropy_logprobs.json" => entropy::run,
         "advantages.json" => advantages::run,
         "kl.json" => kl::run,
-        "policy_losses.json" => policy_losses::run,
+        "policy_losses.json" | "off_policy_ref.json" => policy_losses::run,
         "reductions_head.json" => reductions::run,
         "worker_losses_head.json" => worker_losses::run,
         "dynamic_sampling.json" => dynamic_sampling::run,
