@@ -133,7 +133,7 @@ pub unsafe fn matmul(dst: *mut f32, accumulate: bool, m: usize, a: View, b: &Pac
         for k0 in (0..chunks.max(1)).step_by(K_CHUNKS) {
             let kn = K_CHUNKS.min(chunks - k0.min(chunks));
             for j in task_panels.clone() {
-                let panel = &pb[(j * chunks + k0) * CHUNK..];
+                let panel = b_tiles(&pb[(j * chunks + k0) * CHUNK..]);
                 for i in task_blocks.clone().filter(|&i| full(i, j)) {
                     let block = &pa[(i * chunks + k0) * CHUNK..];
                     // SAFETY: (i, j) is this task's own output block, whole inside `dst` (m * n
@@ -147,7 +147,7 @@ pub unsafe fn matmul(dst: *mut f32, accumulate: bool, m: usize, a: View, b: &Pac
         }
         // Blocks on the edge, all of k at once, through a whole scratch block.
         for j in task_panels.clone() {
-            let panel = &pb[j * chunks * CHUNK..];
+            let panel = b_tiles(&pb[j * chunks * CHUNK..]);
             for i in task_blocks.clone().filter(|&i| !full(i, j)) {
                 let block = &pa[i * chunks * CHUNK..];
                 let (rows, cols) = (BLOCK.min(m - i * BLOCK), BLOCK.min(n - j * BLOCK));
@@ -169,6 +169,96 @@ pub unsafe fn matmul(dst: *mut f32, accumulate: bool, m: usize, a: View, b: &Pac
                     for c in 0..cols {
                         // SAFETY: as above.
                         unsafe { *corner.add(r * n + c) = scratch[r * BLOCK + c] };
+                    }
+                }
+            }
+        }
+        // SAFETY: configured above on this thread.
+        unsafe { tiles::release() };
+    });
+}
+
+/// The two halves of a `pack_b` panel, from its chunk at `panel`.
+fn b_tiles(panel: &[u16]) -> tiles::BTiles {
+    debug_assert!(panel.len() >= CHUNK);
+    tiles::BTiles {
+        // SAFETY: the second half starts inside the chunk (CHUNK = 2 * 512).
+        half: [panel.as_ptr(), unsafe { panel.as_ptr().add(CHUNK / 2) }],
+        chunk_stride: CHUNK,
+    }
+}
+
+/// `dst = a @ w^T` for `a: [m, 2 * steps]` and `w` in the decoding kernel's layout
+/// ([`super::packed`]): `panels` panels of 16 rows of `w`, each `steps` vectors of 16 bf16 column
+/// pairs. Sixteen consecutive vectors of a panel are exactly a `TDPBF16PS` `b` tile (row `q`:
+/// the pair of k rows `2q`, `2q + 1` for 16 columns), so the weights are read in place, no second
+/// copy. `dst` is row-major `[m, 16 * panels]`, only written.
+///
+/// # Safety
+/// `dst` has room for `m * 16 * panels` values and nothing else accesses them during the call.
+///
+/// # Panics
+/// Unless AMX is [`available`], `steps` is a multiple of 16, `panels` is even, `w` holds
+/// `panels * steps * 16` values and `a` covers `[m, 2 * steps]`.
+pub unsafe fn matmul_panels(
+    dst: *mut f32,
+    m: usize,
+    a: View,
+    w: &[u32],
+    steps: usize,
+    panels: usize,
+) {
+    assert!(available(), "AMX-BF16 is not available on this CPU");
+    assert!(steps.is_multiple_of(16) && panels.is_multiple_of(2));
+    assert!(w.len() >= panels * steps * 16);
+    let k = 2 * steps;
+    assert!(a.covers(m, k));
+    if m == 0 || panels == 0 || steps == 0 {
+        return;
+    }
+    let n = 16 * panels;
+    let chunks = steps / 16;
+    let pa = pack_a(a, m, k);
+    let (blocks, col_blocks) = (m.div_ceil(BLOCK), panels / 2);
+    // Every row block against a run of column blocks: the weights stream once.
+    let tasks = col_blocks.div_ceil(TASK_PANELS);
+    let out = SendPtr(dst);
+    // u16 view of the weights (a u32 holds its pair as two little-endian u16s).
+    let words: &[u16] = bytemuck::cast_slice(w);
+    (0..tasks).into_par_iter().for_each(|t| {
+        let out = &out;
+        let mut scratch = [0f32; BLOCK * BLOCK];
+        // SAFETY: AMX is available (asserted); configured on this thread before any tile
+        // instruction and released after.
+        unsafe { tiles::configure() };
+        for j in t * TASK_PANELS..col_blocks.min((t + 1) * TASK_PANELS) {
+            // Panels 2j and 2j + 1; the even column of a pair comes first, as a `b` tile row
+            // wants it.
+            let b = tiles::BTiles {
+                half: [
+                    words[2 * j * steps * 32..].as_ptr(),
+                    words[(2 * j + 1) * steps * 32..].as_ptr(),
+                ],
+                chunk_stride: 16 * 32,
+            };
+            for i in 0..blocks {
+                let block = &pa[i * chunks * CHUNK..];
+                let rows = BLOCK.min(m - i * BLOCK);
+                // SAFETY: (i, j) is this task's own output block; a whole one is inside `dst`
+                // (row stride n), a partial one goes through the scratch block.
+                unsafe {
+                    let corner = out.0.add(i * BLOCK * n + j * BLOCK);
+                    if rows == BLOCK {
+                        tiles::block(block, b, chunks, corner, n, false);
+                    } else {
+                        tiles::block(block, b, chunks, scratch.as_mut_ptr(), BLOCK, false);
+                        for r in 0..rows {
+                            std::ptr::copy_nonoverlapping(
+                                scratch.as_ptr().add(r * BLOCK),
+                                corner.add(r * n),
+                                BLOCK,
+                            );
+                        }
                     }
                 }
             }
@@ -447,21 +537,29 @@ mod tiles {
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
-    /// `c (+)= a_block @ b_panel` for one 32 x 32 f32 block at `c` with row stride `ldc`
-    /// (elements); `a_block` and `b_panel` are packed as `pack_a` and `pack_b` lay them out.
+    /// Where a 32-column block's `b` tiles are: the tile of half `h` (16 columns) and chunk
+    /// `i` starts at `half[h] + i * chunk_stride` (u16s), 16 rows of 64 bytes.
+    #[derive(Clone, Copy)]
+    pub struct BTiles {
+        pub half: [*const u16; 2],
+        pub chunk_stride: usize,
+    }
+
+    /// `c (+)= a_block @ b` for one 32 x 32 f32 block at `c` with row stride `ldc` (elements);
+    /// `a_block` is packed as `pack_a` lays it out.
     ///
     /// # Safety
     /// [`configure`] ran on this thread; `c` addresses 32 rows of 32 writable f32 at stride
-    /// `ldc`; both packs hold `chunks` chunks.
+    /// `ldc`; `a_block` and `b`'s two halves hold `chunks` chunks.
     pub unsafe fn block(
         a_block: &[u16],
-        b_panel: &[u16],
+        b: BTiles,
         chunks: usize,
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
     ) {
-        debug_assert!(a_block.len() >= chunks * CHUNK && b_panel.len() >= chunks * CHUNK);
+        debug_assert!(a_block.len() >= chunks * CHUNK);
         let stride = ldc * 4;
         let half = CHUNK / 2;
         // SAFETY (every block below): the addresses are inside `c`'s 32 x 32 block or inside
@@ -491,10 +589,14 @@ mod tiles {
                 )
             };
         }
-        let (a, b) = (a_block.as_ptr(), b_panel.as_ptr());
+        let a = a_block.as_ptr();
         for i in 0..chunks {
             unsafe {
-                let (a0, b0) = (a.add(i * CHUNK), b.add(i * CHUNK));
+                let (a0, b0, b1) = (
+                    a.add(i * CHUNK),
+                    b.half[0].add(i * b.chunk_stride),
+                    b.half[1].add(i * b.chunk_stride),
+                );
                 asm!(
                     "tileloadd tmm4, [{a0} + {s}*1]",
                     "tileloadd tmm6, [{b0} + {s}*1]",
@@ -505,7 +607,7 @@ mod tiles {
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     a0 = in(reg) a0, a1 = in(reg) a0.add(half),
-                    b0 = in(reg) b0, b1 = in(reg) b0.add(half),
+                    b0 = in(reg) b0, b1 = in(reg) b1,
                     s = in(reg) 64usize,
                     options(nostack, readonly),
                 )
@@ -541,7 +643,12 @@ mod tiles {
     ///
     /// # Safety
     /// As for the x86_64 version; this one only panics.
-    pub unsafe fn block(_: &[u16], _: &[u16], _: usize, _: *mut f32, _: usize, _: bool) {
+    #[derive(Clone, Copy)]
+    pub struct BTiles {
+        pub half: [*const u16; 2],
+        pub chunk_stride: usize,
+    }
+    pub unsafe fn block(_: &[u16], _: BTiles, _: usize, _: *mut f32, _: usize, _: bool) {
         unreachable!("AMX exists only on x86_64")
     }
 }

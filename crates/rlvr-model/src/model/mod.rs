@@ -275,7 +275,9 @@ impl Model {
 
     /// A copy for decoding whose matrix weights (attention, MLP and output head) are stored in
     /// `weights`, bf16 or f32 (bf16 halves the bytes streamed per generated token; activations,
-    /// norms and the embedding lookup stay f32). Not trainable: it has no named parameters.
+    /// norms and the embedding lookup stay f32, except that products of 16 rows or more take
+    /// AMX tiles on bf16 activations where the CPU has them). Not trainable: it has no named
+    /// parameters.
     /// bf16 needs [`bf16_decode_supported`].
     ///
     /// On an AVX-512 CPU the weights are packed for the decoding kernel (see [`packed`]), q/k/v

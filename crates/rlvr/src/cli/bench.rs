@@ -45,7 +45,8 @@ pub enum BenchCommand {
         answer_only: bool,
         /// Storage of the weights while generating: float32 (the PyTorch baseline's setting) or
         /// bfloat16 (SkyRL's `generator.model_dtype` default; on AVX-512 CPUs packed bf16
-        /// weights widened in registers, f32 activations, bf16 KV cache).
+        /// weights widened in registers, f32 activations, bf16 KV cache; from 16 sequences on, AMX tiles
+        /// with bf16 activations where the CPU has AMX).
         #[arg(long, default_value = "float32")]
         dtype: String,
         /// Consecutive requests per prompt (an RL group: GRPO samples a prompt several times).
