@@ -19,7 +19,7 @@ pub mod optim;
 pub use kernels::gemm::Precision;
 pub use kv_cache::KvCache;
 pub use logprobs::{LogProbOptions, TokenLogProbs};
-pub use model::Model;
+pub use model::{Model, SharedPrompts};
 pub mod chat_template;
 pub mod export;
 pub mod generation_config;

@@ -344,6 +344,12 @@ fn assemble(
                 as usize,
         ),
     };
+    let share_prompts = match resolved.get("trainer.shared_prompt") {
+        None => true,
+        Some(v) => v
+            .as_bool()
+            .context("+trainer.shared_prompt: expected true or false")?,
+    };
     let opt = &cfg.trainer.policy.optimizer_config;
     let batches = loader.batches_per_epoch();
     let mini_batches = cfg.trainer.train_batch_size / cfg.trainer.policy_mini_batch_size.max(1);
@@ -432,6 +438,7 @@ fn assemble(
         envs: ext.envs,
         tokenizer: Some(tokenizer),
         max_steps,
+        share_prompts,
     };
     checkpoint::resume(
         &mut trainer,

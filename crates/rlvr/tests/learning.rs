@@ -161,6 +161,46 @@ fn ppo_with_a_critic_learns_the_toy_task() {
     assert_learns("ppo+critic", &rewards);
 }
 
+/// One prompt pass per group (the default) trains as the unshared rows do: the same first step's
+/// loss, gradient norm and updated weights, up to f32 summation order (f32 products: with bf16
+/// ones, the different sums round differently to bf16 and the loss, a near-cancelling sum of
+/// advantage-weighted ratios, moves by ~3e-4 of itself).
+#[test]
+fn shared_prompt_training_matches_whole_rows() {
+    let run = |shared: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = toy_trainer(dir.path(), &[shared, "trainer.bf16=false"]);
+        assert_eq!(trainer.share_prompts, shared.ends_with("true"));
+        let m = trainer.step().unwrap().unwrap();
+        let (_, w) = trainer.policy.named_vars()[1].clone();
+        let w: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        (m, w)
+    };
+    let (a, wa) = run("+trainer.shared_prompt=true");
+    let (b, wb) = run("+trainer.shared_prompt=false");
+    // 8 prompts x 16 samples in micro-batches of 16 rows: 15 of every 16 prompt passes saved.
+    assert_eq!(a["train/prompt_passes_saved"], 8.0 * 15.0);
+    assert_eq!(b["train/prompt_passes_saved"], 0.0);
+    for k in [
+        "policy/final_loss",
+        "policy/grad_norm",
+        "policy/policy_entropy",
+    ] {
+        assert!(
+            (a[k] - b[k]).abs() <= 1e-5 * (1.0 + b[k].abs()),
+            "{k}: {} shared vs {} whole rows",
+            a[k],
+            b[k]
+        );
+    }
+    let diff = wa
+        .iter()
+        .zip(&wb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-6, "weights differ by {diff} after one step");
+}
+
 /// SkyRL's default `max_seq_len: null` with `seq_mean_token_sum_norm` normalises by max input +
 /// max generate length instead of failing at the first step.
 #[test]

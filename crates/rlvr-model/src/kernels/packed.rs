@@ -170,7 +170,12 @@ impl Packed {
         let cols = np * PANEL;
         // Not zeroed first: every tile stores all its outputs in its first cache block.
         let mut y: Vec<f32> = Vec::with_capacity(m * cols);
-        if bf16 && m >= AMX_MIN_ROWS && super::amx::available() && steps % 16 == 0 && np % 2 == 0 {
+        if bf16
+            && m >= AMX_MIN_ROWS
+            && super::amx::available()
+            && steps.is_multiple_of(16)
+            && np.is_multiple_of(2)
+        {
             // SAFETY: `y` has room for m * cols values; AMX reads the panels in place.
             unsafe {
                 super::amx::matmul_panels(

@@ -8,6 +8,9 @@
 mod autograd;
 pub mod ops;
 pub mod rope;
+mod shared_prompt;
+
+pub use shared_prompt::SharedPrompts;
 
 use crate::config::ModelConfig;
 use crate::kernels::gemm::Precision;

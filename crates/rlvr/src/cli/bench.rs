@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use clap::Subcommand;
 use rlvr_model::engine::{Engine, EngineConfig, Request, SamplingParams};
 use rlvr_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use rlvr_model::{load_pretrained, ChatMessage, LogProbOptions, Model, Precision};
+use rlvr_model::{load_pretrained, ChatMessage, LogProbOptions, Model, Precision, SharedPrompts};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -43,6 +43,13 @@ pub enum BenchCommand {
         /// PyTorch baseline does.
         #[arg(long)]
         answer_only: bool,
+        /// Samples per prompt in the training batch (an RL group). Above 1, each row is its
+        /// group's prompt (left-padded) and a different answer, scored on the answers, and the
+        /// batch is trained twice: as whole rows, then with one prompt pass per group (what
+        /// `rlvr train` does; `+trainer.shared_prompt=false` turns it off). Tokens/s counts the
+        /// same `train_batch x train_seq` positions both ways.
+        #[arg(long, default_value_t = 1)]
+        train_group: usize,
         /// Storage of the weights while generating: float32 (the PyTorch baseline's setting) or
         /// bfloat16 (SkyRL's `generator.model_dtype` default; on AVX-512 CPUs packed bf16
         /// weights widened in registers, f32 activations, bf16 KV cache; from 16 sequences on, AMX tiles
@@ -119,6 +126,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         train_batch,
         train_seq,
         answer_only,
+        train_group,
         samples_per_prompt,
         dtype,
         train_dtypes,
@@ -230,7 +238,87 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             results.insert(format!("gen_batch_{b}"), res);
         }
     }
-    if !skip_train {
+    if !skip_train && train_group > 1 {
+        let mut train = load_rows(&gsm8k.join("train.jsonl"));
+        if train.is_empty() {
+            train = builtin_rows(train_batch);
+        }
+        let pad = tokenizer.pad_token_id().unwrap_or(eos);
+        let groups = train_batch.div_ceil(train_group);
+        let prompts: Vec<Vec<u32>> = train
+            .iter()
+            .cycle()
+            .take(groups)
+            .map(|row| chat(row["question"].as_str().unwrap_or("")))
+            .collect::<anyhow::Result<_>>()?;
+        let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        anyhow::ensure!(
+            p < train_seq,
+            "--train-seq {train_seq} leaves no room for answers after {p}-token prompts"
+        );
+        let r = train_seq - p;
+        let (mut ids, mut mask) = (
+            vec![pad; train_batch * train_seq],
+            vec![0u32; train_batch * train_seq],
+        );
+        let (mut pids, mut pmask) = (vec![pad; groups * p], vec![0u32; groups * p]);
+        let (mut rids, mut rmask) = (vec![pad; train_batch * r], vec![0u32; train_batch * r]);
+        let mut scored = vec![0f32; train_batch * r];
+        for (g, prompt) in prompts.iter().enumerate() {
+            let off = g * p + p - prompt.len();
+            pids[off..off + prompt.len()].copy_from_slice(prompt);
+            pmask[off..off + prompt.len()].fill(1);
+        }
+        let group: Vec<u32> = (0..train_batch).map(|i| (i / train_group) as u32).collect();
+        for (i, row) in train.iter().cycle().take(train_batch).enumerate() {
+            let answer = tokenizer.encode(
+                &format!("{}<|im_end|>", row["answer"].as_str().unwrap_or("")),
+                false,
+            )?;
+            let answer = &answer[..answer.len().min(r)];
+            let g = group[i] as usize;
+            ids[i * train_seq..i * train_seq + p].copy_from_slice(&pids[g * p..(g + 1) * p]);
+            mask[i * train_seq..i * train_seq + p].copy_from_slice(&pmask[g * p..(g + 1) * p]);
+            let at = i * train_seq + p;
+            ids[at..at + answer.len()].copy_from_slice(answer);
+            mask[at..at + answer.len()].fill(1);
+            rids[i * r..i * r + answer.len()].copy_from_slice(answer);
+            rmask[i * r..i * r + answer.len()].fill(1);
+            scored[i * r..i * r + answer.len()].fill(1.0);
+        }
+        let ids = Tensor::from_vec(ids, (train_batch, train_seq), &device)?;
+        let mask = Tensor::from_vec(mask, (train_batch, train_seq), &device)?;
+        let shared = SharedPrompts {
+            prompt_ids: &Tensor::from_vec(pids, (groups, p), &device)?,
+            prompt_mask: &Tensor::from_vec(pmask, (groups, p), &device)?,
+            response_ids: &Tensor::from_vec(rids, (train_batch, r), &device)?,
+            response_mask: &Tensor::from_vec(rmask, (train_batch, r), &device)?,
+            group: &group,
+        };
+        let m = Tensor::from_vec(scored, (train_batch, r), &device)?;
+        let adv = Tensor::randn(0f32, 1.0, (train_batch, 1), &device)?;
+        for name in &train_dtypes {
+            let precision = parse_precision(name)?;
+            for (mode, shared) in [("", None), ("_shared", Some(&shared))] {
+                reset_peak_rss();
+                let lp = |o: &LogProbOptions| match shared {
+                    Some(s) => model.response_logprobs_shared(s, o),
+                    None => model.response_logprobs(&ids, &mask, r, o),
+                };
+                let res = bench_train(
+                    &model,
+                    &lp,
+                    train_batch * train_seq,
+                    &m,
+                    &adv,
+                    train_steps,
+                    precision,
+                )?;
+                println!("train {name}{mode} (groups of {train_group}, {p}-token prompts): {res}");
+                results.insert(format!("train_{name}{mode}"), res);
+            }
+        }
+    } else if !skip_train {
         reset_peak_rss();
         let mut train = load_rows(&gsm8k.join("train.jsonl"));
         if train.is_empty() {
@@ -271,15 +359,18 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         )?;
         let adv = Tensor::randn(0f32, 1.0, (train_batch, 1), &device)?;
         for name in &train_dtypes {
-            let precision = match name.as_str() {
-                "bfloat16" | "bf16" => Precision::Bf16,
-                "float32" | "fp32" | "f32" => Precision::F32,
-                other => anyhow::bail!(
-                    "--train-dtypes: unknown precision `{other}` (expected bfloat16 or float32)"
-                ),
-            };
+            let precision = parse_precision(name)?;
             reset_peak_rss();
-            let res = bench_train(&model, &ids, &mask, &m, &adv, resp, train_steps, precision)?;
+            let lp = |o: &LogProbOptions| model.response_logprobs(&ids, &mask, resp, o);
+            let res = bench_train(
+                &model,
+                &lp,
+                train_batch * train_seq,
+                &m,
+                &adv,
+                train_steps,
+                precision,
+            )?;
             println!("train {name}: {res}");
             results.insert(format!("train_{name}"), res);
         }
@@ -288,26 +379,35 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Training tokens/s of forward + backward + AdamW on one batch (median over `steps` after a
-/// warm-up step), the linear products in `precision`.
-#[allow(clippy::too_many_arguments)]
+fn parse_precision(name: &str) -> anyhow::Result<Precision> {
+    Ok(match name {
+        "bfloat16" | "bf16" => Precision::Bf16,
+        "float32" | "fp32" | "f32" => Precision::F32,
+        other => anyhow::bail!(
+            "--train-dtypes: unknown precision `{other}` (expected bfloat16 or float32)"
+        ),
+    })
+}
+
+/// Training tokens/s (`tokens` positions per step) of forward + backward + AdamW on one batch
+/// whose log-probs `lp` gives (median over `steps` after a warm-up step), the linear products in
+/// `precision`; `m` marks the scored positions.
 fn bench_train(
     model: &Model,
-    ids: &Tensor,
-    mask: &Tensor,
+    lp: &dyn Fn(&LogProbOptions) -> candle_core::Result<rlvr_model::TokenLogProbs>,
+    tokens: usize,
     m: &Tensor,
     adv: &Tensor,
-    resp: usize,
     train_steps: usize,
     precision: Precision,
 ) -> anyhow::Result<serde_json::Value> {
-    let (train_batch, train_seq) = ids.dims2()?;
+    let (train_batch, resp) = m.dims2()?;
     let opts = LogProbOptions {
         grad: false,
         precision,
         ..Default::default()
     };
-    let old = model.response_logprobs(ids, mask, resp, &opts)?.logprobs;
+    let old = lp(&opts)?.logprobs;
     let mut opt = AdamW::new(
         model.named_vars().to_vec(),
         AdamWConfig {
@@ -324,10 +424,7 @@ fn bench_train(
     };
     for step in 0..=train_steps {
         let t = Instant::now();
-        let lp = model
-            .response_logprobs(ids, mask, resp, &train_opts)?
-            .logprobs;
-        let ratio = (lp - &old)?.exp()?;
+        let ratio = (lp(&train_opts)?.logprobs - &old)?.exp()?;
         let l1 = ratio.broadcast_mul(adv)?;
         let l2 = ratio.clamp(0.8f32, 1.28f32)?.broadcast_mul(adv)?;
         let loss = ((l1.minimum(&l2)? * m)?.sum_all()?.neg()?
@@ -340,7 +437,7 @@ fn bench_train(
             opt.step(&grads)?;
         }
         let dt = t.elapsed().as_secs_f64();
-        let rate = (train_batch * train_seq) as f64 / dt;
+        let rate = tokens as f64 / dt;
         eprintln!(
             "train step {step}{}: loss {:.5} grad-norm {:.4} fwd {t_fwd:.2}s bwd {t_bwd:.2}s opt {:.2}s total {dt:.2}s = {rate:.1} tok/s",
             if step == 0 { " (warm-up)" } else { "" },
@@ -353,6 +450,6 @@ fn bench_train(
         }
     }
     Ok(
-        serde_json::json!({"tok_s_median": median(rates), "batch": train_batch, "seq": train_seq, "scored_positions": resp, "peak_rss_mb": peak_rss_mb()}),
+        serde_json::json!({"tok_s_median": median(rates), "batch": train_batch, "seq": tokens / train_batch.max(1), "scored_positions": resp, "peak_rss_mb": peak_rss_mb()}),
     )
 }

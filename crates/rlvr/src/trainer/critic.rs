@@ -45,7 +45,7 @@ impl Critic {
         pad_id: u32,
         precision: Precision,
     ) -> Result<Tensor> {
-        super::update::forward_in_chunks(out, full, micro, pad_id, self.model.device(), |mb| {
+        super::update::forward_in_chunks(out, full, micro, pad_id, self.model.device(), |_, mb| {
             Ok(self.model.values(
                 &mb.input_ids,
                 &mb.attention_mask,

@@ -65,6 +65,9 @@ pub struct Trainer {
     pub envs: EnvRegistry,
     /// `+trainer.max_steps` (rlvr-only): stop after this many global steps.
     pub max_steps: Option<usize>,
+    /// `+trainer.shared_prompt` (rlvr-only, default true): one prompt pass per group of samples
+    /// in the trainer's forward and backward passes.
+    pub share_prompts: bool,
     /// Needed for HF export; `None` in tests that do not export.
     pub tokenizer: Option<Arc<rlvr_model::Tokenizer>>,
 }

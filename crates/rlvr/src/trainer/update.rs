@@ -32,6 +32,8 @@ pub fn train_on_batch(
     } else {
         Precision::F32
     };
+    // One prompt pass per group wherever a chunk's consecutive rows share their prompt.
+    let share_prompts = t.share_prompts;
     let fwd = |model: &Model| {
         forward_logprobs(
             model,
@@ -41,6 +43,7 @@ pub fn train_on_batch(
             temperature,
             t.pad_id,
             precision,
+            share_prompts,
         )
     };
 
@@ -201,6 +204,7 @@ pub fn train_on_batch(
         entropy_coef: alg.use_entropy_loss.then_some(alg.entropy_loss_coef),
     };
     let mut acc = MetricAcc::default();
+    let mut prompt_passes_saved = 0usize;
     for _epoch in 0..cfg.trainer.update_epochs_per_batch {
         for &(mini_start, mini_end) in &mini_bounds {
             let mut grads: Option<GradStore> = None;
@@ -214,10 +218,18 @@ pub fn train_on_batch(
                         .narrow(1, 0, r)?
                         .contiguous()?)
                 };
-                let lp = t.policy.response_logprobs(
-                    &mb.input_ids,
-                    &mb.attention_mask,
-                    r,
+                let layout = match share_prompts {
+                    true => batch::shared_layout(out, &idx, t.pad_id, t.policy.device())?,
+                    false => None,
+                };
+                if let Some(l) = &layout {
+                    prompt_passes_saved +=
+                        idx.len() - l.group.last().map_or(0, |&g| g as usize + 1);
+                }
+                let lp = logprobs(
+                    &t.policy,
+                    &mb,
+                    layout.as_ref(),
                     &LogProbOptions {
                         temperature,
                         entropy: true,
@@ -298,6 +310,12 @@ pub fn train_on_batch(
         }
     }
     metrics.extend(acc.finish());
+    // rlvr's own: prompt forward/backward passes the policy update did not repeat (one per
+    // sample beyond the first of each group in a micro-batch).
+    metrics.insert(
+        "train/prompt_passes_saved".into(),
+        prompt_passes_saved as f64,
+    );
     Ok(metrics)
 }
 
@@ -347,6 +365,7 @@ fn rollout_logprob_diff(
 }
 
 /// Log-probs `[B, R]` of every row's response under `model` (no grad), in chunks of `micro` rows.
+#[allow(clippy::too_many_arguments)]
 fn forward_logprobs(
     model: &Model,
     out: &GeneratorOutput,
@@ -355,12 +374,19 @@ fn forward_logprobs(
     temperature: f64,
     pad_id: u32,
     precision: Precision,
+    share_prompts: bool,
 ) -> Result<Tensor> {
-    forward_in_chunks(out, full, micro, pad_id, model.device(), |mb| {
-        let lp = model.response_logprobs(
-            &mb.input_ids,
-            &mb.attention_mask,
-            mb.response_len,
+    let rows = out.len();
+    forward_in_chunks(out, full, micro, pad_id, model.device(), |start, mb| {
+        let idx: Vec<usize> = (start..(start + mb.lengths.len()).min(rows)).collect();
+        let layout = match share_prompts {
+            true => batch::shared_layout(out, &idx, pad_id, model.device())?,
+            false => None,
+        };
+        let lp = logprobs(
+            model,
+            mb,
+            layout.as_ref(),
             &LogProbOptions {
                 temperature,
                 entropy: false,
@@ -373,7 +399,23 @@ fn forward_logprobs(
     })
 }
 
-/// Runs `f` on the batch in chunks of `micro` rows and stacks its `[rows, R_chunk]` results,
+/// The log-probs of the rows laid out as `mb`, or, given their shared layout, with one prompt
+/// pass per group.
+fn logprobs(
+    model: &Model,
+    mb: &TrainBatch,
+    shared: Option<&batch::SharedLayout>,
+    opts: &LogProbOptions,
+) -> Result<rlvr_model::TokenLogProbs> {
+    Ok(match shared {
+        Some(layout) => model.response_logprobs_shared(&layout.view(), opts)?,
+        None => {
+            model.response_logprobs(&mb.input_ids, &mb.attention_mask, mb.response_len, opts)?
+        }
+    })
+}
+
+/// Runs `f(first row, chunk)` on the batch in chunks of `micro` rows and stacks its `[rows, R_chunk]` results,
 /// zero-padded to the whole batch's response width.
 pub(super) fn forward_in_chunks(
     out: &GeneratorOutput,
@@ -381,14 +423,14 @@ pub(super) fn forward_in_chunks(
     micro: usize,
     pad_id: u32,
     device: &candle_core::Device,
-    f: impl Fn(&TrainBatch) -> Result<Tensor>,
+    f: impl Fn(usize, &TrainBatch) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let rows = out.len();
     let mut parts = Vec::new();
     for start in (0..rows).step_by(micro.max(1)) {
         let idx: Vec<usize> = (start..(start + micro.max(1)).min(rows)).collect();
         let mb = batch::build(out, &idx, pad_id, device)?;
-        let part = f(&mb)?;
+        let part = f(start, &mb)?;
         let pad = full.response_len - mb.response_len;
         parts.push(if pad > 0 {
             part.pad_with_zeros(1, 0, pad)?

@@ -1,0 +1,303 @@
+//! One prompt pass per group. The samples of a GRPO group share their prompt: its forward runs
+//! once, every response of the group attends to its keys and values, and in the backward pass the
+//! prompt's gradients gather from all of them (`index_select`'s backward sums). The result equals
+//! the `[prompt | response]` rows of [`Model::forward_hidden`] up to summation order, at the cost of
+//! the prompt once per group instead of once per sample.
+
+use super::{ops, Model, MASKED};
+use crate::logprobs::{lm_head_logprobs, LogProbOptions, TokenLogProbs};
+use crate::Precision;
+use candle_core::{DType, Result, Tensor};
+
+/// Rows whose prompts are shared: response row `r` follows prompt row `group[r]`.
+pub struct SharedPrompts<'a> {
+    /// `[G, P]` u32, left-padded.
+    pub prompt_ids: &'a Tensor,
+    /// `[G, P]`, 1 on real tokens.
+    pub prompt_mask: &'a Tensor,
+    /// `[B, R]` u32, right-padded.
+    pub response_ids: &'a Tensor,
+    /// `[B, R]`, 1 on real tokens.
+    pub response_mask: &'a Tensor,
+    /// `B` prompt rows, each `< G`.
+    pub group: &'a [u32],
+}
+
+impl Model {
+    /// Final-normed hidden states of the prompts `[G, P, hidden]` and of the responses
+    /// `[B, R, hidden]`, positions and attention as if each response row were its prompt
+    /// followed by the response.
+    pub fn forward_hidden_shared(
+        &self,
+        batch: &SharedPrompts,
+        grad: bool,
+        precision: Precision,
+    ) -> Result<(Tensor, Tensor)> {
+        let (g, p) = batch.prompt_ids.dims2()?;
+        let (rows, r) = batch.response_ids.dims2()?;
+        if batch.prompt_mask.dims() != [g, p]
+            || batch.response_mask.dims() != [rows, r]
+            || batch.group.len() != rows
+        {
+            candle_core::bail!(
+                "shared prompts: prompt ids {:?} and mask {:?}, response ids {:?} and mask {:?}, \
+                 {} group indices: shapes disagree",
+                batch.prompt_ids.dims(),
+                batch.prompt_mask.dims(),
+                batch.response_ids.dims(),
+                batch.response_mask.dims(),
+                batch.group.len()
+            )
+        }
+        if let Some(bad) = batch.group.iter().find(|&&i| i as usize >= g) {
+            candle_core::bail!("shared prompts: group index {bad} for {g} prompts")
+        }
+        let pm = batch.prompt_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let rm = batch.response_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+
+        // The prompts: causal over themselves, as in `forward_hidden`.
+        let mut pos_p = Vec::with_capacity(g * p);
+        let mut add_p = vec![0f32; g * p * p];
+        for (row, m) in pm.iter().enumerate() {
+            let mut c = 0u32;
+            for &x in m {
+                c += (x != 0.0) as u32;
+                pos_p.push(c.saturating_sub(1));
+            }
+            for i in 0..p {
+                for j in 0..p {
+                    if j > i || m[j] == 0.0 {
+                        add_p[(row * p + i) * p + j] = MASKED;
+                    }
+                }
+            }
+        }
+        // The responses: keys are the group's prompt (its real tokens) and then the response
+        // causally; positions continue from the prompt's length.
+        let t = p + r;
+        let mut pos_r = Vec::with_capacity(rows * r);
+        let mut add_r = vec![0f32; rows * r * t];
+        for (row, m) in rm.iter().enumerate() {
+            let prompt = &pm[batch.group[row] as usize];
+            let mut c = prompt.iter().filter(|&&x| x != 0.0).count() as u32;
+            for &x in m {
+                c += (x != 0.0) as u32;
+                pos_r.push(c.saturating_sub(1));
+            }
+            for i in 0..r {
+                let base = (row * r + i) * t;
+                for j in 0..p {
+                    if prompt[j] == 0.0 {
+                        add_r[base + j] = MASKED;
+                    }
+                }
+                for j in 0..r {
+                    if j > i || m[j] == 0.0 {
+                        add_r[base + p + j] = MASKED;
+                    }
+                }
+            }
+        }
+        let dev = &self.device;
+        let mask_p = Tensor::from_vec(add_p, (g, 1, 1, p, p), dev)?.to_dtype(self.dtype)?;
+        let mask_r = Tensor::from_vec(add_r, (rows, 1, 1, r, t), dev)?.to_dtype(self.dtype)?;
+        let (cos_p, sin_p) = self.rope.gather(&Tensor::from_vec(pos_p, (g, p), dev)?)?;
+        let (cos_r, sin_r) = self
+            .rope
+            .gather(&Tensor::from_vec(pos_r, (rows, r), dev)?)?;
+        let group = Tensor::from_vec(batch.group.to_vec(), rows, dev)?;
+        let dims = self.dims();
+
+        let mut xp = self.embed_tokens(batch.prompt_ids)?;
+        let mut xr = self.embed_tokens(batch.response_ids)?;
+        for layer in &self.layers {
+            let mut prompt_kv = None;
+            xp = self.layer_forward(layer, &xp, &cos_p, &sin_p, grad, precision, |q, k, v| {
+                prompt_kv = Some((k.clone(), v.clone()));
+                ops::attention(q, k, v, &mask_p, dims, grad)
+            })?;
+            let (kp, vp) = prompt_kv.expect("the layer ran its attention");
+            let (kp, vp) = (
+                kp.contiguous()?.index_select(&group, 0)?,
+                vp.contiguous()?.index_select(&group, 0)?,
+            );
+            xr = self.layer_forward(layer, &xr, &cos_r, &sin_r, grad, precision, |q, k, v| {
+                let k = Tensor::cat(&[&kp, k], 2)?;
+                let v = Tensor::cat(&[&vp, v], 2)?;
+                ops::attention(q, &k, &v, &mask_r, dims, grad)
+            })?;
+        }
+        let eps = self.cfg.rms_norm_eps;
+        Ok((
+            ops::rms_norm(&xp, self.norm.as_tensor(), eps, grad)?,
+            ops::rms_norm(&xr, self.norm.as_tensor(), eps, grad)?,
+        ))
+    }
+
+    /// [`Model::response_logprobs`] for rows that share prompts: `[B, R]` log-probs (and
+    /// entropies) of the response tokens, the first read at the prompt's last position.
+    pub fn response_logprobs_shared(
+        &self,
+        batch: &SharedPrompts,
+        opts: &LogProbOptions,
+    ) -> Result<TokenLogProbs> {
+        let (hp, hr) = self.forward_hidden_shared(batch, opts.grad, opts.precision)?;
+        let (rows, r, h) = hr.dims3()?;
+        let p = hp.dim(1)?;
+        if p == 0 || r == 0 {
+            candle_core::bail!("shared prompts: prompts of {p} and responses of {r} tokens")
+        }
+        let group = Tensor::from_vec(batch.group.to_vec(), rows, hp.device())?;
+        // Position t predicts token t + 1: the prompt's last state predicts the first token.
+        let first = hp
+            .narrow(1, p - 1, 1)?
+            .contiguous()?
+            .index_select(&group, 0)?;
+        let states = if r > 1 {
+            Tensor::cat(&[&first, &hr.narrow(1, 0, r - 1)?], 1)?
+        } else {
+            first
+        }
+        .reshape((rows * r, h))?;
+        let labels = batch.response_ids.flatten_all()?.to_dtype(DType::U32)?;
+        let out = lm_head_logprobs(&states, self.lm_head_weight(), &labels, opts)?;
+        let logprobs = out.narrow(1, 0, 1)?.reshape((rows, r))?;
+        let entropy = if opts.entropy {
+            Some(out.narrow(1, 1, 1)?.reshape((rows, r))?)
+        } else {
+            None
+        };
+        Ok(TokenLogProbs { logprobs, entropy })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::{random_tensors, tiny_config};
+    use candle_core::Device;
+
+    fn t(v: Vec<u32>, shape: (usize, usize)) -> Tensor {
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Two prompts (3 and 5 tokens, left-padded) with 3 and 2 responses of ragged lengths: the
+    /// shared computation equals the `[prompt | response]` rows in log-probs, entropies and
+    /// every parameter's gradient (f64, so only summation order differs), for f32 and bf16
+    /// products alike.
+    #[test]
+    fn shared_prompts_equal_the_unshared_rows_in_values_and_gradients() {
+        let cfg = tiny_config(true, false);
+        let tensors = random_tensors(&cfg, 11, DType::F64);
+        let model =
+            Model::from_tensors_with_dtype(&cfg, &tensors, &Device::Cpu, DType::F64).unwrap();
+        let (p, r) = (5, 4);
+        let prompt_ids = vec![0, 0, 7, 3, 9, 12, 40, 5, 33, 2];
+        let prompt_mask = vec![0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
+        let response_ids = vec![
+            4, 8, 15, 16, 23, 42, 0, 0, 61, 0, 0, 0, 10, 20, 30, 0, 11, 0, 0, 0,
+        ];
+        let response_mask = vec![1, 1, 1, 1, 1, 1, 0, 0, 1, 0, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0];
+        let group = [0u32, 0, 0, 1, 1];
+        let rows = group.len();
+        let shared = SharedPrompts {
+            prompt_ids: &t(prompt_ids.clone(), (2, p)),
+            prompt_mask: &t(prompt_mask.clone(), (2, p)),
+            response_ids: &t(response_ids.clone(), (rows, r)),
+            response_mask: &t(response_mask.clone(), (rows, r)),
+            group: &group,
+        };
+        let (mut ids, mut mask) = (Vec::new(), Vec::new());
+        for (row, &gi) in group.iter().enumerate() {
+            let gi = gi as usize;
+            ids.extend_from_slice(&prompt_ids[gi * p..(gi + 1) * p]);
+            ids.extend_from_slice(&response_ids[row * r..(row + 1) * r]);
+            mask.extend_from_slice(&prompt_mask[gi * p..(gi + 1) * p]);
+            mask.extend_from_slice(&response_mask[row * r..(row + 1) * r]);
+        }
+        let (ids, mask) = (t(ids, (rows, p + r)), t(mask, (rows, p + r)));
+        let w = Tensor::arange(0f64, (rows * r) as f64, &Device::Cpu)
+            .unwrap()
+            .reshape((rows, r))
+            .unwrap()
+            .affine(0.1, -0.9)
+            .unwrap();
+        for precision in [Precision::F32, Precision::Bf16] {
+            let opts = LogProbOptions {
+                entropy: true,
+                grad: true,
+                temperature: 0.8,
+                precision,
+                ..Default::default()
+            };
+            let loss = |o: &TokenLogProbs| {
+                ((&o.logprobs * &w).unwrap().sum_all().unwrap()
+                    + (o.entropy.as_ref().unwrap() * 0.3)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap())
+                .unwrap()
+            };
+            let a = model.response_logprobs_shared(&shared, &opts).unwrap();
+            let b = model.response_logprobs(&ids, &mask, r, &opts).unwrap();
+            let diff = |x: &Tensor, y: &Tensor| {
+                (x - y)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            assert!(
+                diff(&a.logprobs, &b.logprobs) < 1e-12,
+                "{precision:?} log-probs"
+            );
+            assert!(
+                diff(a.entropy.as_ref().unwrap(), b.entropy.as_ref().unwrap()) < 1e-12,
+                "{precision:?} entropies"
+            );
+            let (ga, gb) = (loss(&a).backward().unwrap(), loss(&b).backward().unwrap());
+            for (name, var) in model.named_vars() {
+                let (x, y) = (ga.get(var.as_tensor()), gb.get(var.as_tensor()));
+                let (x, y) = (
+                    x.unwrap(),
+                    y.unwrap_or_else(|| panic!("{name}: no gradient")),
+                );
+                let scale = 1.0 + diff(y, &y.zeros_like().unwrap());
+                assert!(
+                    diff(x, y) < 1e-10 * scale,
+                    "{precision:?} {name}: {}",
+                    diff(x, y)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_and_groups_are_errors() {
+        let cfg = tiny_config(false, true);
+        let tensors = random_tensors(&cfg, 1, DType::F32);
+        let model = Model::from_tensors(&cfg, &tensors, &Device::Cpu).unwrap();
+        let ids = t(vec![1, 2, 3, 4], (2, 2));
+        let ones = t(vec![1; 4], (2, 2));
+        let batch = |group: &'static [u32]| SharedPrompts {
+            prompt_ids: &ids,
+            prompt_mask: &ones,
+            response_ids: &ids,
+            response_mask: &ones,
+            group,
+        };
+        let opts = LogProbOptions::default();
+        let err = model.response_logprobs_shared(&batch(&[0, 2]), &opts);
+        assert!(err.unwrap_err().to_string().contains("group index 2"));
+        let err = model.response_logprobs_shared(&batch(&[0]), &opts);
+        assert!(err.unwrap_err().to_string().contains("shapes disagree"));
+        assert!(model
+            .response_logprobs_shared(&batch(&[1, 1]), &opts)
+            .is_ok());
+    }
+}
