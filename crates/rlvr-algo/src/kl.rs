@@ -17,7 +17,8 @@ use candle_core::{Result, Tensor};
 use crate::ops;
 
 /// Which KL estimator (`trainer.algorithm.kl_estimator_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum KlEstimator {
     K1,
     K2,

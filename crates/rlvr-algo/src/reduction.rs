@@ -27,7 +27,8 @@ use crate::error::{Error, Result};
 use crate::ops;
 
 /// `trainer.algorithm.loss_reduction`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LossReduction {
     #[default]
     TokenMean,

@@ -1,9 +1,10 @@
 //! Policy-loss hyper-parameters with SkyRL's defaults (`trainer.algorithm.*`).
 
 use crate::reduction::LossReduction;
+use serde::{Deserialize, Serialize};
 
 /// `trainer.algorithm.sapo.*`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SapoConfig {
     pub tau_pos: f64,
     pub tau_neg: f64,
@@ -19,7 +20,7 @@ impl Default for SapoConfig {
 }
 
 /// `trainer.algorithm.cispo.*`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CispoConfig {
     pub cispo_eps_clip_low: f64,
     pub cispo_eps_clip_high: f64,
@@ -35,11 +36,13 @@ impl Default for CispoConfig {
 }
 
 /// `trainer.algorithm.clip_cov.*` (+ the seed of the random subset, SkyRL uses the global RNG).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClipCovConfig {
     pub clip_ratio: f64,
     pub clip_cov_lb: f64,
     pub clip_cov_ub: f64,
+    /// Not a config key: the trainer sets it.
+    #[serde(skip)]
     pub seed: u64,
 }
 
@@ -55,7 +58,7 @@ impl Default for ClipCovConfig {
 }
 
 /// `trainer.algorithm.kl_cov.*`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct KlCovConfig {
     pub kl_cov_frac: f64,
     pub ppo_kl_coef: f64,
@@ -71,7 +74,7 @@ impl Default for KlCovConfig {
 }
 
 /// `trainer.algorithm.off_policy_correction.*` (all off by default).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OffPolicyCorrectionConfig {
     /// `None`, `"token"` or `"sequence"`.
     pub tis_ratio_type: Option<String>,

@@ -277,6 +277,96 @@ mod tests {
         }
     }
 
+    /// The f32 model takes the fused kernels (masked softmax, AMX or gemm products), which the
+    /// f64 check above does not reach: the same comparison within f32 (and bf16) rounding, for
+    /// scoring (no grad) and training (grad) alike, repeated so that a kernel's state between calls
+    /// would show.
+    #[test]
+    fn shared_prompts_equal_the_unshared_rows_on_the_f32_kernels() {
+        let cfg = tiny_config(true, false);
+        let tensors = random_tensors(&cfg, 5, DType::F32);
+        let model = Model::from_tensors(&cfg, &tensors, &Device::Cpu).unwrap();
+        let (g, n, p, r) = (2, 4, 6, 9);
+        let mut rng = 7u32;
+        let mut next = |m: u32| {
+            rng = rng.wrapping_mul(1664525).wrapping_add(1013904223);
+            (rng >> 8) % m
+        };
+        let mut prompt_ids = vec![0u32; g * p];
+        let mut prompt_mask = vec![0u32; g * p];
+        for k in 0..g {
+            let len = p - k * 2;
+            for j in p - len..p {
+                prompt_ids[k * p + j] = 1 + next(63);
+                prompt_mask[k * p + j] = 1;
+            }
+        }
+        let rows = g * n;
+        let mut response_ids = vec![0u32; rows * r];
+        let mut response_mask = vec![0u32; rows * r];
+        for row in 0..rows {
+            let len = 1 + (row * 3) % r;
+            for j in 0..len {
+                response_ids[row * r + j] = 1 + next(63);
+                response_mask[row * r + j] = 1;
+            }
+        }
+        let group: Vec<u32> = (0..rows).map(|i| (i / n) as u32).collect();
+        let shared = SharedPrompts {
+            prompt_ids: &t(prompt_ids.clone(), (g, p)),
+            prompt_mask: &t(prompt_mask.clone(), (g, p)),
+            response_ids: &t(response_ids.clone(), (rows, r)),
+            response_mask: &t(response_mask.clone(), (rows, r)),
+            group: &group,
+        };
+        let (mut ids, mut mask) = (Vec::new(), Vec::new());
+        for (row, &gi) in group.iter().enumerate() {
+            let gi = gi as usize;
+            ids.extend_from_slice(&prompt_ids[gi * p..(gi + 1) * p]);
+            ids.extend_from_slice(&response_ids[row * r..(row + 1) * r]);
+            mask.extend_from_slice(&prompt_mask[gi * p..(gi + 1) * p]);
+            mask.extend_from_slice(&response_mask[row * r..(row + 1) * r]);
+        }
+        let (ids, mask) = (t(ids, (rows, p + r)), t(mask, (rows, p + r)));
+        let valid = t(response_mask.clone(), (rows, r))
+            .to_dtype(DType::F32)
+            .unwrap();
+        for precision in [Precision::F32, Precision::Bf16] {
+            for grad in [false, true, false, true] {
+                let opts = LogProbOptions {
+                    grad,
+                    precision,
+                    ..Default::default()
+                };
+                let a = model
+                    .response_logprobs_shared(&shared, &opts)
+                    .unwrap()
+                    .logprobs;
+                let b = model
+                    .response_logprobs(&ids, &mask, r, &opts)
+                    .unwrap()
+                    .logprobs;
+                let d = ((a - b).unwrap().abs().unwrap() * &valid)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let tol = if precision == Precision::F32 {
+                    1e-4
+                } else {
+                    5e-2
+                };
+                assert!(
+                    d < tol,
+                    "{precision:?} grad={grad}: log-probs differ by {d}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn bad_shapes_and_groups_are_errors() {
         let cfg = tiny_config(false, true);

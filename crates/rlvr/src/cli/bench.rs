@@ -238,6 +238,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             results.insert(format!("gen_batch_{b}"), res);
         }
     }
+    // The generation model serves the first training run; later ones reload the checkpoint.
+    let mut model_slot = Some(model);
     if !skip_train && train_group > 1 {
         let mut train = load_rows(&gsm8k.join("train.jsonl"));
         if train.is_empty() {
@@ -300,6 +302,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         for name in &train_dtypes {
             let precision = parse_precision(name)?;
             for (mode, shared) in [("", None), ("_shared", Some(&shared))] {
+                // Every measurement trains the model as loaded, not as the last one left it.
+                let model = fresh(&path, &device, &mut model_slot)?;
                 reset_peak_rss();
                 let lp = |o: &LogProbOptions| match shared {
                     Some(s) => model.response_logprobs_shared(s, o),
@@ -360,6 +364,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         let adv = Tensor::randn(0f32, 1.0, (train_batch, 1), &device)?;
         for name in &train_dtypes {
             let precision = parse_precision(name)?;
+            let model = fresh(&path, &device, &mut model_slot)?;
             reset_peak_rss();
             let lp = |o: &LogProbOptions| model.response_logprobs(&ids, &mask, resp, o);
             let res = bench_train(
@@ -377,6 +382,19 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     }
     println!("RESULT {}", serde_json::Value::Object(results));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The model of the slot (taking it), or a fresh load of `path` once the slot is empty.
+fn fresh(
+    path: &Path,
+    device: &candle_core::Device,
+    slot: &mut Option<Model>,
+) -> anyhow::Result<Model> {
+    if let Some(m) = slot.take() {
+        return Ok(m);
+    }
+    let pre = load_pretrained(path, device)?;
+    Model::from_tensors(&pre.config, &pre.tensors, device)
 }
 
 fn parse_precision(name: &str) -> anyhow::Result<Precision> {

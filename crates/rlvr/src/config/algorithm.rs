@@ -3,13 +3,17 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use rlvr_algo::policy_loss::{
+    CispoConfig, ClipCovConfig, KlCovConfig, OffPolicyCorrectionConfig, SapoConfig,
+};
+use rlvr_algo::{KlEstimator, LossReduction};
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlgorithmConfig {
     /// A name in `rlvr_algo::advantages`' registry (`grpo`, `rloo`, `reinforce++`, `gae`, ...).
     pub advantage_estimator: String,
     pub kl_ctrl: KlCtrlConfig,
-    /// `k1`, `k2`, `k3` or `abs`.
-    pub kl_estimator_type: String,
+    pub kl_estimator_type: KlEstimator,
     pub use_kl_in_reward: bool,
     pub use_kl_loss: bool,
     pub kl_loss_coef: f64,
@@ -19,8 +23,7 @@ pub struct AlgorithmConfig {
     pub value_head_prefix: String,
     /// A name in `rlvr_algo::policy_loss`' registry (`regular`, `dual_clip`, `gspo`, ...).
     pub policy_loss_type: String,
-    /// `token_mean`, `token_mean_legacy`, `sequence_mean`, `seq_mean_token_sum_norm`, `prompt_mean`.
-    pub loss_reduction: String,
+    pub loss_reduction: LossReduction,
     pub grpo_norm_by_std: bool,
     pub zero_variance_filter: bool,
     pub lambd: f64,
@@ -69,43 +72,4 @@ pub struct DynamicSamplingConfig {
 pub struct OverlongBufferConfig {
     pub len: usize,
     pub penalty_factor: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OffPolicyCorrectionConfig {
-    pub tis_ratio_type: Option<String>,
-    pub token_tis_ratio_clip_high: f64,
-    pub sequence_tis_ratio_clip_high: f64,
-    pub sequence_mask_metric: Option<String>,
-    pub geo_mask_high: f64,
-    pub geo_mask_low: f64,
-    pub product_mask_high: f64,
-    pub product_mask_low: f64,
-    pub outlier_token_is_threshold_low: Option<f64>,
-    pub outlier_token_is_threshold_high: Option<f64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SapoConfig {
-    pub tau_pos: f64,
-    pub tau_neg: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClipCovConfig {
-    pub clip_ratio: f64,
-    pub clip_cov_lb: f64,
-    pub clip_cov_ub: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KlCovConfig {
-    pub kl_cov_frac: f64,
-    pub ppo_kl_coef: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CispoConfig {
-    pub cispo_eps_clip_low: f64,
-    pub cispo_eps_clip_high: f64,
 }

@@ -61,7 +61,7 @@ pub use resolved::ResolvedConfig;
 pub use sampling::{SamplingParams, StopStrings};
 pub use trainer::{FullyAsyncConfig, TrainerConfig};
 pub use tree::leaves as flatten;
-pub use validate::{log_warnings, validate_with, NameChecks, LOSS_REDUCTIONS};
+pub use validate::{log_warnings, validate_with, NameChecks};
 
 /// The whole typed config, one field per top-level section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

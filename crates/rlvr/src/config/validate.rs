@@ -30,9 +30,6 @@ impl NameChecks {
     }
 }
 
-/// `trainer.algorithm.loss_reduction` values (rlvr-algo's `LossReduction`).
-pub const LOSS_REDUCTIONS: &[&str] = &rlvr_algo::LossReduction::NAMES;
-pub const KL_ESTIMATORS: &[&str] = &["k1", "k2", "k3", "abs"];
 pub const SCHEDULERS: &[&str] = &["constant", "constant_with_warmup", "linear", "cosine"];
 
 /// Check every rule; Ok holds the warnings (one line per key that is parsed but not honoured).
@@ -55,7 +52,7 @@ pub fn validate_with(r: &ResolvedConfig, names: &NameChecks) -> Result<Vec<Strin
     trainer(cfg, &mut errors);
     let mut warnings = Vec::new();
     compat::check(r, &mut warnings, &mut errors);
-    if cfg.trainer.algorithm.loss_reduction == "seq_mean_token_sum_norm"
+    if cfg.trainer.algorithm.loss_reduction == rlvr_algo::LossReduction::SeqMeanTokenSumNorm
         && cfg.trainer.algorithm.max_seq_len.is_none()
     {
         warnings.push(format!(
@@ -179,21 +176,9 @@ fn algorithm(cfg: &Config, names: &NameChecks, errors: &mut Vec<String>) {
             (names.policy_loss_names)().join(", ")
         ));
     }
-    one_of(
-        errors,
-        "trainer.algorithm.loss_reduction",
-        &a.loss_reduction,
-        LOSS_REDUCTIONS,
-    );
     if a.max_seq_len == Some(0) {
         errors.push("`trainer.algorithm.max_seq_len` must be > 0 (or null)".into());
     }
-    one_of(
-        errors,
-        "trainer.algorithm.kl_estimator_type",
-        &a.kl_estimator_type,
-        KL_ESTIMATORS,
-    );
     one_of(
         errors,
         "trainer.algorithm.kl_ctrl.type",
@@ -596,7 +581,7 @@ mod tests {
             ],
             "overlong_buffer.len",
         );
-        for r in LOSS_REDUCTIONS {
+        for r in rlvr_algo::LossReduction::NAMES {
             assert!(
                 check(&[&format!("trainer.algorithm.loss_reduction={r}")]).is_ok(),
                 "{r}"

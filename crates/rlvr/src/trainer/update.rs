@@ -8,8 +8,8 @@ use crate::logging::Metrics;
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
-use rlvr_algo::kl::{approx_kl, KlEstimator};
-use rlvr_algo::reduction::{self, LossReduction};
+use rlvr_algo::kl::approx_kl;
+use rlvr_algo::reduction;
 use rlvr_algo::{advantages, policy_loss};
 use rlvr_model::logprobs::LogProbOptions;
 use rlvr_model::{Model, Precision};
@@ -25,7 +25,7 @@ pub fn train_on_batch(
     let temperature = cfg.generator.sampling_params.temperature;
     let rows = out.len();
     let micro_fwd = cfg.trainer.micro_forward_batch_size_per_gpu.max(1);
-    let kl_estimator: KlEstimator = alg.kl_estimator_type.parse()?;
+    let kl_estimator = alg.kl_estimator_type;
     // SkyRL's `trainer.bf16`: bf16 inputs to every linear product, f32 everywhere else.
     let precision = if cfg.trainer.bf16 {
         Precision::Bf16
@@ -129,7 +129,7 @@ pub fn train_on_batch(
     );
     let n = cfg.generator.n_samples_per_prompt;
     let micro_rows = cfg.trainer.micro_train_batch_size_per_gpu.max(1);
-    let reduction: LossReduction = alg.loss_reduction.parse()?;
+    let reduction = alg.loss_reduction;
     // `replace` copies a good group over a bad one under the same uid; group boundaries only need
     // contiguous runs, so number the runs.
     let run_ids = contiguous_run_ids(&out.uids);
@@ -462,32 +462,14 @@ fn policy_loss_config(cfg: &crate::config::Config) -> Result<policy_loss::Policy
         eps_clip_low: a.eps_clip_low,
         eps_clip_high: a.eps_clip_high,
         clip_ratio_c: a.clip_ratio_c,
-        loss_reduction: a.loss_reduction.parse()?,
+        loss_reduction: a.loss_reduction,
         // SkyRL's fallback when null: max input + max generate length.
         max_seq_len: Some(cfg.max_seq_len()),
-        ..Default::default()
-    };
-    c.sapo.tau_pos = a.sapo.tau_pos;
-    c.sapo.tau_neg = a.sapo.tau_neg;
-    c.cispo.cispo_eps_clip_low = a.cispo.cispo_eps_clip_low;
-    c.cispo.cispo_eps_clip_high = a.cispo.cispo_eps_clip_high;
-    c.clip_cov.clip_ratio = a.clip_cov.clip_ratio;
-    c.clip_cov.clip_cov_lb = a.clip_cov.clip_cov_lb;
-    c.clip_cov.clip_cov_ub = a.clip_cov.clip_cov_ub;
-    c.kl_cov.kl_cov_frac = a.kl_cov.kl_cov_frac;
-    c.kl_cov.ppo_kl_coef = a.kl_cov.ppo_kl_coef;
-    let o = &a.off_policy_correction;
-    c.off_policy_correction = policy_loss::OffPolicyCorrectionConfig {
-        tis_ratio_type: o.tis_ratio_type.clone(),
-        token_tis_ratio_clip_high: o.token_tis_ratio_clip_high,
-        sequence_tis_ratio_clip_high: o.sequence_tis_ratio_clip_high,
-        sequence_mask_metric: o.sequence_mask_metric.clone(),
-        geo_mask_high: o.geo_mask_high,
-        geo_mask_low: o.geo_mask_low,
-        product_mask_high: o.product_mask_high,
-        product_mask_low: o.product_mask_low,
-        outlier_token_is_threshold_low: o.outlier_token_is_threshold_low,
-        outlier_token_is_threshold_high: o.outlier_token_is_threshold_high,
+        sapo: a.sapo,
+        cispo: a.cispo,
+        clip_cov: a.clip_cov,
+        kl_cov: a.kl_cov,
+        off_policy_correction: a.off_policy_correction.clone(),
     };
     // SkyRL's deprecated `use_tis` is token-level TIS capped at `tis_imp_ratio_cap`.
     if a.use_tis && c.off_policy_correction.tis_ratio_type.is_none() {
