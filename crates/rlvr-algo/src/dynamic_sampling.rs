@@ -276,14 +276,10 @@ impl<T: Clone> DynamicSampler<T> {
 
 /// Rewards grouped by uid, in order of first appearance.
 fn groups(uids: &[String], rewards: &[f64]) -> Vec<(String, Vec<f64>)> {
-    let mut out: Vec<(String, Vec<f64>)> = Vec::new();
-    for (uid, &r) in uids.iter().zip(rewards) {
-        match out.iter_mut().find(|(u, _)| u == uid) {
-            Some((_, v)) => v.push(r),
-            None => out.push((uid.clone(), vec![r])),
-        }
-    }
-    out
+    crate::ops::group_by_uid(&uids[..uids.len().min(rewards.len())])
+        .into_iter()
+        .map(|(uid, rows)| (uid.to_string(), rows.iter().map(|&i| rewards[i]).collect()))
+        .collect()
 }
 
 /// numpy's pairwise summation (`np.add.reduce` on a contiguous f64 array).

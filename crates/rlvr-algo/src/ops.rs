@@ -68,6 +68,20 @@ pub fn masked_mean_rows(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
+/// Row indices grouped by uid, groups in order of first appearance (SkyRL's `index`).
+pub fn group_by_uid(uids: &[String]) -> Vec<(&str, Vec<usize>)> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for (i, uid) in uids.iter().enumerate() {
+        let g = *index.entry(uid.as_str()).or_insert_with(|| {
+            groups.push((uid.as_str(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    groups
+}
+
 /// A scalar tensor's value as f64.
 pub fn scalar_f64(t: &Tensor) -> Result<f64> {
     t.to_dtype(DType::F64)?.to_scalar::<f64>()

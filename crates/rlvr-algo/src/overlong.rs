@@ -142,14 +142,12 @@ pub fn reward_metrics(
         "reward/mean_positive_reward".into(),
         rewards.iter().map(|r| r.max(0.0)).sum::<f64>() / n,
     );
-    let mut groups: Vec<(&str, bool)> = Vec::new();
-    for (uid, &r) in uids.iter().zip(rewards) {
-        match groups.iter_mut().find(|(u, _)| *u == uid.as_str()) {
-            Some(g) => g.1 |= r > 0.0,
-            None => groups.push((uid.as_str(), r > 0.0)),
-        }
-    }
-    let passed = groups.iter().filter(|(_, p)| *p).count() as f64;
+    let n_rows = uids.len().min(rewards.len());
+    let groups = crate::ops::group_by_uid(&uids[..n_rows]);
+    let passed = groups
+        .iter()
+        .filter(|(_, rows)| rows.iter().any(|&i| rewards[i] > 0.0))
+        .count() as f64;
     m.insert(
         format!("reward/avg_pass_at_{n_samples_per_prompt}"),
         passed / groups.len().max(1) as f64,

@@ -160,18 +160,9 @@ pub(crate) fn from_rows(rows: &[Vec<f64>], like: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(flat, (b, r), like.device())?.to_dtype(like.dtype())?)
 }
 
-/// Groups row indices by uid, in order of first appearance.
-pub(crate) fn group_rows(uids: &[String], rows: usize) -> Vec<(String, Vec<usize>)> {
-    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut index = std::collections::HashMap::new();
-    for (i, uid) in uids.iter().take(rows).enumerate() {
-        let g = *index.entry(uid.clone()).or_insert_with(|| {
-            groups.push((uid.clone(), Vec::new()));
-            groups.len() - 1
-        });
-        groups[g].1.push(i);
-    }
-    groups
+/// Row indices of the first `rows` rows grouped by uid, in order of first appearance.
+pub(crate) fn group_rows(uids: &[String], rows: usize) -> Vec<(&str, Vec<usize>)> {
+    crate::ops::group_by_uid(&uids[..rows.min(uids.len())])
 }
 
 /// Per-row sum of the reward row (the sequence score), rounded like a torch sum in the dtype.

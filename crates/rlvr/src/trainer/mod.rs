@@ -383,16 +383,10 @@ pub fn sampling_from(p: &crate::config::SamplingParams) -> Sampling {
 
 /// (groups whose rewards all equal, number of groups).
 fn zero_std_count(rewards: &[f64], uids: &[String]) -> (usize, usize) {
-    let mut groups: Vec<(&str, Vec<f64>)> = Vec::new();
-    for (r, u) in rewards.iter().zip(uids) {
-        match groups.iter_mut().find(|(g, _)| *g == u.as_str()) {
-            Some((_, v)) => v.push(*r),
-            None => groups.push((u.as_str(), vec![*r])),
-        }
-    }
+    let groups = rlvr_algo::ops::group_by_uid(&uids[..uids.len().min(rewards.len())]);
     let zero = groups
         .iter()
-        .filter(|(_, v)| v.iter().all(|&x| x == v[0]))
+        .filter(|(_, rows)| rows.iter().all(|&i| rewards[i] == rewards[rows[0]]))
         .count();
     (zero, groups.len())
 }
