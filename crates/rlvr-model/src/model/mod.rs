@@ -437,22 +437,7 @@ impl Model {
             )
         }
         let mask_rows = attention_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        let mut positions = Vec::with_capacity(b * s);
-        let mut additive = vec![0f32; b * s * s];
-        for (r, row) in mask_rows.iter().enumerate() {
-            let mut c = 0u32;
-            for &m in row {
-                c += (m != 0.0) as u32;
-                positions.push(c.saturating_sub(1));
-            }
-            for i in 0..s {
-                for j in 0..s {
-                    if j > i || row[j] == 0.0 {
-                        additive[(r * s + i) * s + j] = MASKED;
-                    }
-                }
-            }
-        }
+        let (positions, additive) = causal_layout(&mask_rows);
         let positions = Tensor::from_vec(positions, (b, s), &self.device)?;
         let mask =
             Tensor::from_vec(additive, (b, 1, 1, s, s), &self.device)?.to_dtype(self.dtype)?;
@@ -688,6 +673,29 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests;
+
+/// Position ids (`cumsum(mask) - 1`, as HF computes them) and the additive causal mask
+/// `[B, S, S]` of rows whose real tokens `mask_rows` marks: no key after the query, no padding key.
+fn causal_layout(mask_rows: &[Vec<f32>]) -> (Vec<u32>, Vec<f32>) {
+    let s = mask_rows.first().map_or(0, Vec::len);
+    let mut positions = Vec::with_capacity(mask_rows.len() * s);
+    let mut additive = vec![0f32; mask_rows.len() * s * s];
+    for (r, row) in mask_rows.iter().enumerate() {
+        let mut c = 0u32;
+        for &m in row {
+            c += (m != 0.0) as u32;
+            positions.push(c.saturating_sub(1));
+        }
+        for i in 0..s {
+            for j in 0..s {
+                if j > i || row[j] == 0.0 {
+                    additive[(r * s + i) * s + j] = MASKED;
+                }
+            }
+        }
+    }
+    (positions, additive)
+}
 
 /// Tiny random models for tests (here and in other modules).
 #[cfg(test)]

@@ -56,22 +56,7 @@ impl Model {
         let rm = batch.response_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
 
         // The prompts: causal over themselves, as in `forward_hidden`.
-        let mut pos_p = Vec::with_capacity(g * p);
-        let mut add_p = vec![0f32; g * p * p];
-        for (row, m) in pm.iter().enumerate() {
-            let mut c = 0u32;
-            for &x in m {
-                c += (x != 0.0) as u32;
-                pos_p.push(c.saturating_sub(1));
-            }
-            for i in 0..p {
-                for j in 0..p {
-                    if j > i || m[j] == 0.0 {
-                        add_p[(row * p + i) * p + j] = MASKED;
-                    }
-                }
-            }
-        }
+        let (pos_p, add_p) = super::causal_layout(&pm);
         // The responses: keys are the group's prompt (its real tokens) and then the response
         // causally; positions continue from the prompt's length.
         let t = p + r;
@@ -181,6 +166,19 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
+    /// The same batch as `[prompt | response]` rows: ids and mask.
+    fn whole_rows(s: &SharedPrompts) -> (Tensor, Tensor) {
+        let group = Tensor::new(s.group, &Device::Cpu).unwrap();
+        let row = |prompt: &Tensor, response: &Tensor| {
+            let prompt = prompt.index_select(&group, 0).unwrap();
+            Tensor::cat(&[&prompt, response], 1).unwrap()
+        };
+        (
+            row(s.prompt_ids, s.response_ids),
+            row(s.prompt_mask, s.response_mask),
+        )
+    }
+
     /// Two prompts (3 and 5 tokens, left-padded) with 3 and 2 responses of ragged lengths: the
     /// shared computation equals the `[prompt | response]` rows in log-probs, entropies and
     /// every parameter's gradient (f64, so only summation order differs), for f32 and bf16
@@ -207,15 +205,7 @@ mod tests {
             response_mask: &t(response_mask.clone(), (rows, r)),
             group: &group,
         };
-        let (mut ids, mut mask) = (Vec::new(), Vec::new());
-        for (row, &gi) in group.iter().enumerate() {
-            let gi = gi as usize;
-            ids.extend_from_slice(&prompt_ids[gi * p..(gi + 1) * p]);
-            ids.extend_from_slice(&response_ids[row * r..(row + 1) * r]);
-            mask.extend_from_slice(&prompt_mask[gi * p..(gi + 1) * p]);
-            mask.extend_from_slice(&response_mask[row * r..(row + 1) * r]);
-        }
-        let (ids, mask) = (t(ids, (rows, p + r)), t(mask, (rows, p + r)));
+        let (ids, mask) = whole_rows(&shared);
         let w = Tensor::arange(0f64, (rows * r) as f64, &Device::Cpu)
             .unwrap()
             .reshape((rows, r))
@@ -319,15 +309,7 @@ mod tests {
             response_mask: &t(response_mask.clone(), (rows, r)),
             group: &group,
         };
-        let (mut ids, mut mask) = (Vec::new(), Vec::new());
-        for (row, &gi) in group.iter().enumerate() {
-            let gi = gi as usize;
-            ids.extend_from_slice(&prompt_ids[gi * p..(gi + 1) * p]);
-            ids.extend_from_slice(&response_ids[row * r..(row + 1) * r]);
-            mask.extend_from_slice(&prompt_mask[gi * p..(gi + 1) * p]);
-            mask.extend_from_slice(&response_mask[row * r..(row + 1) * r]);
-        }
-        let (ids, mask) = (t(ids, (rows, p + r)), t(mask, (rows, p + r)));
+        let (ids, mask) = whole_rows(&shared);
         let valid = t(response_mask.clone(), (rows, r))
             .to_dtype(DType::F32)
             .unwrap();
