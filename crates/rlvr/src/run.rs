@@ -358,7 +358,7 @@ fn assemble(
     let total_updates = steps * mini_batches.max(1) * cfg.trainer.update_epochs_per_batch;
     let optimizer = Optimizer::new(
         policy.named_vars().to_vec(),
-        OptimizerSettings::new("trainer.policy.optimizer_config", opt, total_updates),
+        OptimizerSettings::new(opt, total_updates),
     )?;
     // SkyRL: `train_batch_size // critic_mini_batch_size * update_epochs_per_batch` critic steps
     // per global step.
@@ -368,11 +368,7 @@ fn assemble(
                 * cfg.trainer.update_epochs_per_batch;
             let optimizer = Optimizer::new(
                 model.named_vars(),
-                OptimizerSettings::new(
-                    "trainer.critic.optimizer_config",
-                    &cfg.trainer.critic.optimizer_config,
-                    steps * per_step,
-                ),
+                OptimizerSettings::new(&cfg.trainer.critic.optimizer_config, steps * per_step),
             )?;
             Some(Critic { model, optimizer })
         }

@@ -3,7 +3,9 @@
 
 use std::f64::consts::PI;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `optimizer_config.scheduler`: transformers' schedule names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ScheduleKind {
     /// The base LR from the first step; `num_warmup_steps` is not read (transformers' `constant`).
     Constant,

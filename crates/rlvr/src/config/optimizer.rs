@@ -14,5 +14,5 @@ pub struct OptimizerConfig {
     pub offload_after_step: bool,
     pub num_warmup_steps: usize,
     /// `constant_with_warmup` (default), `constant`, `linear`, `cosine`.
-    pub scheduler: String,
+    pub scheduler: rlvr_model::optim::ScheduleKind,
 }

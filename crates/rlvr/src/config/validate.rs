@@ -30,8 +30,6 @@ impl NameChecks {
     }
 }
 
-pub const SCHEDULERS: &[&str] = &["constant", "constant_with_warmup", "linear", "cosine"];
-
 /// Check every rule; Ok holds the warnings (one line per key that is parsed but not honoured).
 pub fn validate_with(r: &ResolvedConfig, names: &NameChecks) -> Result<Vec<String>, ConfigError> {
     let mut errors = Vec::new();
@@ -401,12 +399,6 @@ fn trainer(cfg: &Config, errors: &mut Vec<String>) {
         if o.max_grad_norm.is_nan() {
             errors.push(format!("`{key}.max_grad_norm` must be a number, got NaN"));
         }
-        one_of(
-            errors,
-            &format!("{key}.scheduler"),
-            &o.scheduler,
-            SCHEDULERS,
-        );
     };
     optimizer("policy", &t.policy.optimizer_config);
     if t.critic.model.path.is_some() {
