@@ -131,22 +131,33 @@ pub enum KlController {
     },
 }
 
+/// `trainer.algorithm.kl_ctrl.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KlCtrlType {
+    #[default]
+    Fixed,
+    Adaptive,
+}
+
 impl KlController {
-    /// `kind` is `fixed` or `adaptive`; `horizon` must be > 0 for `adaptive`.
-    pub fn new(kind: &str, init: f64, target: f64, horizon: usize) -> crate::error::Result<Self> {
+    /// `horizon` must be > 0 for `adaptive`.
+    pub fn new(
+        kind: KlCtrlType,
+        init: f64,
+        target: f64,
+        horizon: usize,
+    ) -> crate::error::Result<Self> {
         match kind {
-            "fixed" => Ok(KlController::Fixed { value: init }),
-            "adaptive" if horizon == 0 => Err(crate::Error::invalid(
+            KlCtrlType::Fixed => Ok(KlController::Fixed { value: init }),
+            KlCtrlType::Adaptive if horizon == 0 => Err(crate::Error::invalid(
                 "horizon must be larger than 0. Got 0 (trainer.algorithm.kl_ctrl.horizon)",
             )),
-            "adaptive" => Ok(KlController::Adaptive {
+            KlCtrlType::Adaptive => Ok(KlController::Adaptive {
                 value: init,
                 target,
                 horizon: horizon as f64,
             }),
-            other => Err(crate::Error::invalid(format!(
-                "Invalid KL controller type: {other} (expected fixed or adaptive)"
-            ))),
         }
     }
 
@@ -222,15 +233,14 @@ mod tests {
 
     #[test]
     fn adaptive_kl_controller_moves_toward_the_target_by_at_most_a_fifth() {
-        let mut c = KlController::new("adaptive", 0.001, 0.1, 100).unwrap();
+        let mut c = KlController::new(KlCtrlType::Adaptive, 0.001, 0.1, 100).unwrap();
         c.update(0.15, 10); // error 0.5 clipped to 0.2: x (1 + 0.2 * 10 / 100)
         assert!((c.value() - 0.001 * 1.02).abs() < 1e-15);
         c.update(0.05, 50); // error -0.5 clipped to -0.2: x (1 - 0.2 * 50 / 100)
         assert!((c.value() - 0.001 * 1.02 * 0.9).abs() < 1e-15);
-        let mut f = KlController::new("fixed", 0.001, 0.1, 100).unwrap();
+        let mut f = KlController::new(KlCtrlType::Fixed, 0.001, 0.1, 100).unwrap();
         f.update(10.0, 1000);
         assert_eq!(f.value(), 0.001);
-        assert!(KlController::new("adaptive", 0.001, 0.1, 0).is_err());
-        assert!(KlController::new("pid", 0.001, 0.1, 10).is_err());
+        assert!(KlController::new(KlCtrlType::Adaptive, 0.001, 0.1, 0).is_err());
     }
 }

@@ -407,7 +407,7 @@ fn assemble(
 
     let k = &cfg.trainer.algorithm;
     let reward_kl = rlvr_algo::kl::KlController::new(
-        &k.kl_ctrl.kind,
+        k.kl_ctrl.kind,
         k.kl_loss_coef,
         k.kl_ctrl.kl_target,
         k.kl_ctrl.horizon,

@@ -49,9 +49,8 @@ pub struct AlgorithmConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KlCtrlConfig {
-    /// `fixed` or `adaptive`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: rlvr_algo::kl::KlCtrlType,
     pub kl_target: f64,
     pub horizon: usize,
 }

@@ -177,12 +177,6 @@ fn algorithm(cfg: &Config, names: &NameChecks, errors: &mut Vec<String>) {
     if a.max_seq_len == Some(0) {
         errors.push("`trainer.algorithm.max_seq_len` must be > 0 (or null)".into());
     }
-    one_of(
-        errors,
-        "trainer.algorithm.kl_ctrl.type",
-        &a.kl_ctrl.kind,
-        &["fixed", "adaptive"],
-    );
     if a.kl_loss_coef < 0.0 {
         errors.push(format!(
             "`trainer.algorithm.kl_loss_coef` must be >= 0, got {}",
