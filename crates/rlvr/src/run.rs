@@ -13,7 +13,6 @@ use crate::trainer::{checkpoint, DefaultHooks, Trainer, TrainerHooks};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use rlvr_algo::dynamic_sampling::{DynamicSampler, DynamicSamplingConfig, Strategy};
-use rlvr_algo::rewards::gsm8k::Method;
 use rlvr_model::{HeadInit, Model, Tokenizer, ValueModel};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -31,18 +30,11 @@ impl Extensions {
         Ok(Self {
             hooks: Box::new(DefaultHooks),
             envs: EnvRegistry::with_builtins(Gsm8kEnv::new(
-                gsm8k_method(cfg)?,
+                cfg.environment.skyrl_gym.gsm8k.method,
                 cfg.environment.skyrl_gym.gsm8k.format_score,
             )),
         })
     }
-}
-
-pub fn gsm8k_method(cfg: &Config) -> Result<Method> {
-    let m = &cfg.environment.skyrl_gym.gsm8k.method;
-    m.parse().with_context(|| {
-        format!("environment.skyrl_gym.gsm8k.method={m:?}: expected strict, flexible or numeric")
-    })
 }
 
 /// Directory for metrics, eval dumps and plots: `trainer.log_path/trainer.run_name`.

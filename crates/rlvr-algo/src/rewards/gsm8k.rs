@@ -21,8 +21,9 @@ use crate::error::{Error, Result};
 
 const SOLUTION_CLIP_CHARS: usize = 300;
 
-/// Extraction method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Extraction method (`environment.skyrl_gym.gsm8k.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Method {
     #[default]
     Strict,

@@ -41,8 +41,9 @@ pub struct SearchConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Gsm8kConfig {
-    /// `strict` (SkyRL: the number after `#### `) or `flexible` (the last number in the text).
-    pub method: String,
+    /// `strict` (SkyRL: the number after `#### `), `flexible` (the last number in the text) or
+    /// rlvr's `numeric`.
+    pub method: rlvr_algo::rewards::gsm8k::Method,
     /// Partial credit for a formatted but wrong answer (`compute_score`'s `format_score`).
     pub format_score: f64,
 }

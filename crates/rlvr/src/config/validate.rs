@@ -401,12 +401,6 @@ fn trainer(cfg: &Config, errors: &mut Vec<String>) {
     if cfg.data.train_data.is_empty() {
         errors.push("`data.train_data` is empty; give at least one file".into());
     }
-    one_of(
-        errors,
-        "environment.skyrl_gym.gsm8k.method",
-        &cfg.environment.skyrl_gym.gsm8k.method,
-        &["strict", "flexible", "numeric"],
-    );
     let fs = cfg.environment.skyrl_gym.gsm8k.format_score;
     if !(0.0..=1.0).contains(&fs) {
         errors.push(format!(
