@@ -427,6 +427,7 @@ fn assemble(
         tokenizer: Some(tokenizer),
         max_steps,
         share_prompts,
+        last_eval: None,
     };
     checkpoint::resume(
         &mut trainer,

@@ -334,7 +334,13 @@ fn skyrl_step_and_eval_metrics_are_logged() {
         );
     }
 
+    // Before any evaluation the closing figure is the training batch's; after one, the evaluation's.
+    let (_, r) = trainer.final_mean_reward(&m).unwrap();
+    assert_eq!(r, m["reward/avg_raw_reward"]);
     let e = trainer.evaluate().unwrap();
+    let (detail, r) = trainer.final_mean_reward(&m).unwrap();
+    assert_eq!(r, e["eval/all/avg_score"]);
+    assert!(detail.contains("evaluation at step 1"), "{detail}");
     assert!(e["eval/all/mean_positive_reward"] >= e["eval/all/avg_score"]);
     assert!(e.contains_key("eval/toy/mean_positive_reward"), "{e:?}");
     let (a, b) = (

@@ -59,7 +59,8 @@ fn main() -> Result<()> {
     ext.hooks = Box::new(DapoHooks);
     let mut trainer = run::build(&resolved, ext)?;
     let last = trainer.fit()?;
-    if let Some(r) = last.get("reward/avg_raw_reward") {
+    if let Some((detail, r)) = trainer.final_mean_reward(&last) {
+        println!("{detail}");
         println!("final mean reward: {r:.4}");
     }
     Ok(())

@@ -57,7 +57,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if trainer.cfg.trainer.hf_save_interval > 0 && !trainer.exports_at(trainer.global_step) {
         crate::export::export_policy(&trainer)?;
     }
-    if let Some(r) = last.get("reward/avg_raw_reward") {
+    if let Some((detail, r)) = trainer.final_mean_reward(&last) {
+        println!("{detail}");
         println!("final mean reward: {r:.4}");
     }
     Ok(ExitCode::SUCCESS)

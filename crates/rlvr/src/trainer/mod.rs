@@ -68,6 +68,8 @@ pub struct Trainer {
     /// `+trainer.shared_prompt` (rlvr-only, default true): one prompt pass per group of samples
     /// in the trainer's forward and backward passes.
     pub share_prompts: bool,
+    /// The step and mean reward (`eval/all/avg_score`) of the last evaluation, if any ran.
+    pub last_eval: Option<(usize, f64)>,
     /// Needed for HF export; `None` in tests that do not export.
     pub tokenizer: Option<Arc<rlvr_model::Tokenizer>>,
 }
@@ -333,6 +335,25 @@ impl Trainer {
         hf > 0 && (step as i64 % hf == 0 || epoch_end)
     }
 
+    /// The run's closing figures: a line on the last training batch's and the last evaluation's
+    /// mean rewards, and the `final mean reward`. That is the last evaluation's where the run
+    /// evaluated: a training batch's is biased (dynamic sampling keeps only groups whose rewards
+    /// vary; DAPO's overlong punishment shapes it), so it cannot show a learned task.
+    pub fn final_mean_reward(&self, last: &Metrics) -> Option<(String, f64)> {
+        let batch = last.get("reward/avg_raw_reward").copied();
+        let batch_text = batch.map_or("none".into(), |r| format!("{r:.4}"));
+        match (self.last_eval, batch) {
+            (Some((step, score)), _) => Some((
+                format!(
+                    "last training batch: mean reward {batch_text}; evaluation at step {step}: mean reward {score:.4}"
+                ),
+                score,
+            )),
+            (None, Some(r)) => Some((format!("last training batch: mean reward {batch_text}"), r)),
+            (None, None) => None,
+        }
+    }
+
     /// Evaluates the current policy on the validation rows with `eval_sampling_params`.
     pub fn evaluate(&mut self) -> Result<Metrics> {
         let sampling = sampling_from(&self.cfg.generator.eval_sampling_params);
@@ -341,7 +362,7 @@ impl Trainer {
                 .join("dumped_evals")
                 .join(format!("global_step_{}_evals.jsonl", self.global_step))
         });
-        eval::evaluate(
+        let m = eval::evaluate(
             self.generator.as_mut(),
             &self.val_rows,
             &eval::EvalSettings {
@@ -353,7 +374,11 @@ impl Trainer {
                 dump: dump.as_deref(),
                 zero_reward_on_non_stop: self.cfg.generator.zero_reward_on_non_stop,
             },
-        )
+        )?;
+        if let Some(&score) = m.get("eval/all/avg_score") {
+            self.last_eval = Some((self.global_step, score));
+        }
+        Ok(m)
     }
 
     fn log(&mut self, step: usize, metrics: &Metrics) -> Result<()> {
