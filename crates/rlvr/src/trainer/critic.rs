@@ -59,12 +59,11 @@ impl Critic {
     /// Trains on the batch; returns SkyRL's `critic/*` metrics (means over micro-batches, then
     /// over mini-batches and epochs).
     pub fn train(&mut self, out: &GeneratorOutput, u: &CriticUpdate) -> Result<Metrics> {
-        let mut sums: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+        let mut acc = super::update::MetricAcc::default();
         let device = self.model.device().clone();
         for _ in 0..u.epochs {
             for &(start, end) in u.mini_batches {
                 let mut grads: Option<GradStore> = None;
-                let mut micro: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
                 let n_micro = (end - start).div_ceil(u.micro_rows);
                 for m_start in (start..end).step_by(u.micro_rows) {
                     let m_end = (m_start + u.micro_rows).min(end);
@@ -91,47 +90,30 @@ impl Critic {
                         u.value_clip,
                         Some(&mask),
                     )?;
-                    micro
-                        .entry("critic_loss")
-                        .or_default()
-                        .push(f64::from(loss.loss.to_scalar::<f32>()?));
-                    micro
-                        .entry("values_mean")
-                        .or_default()
-                        .push(values_mean(&values, Some(&mask))?);
+                    acc.add_mean(
+                        "critic/critic_loss",
+                        f64::from(loss.loss.to_scalar::<f32>()?),
+                    );
+                    acc.add_mean("critic/values_mean", values_mean(&values, Some(&mask))?);
                     if let Some(c) = loss.clipfrac {
-                        micro.entry("values_clipfrac").or_default().push(c);
+                        acc.add_mean("critic/values_clipfrac", c);
                     }
-                    micro
-                        .entry("critic_lr")
-                        .or_default()
-                        .push(self.optimizer.current_lr());
+                    acc.add_mean("critic/critic_lr", self.optimizer.current_lr());
                     // SkyRL scales the summed gradients by 1 / micro-batches before the step.
                     let g = (loss.loss / n_micro as f64)?.backward()?;
                     grads = Some(match grads {
                         None => g,
-                        Some(acc) => super::update::add_grads(acc, g, &self.model_vars())?,
+                        Some(sum) => super::update::add_grads(sum, g, &self.model_vars())?,
                     });
                 }
                 if let Some(grads) = grads {
                     let stats = self.optimizer.step(grads)?;
-                    sums.entry("grad_norm").or_default().push(stats.grad_norm);
+                    acc.add_mean("critic/grad_norm", stats.grad_norm);
                 }
-                for (k, v) in micro {
-                    let mean = v.iter().sum::<f64>() / v.len() as f64;
-                    sums.entry(k).or_default().push(mean);
-                }
+                acc.end_mini_batch();
             }
         }
-        Ok(sums
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    format!("critic/{k}"),
-                    v.iter().sum::<f64>() / v.len() as f64,
-                )
-            })
-            .collect())
+        Ok(acc.finish())
     }
 
     fn model_vars(&self) -> Vec<candle_core::Var> {

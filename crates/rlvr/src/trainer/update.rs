@@ -498,29 +498,29 @@ fn pad_rows(rows: &[Vec<f32>], width: usize, device: &candle_core::Device) -> Re
 /// Accumulates per-micro-batch metrics: sums within a mini-batch (the reduced losses add up to the
 /// mini-batch loss), then means over mini-batches.
 #[derive(Default)]
-struct MetricAcc {
+pub(super) struct MetricAcc {
     mini: std::collections::BTreeMap<String, (f64, usize, bool)>,
     done: std::collections::BTreeMap<String, Vec<f64>>,
 }
 
 impl MetricAcc {
-    fn add(&mut self, k: &str, v: f64) {
+    pub(super) fn add(&mut self, k: &str, v: f64) {
         let e = self.mini.entry(k.to_string()).or_insert((0.0, 0, false));
         e.0 += v;
         e.1 += 1;
     }
-    fn add_mean(&mut self, k: &str, v: f64) {
+    pub(super) fn add_mean(&mut self, k: &str, v: f64) {
         let e = self.mini.entry(k.to_string()).or_insert((0.0, 0, true));
         e.0 += v;
         e.1 += 1;
     }
-    fn end_mini_batch(&mut self) {
+    pub(super) fn end_mini_batch(&mut self) {
         for (k, (sum, count, mean)) in std::mem::take(&mut self.mini) {
             let v = if mean { sum / count.max(1) as f64 } else { sum };
             self.done.entry(k).or_default().push(v);
         }
     }
-    fn finish(mut self) -> Metrics {
+    pub(super) fn finish(mut self) -> Metrics {
         self.end_mini_batch();
         self.done
             .into_iter()
