@@ -9,7 +9,7 @@ pub fn export_policy(t: &Trainer) -> Result<Option<PathBuf>> {
     let Some(tokenizer) = &t.tokenizer else {
         return Ok(None);
     };
-    if t.cfg.trainer.export_path.is_empty() {
+    if t.cfg.trainer.export_path.is_empty() || !t.group.is_main() {
         return Ok(None);
     }
     let dir = PathBuf::from(&t.cfg.trainer.export_path)

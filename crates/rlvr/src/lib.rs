@@ -1,6 +1,7 @@
 //! rlvr: the framework (config, data, environments, generator, trainer) behind the `rlvr` binary.
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod env;
 pub mod eval;
 pub mod export;

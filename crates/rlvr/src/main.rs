@@ -27,7 +27,7 @@ fn retain_freed_memory() {
 
 mod cli;
 
-use rlvr::{config, data, export, plot, run, toy, trainer};
+use rlvr::{config, data, dist, export, plot, run, toy, trainer};
 
 #[derive(Parser)]
 #[command(
@@ -69,10 +69,16 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     retain_freed_memory();
+    rlvr::dist::share_cores_between_local_ranks();
+    // Data-parallel ranks but the first report only warnings and errors (unless RUST_LOG says).
+    let level = match rlvr::dist::launcher_rank() {
+        Some(r) if r > 0 => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -3,9 +3,12 @@
 
 use crate::config::{Config, ResolvedConfig};
 use crate::data::{self, PromptLoader, PromptRow};
+use crate::dist::{self, ProcessGroup};
 use crate::env::{EnvRegistry, Gsm8kEnv};
 use crate::generator::remote::engine::Retry;
-use crate::generator::{EmbeddedGenerator, Generator, RemoteGenerator, RemoteSettings};
+use crate::generator::{
+    EmbeddedGenerator, Generator, RemoteGenerator, RemoteSettings, ShardedGenerator,
+};
 use crate::logging;
 use crate::optimizer::{Optimizer, OptimizerSettings};
 use crate::trainer::critic::Critic;
@@ -15,6 +18,7 @@ use candle_core::Device;
 use rlvr_algo::dynamic_sampling::{DynamicSampler, DynamicSamplingConfig, Strategy};
 use rlvr_model::{HeadInit, Model, Tokenizer, ValueModel};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -22,6 +26,9 @@ use std::sync::Arc;
 pub struct Extensions {
     pub hooks: Box<dyn TrainerHooks>,
     pub envs: EnvRegistry,
+    /// The data-parallel ranks this process trains with ([`dist::from_launcher`] under
+    /// `mpirun`); one process by default.
+    pub group: Rc<dyn ProcessGroup>,
 }
 
 impl Extensions {
@@ -33,6 +40,7 @@ impl Extensions {
                 cfg.environment.skyrl_gym.gsm8k.method,
                 cfg.environment.skyrl_gym.gsm8k.format_score,
             )),
+            group: Rc::new(dist::Solo),
         })
     }
 }
@@ -232,6 +240,27 @@ pub fn remote_settings(cfg: &Config) -> Result<RemoteSettings> {
     })
 }
 
+/// Data-parallel ranks must start from the same step: each reads `trainer.ckpt_path` itself.
+fn check_same_start(t: &Trainer) -> Result<()> {
+    let group = t.group.as_ref();
+    if group.size() == 1 {
+        return Ok(());
+    }
+    let steps = group.all_gather_bytes(&(t.global_step as u64).to_le_bytes(), "resume step")?;
+    for (rank, b) in steps.iter().enumerate() {
+        let step = u64::from_le_bytes(b[..8].try_into()?);
+        if step != t.global_step as u64 {
+            anyhow::bail!(
+                "rank {rank} starts at step {step} but rank {} at step {}: every rank must read \
+                 the same checkpoints (put trainer.ckpt_path on a filesystem all ranks share)",
+                group.rank(),
+                t.global_step
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Like [`build`] for already constructed models (tests use tiny models).
 pub fn build_with_models(
     resolved: &ResolvedConfig,
@@ -308,6 +337,7 @@ fn assemble(
         .pad_token_id()
         .or(tokenizer.eos_token_id())
         .unwrap_or(0);
+    let main = ext.group.is_main();
     let generator: Box<dyn Generator> = if cfg.generator.run_engines_locally {
         Box::new(
             EmbeddedGenerator::new(
@@ -317,7 +347,8 @@ fn assemble(
                 cfg.generator.max_num_seqs,
             )
             .with_weights(decode_dtype(&cfg.generator.model_dtype, policy.device())?)
-            .with_stop_ids(stop_ids),
+            .with_stop_ids(stop_ids)
+            .with_progress(main),
         )
     } else {
         Box::new(RemoteGenerator::connect(
@@ -326,6 +357,11 @@ fn assemble(
             ext.envs.clone(),
             stop_ids,
         )?)
+    };
+    // Data-parallel ranks generate their shares of each batch and exchange the results.
+    let generator: Box<dyn Generator> = match ext.group.size() {
+        1 => generator,
+        _ => Box::new(ShardedGenerator::new(generator, ext.group.clone())),
     };
 
     let max_steps = match resolved.get("trainer.max_steps") {
@@ -383,19 +419,26 @@ fn assemble(
         cfg.trainer.seed,
     );
 
+    // Rank 0 writes the run's files and logs; the other ranks compute.
     let run_dir = run_dir(&cfg);
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    std::fs::write(run_dir.join("config.yaml"), resolved.to_yaml())?;
-    let names: Vec<String> = cfg
-        .trainer
-        .logger
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .collect();
-    let (loggers, warnings) = logging::from_names(&names, &run_dir)?;
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
+    let loggers = if main {
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        std::fs::write(run_dir.join("config.yaml"), resolved.to_yaml())?;
+        let names: Vec<String> = cfg
+            .trainer
+            .logger
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect();
+        let (loggers, warnings) = logging::from_names(&names, &run_dir)?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        loggers
+    } else {
+        Vec::new()
+    };
 
     let k = &cfg.trainer.algorithm;
     let reward_kl = rlvr_algo::kl::KlController::new(
@@ -428,6 +471,7 @@ fn assemble(
         max_steps,
         share_prompts,
         last_eval: None,
+        group: ext.group,
     };
     checkpoint::resume(
         &mut trainer,
@@ -435,5 +479,6 @@ fn assemble(
         cfg.trainer.resume_path.as_deref(),
         ckpt_dir.as_deref().unwrap_or(Path::new(".")),
     )?;
+    check_same_start(&trainer)?;
     Ok(trainer)
 }

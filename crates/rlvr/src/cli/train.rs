@@ -1,8 +1,15 @@
 use crate::config::ConfigBuilder;
+use crate::dist;
 use crate::run::{self, Extensions};
 use crate::trainer::checkpoint;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long a data-parallel rank waits at a collective for the others before it ends the job
+/// (`+trainer.collective_timeout_s`): longer than any legitimate wait (rank 0 writing a
+/// checkpoint, uneven generation), as torch.distributed's 30-minute default.
+const DEFAULT_COLLECTIVE_TIMEOUT_S: u64 = 1800;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
@@ -26,7 +33,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for w in resolved.validate()? {
         tracing::warn!("{w}");
     }
-    let ext = Extensions::defaults(&resolved.config)?;
+    let mut ext = Extensions::defaults(&resolved.config)?;
+    // Under `mpirun -n N`: N data-parallel ranks (`--features mpi`).
+    let timeout = match resolved.get("trainer.collective_timeout_s") {
+        None => DEFAULT_COLLECTIVE_TIMEOUT_S,
+        Some(v) => v
+            .as_u64()
+            .filter(|&s| s > 0)
+            .context("+trainer.collective_timeout_s: expected a positive number of seconds")?,
+    };
+    ext.group = dist::from_launcher(Duration::from_secs(timeout))?;
+    if ext.group.size() > 1 {
+        tracing::info!(
+            "data-parallel rank {} of {}",
+            ext.group.rank(),
+            ext.group.size()
+        );
+    }
     let mut trainer = run::build(&resolved, ext)?;
 
     // First Ctrl-C: finish the step in flight, checkpoint, exit. Second: exit at once.

@@ -61,6 +61,13 @@ impl EmbeddedGenerator {
         self
     }
 
+    /// Whether generation draws a progress bar (on by default; off on data-parallel ranks but
+    /// the first).
+    pub fn with_progress(mut self, on: bool) -> Self {
+        self.engine.progress = on;
+        self
+    }
+
     /// The decoding copy of the trainer's weights (made here if no weight sync made it yet).
     fn decoding_model(&mut self) -> Result<&Model> {
         if self.decode.is_none() {

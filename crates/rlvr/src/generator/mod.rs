@@ -4,9 +4,11 @@
 
 mod embedded;
 pub mod remote;
+mod sharded;
 
 pub use embedded::EmbeddedGenerator;
 pub use remote::{RemoteGenerator, RemoteSettings};
+pub use sharded::ShardedGenerator;
 
 use crate::data::PromptRow;
 use crate::env::EnvRegistry;
@@ -223,12 +225,20 @@ pub fn request(
 
 /// A distinct, reproducible seed per (call, group, sample).
 fn request_seed(seed: u64, group: usize, sample: usize) -> u64 {
-    let mut x = seed ^ ((group as u64) << 32) ^ (sample as u64);
+    // The group enters by addition, so a call on groups `first..` with `shard_seed(seed, first)`
+    // draws what the whole call draws for them.
+    let mut x = seed.wrapping_add((group as u64) << 32) ^ (sample as u64);
     // splitmix64 finaliser: nearby inputs give unrelated seeds.
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^ (x >> 31)
+}
+
+/// The seed that makes a call on the groups from `first_group` on draw the samples the call on
+/// all groups (with `seed`) draws for them.
+pub fn shard_seed(seed: u64, first_group: usize) -> u64 {
+    seed.wrapping_add((first_group as u64) << 32)
 }
 
 /// Rows of a generator output from the completions of every group (in group order, `n` each):

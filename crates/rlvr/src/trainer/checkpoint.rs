@@ -31,9 +31,13 @@ pub fn step_dir(ckpt_root: &Path, step: usize) -> PathBuf {
 
 /// Writes the checkpoint of the trainer's current step and prunes old ones.
 pub fn save(t: &Trainer, ckpt_root: &Path) -> Result<PathBuf> {
+    let final_dir = step_dir(ckpt_root, t.global_step);
+    // Data-parallel ranks hold the same state; rank 0 writes it.
+    if !t.group.is_main() {
+        return Ok(final_dir);
+    }
     std::fs::create_dir_all(ckpt_root)
         .with_context(|| format!("creating {}", ckpt_root.display()))?;
-    let final_dir = step_dir(ckpt_root, t.global_step);
     let weights: HashMap<String, Tensor> = t.policy.tensors();
     let critic_weights = t.critic.as_ref().map(|c| c.model.tensors());
     // A diverged policy or critic must not replace the last good checkpoint.

@@ -4,6 +4,7 @@
 //! `critic_mini_batch_size` prompts, the clipped value loss averaged over micro-batches.
 
 use super::batch::{self, TrainBatch};
+use crate::dist;
 use crate::generator::GeneratorOutput;
 use crate::logging::Metrics;
 use crate::optimizer::Optimizer;
@@ -32,6 +33,8 @@ pub struct CriticUpdate<'a> {
     pub value_clip: Option<f64>,
     pub pad_id: u32,
     pub precision: Precision,
+    /// Which rows this data-parallel rank trains on.
+    pub shard: &'a super::update::Shard<'a>,
 }
 
 impl Critic {
@@ -41,11 +44,13 @@ impl Critic {
         &self,
         out: &GeneratorOutput,
         full: &TrainBatch,
+        shard: &super::update::Shard,
         micro: usize,
         pad_id: u32,
         precision: Precision,
     ) -> Result<Tensor> {
-        super::update::forward_in_chunks(out, full, micro, pad_id, self.model.device(), |_, mb| {
+        let device = self.model.device();
+        super::update::forward_in_chunks(out, full, shard, micro, pad_id, device, |_, mb| {
             Ok(self.model.values(
                 &mb.input_ids,
                 &mb.attention_mask,
@@ -64,9 +69,21 @@ impl Critic {
         for _ in 0..u.epochs {
             for &(start, end) in u.mini_batches {
                 let mut grads: Option<GradStore> = None;
-                let n_micro = (end - start).div_ceil(u.micro_rows);
-                for m_start in (start..end).step_by(u.micro_rows) {
-                    let m_end = (m_start + u.micro_rows).min(end);
+                // Micro-batches of the whole mini-batch, over every rank's share.
+                let size = u.shard.group.size();
+                let n_micro: usize = (0..size)
+                    .map(|r| match size {
+                        1 => end - start,
+                        _ => {
+                            let (lo, hi) = dist::shard_rows(u.shard.prompts, (start, end), r, size);
+                            hi - lo
+                        }
+                    })
+                    .map(|rows| rows.div_ceil(u.micro_rows))
+                    .sum();
+                let (lo, hi) = u.shard.rows((start, end));
+                for m_start in (lo..hi).step_by(u.micro_rows) {
+                    let m_end = (m_start + u.micro_rows).min(hi);
                     let idx: Vec<usize> = (m_start..m_end).collect();
                     let mb = batch::build(out, &idx, u.pad_id, &device)?;
                     let r = mb.response_len;
@@ -106,6 +123,10 @@ impl Critic {
                         Some(sum) => super::update::add_grads(sum, g, &self.model_vars())?,
                     });
                 }
+                acc.merge_ranks(u.shard.group)?;
+                let vars = self.model_vars();
+                let grads =
+                    dist::all_reduce_grads(u.shard.group, grads, &vars, "critic gradients")?;
                 if let Some(grads) = grads {
                     let stats = self.optimizer.step(grads)?;
                     acc.add_mean("critic/grad_norm", stats.grad_norm);

@@ -22,6 +22,7 @@ pub use hooks::{default_postprocess, DefaultHooks, HookContext, TrainerHooks};
 
 use crate::config::Config;
 use crate::data::{LoaderState, PromptLoader, PromptRow};
+use crate::dist::{self, ProcessGroup};
 use crate::env::EnvRegistry;
 use crate::eval;
 use crate::generator::{Generator, GeneratorOutput, PromptGroup, Sampling, StopReason};
@@ -32,6 +33,7 @@ use candle_core::{Device, Tensor};
 use rlvr_algo::dynamic_sampling::{DynamicSampler, Outcome};
 use rlvr_model::Model;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -72,6 +74,9 @@ pub struct Trainer {
     pub last_eval: Option<(usize, f64)>,
     /// Needed for HF export; `None` in tests that do not export.
     pub tokenizer: Option<Arc<rlvr_model::Tokenizer>>,
+    /// The data-parallel ranks (one process: [`crate::dist::Solo`]). Rank 0 logs, writes
+    /// evaluation dumps, checkpoints and exports.
+    pub group: Rc<dyn ProcessGroup>,
 }
 
 impl Trainer {
@@ -118,7 +123,10 @@ impl Trainer {
         }
         let mut last = Metrics::new();
         while self.global_step < total {
-            if self.stop.load(Ordering::SeqCst) {
+            // Ranks stop together, whichever of them saw the Ctrl-C.
+            let stop = self.stop.load(Ordering::SeqCst);
+            if dist::any(self.group.as_ref(), stop, "stop flag")? {
+                self.stop.store(true, Ordering::SeqCst);
                 tracing::info!("stopping at step {} (interrupted)", self.global_step);
                 break;
             }
@@ -357,7 +365,7 @@ impl Trainer {
     /// Evaluates the current policy on the validation rows with `eval_sampling_params`.
     pub fn evaluate(&mut self) -> Result<Metrics> {
         let sampling = sampling_from(&self.cfg.generator.eval_sampling_params);
-        let dump = self.cfg.trainer.dump_eval_results.then(|| {
+        let dump = (self.cfg.trainer.dump_eval_results && self.group.is_main()).then(|| {
             self.run_dir
                 .join("dumped_evals")
                 .join(format!("global_step_{}_evals.jsonl", self.global_step))

@@ -3,6 +3,7 @@
 
 use super::batch::{self, TrainBatch};
 use super::Trainer;
+use crate::dist::{self, ProcessGroup};
 use crate::generator::GeneratorOutput;
 use crate::logging::Metrics;
 use anyhow::{bail, Result};
@@ -34,11 +35,22 @@ pub fn train_on_batch(
     };
     // One prompt pass per group wherever a chunk's consecutive rows share their prompt.
     let share_prompts = t.share_prompts;
+    // `replace` copies a good group over a bad one under the same uid; group boundaries only need
+    // contiguous runs, so number the runs.
+    let run_ids = contiguous_run_ids(&out.uids);
+    let prompt_bounds = reduction::prompt_boundaries(&run_ids)?;
+    // Each data-parallel rank computes the forward passes of its share of the groups.
+    let group = t.group.clone();
+    let shard = Shard {
+        group: group.as_ref(),
+        prompts: &prompt_bounds,
+    };
     let fwd = |model: &Model| {
         forward_logprobs(
             model,
             out,
             full,
+            &shard,
             micro_fwd,
             temperature,
             t.pad_id,
@@ -57,7 +69,7 @@ pub fn train_on_batch(
     // outside the response are 0: the state after the last token is terminal.
     let old_values = match &t.critic {
         Some(c) => Some(
-            c.values(out, full, micro_fwd, t.pad_id, precision)?
+            c.values(out, full, &shard, micro_fwd, t.pad_id, precision)?
                 .mul(&full.response_mask)?,
         ),
         None => None,
@@ -130,10 +142,6 @@ pub fn train_on_batch(
     let n = cfg.generator.n_samples_per_prompt;
     let micro_rows = cfg.trainer.micro_train_batch_size_per_gpu.max(1);
     let reduction = alg.loss_reduction;
-    // `replace` copies a good group over a bad one under the same uid; group boundaries only need
-    // contiguous runs, so number the runs.
-    let run_ids = contiguous_run_ids(&out.uids);
-    let prompt_bounds = reduction::prompt_boundaries(&run_ids)?;
     let mini_bounds = reduction::mini_batch_boundaries(
         &run_ids,
         cfg.trainer.policy_mini_batch_size,
@@ -179,6 +187,7 @@ pub fn train_on_batch(
                 value_clip: alg.value_clip,
                 pad_id,
                 precision,
+                shard: &shard,
             },
         )?);
         metrics.insert("timing/critic_train".into(), t0.elapsed().as_secs_f64());
@@ -208,8 +217,10 @@ pub fn train_on_batch(
     for _epoch in 0..cfg.trainer.update_epochs_per_batch {
         for &(mini_start, mini_end) in &mini_bounds {
             let mut grads: Option<GradStore> = None;
-            for micro_start in (mini_start..mini_end).step_by(micro_rows) {
-                let micro_end = (micro_start + micro_rows).min(mini_end);
+            // This rank's share of the mini-batch; the loss is pre-scaled for the whole of it.
+            let (lo, hi) = shard.rows((mini_start, mini_end));
+            for micro_start in (lo..hi).step_by(micro_rows) {
+                let micro_end = (micro_start + micro_rows).min(hi);
                 let idx: Vec<usize> = (micro_start..micro_end).collect();
                 let mb = batch::build(out, &idx, t.pad_id, t.policy.device())?;
                 let r = mb.response_len;
@@ -286,6 +297,9 @@ pub fn train_on_batch(
                     Some(sum) => add_grads(sum, g, &policy_vars)?,
                 });
             }
+            acc.merge_ranks(shard.group)?;
+            let grads =
+                dist::all_reduce_grads(shard.group, grads, &policy_vars, "policy gradients")?;
             if let Some(grads) = grads {
                 let stats = t.optimizer.step(grads)?;
                 acc.add_mean("policy/grad_norm", stats.grad_norm);
@@ -310,6 +324,11 @@ pub fn train_on_batch(
         }
     }
     metrics.extend(acc.finish());
+    let mut saved = [prompt_passes_saved as f32];
+    shard
+        .group
+        .all_reduce_sum(&mut saved, "prompt passes saved")?;
+    let prompt_passes_saved = saved[0] as usize;
     // rlvr's own: prompt forward/backward passes the policy update did not repeat (one per
     // sample beyond the first of each group in a micro-batch).
     metrics.insert(
@@ -370,6 +389,7 @@ fn forward_logprobs(
     model: &Model,
     out: &GeneratorOutput,
     full: &TrainBatch,
+    shard: &Shard,
     micro: usize,
     temperature: f64,
     pad_id: u32,
@@ -377,26 +397,34 @@ fn forward_logprobs(
     share_prompts: bool,
 ) -> Result<Tensor> {
     let rows = out.len();
-    forward_in_chunks(out, full, micro, pad_id, model.device(), |start, mb| {
-        let idx: Vec<usize> = (start..(start + mb.lengths.len()).min(rows)).collect();
-        let layout = match share_prompts {
-            true => batch::shared_layout(out, &idx, pad_id, model.device())?,
-            false => None,
-        };
-        let lp = logprobs(
-            model,
-            mb,
-            layout.as_ref(),
-            &LogProbOptions {
-                temperature,
-                entropy: false,
-                grad: false,
-                precision,
-                ..Default::default()
-            },
-        )?;
-        Ok(lp.logprobs.detach())
-    })
+    forward_in_chunks(
+        out,
+        full,
+        shard,
+        micro,
+        pad_id,
+        model.device(),
+        |start, mb| {
+            let idx: Vec<usize> = (start..(start + mb.lengths.len()).min(rows)).collect();
+            let layout = match share_prompts {
+                true => batch::shared_layout(out, &idx, pad_id, model.device())?,
+                false => None,
+            };
+            let lp = logprobs(
+                model,
+                mb,
+                layout.as_ref(),
+                &LogProbOptions {
+                    temperature,
+                    entropy: false,
+                    grad: false,
+                    precision,
+                    ..Default::default()
+                },
+            )?;
+            Ok(lp.logprobs.detach())
+        },
+    )
 }
 
 /// The log-probs of the rows laid out as `mb`, or, given their shared layout, with one prompt
@@ -415,20 +443,21 @@ fn logprobs(
     })
 }
 
-/// Runs `f(first row, chunk)` on the batch in chunks of `micro` rows and stacks its `[rows, R_chunk]` results,
-/// zero-padded to the whole batch's response width.
+/// Runs `f(first row, chunk)` on this rank's share of the batch in chunks of `micro` rows and
+/// stacks every rank's `[rows, R_chunk]` results, zero-padded to the whole batch's response width.
 pub(super) fn forward_in_chunks(
     out: &GeneratorOutput,
     full: &TrainBatch,
+    shard: &Shard,
     micro: usize,
     pad_id: u32,
     device: &candle_core::Device,
     f: impl Fn(usize, &TrainBatch) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let rows = out.len();
+    let (lo, hi) = shard.rows((0, out.len()));
     let mut parts = Vec::new();
-    for start in (0..rows).step_by(micro.max(1)) {
-        let idx: Vec<usize> = (start..(start + micro.max(1)).min(rows)).collect();
+    for start in (lo..hi).step_by(micro.max(1)) {
+        let idx: Vec<usize> = (start..(start + micro.max(1)).min(hi)).collect();
         let mb = batch::build(out, &idx, pad_id, device)?;
         let part = f(start, &mb)?;
         let pad = full.response_len - mb.response_len;
@@ -438,7 +467,28 @@ pub(super) fn forward_in_chunks(
             part
         });
     }
-    Ok(Tensor::cat(&parts, 0)?)
+    let mine = match parts.is_empty() {
+        true => Tensor::zeros((0, full.response_len), candle_core::DType::F32, device)?,
+        false => Tensor::cat(&parts, 0)?,
+    };
+    dist::all_gather_rows(shard.group, &mine, "forward passes")
+}
+
+/// The data-parallel rank's view of a batch: which rows it computes.
+pub struct Shard<'a> {
+    pub group: &'a dyn ProcessGroup,
+    /// Each prompt group's rows `(start, end)`, in order.
+    pub prompts: &'a [(usize, usize)],
+}
+
+impl Shard<'_> {
+    /// This rank's rows of `span` (whole prompt groups); all of it with one rank.
+    pub fn rows(&self, span: (usize, usize)) -> (usize, usize) {
+        match self.group.size() {
+            1 => span,
+            n => dist::shard_rows(self.prompts, span, self.group.rank(), n),
+        }
+    }
 }
 
 /// Sums two gradient stores over `vars`.
@@ -514,6 +564,30 @@ impl MetricAcc {
         e.0 += v;
         e.1 += 1;
     }
+    /// Adds up every rank's micro-batch metrics of this mini-batch, so each rank holds those of
+    /// the whole mini-batch.
+    pub(super) fn merge_ranks(&mut self, group: &dyn ProcessGroup) -> Result<()> {
+        if group.size() == 1 {
+            return Ok(());
+        }
+        let mine: Vec<(String, f64, u64, bool)> = self
+            .mini
+            .iter()
+            .map(|(k, &(sum, count, mean))| (k.clone(), sum, count as u64, mean))
+            .collect();
+        let parts = group.all_gather_bytes(&postcard::to_stdvec(&mine)?, "metrics")?;
+        self.mini.clear();
+        for p in parts {
+            let theirs: Vec<(String, f64, u64, bool)> = postcard::from_bytes(&p)?;
+            for (k, sum, count, mean) in theirs {
+                let e = self.mini.entry(k).or_insert((0.0, 0, mean));
+                e.0 += sum;
+                e.1 += count as usize;
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn end_mini_batch(&mut self) {
         for (k, (sum, count, mean)) in std::mem::take(&mut self.mini) {
             let v = if mean { sum / count.max(1) as f64 } else { sum };
