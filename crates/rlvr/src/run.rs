@@ -94,8 +94,9 @@ pub fn build(resolved: &ResolvedConfig, ext: Extensions) -> Result<Trainer> {
 /// [`build`] for `purpose`.
 pub fn build_for(resolved: &ResolvedConfig, ext: Extensions, purpose: Purpose) -> Result<Trainer> {
     let cfg = resolved.config.clone();
-    let device = rlvr_model::parse_device(&cfg.trainer.device)
-        .with_context(|| format!("trainer.device={}", cfg.trainer.device))?;
+    let device_spec = dist::device_for_rank(&cfg.trainer.device);
+    let device = rlvr_model::parse_device(&device_spec)
+        .with_context(|| format!("trainer.device={device_spec}"))?;
     tracing::info!("device {}", rlvr_model::device_name(&device));
     tracing::info!(
         "training products: {}",

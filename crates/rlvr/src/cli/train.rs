@@ -80,7 +80,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if trainer.cfg.trainer.hf_save_interval > 0 && !trainer.exports_at(trainer.global_step) {
         crate::export::export_policy(&trainer)?;
     }
-    if let Some((detail, r)) = trainer.final_mean_reward(&last) {
+    // Rank 0 speaks for a data-parallel run.
+    let closing = trainer.final_mean_reward(&last).filter(|_| trainer.group.is_main());
+    if let Some((detail, r)) = closing {
         println!("{detail}");
         println!("final mean reward: {r:.4}");
     }

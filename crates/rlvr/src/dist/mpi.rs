@@ -79,7 +79,7 @@ impl MpiGroup {
                 let slot = std::slice::from_mut(slot);
                 recvs.push((peer, p.immediate_receive_into_with_tag(scope, slot, tag)));
             }
-            let done = poll_until(deadline, || {
+            let done = poll_until(deadline, true, || {
                 recvs = std::mem::take(&mut recvs)
                     .into_iter()
                     .filter_map(|(peer, r)| r.test().err().map(|r| (peer, r)))
@@ -134,7 +134,7 @@ impl MpiGroup {
         let deadline = Instant::now() + self.timeout;
         mpi::request::scope(|scope| {
             let mut req = Some(start(scope));
-            let done = poll_until(deadline, || match req.take().map(|r| r.test()) {
+            let done = poll_until(deadline, false, || match req.take().map(|r| r.test()) {
                 Some(Ok(_)) | None => true,
                 Some(Err(r)) => {
                     req = Some(r);
@@ -177,9 +177,11 @@ impl MpiGroup {
     }
 }
 
-/// Calls `done` until it returns true (then true) or `deadline` passes (then false), sleeping a
-/// little longer between calls, up to 20 ms.
-fn poll_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+/// Calls `done` until it returns true (then true) or `deadline` passes (then false). With `nap`,
+/// sleeps between calls (waiting for other ranks, which may take minutes); without, only yields:
+/// a started collective moves only while MPI is called (Open MPI's non-blocking collectives
+/// progress inside `MPI_Test`), as a blocking collective spins.
+fn poll_until(deadline: Instant, nap: bool, mut done: impl FnMut() -> bool) -> bool {
     let mut pause = Duration::from_micros(20);
     loop {
         if done() {
@@ -188,8 +190,12 @@ fn poll_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
         if Instant::now() > deadline {
             return false;
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
+        if nap {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        } else {
+            std::thread::yield_now();
+        }
     }
 }
 
