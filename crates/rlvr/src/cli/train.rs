@@ -81,7 +81,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         crate::export::export_policy(&trainer)?;
     }
     // Rank 0 speaks for a data-parallel run.
-    let closing = trainer.final_mean_reward(&last).filter(|_| trainer.group.is_main());
+    let closing = trainer
+        .final_mean_reward(&last)
+        .filter(|_| trainer.group.is_main());
     if let Some((detail, r)) = closing {
         println!("{detail}");
         println!("final mean reward: {r:.4}");

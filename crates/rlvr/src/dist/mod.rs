@@ -94,10 +94,14 @@ pub fn launcher_rank() -> Option<usize> {
 /// `auto` on a machine with a GPU) mean the rank's own GPU, numbered by its rank on the node (as
 /// torchrun's `LOCAL_RANK`).
 pub fn device_for_rank(spec: &str) -> String {
-    let local = ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "LOCAL_RANK"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok()?.parse::<usize>().ok())
-        .filter(|_| launcher_world_size().is_some_and(|n| n > 1));
+    let local = [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "LOCAL_RANK",
+    ]
+    .iter()
+    .find_map(|k| std::env::var(k).ok()?.parse::<usize>().ok())
+    .filter(|_| launcher_world_size().is_some_and(|n| n > 1));
     match (local, spec.trim()) {
         (Some(r), "cuda" | "gpu") => format!("cuda:{r}"),
         (Some(r), "auto") if candle_core::utils::cuda_is_available() => format!("cuda:{r}"),

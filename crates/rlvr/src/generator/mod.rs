@@ -57,9 +57,11 @@ impl StopReason {
 
 /// Rows of generated samples, in group order (`n` consecutive rows per prompt group), as SkyRL's
 /// `GeneratorOutput`. Rewards are scalars here; the trainer places them on the last token.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct GeneratorOutput {
     pub uids: Vec<String>,
+    /// Not serialised (data-parallel ranks exchange outputs; each holds the prompt rows).
+    #[serde(skip)]
     pub rows: Vec<PromptRow>,
     pub prompt_token_ids: Vec<Vec<u32>>,
     pub response_ids: Vec<Vec<u32>>,
