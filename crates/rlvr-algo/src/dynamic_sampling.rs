@@ -21,7 +21,8 @@ use rand::{Rng, SeedableRng};
 use crate::error::{Error, Result};
 
 /// `dynamic_sampling.type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Strategy {
     Filter,
     Replace,

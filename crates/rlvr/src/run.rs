@@ -15,7 +15,7 @@ use crate::trainer::critic::Critic;
 use crate::trainer::{checkpoint, DefaultHooks, Trainer, TrainerHooks};
 use anyhow::{Context, Result};
 use candle_core::Device;
-use rlvr_algo::dynamic_sampling::{DynamicSampler, DynamicSamplingConfig, Strategy};
+use rlvr_algo::dynamic_sampling::{DynamicSampler, DynamicSamplingConfig};
 use rlvr_model::{HeadInit, Model, Tokenizer, ValueModel};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -221,7 +221,7 @@ pub fn remote_settings(cfg: &Config) -> Result<RemoteSettings> {
     let g = &cfg.generator;
     Ok(RemoteSettings {
         urls: g.remote_inference_engine_urls.clone(),
-        backend: g.backend.parse()?,
+        backend: g.backend,
         model: g
             .served_model_name
             .clone()
@@ -408,10 +408,9 @@ fn assemble(
     };
 
     let ds = &cfg.trainer.algorithm.dynamic_sampling;
-    let strategy = ds.kind.as_deref().map(str::parse::<Strategy>).transpose()?;
     let sampler = DynamicSampler::new(
         DynamicSamplingConfig {
-            strategy,
+            strategy: ds.kind,
             train_batch_size: cfg.trainer.train_batch_size,
             n_samples_per_prompt: cfg.generator.n_samples_per_prompt,
             max_sample_batches: ds.max_sample_batches,
@@ -476,7 +475,7 @@ fn assemble(
     };
     checkpoint::resume(
         &mut trainer,
-        cfg.trainer.resume_mode.as_deref(),
+        cfg.trainer.resume_mode,
         cfg.trainer.resume_path.as_deref(),
         ckpt_dir.as_deref().unwrap_or(Path::new(".")),
     )?;

@@ -57,9 +57,8 @@ pub struct KlCtrlConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DynamicSamplingConfig {
-    /// `None`, `filter` or `replace`.
     #[serde(rename = "type")]
-    pub kind: Option<String>,
+    pub kind: Option<rlvr_algo::dynamic_sampling::Strategy>,
     /// Generation batches per step before giving up; `<= 0` = no limit.
     pub max_sample_batches: i64,
     pub min_replace_ratio: f64,

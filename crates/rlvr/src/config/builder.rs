@@ -1,24 +1,26 @@
 //! Building a config: defaults, then YAML files, then command-line overrides, then resolution.
-//! Every key is checked against the schema as it comes in, so an error names the file or the
-//! override that caused it.
+//! Keys are checked as they come in (an unknown key names the file or override and the nearest
+//! valid key); values are checked by deserialising the merged tree into the typed [`Config`],
+//! whose errors name the key and where its value came from.
 
 use serde_yaml::Value;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::error::{ConfigError, Origin};
+use super::keys::{self, Keys};
 use super::override_arg::{self, Mode};
 use super::resolved::ResolvedConfig;
-use super::schema::{check, Kind, Schema};
-use super::tree::{get, join, set};
+use super::tree::{get, join, kind_name_of, set};
 use super::{defaults, interpolate, Config};
 
 #[derive(Debug, Clone)]
 pub struct ConfigBuilder {
     tree: Value,
-    schema: Schema,
-    /// Keys a file or an override set (for "ignored key" warnings).
-    explicit: BTreeSet<String>,
+    defaults: Value,
+    keys: Keys,
+    /// Keys a file or an override set, and where the last value came from.
+    origins: BTreeMap<String, Origin>,
 }
 
 impl Default for ConfigBuilder {
@@ -31,11 +33,11 @@ impl ConfigBuilder {
     /// Start from the built-in defaults.
     pub fn new() -> Self {
         let tree = defaults::tree();
-        let schema = Schema::from_defaults(&tree);
         ConfigBuilder {
+            keys: Keys::from_defaults(&tree),
+            defaults: tree.clone(),
             tree,
-            schema,
-            explicit: BTreeSet::new(),
+            origins: BTreeMap::new(),
         }
     }
 
@@ -113,143 +115,108 @@ impl ConfigBuilder {
         mode: Mode,
         origin: &Origin,
     ) -> Result<(), ConfigError> {
-        let present = get(&self.tree, key).is_some_and(|v| !v.is_null());
-        if let Some(spec) = self.schema.leaf(key) {
-            if mode == Mode::Add && present {
-                return Err(ConfigError::AlreadyExists {
+        if self.keys.is_section(key) {
+            let Value::Mapping(map) = value else {
+                return Err(ConfigError::Type {
                     origin: origin.clone(),
                     key: key.to_string(),
+                    expected: "a section (mapping)".into(),
+                    got: kind_name_of(&value),
                 });
+            };
+            for (k, v) in map {
+                let child = k
+                    .as_str()
+                    .map(|k| join(key, k))
+                    .ok_or_else(|| ConfigError::Yaml {
+                        origin: origin.clone(),
+                        message: format!("keys under `{key}` must be strings"),
+                    })?;
+                self.assign(&child, v, mode, origin)?;
             }
-            let value = check(spec, value).map_err(|(expected, got)| ConfigError::Type {
-                origin: origin.clone(),
-                key: key.to_string(),
-                expected,
-                got,
-            })?;
-            self.write(key, value, origin)?;
-            self.explicit.insert(key.to_string());
             return Ok(());
         }
-        if let Some(nullable) = self.schema.section(key) {
-            return match value {
-                Value::Mapping(map) => {
-                    for (k, v) in map {
-                        let child =
-                            k.as_str()
-                                .map(|k| join(key, k))
-                                .ok_or_else(|| ConfigError::Yaml {
-                                    origin: origin.clone(),
-                                    message: format!("keys under `{key}` must be strings"),
-                                })?;
-                        self.assign(&child, v, mode, origin)?;
-                    }
-                    Ok(())
-                }
-                Value::Null if nullable => {
-                    self.write(key, Value::Null, origin)?;
-                    self.explicit.insert(key.to_string());
-                    Ok(())
-                }
-                other => Err(ConfigError::Type {
-                    origin: origin.clone(),
-                    key: key.to_string(),
-                    expected: if nullable {
-                        "a section (mapping) or null".into()
-                    } else {
-                        "a section (mapping)".into()
-                    },
-                    got: super::tree::kind_name_of(&other),
-                }),
-            };
-        }
-        // Not in the schema: only `+`/`++` may add it (or set it again once added).
-        let exists = get(&self.tree, key).is_some();
-        if mode == Mode::Set && !exists {
+        // Outside the defaults' keys only `+`/`++` may add a key (or set it again once added).
+        if mode == Mode::Set && !self.keys.is_leaf(key) && get(&self.tree, key).is_none() {
             return Err(ConfigError::UnknownKey {
                 origin: origin.clone(),
                 key: key.to_string(),
-                suggestion: self.schema.nearest(key),
+                suggestion: self.keys.nearest(key),
             });
         }
-        if mode == Mode::Add && present {
+        if mode == Mode::Add && get(&self.tree, key).is_some_and(|v| !v.is_null()) {
             return Err(ConfigError::AlreadyExists {
                 origin: origin.clone(),
                 key: key.to_string(),
             });
         }
-        if let Some((parent, spec)) = self.schema.leaf_prefix(key) {
-            if !matches!(spec.kind, Kind::Map | Kind::Any) {
-                return Err(ConfigError::NotASection {
-                    origin: origin.clone(),
-                    key: key.to_string(),
-                    parent: parent.to_string(),
-                    what: spec.kind.describe().to_string(),
-                });
-            }
-        }
-        self.write(key, value, origin)?;
-        self.explicit.insert(key.to_string());
-        Ok(())
-    }
-
-    fn write(&mut self, key: &str, value: Value, origin: &Origin) -> Result<(), ConfigError> {
         set(&mut self.tree, key, value).map_err(|b| ConfigError::NotASection {
             origin: origin.clone(),
             key: key.to_string(),
             parent: b.parent,
             what: b.what,
-        })
+        })?;
+        self.origins.insert(key.to_string(), origin.clone());
+        Ok(())
     }
 
-    /// Resolve interpolations, re-check every key's type, and build the typed [`Config`].
+    /// Resolve interpolations and build the typed [`Config`].
     pub fn resolve(&self) -> Result<ResolvedConfig, ConfigError> {
         let mut tree = interpolate::resolve(&self.tree)?;
-        let keys: Vec<String> = self.schema.leaf_keys().map(str::to_string).collect();
-        for key in keys {
-            let spec = self.schema.leaf(&key).expect("key from the schema");
-            let Some(value) = get(&tree, &key) else {
-                continue;
-            };
-            let checked =
-                check(spec, value.clone()).map_err(|(expected, got)| ConfigError::Type {
-                    origin: Origin::Resolved,
-                    key: key.clone(),
-                    expected,
-                    got,
-                })?;
-            if &checked != value {
-                let _ = set(&mut tree, &key, checked);
-            }
+        keys::coerce(&mut tree, &self.defaults, &self.keys);
+        let config: Config = serde_path_to_error::deserialize(tree.clone())
+            .map_err(|e| self.type_error(&tree, e))?;
+        let explicit = self.origins.keys().cloned().collect();
+        Ok(ResolvedConfig::new(config, tree, explicit))
+    }
+
+    /// A deserialisation error in the config's words: the key, what it takes, what it got and
+    /// where that came from.
+    fn type_error(
+        &self,
+        tree: &Value,
+        e: serde_path_to_error::Error<serde_yaml::Error>,
+    ) -> ConfigError {
+        let key = e.path().to_string();
+        let message = e.inner().to_string();
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
+            return ConfigError::Invalid(vec![format!(
+                "`{key}.{field}` is missing: `{key}` needs it once any of its keys is set \
+                 (e.g. `+{key}.{field}=...`)"
+            )]);
         }
-        for (section, keys) in self.schema.optional_sections() {
-            if let Some(Value::Mapping(_)) = get(&tree, section) {
-                let missing: Vec<&str> = keys
-                    .iter()
-                    .copied()
-                    .filter(|k| get(&tree, k).is_none())
-                    .collect();
-                if !missing.is_empty() {
-                    return Err(ConfigError::Invalid(
-                        missing
-                            .iter()
-                            .map(|k| {
-                                format!(
-                                    "`{k}` is missing: `{section}` needs all of {} once any is set \
-                                     (e.g. `+{k}=...`)",
-                                    keys.join(", ")
-                                )
-                            })
-                            .collect(),
-                    ));
-                }
+        // Where the value came from: the key itself, or the section that was set whole.
+        let origin = std::iter::successors(Some(key.as_str()), |k| k.rsplit_once('.').map(|p| p.0))
+            .find_map(|k| self.origins.get(k))
+            .cloned()
+            .unwrap_or(if get(&self.defaults, &key).is_some() {
+                Origin::Defaults
+            } else {
+                Origin::Resolved
+            });
+        let value = get(tree, &key).cloned().unwrap_or(Value::Null);
+        let got = match &value {
+            Value::Number(n) => format!("{} {n}", kind_name_of(&value)),
+            Value::String(s) => format!("{} \"{s}\"", kind_name_of(&value)),
+            other => kind_name_of(other),
+        };
+        let expected = match message.split_once(", expected ") {
+            Some((_, what)) if message.starts_with("unknown variant") => {
+                let names = what.trim_start_matches("one of ").replace(" or ", ", ");
+                format!("one of {}", names.replace('`', ""))
             }
+            Some((_, what)) => keys::expected_in_words(what),
+            None => message,
+        };
+        ConfigError::Type {
+            origin,
+            key,
+            expected,
+            got,
         }
-        let config: Config = serde_path_to_error::deserialize(tree.clone()).map_err(|e| {
-            // Name the key: serde alone says only what type it expected.
-            ConfigError::Typed(format!("`{}`: {}", e.path(), e.inner()))
-        })?;
-        Ok(ResolvedConfig::new(config, tree, self.explicit.clone()))
     }
 }
 
@@ -294,16 +261,14 @@ mod tests {
         let a = &r.config.trainer.algorithm;
         assert_eq!(a.eps_clip_high, 0.28);
         assert_eq!(a.clip_ratio_c, 10.0);
-        assert_eq!(a.dynamic_sampling.kind.as_deref(), Some("filter"));
+        assert_eq!(
+            a.dynamic_sampling.kind,
+            Some(rlvr_algo::dynamic_sampling::Strategy::Filter)
+        );
         assert_eq!(r.config.trainer.resume_mode, None);
         assert_eq!(
             r.config.trainer.policy.optimizer_config.adam_betas,
             vec![0.8, 0.95]
-        );
-        // Integers given to number keys are stored as numbers in the tree too.
-        assert_eq!(
-            r.get("trainer.algorithm.clip_ratio_c"),
-            Some(&Value::from(10.0))
         );
     }
 
@@ -341,6 +306,16 @@ mod tests {
         assert!(e.contains("got null"), "{e}");
         let e = build(&["trainer.algorithm=3"]).unwrap_err().to_string();
         assert!(e.contains("section"), "{e}");
+        // A value outside an enum's list names the list and the override.
+        let e = build(&["generator.backend=trt"]).unwrap_err().to_string();
+        assert!(
+            e.contains("override `generator.backend=trt`") && e.contains("one of vllm, sglang"),
+            "{e}"
+        );
+        let e = build(&["trainer.resume_mode=sometimes"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one of none, latest, from_path"), "{e}");
     }
 
     #[test]
@@ -375,34 +350,20 @@ mod tests {
     }
 
     #[test]
-    fn every_key_accepts_what_its_kind_promises() {
-        // The typed structs must hold whatever the schema lets through: -1 for signed integer
-        // keys, a large value for non-negative ones, null for nullable ones.
+    fn the_typed_config_has_every_key_of_the_defaults() {
+        // base.yaml lists the keys (SkyRL's layout) and the structs give their types: neither
+        // may have a key the other lacks.
         let b = ConfigBuilder::new();
-        for key in b.schema.leaf_keys() {
-            let spec = b.schema.leaf(key).unwrap();
-            let mut values = Vec::new();
-            match spec.kind {
-                Kind::Int => values.push("-1".to_string()),
-                Kind::UInt => values.push("4096".to_string()),
-                Kind::Float => values.push("0.5".to_string()),
-                _ => {}
-            }
-            if spec.nullable {
-                values.push("null".to_string());
-            }
-            for v in values {
-                let arg = format!("++{key}={v}");
-                let mut b = ConfigBuilder::new();
-                b.apply_override(&arg).unwrap();
-                if key.starts_with("trainer.algorithm.overlong_buffer.") {
-                    continue; // needs both keys; covered below
-                }
-                if let Err(e) = b.resolve() {
-                    panic!("{arg}: {e}");
-                }
-            }
-        }
+        let typed = serde_yaml::to_value(&b.resolve().unwrap().config).unwrap();
+        let typed: Vec<String> = super::super::tree::leaves(&typed)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let mut defaults: Vec<String> = b.keys.leaves().map(String::from).collect();
+        let mut typed_sorted = typed.clone();
+        typed_sorted.sort();
+        defaults.sort();
+        assert_eq!(typed_sorted, defaults);
     }
 
     #[test]
@@ -478,6 +439,8 @@ mod tests {
         );
         let e = ConfigBuilder::new()
             .merge_yaml("trainer: {epochs: many}", Origin::File("my.yaml".into()))
+            .unwrap()
+            .resolve()
             .unwrap_err()
             .to_string();
         assert!(e.contains("my.yaml") && e.contains("trainer.epochs"), "{e}");

@@ -233,7 +233,7 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
         let one = value.and_then(Value::as_u64) == Some(1);
         let remote = !cfg.generator.run_engines_locally;
         let honoured = match key {
-            "generator.backend" => remote || cfg.generator.backend == "embedded",
+            "generator.backend" => remote,
             "generator.remote_inference_engine_urls" | "generator.served_model_name" => remote,
             // One engine, one device, everything colocated: what rlvr does anyway.
             k if k.ends_with("_size") || k.ends_with("_num_nodes") => one,
@@ -272,12 +272,6 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
     };
     let g = &cfg.generator;
     let t = &cfg.trainer;
-    unsupported(
-        errors,
-        !g.run_engines_locally && !matches!(g.backend.as_str(), "vllm" | "sglang"),
-        "generator.backend",
-        "remote inference engines speak vllm or sglang",
-    );
     unsupported(
         errors,
         !g.run_engines_locally && g.remote_inference_engine_urls.is_empty(),
@@ -420,8 +414,8 @@ mod tests {
     fn result_changing_features_are_errors() {
         for (arg, key) in [
             (
-                "generator.run_engines_locally=false generator.backend=trt",
-                "generator.backend",
+                "generator.step_wise_trajectories=true",
+                "generator.step_wise_trajectories",
             ),
             ("trainer.policy.model.lora.rank=8", "lora.rank"),
             ("generator.max_turns=2", "generator.max_turns"),

@@ -13,7 +13,8 @@ pub struct GeneratorConfig {
     pub run_engines_locally: bool,
     pub num_inference_engines: usize,
     /// `vllm` / `sglang` (SkyRL); served by rlvr's embedded engine.
-    pub backend: String,
+    /// The API remote engines speak; rlvr's own engine generates in-process whatever it says.
+    pub backend: crate::protocol::Backend,
     pub weight_sync_backend: String,
     #[serde(rename = "weight_transfer_threshold_cuda_ipc_GB")]
     pub weight_transfer_threshold_cuda_ipc_gb: f64,

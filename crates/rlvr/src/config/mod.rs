@@ -24,13 +24,13 @@ mod environment;
 mod error;
 mod generator;
 mod interpolate;
+mod keys;
 mod model;
 mod optimizer;
 mod override_arg;
 mod placement;
 mod resolved;
 mod sampling;
-mod schema;
 mod trainer;
 mod tree;
 mod validate;
@@ -59,7 +59,9 @@ pub use override_arg::{parse as parse_override, Mode as OverrideMode, Override};
 pub use placement::PlacementConfig;
 pub use resolved::ResolvedConfig;
 pub use sampling::{SamplingParams, StopStrings};
-pub use trainer::{FullyAsyncConfig, TrainerConfig};
+pub use trainer::{
+    FullyAsyncConfig, ResumeMode, SequenceParallelBackend, TrainStrategy, TrainerConfig,
+};
 pub use tree::leaves as flatten;
 pub use validate::{log_warnings, validate_with, NameChecks};
 

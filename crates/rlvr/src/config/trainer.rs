@@ -9,8 +9,8 @@ use super::placement::PlacementConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerConfig {
     pub placement: PlacementConfig,
-    pub sequence_parallel_backend: String,
-    pub strategy: String,
+    pub sequence_parallel_backend: SequenceParallelBackend,
+    pub strategy: TrainStrategy,
     /// rlvr-only: `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
     pub policy: PolicyConfig,
@@ -22,8 +22,7 @@ pub struct TrainerConfig {
     pub gradient_checkpointing: bool,
     pub gradient_checkpointing_use_reentrant: bool,
     pub seed: u64,
-    /// `None`/`none`, `latest` or `from_path`.
-    pub resume_mode: Option<String>,
+    pub resume_mode: Option<ResumeMode>,
     pub resume_path: Option<String>,
     pub log_path: String,
     pub ckpt_path: String,
@@ -65,6 +64,33 @@ pub struct TrainerConfig {
     pub dump_eval_results: bool,
     pub rope_scaling: Option<serde_yaml::Value>,
     pub rope_theta: Option<f64>,
+}
+
+/// `trainer.resume_mode`: start afresh (`none`, or null), from the latest checkpoint under
+/// `trainer.ckpt_path`, or from `trainer.resume_path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumeMode {
+    None,
+    Latest,
+    FromPath,
+}
+
+/// SkyRL's `trainer.strategy` (its distributed training backend; rlvr trains in-process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainStrategy {
+    Fsdp,
+    Fsdp2,
+    Deepspeed,
+    Megatron,
+}
+
+/// SkyRL's `trainer.sequence_parallel_backend`: only `ulysses` exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SequenceParallelBackend {
+    Ulysses,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,8 @@ pub mod sglang;
 pub mod vllm;
 
 /// Which server API a remote engine speaks (`generator.backend`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backend {
     Vllm,
     Sglang,

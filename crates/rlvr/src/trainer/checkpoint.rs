@@ -4,6 +4,7 @@
 //! replaced atomically, so a run killed at any moment resumes from the last complete checkpoint.
 
 use super::Trainer;
+use crate::config::ResumeMode;
 use crate::data::LoaderState;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
@@ -116,13 +117,13 @@ pub fn save(t: &Trainer, ckpt_root: &Path) -> Result<PathBuf> {
 /// The directory `trainer.resume_mode` points at, if any: `latest` reads SkyRL's pointer file
 /// (no checkpoint yet = fresh start), `from_path` uses `trainer.resume_path`, `none`/null = fresh.
 pub fn resume_dir(
-    mode: Option<&str>,
+    mode: Option<ResumeMode>,
     resume_path: Option<&str>,
     ckpt_root: &Path,
 ) -> Result<Option<PathBuf>> {
-    match mode.unwrap_or("none") {
-        "none" | "null" | "" => Ok(None),
-        "latest" => {
+    match mode.unwrap_or(ResumeMode::None) {
+        ResumeMode::None => Ok(None),
+        ResumeMode::Latest => {
             let pointer = ckpt_root.join(LATEST);
             if !pointer.exists() {
                 return Ok(None);
@@ -136,11 +137,10 @@ pub fn resume_dir(
             })?;
             Ok(Some(step_dir(ckpt_root, step)))
         }
-        "from_path" => match resume_path {
+        ResumeMode::FromPath => match resume_path {
             Some(p) => Ok(Some(PathBuf::from(p))),
             None => bail!("trainer.resume_mode=from_path needs trainer.resume_path"),
         },
-        other => bail!("trainer.resume_mode={other:?}: expected none, latest or from_path"),
     }
 }
 
@@ -148,7 +148,7 @@ pub fn resume_dir(
 /// (a disk fault, a file cut short) is reported and the newest intact earlier one is used.
 pub fn resume(
     t: &mut Trainer,
-    mode: Option<&str>,
+    mode: Option<ResumeMode>,
     resume_path: Option<&str>,
     ckpt_root: &Path,
 ) -> Result<()> {
@@ -157,7 +157,7 @@ pub fn resume(
     };
     let first = match load(t, &dir) {
         Ok(()) => return Ok(()),
-        Err(e) if mode == Some("latest") => e,
+        Err(e) if mode == Some(ResumeMode::Latest) => e,
         Err(e) => return Err(e),
     };
     let newest = step_of(&dir).unwrap_or(usize::MAX);
@@ -562,12 +562,12 @@ mod tests {
         let mut fresh = trainer(dir.path());
         var_set_to(&fresh, 7.0);
         load(&mut trainer(dir.path()), &step_dir(&root, 1)).unwrap();
-        resume(&mut fresh, Some("latest"), None, &root).unwrap();
+        resume(&mut fresh, Some(ResumeMode::Latest), None, &root).unwrap();
         assert_eq!(fresh.global_step, 1);
         assert_eq!(first_weight(&fresh), at_step_1);
         // `from_path` names one checkpoint: no fallback.
         let step2 = step_dir(&root, 2).display().to_string();
-        assert!(resume(&mut fresh, Some("from_path"), Some(&step2), &root).is_err());
+        assert!(resume(&mut fresh, Some(ResumeMode::FromPath), Some(&step2), &root).is_err());
 
         // A state no run of this config could have written: refused, the trainer untouched.
         let state_file = step_dir(&root, 1).join("trainer_state.json");
@@ -590,7 +590,7 @@ mod tests {
         let err = load(&mut other, &step_dir(&root, 1)).unwrap_err();
         assert!(format!("{err:#}").contains("loader position"), "{err:#}");
         // Neither checkpoint usable now: the error says so.
-        let err = resume(&mut other, Some("latest"), None, &root).unwrap_err();
+        let err = resume(&mut other, Some(ResumeMode::Latest), None, &root).unwrap_err();
         assert!(
             format!("{err:#}").contains("no intact checkpoint"),
             "{err:#}"
