@@ -8,200 +8,19 @@ use serde_yaml::Value;
 
 use super::resolved::ResolvedConfig;
 
-const NO_CHECKPOINTING: &str =
-    "rlvr keeps activations for the backward pass (memory, not results); ignored";
-const ONE_TURN: &str = "multi-turn only; rlvr generates one turn (max_turns=1); ignored";
-
-/// (key or `prefix.`, what rlvr does instead). A prefix ending in `.` covers its whole section.
-const IGNORED: &[(&str, &str)] = &[
-    (
-        "trainer.placement.",
-        "rlvr runs policy, ref and generation in one process on one device; placement is ignored",
-    ),
-    (
-        "trainer.strategy",
-        "rlvr trains in-process without FSDP/DeepSpeed/Megatron; ignored",
-    ),
-    ("trainer.policy.fsdp_config.", "no FSDP in rlvr; ignored"),
-    ("trainer.ref.fsdp_config.", "no FSDP in rlvr; ignored"),
-    ("trainer.critic.fsdp_config.", "no FSDP in rlvr; ignored"),
-    (
-        "trainer.policy.sequence_parallel_size",
-        "no sequence parallelism in rlvr; ignored",
-    ),
-    (
-        "trainer.ref.sequence_parallel_size",
-        "no sequence parallelism in rlvr; ignored",
-    ),
-    (
-        "trainer.critic.sequence_parallel_size",
-        "no sequence parallelism in rlvr; ignored",
-    ),
-    (
-        "trainer.policy.use_torch_compile",
-        "no torch.compile in rlvr; ignored",
-    ),
-    (
-        "trainer.policy.record_memory",
-        "CUDA memory snapshots are SkyRL-only; ignored",
-    ),
-    (
-        "trainer.policy.optimizer_config.offload_after_step",
-        "optimizer state stays in place (no effect on results); ignored",
-    ),
-    (
-        "trainer.critic.optimizer_config.offload_after_step",
-        "optimizer state stays in place (no effect on results); ignored",
-    ),
-    (
-        "trainer.policy.model.lora.lora_sync_path",
-        "weights are shared in-process; ignored",
-    ),
-    (
-        "trainer.use_sample_packing",
-        "batch layout does not change results; ignored",
-    ),
-    (
-        "trainer.flash_attn",
-        "rlvr uses its own attention kernel; ignored",
-    ),
-    (
-        "trainer.fully_async.",
-        "fully-async training is SkyRL-only; ignored",
-    ),
-    (
-        "generator.backend",
-        "local engines are rlvr's embedded engine; the backend only picks the API of remote engines (run_engines_locally=false)",
-    ),
-    (
-        "generator.num_inference_engines",
-        "rlvr runs one embedded engine; ignored",
-    ),
-    (
-        "generator.inference_engine_",
-        "rlvr runs one embedded engine without engine parallelism; ignored",
-    ),
-    (
-        "generator.weight_sync_backend",
-        "the embedded engine shares the trainer's weights; remote engines reload them from generator.weight_sync_dir; ignored",
-    ),
-    (
-        "generator.weight_transfer_threshold_cuda_ipc_GB",
-        "weights are shared in-process; ignored",
-    ),
-    (
-        "generator.override_existing_update_group",
-        "weights are shared in-process; ignored",
-    ),
-    (
-        "generator.async_engine",
-        "the embedded engine schedules rollouts itself; ignored",
-    ),
-    (
-        "generator.batched",
-        "the embedded engine schedules rollouts itself; ignored",
-    ),
-    (
-        "generator.gpu_memory_utilization",
-        "the embedded engine sizes its KV cache per batch; ignored",
-    ),
-    (
-        "generator.max_num_batched_tokens",
-        "vLLM scheduler setting; ignored",
-    ),
-    ("generator.enable_prefix_caching", "vLLM setting; ignored"),
-    ("generator.enable_chunked_prefill", "vLLM setting; ignored"),
-    ("generator.enforce_eager", "vLLM setting; ignored"),
-    (
-        "generator.vllm_v1_disable_multiproc",
-        "vLLM setting; ignored",
-    ),
-    ("generator.fully_sharded_loras", "vLLM setting; ignored"),
-    (
-        "generator.enable_ray_prometheus_stats",
-        "Ray setting; ignored",
-    ),
-    (
-        "generator.engine_init_kwargs",
-        "vLLM/SGLang engine arguments; ignored",
-    ),
-    (
-        "generator.remote_inference_engine_urls",
-        "used only with generator.run_engines_locally=false; ignored",
-    ),
-    (
-        "generator.external_proxy_url",
-        "rlvr generates in-process; ignored",
-    ),
-    (
-        "generator.external_server_urls",
-        "rlvr generates in-process; ignored",
-    ),
-    (
-        "generator.enable_http_endpoint",
-        "rlvr serves no HTTP endpoint; ignored",
-    ),
-    (
-        "generator.http_endpoint_host",
-        "rlvr serves no HTTP endpoint; ignored",
-    ),
-    (
-        "generator.http_endpoint_port",
-        "rlvr serves no HTTP endpoint; ignored",
-    ),
-    (
-        "generator.served_model_name",
-        "used only with generator.run_engines_locally=false; ignored",
-    ),
-    (
-        "environment.skyrl_gym.max_env_workers",
-        "environments run inline; ignored",
-    ),
-    (
-        "environment.skyrl_gym.text2sql.",
-        "used only by SkyRL's text2sql environment; ignored",
-    ),
-    (
-        "environment.skyrl_gym.llm_as_a_judge.",
-        "used only by SkyRL's llm_as_a_judge environment; ignored",
-    ),
-    (
-        "environment.skyrl_gym.search.",
-        "used only by SkyRL's search environment; ignored",
-    ),
-    (
-        "trainer.gradient_checkpointing",
-        NO_CHECKPOINTING,
-    ),
-    (
-        "trainer.gradient_checkpointing_use_reentrant",
-        NO_CHECKPOINTING,
-    ),
-    (
-        "trainer.disable_fast_tokenizer",
-        "rlvr always uses the Hugging Face tokenizers library (the fast tokenizer); ignored",
-    ),
-    (
-        "trainer.project_name",
-        "names the wandb project; rlvr logs locally (trainer.logger); ignored",
-    ),
-    (
-        "trainer.policy.model.lora.",
-        "LoRA is off (lora.rank=0); ignored",
-    ),
-    (
-        "trainer.critic.model.lora.",
-        "LoRA is off (lora.rank=0); ignored",
-    ),
-    (
-        "generator.use_conversation_multi_turn",
-        ONE_TURN,
-    ),
-    (
-        "generator.append_eos_token_after_stop_str_in_multi_turn",
-        ONE_TURN,
-    ),
-];
+/// (key or `prefix.`, what rlvr does instead), from `crates/rlvr/config/skyrl_ignored.yaml`. A
+/// prefix ending in `.` or `_` covers every key it starts.
+fn ignored() -> &'static [(String, String)] {
+    static TABLE: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let map: serde_yaml::Mapping =
+            serde_yaml::from_str(include_str!("../../config/skyrl_ignored.yaml"))
+                .expect("crates/rlvr/config/skyrl_ignored.yaml is a mapping of strings");
+        map.into_iter()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
+            .collect()
+    })
+}
 
 fn covered(key: &str, pattern: &str) -> bool {
     if pattern.ends_with('.') || pattern.ends_with('_') {
@@ -225,7 +44,7 @@ fn show(v: Option<&Value>) -> String {
 pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<String>) {
     let cfg = &r.config;
     for key in r.explicit_keys() {
-        let Some((_, why)) = IGNORED.iter().find(|(p, _)| covered(key, p)) else {
+        let Some((_, why)) = ignored().iter().find(|(p, _)| covered(key, p)) else {
             continue;
         };
         // The in-process choices rlvr makes anyway are not worth a warning.
@@ -256,7 +75,7 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
                 || key == "trainer.critic_mini_batch_size"
                 || key == "trainer.algorithm.value_clip"
                 || key == "trainer.algorithm.value_head_prefix";
-            if critic_only && !IGNORED.iter().any(|(p, _)| covered(key, p)) {
+            if critic_only && !ignored().iter().any(|(p, _)| covered(key, p)) {
                 warnings.push(format!(
                     "`{key}={}`: only for a critic, and trainer.critic.model.path is null; ignored",
                     show(r.get(key))
@@ -369,6 +188,7 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
 
 #[cfg(test)]
 mod tests {
+    use super::{covered, ignored};
     use crate::config::validate::{validate_with, NameChecks};
     use crate::config::ConfigBuilder;
 
@@ -389,6 +209,19 @@ mod tests {
             .resolve()
             .unwrap();
         validate_with(&r, &NAMES).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_ignored_key_is_a_key_of_the_defaults() {
+        let keys = super::super::keys::Keys::from_defaults(&super::super::defaults::tree());
+        assert!(ignored().len() > 40);
+        for (pattern, why) in ignored() {
+            assert!(
+                keys.leaves().any(|k| covered(k, pattern)),
+                "{pattern} covers no key of base.yaml"
+            );
+            assert!(!why.is_empty());
+        }
     }
 
     #[test]
