@@ -273,6 +273,44 @@ mod tests {
     }
 
     #[test]
+    fn names_and_stop_strings_take_one_a_list_or_a_quoted_list() {
+        // SkyRL's scripts write `trainer.logger="['console','wandb']"`: the shell hands over a
+        // list; through `$(...)` the quotes stay and a string spelling the list arrives.
+        for arg in [
+            "trainer.logger=['console','jsonl']",
+            "trainer.logger=\"['console','jsonl']\"",
+        ] {
+            let r = build(&[arg]).unwrap();
+            assert_eq!(r.config.trainer.logger, "console,jsonl", "{arg}");
+        }
+        assert_eq!(
+            build(&["trainer.logger=csv"])
+                .unwrap()
+                .config
+                .trainer
+                .logger,
+            "csv"
+        );
+        let stop = |arg: &str| {
+            build(&[arg])
+                .unwrap()
+                .config
+                .generator
+                .sampling_params
+                .stop_strings()
+        };
+        assert_eq!(
+            stop("generator.sampling_params.stop=\"['</s>', 'END']\""),
+            ["</s>", "END"]
+        );
+        assert_eq!(stop("generator.sampling_params.stop=['x']"), ["x"]);
+        assert_eq!(stop("generator.sampling_params.stop=END"), ["END"]);
+        assert!(stop("generator.sampling_params.stop=null").is_empty());
+        let e = build(&["trainer.logger=[1,2]"]).unwrap_err().to_string();
+        assert!(e.contains("trainer.logger"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_names_the_nearest_valid_key() {
         let e = build(&["trainer.algorithm.eps_clip_hgih=0.3"])
             .unwrap_err()

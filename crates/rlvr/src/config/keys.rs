@@ -2,6 +2,7 @@
 //! each key holds is the typed config's business ([`super::Config`]), checked when the merged
 //! tree is deserialised.
 
+use serde::Deserialize;
 use serde_yaml::Value;
 use std::collections::BTreeMap;
 
@@ -105,6 +106,38 @@ pub fn flow_list(s: &str) -> Option<Value> {
         Ok(v @ Value::Sequence(_)) => Some(v),
         _ => None,
     }
+}
+
+/// One name or a list of them; a string spelling a YAML list (`"['a','b']"`, as a shell script's
+/// `$(...)` leaves it) is that list.
+pub fn names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        Names::One(s) => match flow_list(&s).map(serde_yaml::from_value::<Vec<String>>) {
+            Some(Ok(list)) => list,
+            _ => vec![s],
+        },
+        Names::Many(list) => list,
+    })
+}
+
+/// [`names`], or null.
+pub fn optional_names<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "names")] Vec<String>);
+    Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+}
+
+/// [`names`] joined with commas (`trainer.logger`).
+pub fn joined_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(names(d)?.join(","))
 }
 
 /// serde's words for what a key expected, in the config's words.

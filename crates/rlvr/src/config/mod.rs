@@ -58,7 +58,7 @@ pub use optimizer::OptimizerConfig;
 pub use override_arg::{parse as parse_override, Mode as OverrideMode, Override};
 pub use placement::PlacementConfig;
 pub use resolved::ResolvedConfig;
-pub use sampling::{SamplingParams, StopStrings};
+pub use sampling::SamplingParams;
 pub use trainer::{
     FullyAsyncConfig, ResumeMode, SequenceParallelBackend, TrainStrategy, TrainerConfig,
 };

@@ -13,24 +13,14 @@ pub struct SamplingParams {
     /// -1 = off.
     pub top_k: i64,
     pub logprobs: Option<usize>,
-    pub stop: Option<StopStrings>,
-}
-
-/// vLLM's `stop`: one string or a list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum StopStrings {
-    One(String),
-    Many(Vec<String>),
+    /// vLLM's `stop`: one string or a list.
+    #[serde(deserialize_with = "super::keys::optional_names")]
+    pub stop: Option<Vec<String>>,
 }
 
 impl SamplingParams {
     /// The stop strings as a list (empty when none).
     pub fn stop_strings(&self) -> Vec<String> {
-        match &self.stop {
-            None => Vec::new(),
-            Some(StopStrings::One(s)) => vec![s.clone()],
-            Some(StopStrings::Many(v)) => v.clone(),
-        }
+        self.stop.clone().unwrap_or_default()
     }
 }

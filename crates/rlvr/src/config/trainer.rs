@@ -59,6 +59,7 @@ pub struct TrainerConfig {
     pub run_name: String,
     /// Comma-separated sink names (`console`, `jsonl`, `csv`, `tensorboard`, SkyRL's `wandb`);
     /// a list (`['console','jsonl']`) is joined.
+    #[serde(deserialize_with = "super::keys::joined_names")]
     pub logger: String,
     pub dump_data_batch: bool,
     pub dump_eval_results: bool,
