@@ -3,7 +3,8 @@
 //!   at each of 3 steps and the same checkpointed weights;
 //! - a rank killed mid-step ends the job, with the launcher naming it, within 60 s;
 //! - a rank that hangs (stopped) ends the job, the other rank naming it, within the collective
-//!   timeout.
+//!   timeout;
+//! - an error on one rank only (rank 0 alone writes the run's files) ends the job at once.
 #![cfg(feature = "mpi")]
 
 use std::io::Read;
@@ -226,5 +227,25 @@ fn a_hung_rank_is_named_by_the_others_within_the_timeout() {
         text.contains("rank(s) [1] did not reach collective")
             || text.contains("rank(s) [1] stopped answering"),
         "rank 0 did not name rank 1:\n{text}"
+    );
+}
+
+#[test]
+fn an_error_on_one_rank_ends_the_job_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    rlvr::toy::write(dir.path(), 0).unwrap();
+    // Rank 0 alone creates the run directory; under a file it cannot. The other rank is then
+    // waiting for it at a collective, and must not wait out the timeout.
+    let mut cmd = train_command(dir.path(), "broken", 2, &["trainer.log_path=/dev/null/x"]);
+    let start = Instant::now();
+    let out = cmd.output().unwrap();
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&out.stderr);
+    println!("the job ended after {took:?}:\n{text}");
+    assert!(!out.status.success());
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert!(
+        text.contains("error: rank 0: creating /dev/null/x"),
+        "{text}"
     );
 }

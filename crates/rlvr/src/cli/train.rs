@@ -43,14 +43,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .context("+trainer.collective_timeout_s: expected a positive number of seconds")?,
     };
     ext.group = dist::from_launcher(Duration::from_secs(timeout))?;
-    if ext.group.size() > 1 {
-        tracing::info!(
-            "data-parallel rank {} of {}",
-            ext.group.rank(),
-            ext.group.size()
-        );
+    let group = ext.group.clone();
+    if group.size() == 1 {
+        return train(&resolved, ext);
     }
-    let mut trainer = run::build(&resolved, ext)?;
+    tracing::info!("data-parallel rank {} of {}", group.rank(), group.size());
+    // An error on one rank ends every rank now: left alone, the others would wait for it at
+    // their next collective (and this one in MPI's finalisation) until the timeout.
+    match train(&resolved, ext) {
+        Ok(code) => Ok(code),
+        Err(e) => group.abort(&format!("{e:#}")),
+    }
+}
+
+fn train(resolved: &crate::config::ResolvedConfig, ext: Extensions) -> Result<ExitCode> {
+    let mut trainer = run::build(resolved, ext)?;
 
     // First Ctrl-C: finish the step in flight, checkpoint, exit. Second: exit at once.
     let stop = trainer.stop.clone();

@@ -36,6 +36,12 @@ pub trait ProcessGroup {
     fn is_main(&self) -> bool {
         self.rank() == 0
     }
+
+    /// Ends every rank of the job at once, saying why (`MPI_Abort` under MPI).
+    fn abort(&self, why: &str) -> ! {
+        eprintln!("error: rank {}: {why}", self.rank());
+        std::process::exit(1)
+    }
 }
 
 /// The whole run in this process.

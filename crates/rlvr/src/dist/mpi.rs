@@ -47,6 +47,14 @@ impl MpiGroup {
             bail!("MPI was already initialised in this process");
         };
         let world = universe.world();
+        // A panic on one rank must end the others too, not leave them waiting for it (and this
+        // rank in MPI's finalisation).
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            // SAFETY: MPI is initialised (the hook is set after it); abort ends every rank.
+            unsafe { mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 4) };
+        }));
         Ok(Self {
             _universe: universe,
             world,
@@ -89,7 +97,7 @@ impl MpiGroup {
             if !done {
                 // Requests to absent ranks cannot complete: end the job from inside the scope.
                 let peers: Vec<usize> = recvs.iter().map(|(p, _)| *p).collect();
-                self.abort(&missing(&peers));
+                self.end_job(&missing(&peers));
             }
             for s in sends {
                 s.wait();
@@ -157,12 +165,12 @@ impl MpiGroup {
         self.exchange(seq, ALIVE_TAG, Instant::now() + ALIVE_GRACE, |peers| {
             format!("{stuck}; rank(s) {peers:?} stopped answering: they have died or hung")
         });
-        self.abort(&format!(
+        self.end_job(&format!(
             "{stuck}; every rank still answers (a network fault?)"
         ))
     }
 
-    fn abort(&self, why: &str) -> ! {
+    fn end_job(&self, why: &str) -> ! {
         eprintln!(
             "error: rank {}: {why}. Ending the job (the last checkpoint stays loadable; resume \
              with the same number of ranks).",
@@ -200,6 +208,10 @@ fn poll_until(deadline: Instant, nap: bool, mut done: impl FnMut() -> bool) -> b
 }
 
 impl ProcessGroup for MpiGroup {
+    fn abort(&self, why: &str) -> ! {
+        self.end_job(why)
+    }
+
     fn rank(&self) -> usize {
         self.world.rank() as usize
     }
