@@ -4,7 +4,9 @@
 //! - a rank killed mid-step ends the job, with the launcher naming it, within 60 s;
 //! - a rank that hangs (stopped) ends the job, the other rank naming it, within the collective
 //!   timeout;
-//! - an error on one rank only (rank 0 alone writes the run's files) ends the job at once.
+//! - an error on one rank only (rank 0 alone writes the run's files) ends the job at once;
+//! - a two-rank run stopped after step 2 and started again resumes from its checkpoint and ends
+//!   where the uninterrupted one-process run does.
 #![cfg(feature = "mpi")]
 
 use std::io::Read;
@@ -101,21 +103,64 @@ fn two_mpi_ranks_train_as_one_process() {
             .join(format!("ckpt_{run}"))
             .join("global_step_3/model.safetensors")
     };
-    let (w1, w2) = (weights(&ckpt("solo")), weights(&ckpt("dp2")));
+    let diff = max_weight_diff(&ckpt("solo"), &ckpt("dp2"));
+    assert!(diff < 1e-5, "two-rank weights differ by {diff}");
+}
+
+fn max_weight_diff(a: &Path, b: &Path) -> f32 {
+    let (w1, w2) = (weights(a), weights(b));
     assert_eq!(w1.len(), w2.len());
-    for (name, a) in &w1 {
-        let diff: f32 = (a - &w2[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert!(diff < 1e-5, "{name} differs by {diff}");
-    }
+    w1.iter()
+        .map(|(name, x)| {
+            (x - &w2[name])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn a_two_rank_run_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    rlvr::toy::write(dir.path(), 0).unwrap();
+    let d = dir.path();
+    run_ok(train_command(
+        d,
+        "solo",
+        1,
+        &["+trainer.max_steps=3", "trainer.ckpt_interval=3"],
+    ));
+    // Two ranks: two steps, then the same run again (resume_mode=latest) to step 3.
+    let every_step = ["trainer.ckpt_interval=1", "trainer.resume_mode=latest"];
+    run_ok(train_command(
+        d,
+        "dp2",
+        2,
+        &[&["+trainer.max_steps=2"][..], &every_step].concat(),
+    ));
+    assert!(d.join("ckpt_dp2/global_step_2/model.safetensors").is_file());
+    run_ok(train_command(
+        d,
+        "dp2",
+        2,
+        &[&["+trainer.max_steps=3"][..], &every_step].concat(),
+    ));
+    // The log is appended to: a resumed run adds step 3 only, a fresh start would add 1 to 3.
+    let steps: Vec<u64> = metrics(d, "dp2")
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3], "the second run did not resume at step 3");
+    let step3 = |run: &str| d.join(format!("ckpt_{run}/global_step_3/model.safetensors"));
+    let diff = max_weight_diff(&step3("solo"), &step3("dp2"));
+    assert!(diff < 1e-5, "resumed two-rank weights differ by {diff}");
 }
 
 /// The pid of `rank` among the processes `mpirun` (pid `launcher`) started.
