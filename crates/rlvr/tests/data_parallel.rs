@@ -5,7 +5,10 @@
 //! The ranks here are threads of this process ([`LocalGroup`]), so the check runs without an MPI
 //! installation; `tests/mpi.rs` runs the same comparison under `mpirun` (the `mpi` feature).
 
+mod common;
+
 use candle_core::Tensor;
+use common::max_abs_diff;
 use rlvr::config::ConfigBuilder;
 use rlvr::dist::{LocalGroup, ProcessGroup};
 use rlvr::logging::Metrics;
@@ -49,19 +52,6 @@ fn train(
         .map(|_| trainer.step().unwrap().unwrap())
         .collect();
     (metrics, trainer.policy.tensors())
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]

@@ -9,6 +9,8 @@
 //!   where the uninterrupted one-process run does.
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -111,18 +113,7 @@ fn max_weight_diff(a: &Path, b: &Path) -> f32 {
     let (w1, w2) = (weights(a), weights(b));
     assert_eq!(w1.len(), w2.len());
     w1.iter()
-        .map(|(name, x)| {
-            (x - &w2[name])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
+        .map(|(name, x)| common::max_abs_diff(x, &w2[name]))
         .fold(0.0, f32::max)
 }
 

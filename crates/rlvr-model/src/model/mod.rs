@@ -702,6 +702,25 @@ fn causal_layout(mask_rows: &[Vec<f32>]) -> (Vec<u32>, Vec<f32>) {
 pub(crate) mod testing {
     use super::*;
 
+    /// The largest |element|, as f64.
+    pub fn max_abs(t: &Tensor) -> f64 {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// The largest |a - b|, as f64.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        max_abs(&(a - b).unwrap())
+    }
+
     pub fn tiny_config(qkv_bias: bool, tied: bool) -> ModelConfig {
         serde_json::from_value(serde_json::json!({
             "model_type": if qkv_bias { "qwen2" } else { "llama" },

@@ -159,7 +159,7 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::{random_tensors, tiny_config};
+    use crate::model::testing::{max_abs_diff, random_tensors, tiny_config};
     use candle_core::Device;
 
     fn t(v: Vec<u32>, shape: (usize, usize)) -> Tensor {
@@ -230,18 +230,7 @@ mod tests {
             };
             let a = model.response_logprobs_shared(&shared, &opts).unwrap();
             let b = model.response_logprobs(&ids, &mask, r, &opts).unwrap();
-            let diff = |x: &Tensor, y: &Tensor| {
-                (x - y)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
+            let diff = max_abs_diff;
             assert!(
                 diff(&a.logprobs, &b.logprobs) < 1e-12,
                 "{precision:?} log-probs"

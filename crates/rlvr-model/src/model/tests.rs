@@ -2,24 +2,6 @@ use super::testing::*;
 use super::*;
 use crate::logprobs::LogProbOptions;
 
-/// The largest |element|, as f64.
-fn max_abs(t: &Tensor) -> f64 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    max_abs(&(a - b).unwrap())
-}
-
 /// The sum of a tensor's elements, as f64.
 fn total(t: &Tensor) -> f64 {
     t.sum_all()

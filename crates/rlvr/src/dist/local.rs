@@ -49,9 +49,8 @@ impl ProcessGroup for LocalGroup {
         // The same order on every rank, so every rank holds the same sums.
         data.fill(0.0);
         for p in &parts {
-            for (d, b) in data.iter_mut().zip(p.chunks_exact(4)) {
-                *d += f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
+            let p: Vec<f32> = bytemuck::pod_collect_to_vec(p);
+            data.iter_mut().zip(p).for_each(|(d, x)| *d += x);
         }
         Ok(())
     }

@@ -169,13 +169,7 @@ pub fn all_gather_rows(group: &dyn ProcessGroup, mine: &Tensor, what: &str) -> R
     let (_, width) = mine.dims2()?;
     let flat: Vec<f32> = mine.flatten_all()?.to_vec1()?;
     let parts = group.all_gather_bytes(bytemuck::cast_slice(&flat), what)?;
-    let mut all: Vec<f32> = Vec::with_capacity(flat.len() * group.size());
-    for p in &parts {
-        all.extend(
-            p.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
-    }
+    let all: Vec<f32> = bytemuck::pod_collect_to_vec(&parts.concat());
     let rows = all.len() / width.max(1);
     Ok(Tensor::from_vec(all, (rows, width), mine.device())?)
 }

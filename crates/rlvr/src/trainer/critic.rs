@@ -70,16 +70,11 @@ impl Critic {
             for &(start, end) in u.mini_batches {
                 let mut grads: Option<GradStore> = None;
                 // Micro-batches of the whole mini-batch, over every rank's share.
-                let size = u.shard.group.size();
-                let n_micro: usize = (0..size)
-                    .map(|r| match size {
-                        1 => end - start,
-                        _ => {
-                            let (lo, hi) = dist::shard_rows(u.shard.prompts, (start, end), r, size);
-                            hi - lo
-                        }
+                let n_micro: usize = (0..u.shard.group.size())
+                    .map(|r| {
+                        let (lo, hi) = u.shard.rows_of((start, end), r);
+                        (hi - lo).div_ceil(u.micro_rows)
                     })
-                    .map(|rows| rows.div_ceil(u.micro_rows))
                     .sum();
                 let (lo, hi) = u.shard.rows((start, end));
                 for m_start in (lo..hi).step_by(u.micro_rows) {

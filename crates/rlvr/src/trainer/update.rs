@@ -484,9 +484,14 @@ pub struct Shard<'a> {
 impl Shard<'_> {
     /// This rank's rows of `span` (whole prompt groups); all of it with one rank.
     pub fn rows(&self, span: (usize, usize)) -> (usize, usize) {
+        self.rows_of(span, self.group.rank())
+    }
+
+    /// Rank `rank`'s rows of `span`.
+    pub fn rows_of(&self, span: (usize, usize), rank: usize) -> (usize, usize) {
         match self.group.size() {
             1 => span,
-            n => dist::shard_rows(self.prompts, span, self.group.rank(), n),
+            n => dist::shard_rows(self.prompts, span, rank, n),
         }
     }
 }
