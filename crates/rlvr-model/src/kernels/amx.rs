@@ -296,7 +296,7 @@ fn pack_b(b: View, k: usize, n: usize) -> Vec<u16> {
 /// chunks, each filled in parallel by `fill(first, count, group)`.
 fn pack_groups(len: usize, k: usize, fill: impl Fn(usize, usize, &mut [u16]) + Sync) -> Vec<u16> {
     let group = k.div_ceil(TILE_K) * CHUNK;
-    let mut out = vec![0u16; len.div_ceil(BLOCK) * group];
+    let mut out = super::zeroed::<u16>(len.div_ceil(BLOCK) * group);
     out.par_chunks_mut(group.max(1))
         .enumerate()
         .for_each(|(g, buf)| fill(g * BLOCK, BLOCK.min(len - g * BLOCK), buf));

@@ -12,7 +12,7 @@ const ROWS: usize = 64;
 pub fn backward(lanes: Lanes, x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let h = w.len();
     assert!(h > 0 && x.len() == dy.len() && x.len().is_multiple_of(h));
-    let mut dx = vec![0f32; x.len()];
+    let mut dx = super::zeroed::<f32>(x.len());
     let partials: Vec<Vec<f32>> = dx
         .par_chunks_mut(ROWS * h)
         .zip(x.par_chunks(ROWS * h).zip(dy.par_chunks(ROWS * h)))

@@ -17,7 +17,7 @@ pub fn masked_softmax(
     mask: &[f32],
     mask_row: impl Fn(usize) -> usize + Sync,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; scores.len()];
+    let mut out = super::zeroed::<f32>(scores.len());
     out.par_chunks_mut(t)
         .zip(scores.par_chunks(t))
         .enumerate()
@@ -48,7 +48,7 @@ pub fn masked_softmax(
 /// row.
 pub fn softmax_backward(lanes: Lanes, p: &[f32], dp: &[f32], t: usize, scale: f32) -> Vec<f32> {
     assert_eq!(p.len(), dp.len());
-    let mut out = vec![0f32; p.len()];
+    let mut out = super::zeroed::<f32>(p.len());
     out.par_chunks_mut(t)
         .zip(p.par_chunks(t).zip(dp.par_chunks(t)))
         .for_each(|(ds, (p, dp))| {

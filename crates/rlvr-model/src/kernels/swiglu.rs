@@ -12,7 +12,7 @@ const CHUNK: usize = 1 << 14;
 /// `silu(gate) * up`.
 pub fn forward(lanes: Lanes, gate: &[f32], up: &[f32]) -> Vec<f32> {
     assert_eq!(gate.len(), up.len());
-    let mut out = vec![0f32; gate.len()];
+    let mut out = super::zeroed::<f32>(gate.len());
     super::team::for_each_chunk_mut(&mut out, CHUNK, |i, y| {
         let span = i * CHUNK..i * CHUNK + y.len();
         let (g, u) = (&gate[span.clone()], &up[span]);
@@ -32,7 +32,10 @@ pub fn forward(lanes: Lanes, gate: &[f32], up: &[f32]) -> Vec<f32> {
 /// with `s = sigmoid(gate)`, `d_up = dy silu(gate)`, `d_gate = dy up s (1 + gate (1 - s))`.
 pub fn backward(lanes: Lanes, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     assert!(gate.len() == up.len() && up.len() == dy.len());
-    let (mut dg, mut du) = (vec![0f32; gate.len()], vec![0f32; gate.len()]);
+    let (mut dg, mut du) = (
+        super::zeroed::<f32>(gate.len()),
+        super::zeroed::<f32>(gate.len()),
+    );
     dg.par_chunks_mut(CHUNK)
         .zip(du.par_chunks_mut(CHUNK))
         .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))

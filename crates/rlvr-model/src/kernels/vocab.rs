@@ -53,7 +53,7 @@ pub fn backward(
     g_lp: &[f32],
     g_ent: Option<&[f32]>,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; logits.len()];
+    let mut out = super::zeroed::<f32>(logits.len());
     out.par_chunks_mut(v)
         .zip(logits.par_chunks(v))
         .enumerate()

@@ -2,7 +2,9 @@
 //! gradients, and a scale `min(1, max_norm / (norm + 1e-6))` applied to each; `max_norm <= 0`
 //! does not clip (SkyRL).
 
-use candle_core::{backprop::GradStore, DType, Result, Var};
+use crate::kernels;
+use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClipOutcome {
@@ -18,11 +20,14 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
     let mut sq = 0.0f64;
     for v in vars {
         if let Some(g) = grads.get(v) {
-            sq += g
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            sq += if kernels::applies(g) {
+                kernels::with_slice(g, sum_of_squares)?
+            } else {
+                g.to_dtype(DType::F64)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_scalar::<f64>()?
+            };
         }
     }
     let norm = sq.sqrt();
@@ -37,12 +42,30 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
     if max_norm > 0.0 && coef < 1.0 {
         for v in vars {
             if let Some(g) = grads.get(v) {
-                let scaled = (g * coef)?;
+                let scaled = if kernels::applies(g) {
+                    // As candle's `g * coef` (the factor rounded to f32), on every core.
+                    let c = coef as f32;
+                    let s = kernels::with_slice(g, |x| x.par_iter().map(|x| x * c).collect())?;
+                    Tensor::from_vec(s, g.shape(), g.device())?
+                } else {
+                    (g * coef)?
+                };
                 grads.insert(v, scaled);
             }
         }
     }
     Ok(ClipOutcome { norm, finite: true })
+}
+
+/// `sum(x^2)` in f64, over fixed chunks in parallel and then in order: the same value on any
+/// number of threads.
+fn sum_of_squares(x: &[f32]) -> f64 {
+    const CHUNK: usize = 1 << 16;
+    let partial: Vec<f64> = x
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum())
+        .collect();
+    partial.iter().sum()
 }
 
 #[cfg(test)]
