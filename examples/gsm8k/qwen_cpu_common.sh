@@ -8,8 +8,11 @@ DATA_DIR="${DATA_DIR:-data}"
 RUN_DIR="${RUN_DIR:-runs}"
 
 bash scripts/fetch_assets.sh --qwen "$ASSETS"
-cargo build --release -q -p rlvr
-RLVR=./target/release/rlvr
+# RLVR=/path/to/rlvr runs another build (an installed one, or an older one to compare with).
+if [ -z "${RLVR:-}" ]; then
+  cargo build --release -q -p rlvr
+  RLVR=./target/release/rlvr
+fi
 MODEL="$ASSETS/qwen2.5-coder-0.5b-instruct.gguf"
 
 # The prompt. SkyRL's GSM8K data script appends 'Let's think step by step and output the final

@@ -355,11 +355,39 @@ mod convert {
         _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
     }
 
+    /// Transposes 16 x 16 32-bit values in place: lane `j` of `r[i]` goes to lane `i` of `r[j]`.
+    #[target_feature(enable = "avx512f")]
+    fn transpose_16x16(r: &mut [__m512i; 16]) {
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        for i in 0..4 {
+            r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+            r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+            r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+            r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+        }
+        for i in 0..2 {
+            for j in 0..4 {
+                let (a, b) = (r[8 * i + j], r[8 * i + 4 + j]);
+                t[8 * i + j] = _mm512_shuffle_i32x4::<0x88>(a, b);
+                t[8 * i + 4 + j] = _mm512_shuffle_i32x4::<0xdd>(a, b);
+            }
+        }
+        for j in 0..8 {
+            r[j] = _mm512_shuffle_i32x4::<0x88>(t[j], t[8 + j]);
+            r[8 + j] = _mm512_shuffle_i32x4::<0xdd>(t[j], t[8 + j]);
+        }
+    }
+
     /// Rows `r0..r0 + rows` of `a: [_, k]` into one 32-row block (see `pack_a`).
     ///
     /// # Safety
-    /// AVX-512F; `a` covers rows `r0..r0 + rows` of k columns; `block` holds the block's chunks.
-    #[target_feature(enable = "avx512f")]
+    /// AVX-512F and BW (every AMX CPU has both); `a` covers rows `r0..r0 + rows` of k columns;
+    /// `block` holds the block's chunks.
+    #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn pack_a_block(a: View, r0: usize, rows: usize, k: usize, block: &mut [u16]) {
         let chunks = k.div_ceil(TILE_K);
         assert!(block.len() >= chunks * CHUNK && rows <= BLOCK);
@@ -377,23 +405,34 @@ mod convert {
                 }
             }
         } else if a.rs == 1 {
-            // Column-major source (`g^T`): 32 k values of a row are 32 rows of the source apart,
-            // so each 32 x 32 piece is read a source row at a time and transposed.
-            let mut tmp = [0u16; TILE_K * BLOCK];
+            // Column-major source (`g^T`): the 32 k values of a row are 32 source rows apart, so
+            // each 32 x 32 piece is read a source row (one k, 32 rows) at a time and transposed
+            // in registers: source rows 2j and 2j + 1 interleave into the (k 2j, k 2j + 1) pairs
+            // of every row, and two 16 x 16 transposes of those pairs give the block's rows.
+            let zero = _mm512_setzero_si512();
+            let mut src = [zero; TILE_K];
             for c in 0..chunks {
                 let n = TILE_K.min(k - c * TILE_K);
-                for p in 0..n {
-                    let src = a.data[r0 + (c * TILE_K + p) * a.cs..][..rows].as_ptr();
-                    // SAFETY: `rows` floats from the source row; 64 bytes into tmp's row p.
-                    unsafe {
-                        let v = bf16_x32(src, rows);
-                        _mm512_storeu_si512(tmp[p * BLOCK..][..BLOCK].as_mut_ptr().cast(), v);
-                    }
+                for (p, s) in src.iter_mut().enumerate().take(n) {
+                    let row = a.data[r0 + (c * TILE_K + p) * a.cs..][..rows].as_ptr();
+                    // SAFETY: `rows` floats of the source row.
+                    *s = unsafe { bf16_x32(row, rows) };
                 }
-                for r in 0..rows {
-                    let dst = &mut block[at(r, c)..][..TILE_K];
-                    for (p, d) in dst.iter_mut().enumerate().take(n) {
-                        *d = tmp[p * BLOCK + r];
+                src[n..].fill(zero);
+                let (mut lo, mut hi) = ([zero; 16], [zero; 16]);
+                for j in 0..16 {
+                    // Per 128-bit lane of 8 rows: rows 0-3 of the lane in `lo`, 4-7 in `hi`.
+                    lo[j] = _mm512_unpacklo_epi16(src[2 * j], src[2 * j + 1]);
+                    hi[j] = _mm512_unpackhi_epi16(src[2 * j], src[2 * j + 1]);
+                }
+                transpose_16x16(&mut lo);
+                transpose_16x16(&mut hi);
+                for o in 0..16 {
+                    let r = 8 * (o / 4) + o % 4;
+                    for (r, v) in [(r, lo[o]), (r + 4, hi[o])] {
+                        let dst = block[at(r, c)..][..TILE_K].as_mut_ptr();
+                        // SAFETY: 64 bytes, the block's tile row r of chunk c.
+                        unsafe { _mm512_storeu_si512(dst.cast(), v) };
                     }
                 }
             }
