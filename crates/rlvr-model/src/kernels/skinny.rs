@@ -315,18 +315,8 @@ mod tests {
                 eprintln!("note: no AVX2/FMA here, skinny kernel not exercised");
                 return;
             };
-            let d = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap();
-            assert!(
-                d.to_scalar::<f32>().unwrap() < 1e-3 * (k as f32).sqrt(),
-                "{m} {k} {n}"
-            );
+            let d = crate::model::testing::max_abs_diff(&got, &want);
+            assert!(d < 1e-3 * (k as f64).sqrt(), "{m} {k} {n}");
         }
     }
 }

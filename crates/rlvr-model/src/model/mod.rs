@@ -716,9 +716,10 @@ pub(crate) mod testing {
             .unwrap()
     }
 
-    /// The largest |a - b|, as f64.
+    /// The largest |a - b|, computed in f64 (so `a` and `b` may differ in dtype).
     pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        max_abs(&(a - b).unwrap())
+        let f64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        max_abs(&(f64(a) - f64(b)).unwrap())
     }
 
     pub fn tiny_config(qkv_bias: bool, tied: bool) -> ModelConfig {

@@ -279,26 +279,8 @@ fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, d: AttnDims) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::max_abs_diff;
     use candle_core::{Device, Tensor, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let (a, b) = (
-            a.to_dtype(DType::F64).unwrap(),
-            b.to_dtype(DType::F64).unwrap(),
-        );
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
 
     /// The f32 fused forward agrees with the f64 composite one.
     #[test]
@@ -311,13 +293,13 @@ mod tests {
         let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
         let a = rms_norm(&x, &w, 1e-5, true).unwrap();
         let b = rms_norm(&f(&x), &f(&w), 1e-5, false).unwrap();
-        assert!(max_diff(&a, &b) < 1e-5);
+        assert!(max_abs_diff(&a, &b) < 1e-5);
         let a = rope(&x, &cos, &sin, true).unwrap();
         let b = rope(&f(&x), &f(&cos), &f(&sin), false).unwrap();
-        assert!(max_diff(&a, &b) < 1e-5);
+        assert!(max_abs_diff(&a, &b) < 1e-5);
         let a = softmax_last(&x).unwrap();
         let b = softmax_last(&f(&x)).unwrap();
-        assert!(max_diff(&a, &b) < 1e-6);
+        assert!(max_abs_diff(&a, &b) < 1e-6);
     }
 
     /// Every hand-written backward against central finite differences in f64.

@@ -475,16 +475,7 @@ mod cuda {
 
     fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
         let b = b.to_device(a.device()).unwrap();
-        let scale = a
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1e-6) as f64;
+        let scale = max_abs(a).max(1e-6);
         max_abs_diff(a, &b) / scale
     }
 
