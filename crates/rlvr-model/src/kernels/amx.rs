@@ -74,7 +74,7 @@ pub fn to_bf16(x: f32) -> u16 {
 
 /// A right operand `b: [k, n]` packed once for any number of products ([`matmul`]).
 pub struct Packed {
-    tiles: Vec<u16>,
+    tiles: super::Aligned<u16>,
     k: usize,
     n: usize,
 }
@@ -118,64 +118,68 @@ pub unsafe fn matmul(dst: *mut f32, accumulate: bool, m: usize, a: View, b: &Pac
     (0..tasks).into_par_iter().for_each(|t| {
         let out = &out;
         let (bi, pj) = (t % task_rows * TASK_BLOCKS, t / task_rows * TASK_PANELS);
-        let mut scratch = [0f32; BLOCK * BLOCK];
-        // SAFETY: AMX is available (`Packed::new` checked); the tile configuration is loaded on
-        // this thread before any tile instruction and released after.
-        unsafe { tiles::configure() };
-        let (task_panels, task_blocks) = (
-            pj..panels.min(pj + TASK_PANELS),
+        let (task_blocks, task_panels) = (
             bi..blocks.min(bi + TASK_BLOCKS),
+            pj..panels.min(pj + TASK_PANELS),
         );
-        let full = |i: usize, j: usize| (i + 1) * BLOCK <= m && (j + 1) * BLOCK <= n;
-        // Whole blocks, k in slices of K_CHUNKS chunks so that a block's slice of `a` and a
-        // panel's slice of `b` stay in L1 while the task's blocks go by; the output block
-        // accumulates over the slices.
-        for k0 in (0..chunks.max(1)).step_by(K_CHUNKS) {
-            let kn = K_CHUNKS.min(chunks - k0.min(chunks));
-            for j in task_panels.clone() {
-                let panel = b_tiles(&pb[(j * chunks + k0) * CHUNK..]);
-                for i in task_blocks.clone().filter(|&i| full(i, j)) {
-                    let block = &pa[(i * chunks + k0) * CHUNK..];
-                    // SAFETY: (i, j) is this task's own output block, whole inside `dst` (m * n
-                    // elements, row stride n, by the contract); no other thread touches it.
-                    unsafe {
-                        let corner = out.0.add(i * BLOCK * n + j * BLOCK);
-                        tiles::block(block, panel, kn, corner, n, accumulate || k0 > 0);
-                    }
-                }
-            }
-        }
-        // Blocks on the edge, all of k at once, through a whole scratch block.
-        for j in task_panels.clone() {
-            let panel = b_tiles(&pb[j * chunks * CHUNK..]);
-            for i in task_blocks.clone().filter(|&i| !full(i, j)) {
-                let block = &pa[i * chunks * CHUNK..];
-                let (rows, cols) = (BLOCK.min(m - i * BLOCK), BLOCK.min(n - j * BLOCK));
-                // SAFETY: (i, j) is this task's own block; (r, c) stays inside it and `dst`.
-                let corner = unsafe { out.0.add(i * BLOCK * n + j * BLOCK) };
-                for r in 0..rows {
-                    for c in 0..cols {
-                        // SAFETY: as above.
-                        scratch[r * BLOCK + c] = if accumulate {
-                            unsafe { *corner.add(r * n + c) }
-                        } else {
-                            0.0
+        TASK_OUT.with_borrow_mut(|c| {
+            // SAFETY: AMX is available (`Packed::new` checked); the tile configuration is loaded
+            // on this thread before any tile instruction and released after.
+            unsafe { tiles::configure() };
+            // k in slices of K_CHUNKS chunks, so that a block's slice of `a` and a panel's slice
+            // of `b` stay near the core while the task's blocks go by; the task's output
+            // accumulates over the slices in its own aligned buffer (`a` and `b` are zero-padded
+            // to whole blocks, so edge blocks need no special case).
+            for k0 in (0..chunks.max(1)).step_by(K_CHUNKS) {
+                let kn = K_CHUNKS.min(chunks - k0.min(chunks));
+                for j in task_panels.clone() {
+                    let panel = b_tiles(&pb[(j * chunks + k0) * CHUNK..]);
+                    for i in task_blocks.clone() {
+                        let block = &pa[(i * chunks + k0) * CHUNK..];
+                        let corner = (i - bi) * BLOCK * TASK_LD + (j - pj) * BLOCK;
+                        // SAFETY: the block at `corner` is inside the task's buffer (stride
+                        // TASK_LD); `block` and `panel` hold `kn` chunks from k0.
+                        unsafe {
+                            tiles::block(
+                                block,
+                                panel,
+                                kn,
+                                c[corner..].as_mut_ptr(),
+                                TASK_LD,
+                                k0 > 0,
+                            )
                         };
                     }
                 }
-                // SAFETY: scratch is a whole 32 x 32 block with row stride 32.
-                unsafe { tiles::block(block, panel, chunks, scratch.as_mut_ptr(), BLOCK, true) };
-                for r in 0..rows {
-                    for c in 0..cols {
-                        // SAFETY: as above.
-                        unsafe { *corner.add(r * n + c) = scratch[r * BLOCK + c] };
-                    }
+            }
+            // SAFETY: configured above on this thread.
+            unsafe { tiles::release() };
+            let (r0, r1) = (bi * BLOCK, m.min(task_blocks.end * BLOCK));
+            let (c0, c1) = (pj * BLOCK, n.min(task_panels.end * BLOCK));
+            for r in r0..r1 {
+                let src = &c[(r - r0) * TASK_LD..][..c1 - c0];
+                // SAFETY: rows r0..r1 and columns c0..c1 are this task's own part of `dst`
+                // (m * n values, row stride n, initialised when accumulating, by the contract);
+                // no other thread touches them.
+                let row = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * n + c0), c1 - c0) };
+                if accumulate {
+                    row.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                } else {
+                    row.copy_from_slice(src);
                 }
             }
-        }
-        // SAFETY: configured above on this thread.
-        unsafe { tiles::release() };
+        });
     });
+}
+
+/// Output columns of a task's buffer (its row stride).
+const TASK_LD: usize = TASK_PANELS * BLOCK;
+
+thread_local! {
+    /// A task's output blocks, on cache lines: tile stores into a `Vec`'s usual 16-byte
+    /// alignment split every row across two lines.
+    static TASK_OUT: std::cell::RefCell<super::Aligned<f32>> =
+        std::cell::RefCell::new(super::Aligned::zeroed(TASK_BLOCKS * BLOCK * TASK_LD));
 }
 
 /// The two halves of a `pack_b` panel, from its chunk at `panel`.
@@ -274,7 +278,7 @@ unsafe impl Sync for SendPtr {}
 
 /// `a` as bf16 tiles: 32-row block `i`, k chunk `c` and 16-row half `h` is the 16 x 32 tile at
 /// `((i * chunks + c) * 2 + h) * 512`, row-major (64-byte rows).
-fn pack_a(a: View, m: usize, k: usize) -> Vec<u16> {
+fn pack_a(a: View, m: usize, k: usize) -> super::Aligned<u16> {
     // SAFETY: AVX-512F comes with AMX (checked by `available`, which every caller passed); `a`
     // covers [m, k] (asserted by `matmul`).
     pack_groups(m, k, |r0, rows, block| unsafe {
@@ -285,7 +289,7 @@ fn pack_a(a: View, m: usize, k: usize) -> Vec<u16> {
 /// `b` as bf16 tiles in pairs: 32-column panel `j`, k chunk `c` and 16-column half `h` is the
 /// tile at `((j * chunks + c) * 2 + h) * 512`, whose row `q` holds `(b[2q][col], b[2q+1][col])`
 /// for its 16 columns, k counted from the chunk's start.
-fn pack_b(b: View, k: usize, n: usize) -> Vec<u16> {
+fn pack_b(b: View, k: usize, n: usize) -> super::Aligned<u16> {
     // SAFETY: as in `pack_a`; `b` covers [k, n] (asserted by `Packed::new`).
     pack_groups(n, k, |c0, cols, panel| unsafe {
         convert::pack_b_panel(b, c0, cols, k, panel)
@@ -294,9 +298,13 @@ fn pack_b(b: View, k: usize, n: usize) -> Vec<u16> {
 
 /// A zero-padded buffer of `len.div_ceil(32)` groups (row blocks or column panels) of k's
 /// chunks, each filled in parallel by `fill(first, count, group)`.
-fn pack_groups(len: usize, k: usize, fill: impl Fn(usize, usize, &mut [u16]) + Sync) -> Vec<u16> {
+fn pack_groups(
+    len: usize,
+    k: usize,
+    fill: impl Fn(usize, usize, &mut [u16]) + Sync,
+) -> super::Aligned<u16> {
     let group = k.div_ceil(TILE_K) * CHUNK;
-    let mut out = super::zeroed::<u16>(len.div_ceil(BLOCK) * group);
+    let mut out = super::Aligned::<u16>::zeroed(len.div_ceil(BLOCK) * group);
     out.par_chunks_mut(group.max(1))
         .enumerate()
         .for_each(|(g, buf)| fill(g * BLOCK, BLOCK.min(len - g * BLOCK), buf));

@@ -12,7 +12,9 @@
 //! - [`skinny`]: `x @ w^T` for few rows (decoding, f32 weights).
 //! - [`packed`]: weights packed for decoding on AVX-512, bf16 or f32.
 //! - [`team`]: the worker threads the kernels split rows over.
+//! - `aligned`: buffers on cache-line boundaries (tile loads need them).
 
+mod aligned;
 pub mod amx;
 pub mod attention;
 pub mod cpu;
@@ -26,6 +28,7 @@ pub mod swiglu;
 pub mod team;
 pub mod vocab;
 
+pub(crate) use aligned::Aligned;
 pub use cpu::Lanes;
 
 use candle_core::{DType, Result, Storage, Tensor};

@@ -29,7 +29,8 @@ const AMX_MIN_ROWS: usize = 16;
 /// A `[n, k]` weight matrix in the packed layout: one `u32` per step of a row, a bf16 column
 /// pair (the even column in the low half) or an f32 column's bits.
 pub struct Packed {
-    data: Vec<u32>,
+    /// On cache lines: AMX reads 16 steps of a panel in place as one tile.
+    data: super::Aligned<u32>,
     n: usize,
     k: usize,
     /// `BF16` or `F32`.
@@ -93,7 +94,7 @@ impl Packed {
         let bf16 = dtype == DType::BF16;
         let steps = if bf16 { k.div_ceil(2) } else { k };
         let panel_len = steps * PANEL;
-        let mut data = vec![0u32; n.div_ceil(PANEL) * panel_len];
+        let mut data = super::Aligned::<u32>::zeroed(n.div_ceil(PANEL) * panel_len);
         data.par_chunks_mut(panel_len)
             .zip(rows.par_chunks(PANEL))
             .for_each_init(
@@ -555,7 +556,7 @@ mod tests {
             let stacked = Packed::pack_stacked(&[&a, &b], dtype).unwrap();
             let whole = Packed::pack(&Tensor::cat(&[&a, &b], 0).unwrap(), dtype).unwrap();
             assert_eq!(stacked.dims(), (25, 9));
-            assert_eq!(stacked.data, whole.data);
+            assert_eq!(*stacked.data, *whole.data);
         }
     }
 
