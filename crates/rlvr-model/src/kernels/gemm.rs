@@ -196,6 +196,47 @@ pub fn matmul_by(m: usize, a: View, b: &Rhs) -> Vec<f32> {
     dst
 }
 
+/// `a_i @ b_i` for `batch` pairs, row-major `[batch, m, n]`: pair `i` is `a` and `b` moved on by
+/// `i * a_step` and `i * b_step` elements (candle's batched matmul, as attention runs it). The
+/// pairs run in parallel, each product on one thread.
+#[allow(clippy::too_many_arguments)]
+pub fn batched(
+    precision: Precision,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    (a, a_step): (View, usize),
+    (b, b_step): (View, usize),
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let len = batch * m * n;
+    if len == 0 || k == 0 {
+        return vec![0.0; len];
+    }
+    let mut dst: Vec<f32> = Vec::with_capacity(len);
+    dst.spare_capacity_mut()[..len]
+        .par_chunks_mut(m * n)
+        .enumerate()
+        .for_each(|(i, out)| {
+            let rhs = Rhs::new(precision, moved(b, b_step, i), k, n);
+            // SAFETY: `out` has room for this pair's m * n values, all of which the product
+            // writes (k > 0); `Rhs::new` and `run` check that the views cover their matrices.
+            unsafe { run(m, out.as_mut_ptr().cast(), false, moved(a, a_step, i), &rhs) };
+        });
+    // SAFETY: every pair's values were written just above.
+    unsafe { dst.set_len(len) };
+    dst
+}
+
+/// `v` moved on by `i * step` elements.
+fn moved(v: View<'_>, step: usize, i: usize) -> View<'_> {
+    View {
+        data: v.data.get(i * step..).unwrap_or_default(),
+        ..v
+    }
+}
+
 /// `dst += a @ b`, `dst` row-major `[m, n]`.
 pub fn matmul_acc(
     precision: Precision,

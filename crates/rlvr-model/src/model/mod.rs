@@ -446,7 +446,7 @@ impl Model {
         let dims = self.dims();
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, &cos, &sin, grad, precision, |q, k, v| {
-                ops::attention(q, k, v, &mask, dims, grad)
+                ops::attention(q, k, v, &mask, dims, grad, precision)
             })?;
         }
         ops::rms_norm(&x, self.norm.as_tensor(), self.cfg.rms_norm_eps, grad)
@@ -587,7 +587,7 @@ impl Model {
                 }
                 let (kc, vc) = cache.view(li, first_slot, n, total)?;
                 let (kc, vc) = (kc.to_dtype(q.dtype())?, vc.to_dtype(q.dtype())?);
-                ops::attention(q, &kc, &vc, &mask, dims, false)
+                ops::attention(q, &kc, &vc, &mask, dims, false, Precision::F32)
             })?;
         }
         cache.advance(first_slot, n, l);

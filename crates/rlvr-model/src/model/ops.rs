@@ -199,7 +199,8 @@ pub struct AttnDims {
 /// Scaled dot-product attention with GQA (query head `h` reads kv head `h / group`, as HF's
 /// `repeat_kv`) without materialising repeated keys. `q: [B,nh,L,hd]`, `k, v: [B,nkv,T,hd]`,
 /// additive `mask: [B,1,1,L,T]` → `[B,nh,L,hd]`. With `grad`, the backward recomputes the
-/// probabilities instead of keeping them (`B x nh x L x T` per layer).
+/// probabilities instead of keeping them (`B x nh x L x T` per layer). The products take their
+/// inputs in `precision` (bf16 as autocast runs attention); the softmax is f32.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -207,12 +208,11 @@ pub fn attention(
     mask: &Tensor,
     d: AttnDims,
     grad: bool,
+    precision: Precision,
 ) -> Result<Tensor> {
-    let (p, qr) = attention_probs(&q.detach(), &k.detach(), mask, d)?;
+    let (p, qr) = attention_probs(&q.detach(), &k.detach(), mask, d, precision)?;
     let (b, _, l, _) = q.dims4()?;
-    let out = p
-        .matmul(&v.detach())?
-        .reshape((b, d.heads, l, d.head_dim))?;
+    let out = bmm(&p, &v.detach(), precision)?.reshape((b, d.heads, l, d.head_dim))?;
     if !grad {
         return Ok(out);
     }
@@ -223,10 +223,10 @@ pub fn attention(
         let t = k.dim(2)?;
         let grp = d.heads / d.kv_heads;
         let scale = 1.0 / (d.head_dim as f64).sqrt();
-        let (p, qr) = attention_probs(q, k, &mask, d)?;
+        let (p, qr) = attention_probs(q, k, &mask, d, precision)?;
         let go = g.reshape((b, d.kv_heads, grp * l, d.head_dim))?;
-        let dv = p.t()?.matmul(&go)?;
-        let dp = go.matmul(&v.t()?)?;
+        let dv = bmm(&p.t()?, &go, precision)?;
+        let dp = bmm(&go, &v.t()?, precision)?;
         // Gradient w.r.t. the unscaled scores, the softmax's `scale` folded in.
         let ds = if kernels::applies(&p) {
             let t = p.dim(D::Minus1)?;
@@ -239,17 +239,21 @@ pub fn attention(
         } else {
             ((&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(D::Minus1)?)?)? * scale)?
         };
-        let dq = ds
-            .matmul(&k.contiguous()?)?
-            .reshape((b, d.heads, l, d.head_dim))?;
-        let dk = ds.t()?.matmul(&qr)?;
+        let dq = bmm(&ds, k, precision)?.reshape((b, d.heads, l, d.head_dim))?;
+        let dk = bmm(&ds.t()?, &qr, precision)?;
         debug_assert_eq!(dk.dims(), [b, d.kv_heads, t, d.head_dim]);
         Ok((Some(dq), Some(dk), Some(dv)))
     })
 }
 
 /// Probabilities `[B, nkv, group * L, T]` and the regrouped queries `[B, nkv, group * L, hd]`.
-fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, d: AttnDims) -> Result<(Tensor, Tensor)> {
+fn attention_probs(
+    q: &Tensor,
+    k: &Tensor,
+    mask: &Tensor,
+    d: AttnDims,
+    precision: Precision,
+) -> Result<(Tensor, Tensor)> {
     let (b, _, l, _) = q.dims4()?;
     let t = k.dim(2)?;
     let g = d.heads / d.kv_heads;
@@ -257,7 +261,7 @@ fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, d: AttnDims) -> Result
     let qr = q
         .contiguous()?
         .reshape((b, d.kv_heads, g * l, d.head_dim))?;
-    let scores = qr.matmul(&k.t()?)?;
+    let scores = bmm(&qr, &k.t()?, precision)?;
     if kernels::applies(&scores) && mask.dims() == [b, 1, 1, l, t] {
         // Row (b, kv head, group, query l) reads mask row (b, l).
         let rows_per_b = d.kv_heads * g * l;
@@ -276,10 +280,65 @@ fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, d: AttnDims) -> Result
     Ok((p, qr))
 }
 
+/// `a @ b` over the leading dims, as candle's `matmul`. In bf16 on f32 CPU tensors it runs on
+/// rlvr's kernels (AMX tiles where the CPU has them), reading transposed views in place and
+/// writing an output that is never zero-filled first; otherwise it is candle's.
+fn bmm(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tensor> {
+    let (da, db) = (a.dims(), b.dims());
+    let r = da.len();
+    let fits = precision == Precision::Bf16
+        && kernels::applies(a)
+        && kernels::applies(b)
+        && r >= 2
+        && db.len() == r
+        && da[..r - 2] == db[..r - 2]
+        && db[r - 2] == da[r - 1]
+        && a.elem_count() > 0
+        && b.elem_count() > 0;
+    if !fits {
+        return a.matmul(b);
+    }
+    let (m, k, n) = (da[r - 2], da[r - 1], db[r - 1]);
+    let batch = a.elem_count() / (m * k);
+    let y = with_batched(a, |a| {
+        with_batched(b, |b| {
+            kernels::gemm::batched(precision, batch, m, n, k, a, b)
+        })
+    })??;
+    let mut shape = da.to_vec();
+    shape[r - 1] = n;
+    Tensor::from_vec(y, shape, a.device())
+}
+
+/// `f` on `t` as a strided matrix view and the elements between consecutive matrices (its
+/// leading dims collapsed; a copy first where they do not collapse).
+fn with_batched<R>(t: &Tensor, f: impl FnOnce((kernels::gemm::View, usize)) -> R) -> Result<R> {
+    let (dims, stride) = (t.dims(), t.stride());
+    let r = dims.len();
+    let collapses = (0..r.saturating_sub(3)).all(|i| stride[i] == stride[i + 1] * dims[i + 1]);
+    if !collapses {
+        return kernels::with_slice(t, |data| {
+            let (rows, cols) = (dims[r - 2], dims[r - 1]);
+            f((kernels::gemm::View::rows(data, cols), rows * cols))
+        });
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("with_batched: a CPU tensor expected")
+    };
+    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..];
+    let view = kernels::gemm::View {
+        data,
+        rs: stride[r - 2],
+        cs: stride[r - 1],
+    };
+    Ok(f((view, if r > 2 { stride[r - 3] } else { 0 })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::max_abs_diff;
+    use crate::model::testing::{max_abs, max_abs_diff};
     use candle_core::{Device, Tensor, Var};
 
     /// The f32 fused forward agrees with the f64 composite one.
@@ -329,7 +388,16 @@ mod tests {
             let h = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, true).unwrap();
             let h = rope(&h, &cos, &sin, true).unwrap();
             let h = swiglu(&h, up.as_tensor(), true).unwrap();
-            let h = attention(&h, k.as_tensor(), v.as_tensor(), &mask, d, true).unwrap();
+            let h = attention(
+                &h,
+                k.as_tensor(),
+                v.as_tensor(),
+                &mask,
+                d,
+                true,
+                Precision::F32,
+            );
+            let h = h.unwrap();
             (h * &probe).unwrap().sum_all().unwrap()
         };
         let grads = loss().backward().unwrap();
@@ -364,6 +432,80 @@ mod tests {
                     g[i]
                 );
             }
+        }
+    }
+
+    /// Batched products in bf16 equal candle's product of the bf16-rounded operands (the sums
+    /// are f32 either way), for plain and transposed views and leading dims that do not
+    /// collapse; and bf16 attention's output and gradients stay within bf16 rounding of f32's.
+    #[test]
+    fn bf16_attention_products_match_rounded_f32() {
+        let dev = Device::Cpu;
+        let rand = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let round = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let (a, b) = (rand(&[2, 3, 37, 40]), rand(&[2, 3, 45, 40]));
+        let bt = b.t().unwrap();
+        let want = round(&a).matmul(&round(&bt)).unwrap();
+        let got = bmm(&a, &bt, Precision::Bf16).unwrap();
+        assert_eq!(got.dims(), [2, 3, 37, 45]);
+        assert!(max_abs_diff(&got, &want) < 1e-4);
+        // Leading dims transposed: [3, 2] viewed as [2, 3] does not collapse to one stride.
+        let a2 = rand(&[3, 2, 37, 40]).transpose(0, 1).unwrap();
+        let b2 = rand(&[2, 3, 40, 45]);
+        let want = round(&a2).matmul(&round(&b2)).unwrap();
+        assert!(max_abs_diff(&bmm(&a2, &b2, Precision::Bf16).unwrap(), &want) < 1e-4);
+        // f32 precision is candle's product exactly.
+        let f = bmm(&a, &bt, Precision::F32).unwrap();
+        assert_eq!(max_abs_diff(&f, &a.matmul(&bt).unwrap()), 0.0);
+
+        let d = AttnDims {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 32,
+        };
+        let (q, k, v) = (
+            rand(&[2, 4, 19, 32]),
+            rand(&[2, 2, 19, 32]),
+            rand(&[2, 2, 19, 32]),
+        );
+        let mut m = vec![0f32; 2 * 19 * 19];
+        for (i, x) in m.iter_mut().enumerate() {
+            if i % 19 > (i / 19) % 19 {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+        let mask = Tensor::from_vec(m, (2, 1, 1, 19, 19), &dev).unwrap();
+        let probe = rand(&[2, 4, 19, 32]);
+        let run = |precision| {
+            let vars: Vec<Var> = [&q, &k, &v]
+                .iter()
+                .map(|t| Var::from_tensor(t).unwrap())
+                .collect();
+            let t: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+            let out = attention(t[0], t[1], t[2], &mask, d, true, precision).unwrap();
+            let grads = (&out * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g: Vec<Tensor> = t.iter().map(|t| grads.get(t).unwrap().clone()).collect();
+            (out, g)
+        };
+        let ((o32, g32), (o16, g16)) = (run(Precision::F32), run(Precision::Bf16));
+        assert!(max_abs_diff(&o32, &o16) < 0.03 * max_abs(&o32));
+        for (a, b) in g32.iter().zip(&g16) {
+            assert!(
+                max_abs_diff(a, b) < 0.03 * max_abs(a),
+                "{} vs {}",
+                max_abs_diff(a, b),
+                max_abs(a)
+            );
         }
     }
 }

@@ -99,7 +99,7 @@ impl Model {
             let mut prompt_kv = None;
             xp = self.layer_forward(layer, &xp, &cos_p, &sin_p, grad, precision, |q, k, v| {
                 prompt_kv = Some((k.clone(), v.clone()));
-                ops::attention(q, k, v, &mask_p, dims, grad)
+                ops::attention(q, k, v, &mask_p, dims, grad, precision)
             })?;
             let (kp, vp) = prompt_kv.expect("the layer ran its attention");
             let (kp, vp) = (
@@ -109,7 +109,7 @@ impl Model {
             xr = self.layer_forward(layer, &xr, &cos_r, &sin_r, grad, precision, |q, k, v| {
                 let k = Tensor::cat(&[&kp, k], 2)?;
                 let v = Tensor::cat(&[&vp, v], 2)?;
-                ops::attention(q, &k, &v, &mask_r, dims, grad)
+                ops::attention(q, &k, &v, &mask_r, dims, grad, precision)
             })?;
         }
         let eps = self.cfg.rms_norm_eps;
