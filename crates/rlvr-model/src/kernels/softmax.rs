@@ -8,79 +8,74 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// `scores: [rows, t]`; row `r` adds the additive mask row `mask_row(r)` of `mask: [_, t]`.
+/// `scores: [rows, t]`, replaced in place by `softmax(scores * scale + mask)` row by row (no
+/// second buffer of rows x t: attention's are the largest tensors of a step); row `r` adds the
+/// additive mask row `mask_row(r)` of `mask: [_, t]`.
 pub fn masked_softmax(
     lanes: Lanes,
-    scores: &[f32],
+    scores: &mut [f32],
     t: usize,
     scale: f32,
     mask: &[f32],
     mask_row: impl Fn(usize) -> usize + Sync,
-) -> Vec<f32> {
-    let mut out = super::zeroed::<f32>(scores.len());
-    out.par_chunks_mut(t)
-        .zip(scores.par_chunks(t))
-        .enumerate()
-        .for_each(|(r, (p, x))| {
-            let m = &mask[mask_row(r) * t..(mask_row(r) + 1) * t];
-            #[cfg(target_arch = "x86_64")]
-            if lanes == Lanes::AVX512 {
-                // SAFETY: AVX-512F was detected; the three rows have length t.
-                return unsafe { softmax_row_avx512(x, m, scale, p) };
-            }
-            let mut max = f32::NEG_INFINITY;
-            for ((p, &x), &m) in p.iter_mut().zip(x).zip(m) {
-                *p = x * scale + m;
-                max = max.max(*p);
-            }
-            let mut sum = 0.0;
-            for p in p.iter_mut() {
-                *p = (*p - max).exp();
-                sum += *p;
-            }
-            let inv = 1.0 / sum;
-            p.iter_mut().for_each(|p| *p *= inv);
-        });
-    out
+) {
+    scores.par_chunks_mut(t).enumerate().for_each(|(r, p)| {
+        let m = &mask[mask_row(r) * t..(mask_row(r) + 1) * t];
+        #[cfg(target_arch = "x86_64")]
+        if lanes == Lanes::AVX512 {
+            // SAFETY: AVX-512F was detected; both rows have length t.
+            return unsafe { softmax_row_avx512(p, m, scale) };
+        }
+        let mut max = f32::NEG_INFINITY;
+        for (p, &m) in p.iter_mut().zip(m) {
+            *p = *p * scale + m;
+            max = max.max(*p);
+        }
+        let mut sum = 0.0;
+        for p in p.iter_mut() {
+            *p = (*p - max).exp();
+            sum += *p;
+        }
+        let inv = 1.0 / sum;
+        p.iter_mut().for_each(|p| *p *= inv);
+    });
 }
 
-/// Gradient w.r.t. the unscaled scores of the softmax above: `scale * p * (dp - sum(p dp))` per
-/// row.
-pub fn softmax_backward(lanes: Lanes, p: &[f32], dp: &[f32], t: usize, scale: f32) -> Vec<f32> {
+/// `dp` replaced in place by the gradient w.r.t. the unscaled scores of the softmax above:
+/// `scale * p * (dp - sum(p dp))` per row.
+pub fn softmax_backward(lanes: Lanes, p: &[f32], dp: &mut [f32], t: usize, scale: f32) {
     assert_eq!(p.len(), dp.len());
-    let mut out = super::zeroed::<f32>(p.len());
-    out.par_chunks_mut(t)
-        .zip(p.par_chunks(t).zip(dp.par_chunks(t)))
-        .for_each(|(ds, (p, dp))| {
+    dp.par_chunks_mut(t)
+        .zip(p.par_chunks(t))
+        .for_each(|(dp, p)| {
             #[cfg(target_arch = "x86_64")]
             if lanes == Lanes::AVX512 {
-                // SAFETY: AVX-512F was detected; the three rows have length t.
-                return unsafe { softmax_grad_row_avx512(p, dp, scale, ds) };
+                // SAFETY: AVX-512F was detected; both rows have length t.
+                return unsafe { softmax_grad_row_avx512(p, dp, scale) };
             }
-            let dot: f32 = p.iter().zip(dp).map(|(a, b)| a * b).sum();
-            for ((d, &p), &g) in ds.iter_mut().zip(p).zip(dp) {
-                *d = scale * p * (g - dot);
+            let dot: f32 = p.iter().zip(dp.iter()).map(|(a, b)| a * b).sum();
+            for (g, &p) in dp.iter_mut().zip(p) {
+                *g = scale * p * (*g - dot);
             }
         });
-    out
 }
 
-/// `p = softmax(x * scale + m)` for one row, 16 lanes at a time.
+/// `p = softmax(p * scale + m)` for one row in place, 16 lanes at a time.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `m` and `p` are at least as long as `x`.
+/// The CPU must have AVX-512F; `m` is at least as long as `p`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn softmax_row_avx512(x: &[f32], m: &[f32], scale: f32, p: &mut [f32]) {
+unsafe fn softmax_row_avx512(p: &mut [f32], m: &[f32], scale: f32) {
     unsafe {
-        let n = x.len();
+        let n = p.len();
         let vs = _mm512_set1_ps(scale);
         let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
         let mut i = 0;
         while i < n {
             let k = tail_mask(n - i);
             let z = _mm512_fmadd_ps(
-                _mm512_maskz_loadu_ps(k, x.as_ptr().add(i)),
+                _mm512_maskz_loadu_ps(k, p.as_ptr().add(i)),
                 vs,
                 _mm512_maskz_loadu_ps(k, m.as_ptr().add(i)),
             );
@@ -113,13 +108,13 @@ unsafe fn softmax_row_avx512(x: &[f32], m: &[f32], scale: f32, p: &mut [f32]) {
     }
 }
 
-/// `ds = scale * p * (dp - sum(p dp))` for one row, 16 lanes at a time.
+/// `dp = scale * p * (dp - sum(p dp))` for one row in place, 16 lanes at a time.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `dp` and `ds` are at least as long as `p`.
+/// The CPU must have AVX-512F; `dp` is at least as long as `p`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn softmax_grad_row_avx512(p: &[f32], dp: &[f32], scale: f32, ds: &mut [f32]) {
+unsafe fn softmax_grad_row_avx512(p: &[f32], dp: &mut [f32], scale: f32) {
     unsafe {
         let n = p.len();
         let mut dot = _mm512_setzero_ps();
@@ -141,7 +136,7 @@ unsafe fn softmax_grad_row_avx512(p: &[f32], dp: &[f32], scale: f32, ds: &mut [f
             let pv = _mm512_maskz_loadu_ps(k, p.as_ptr().add(i));
             let g = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp.as_ptr().add(i)), vdot);
             _mm512_mask_storeu_ps(
-                ds.as_mut_ptr().add(i),
+                dp.as_mut_ptr().add(i),
                 k,
                 _mm512_mul_ps(_mm512_mul_ps(pv, g), vs),
             );
@@ -175,8 +170,10 @@ mod tests {
             .map(|i| ((i * 13 % 31) as f32 - 15.0) / 9.0)
             .collect();
         let scale = 0.125;
-        let p = masked_softmax(lanes, &scores, t, scale, &mask, |r| r % 2);
-        let ds = softmax_backward(lanes, &p, &dp, t, scale);
+        let mut p = scores.clone();
+        masked_softmax(lanes, &mut p, t, scale, &mask, |r| r % 2);
+        let mut ds = dp.clone();
+        softmax_backward(lanes, &p, &mut ds, t, scale);
         for r in 0..rows {
             let m = &mask[(r % 2) * t..(r % 2 + 1) * t];
             let z: Vec<f64> = (0..t)

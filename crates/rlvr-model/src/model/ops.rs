@@ -226,17 +226,17 @@ pub fn attention(
         let (p, qr) = attention_probs(q, k, &mask, d, precision)?;
         let go = g.reshape((b, d.kv_heads, grp * l, d.head_dim))?;
         let dv = bmm(&p.t()?, &go, precision)?;
-        let dp = bmm(&go, &v.t()?, precision)?;
-        // Gradient w.r.t. the unscaled scores, the softmax's `scale` folded in.
-        let ds = if kernels::applies(&p) {
+        // Gradient w.r.t. the unscaled scores, the softmax's `scale` folded in; on the kernels
+        // it is written over `dp`.
+        let ds = if kernels::applies(&p) && kernels::applies(&go) && kernels::applies(v) {
             let t = p.dim(D::Minus1)?;
-            let ds = kernels::with_slice(&p, |pv| {
-                kernels::with_slice(&dp, |dpv| {
-                    kernels::softmax::softmax_backward(Lanes::detect(), pv, dpv, t, scale as f32)
-                })
-            })??;
+            let mut ds = bmm_vec(&go, &v.t()?, precision)?;
+            kernels::with_slice(&p, |pv| {
+                kernels::softmax::softmax_backward(Lanes::detect(), pv, &mut ds, t, scale as f32)
+            })?;
             Tensor::from_vec(ds, p.shape(), p.device())?
         } else {
+            let dp = bmm(&go, &v.t()?, precision)?;
             ((&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(D::Minus1)?)?)? * scale)?
         };
         let dq = bmm(&ds, k, precision)?.reshape((b, d.heads, l, d.head_dim))?;
@@ -261,19 +261,20 @@ fn attention_probs(
     let qr = q
         .contiguous()?
         .reshape((b, d.kv_heads, g * l, d.head_dim))?;
-    let scores = bmm(&qr, &k.t()?, precision)?;
-    if kernels::applies(&scores) && mask.dims() == [b, 1, 1, l, t] {
-        // Row (b, kv head, group, query l) reads mask row (b, l).
+    if kernels::applies(&qr) && kernels::applies(k) && mask.dims() == [b, 1, 1, l, t] {
+        // The softmax is written over the scores. Row (b, kv head, group, query l) reads mask
+        // row (b, l).
+        let mut p = bmm_vec(&qr, &k.t()?, precision)?;
         let rows_per_b = d.kv_heads * g * l;
-        let p = kernels::with_slice(&scores, |sv| {
-            kernels::with_slice(mask, |mv| {
-                kernels::softmax::masked_softmax(Lanes::detect(), sv, t, scale as f32, mv, |r| {
-                    (r / rows_per_b) * l + r % l
-                })
+        kernels::with_slice(mask, |mv| {
+            kernels::softmax::masked_softmax(Lanes::detect(), &mut p, t, scale as f32, mv, |r| {
+                (r / rows_per_b) * l + r % l
             })
-        })??;
-        return Ok((Tensor::from_vec(p, scores.shape(), scores.device())?, qr));
+        })?;
+        let p = Tensor::from_vec(p, (b, d.kv_heads, g * l, t), q.device())?;
+        return Ok((p, qr));
     }
+    let scores = bmm(&qr, &k.t()?, precision)?;
     let att = (scores * scale)?;
     let att = att.reshape((b, d.kv_heads, g, l, t))?.broadcast_add(mask)?;
     let p = softmax_last(&att)?.reshape((b, d.kv_heads, g * l, t))?;
@@ -284,6 +285,26 @@ fn attention_probs(
 /// rlvr's kernels (AMX tiles where the CPU has them), reading transposed views in place and
 /// writing an output that is never zero-filled first; otherwise it is candle's.
 fn bmm(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tensor> {
+    match bmm_kernels(a, b, precision)? {
+        Some((y, shape)) => Tensor::from_vec(y, shape, a.device()),
+        None => a.matmul(b),
+    }
+}
+
+/// [`bmm`]'s values, row-major, for f32 CPU tensors.
+fn bmm_vec(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Vec<f32>> {
+    match bmm_kernels(a, b, precision)? {
+        Some((y, _)) => Ok(y),
+        None => a.matmul(b)?.flatten_all()?.to_vec1(),
+    }
+}
+
+/// [`bmm`] on rlvr's kernels, with the product's shape; `None` where they do not apply.
+fn bmm_kernels(
+    a: &Tensor,
+    b: &Tensor,
+    precision: Precision,
+) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
     let (da, db) = (a.dims(), b.dims());
     let r = da.len();
     let fits = precision == Precision::Bf16
@@ -296,7 +317,7 @@ fn bmm(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tensor> {
         && a.elem_count() > 0
         && b.elem_count() > 0;
     if !fits {
-        return a.matmul(b);
+        return Ok(None);
     }
     let (m, k, n) = (da[r - 2], da[r - 1], db[r - 1]);
     let batch = a.elem_count() / (m * k);
@@ -307,7 +328,7 @@ fn bmm(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tensor> {
     })??;
     let mut shape = da.to_vec();
     shape[r - 1] = n;
-    Tensor::from_vec(y, shape, a.device())
+    Ok(Some((y, shape)))
 }
 
 /// `f` on `t` as a strided matrix view and the elements between consecutive matrices (its
