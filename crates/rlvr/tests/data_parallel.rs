@@ -36,6 +36,13 @@ fn train(
             "trainer.eval_before_train=false",
             "trainer.eval_interval=-1",
             "trainer.ckpt_interval=-1",
+            // f32 products: the ranks' micro-batches may be padded to other lengths than the one
+            // process's, which moves positions within the products' sums; in f32 that is an
+            // order-of-summation difference (~1e-7), while bf16 rounding of the inputs turns some
+            // of those last-bit differences into bf16 steps (3.5e-5 in the weights after 3 steps
+            // with attention's products in bf16). The ranks' logic is the same in either
+            // precision.
+            "trainer.bf16=false",
             &format!("trainer.run_name={run}"),
         ]
         .map(String::from),

@@ -40,6 +40,8 @@ fn train_command(dir: &Path, run: &str, ranks: usize, extra: &[&str]) -> Command
             format!("trainer.ckpt_path={}/ckpt_{run}", dir.display()),
             "trainer.eval_before_train=false".into(),
             "trainer.eval_interval=-1".into(),
+            // In f32, as `tests/data_parallel.rs` explains: only summation order may differ.
+            "trainer.bf16=false".into(),
         ])
         .args(extra)
         // Containers run as root; Open MPI refuses that unless told.
