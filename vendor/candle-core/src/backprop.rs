@@ -733,7 +733,9 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                if grad.shape() != tensor.shape() || grad.dtype() != tensor.dtype() {
+                // A gradient may be wider than its node (rlvr keeps the gradients of bf16
+                // activations in f32); its shape must match.
+                if grad.shape() != tensor.shape() {
                     // The error `zeros + grad` always gave.
                     let sum = tensor.zeros_like()?.add(grad)?;
                     entry.insert(sum);

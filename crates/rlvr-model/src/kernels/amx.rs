@@ -11,6 +11,7 @@
 //! intrinsics, so they are written as inline assembly.
 
 use super::gemm::View;
+use super::Elem;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -31,7 +32,9 @@ const K_CHUNKS: usize = 16;
 /// Whether this CPU has AMX-BF16 and the OS lets this process use the tile registers.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| std::env::var_os("RLVR_NO_AMX").is_none() && detect())
+    *AVAILABLE.get_or_init(|| {
+        std::env::var_os("RLVR_NO_AMX").is_none() && super::cpu::avx512() && detect()
+    })
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -82,7 +85,7 @@ pub struct Packed {
 impl Packed {
     /// # Panics
     /// If [`available`] is false or `b` is too short for `[k, n]`.
-    pub fn new(b: View, k: usize, n: usize) -> Packed {
+    pub fn new<T: Elem>(b: View<T>, k: usize, n: usize) -> Packed {
         assert!(available(), "AMX-BF16 is not available on this CPU");
         assert!(b.covers(k, n));
         Packed {
@@ -94,7 +97,8 @@ impl Packed {
 }
 
 /// `dst (+)= a @ b` for `a: [m, k]`, a packed `b: [k, n]` and row-major `dst: [m, n]`, in bf16
-/// with f32 accumulation. Without `accumulate`, `dst` is only written.
+/// with f32 accumulation (a bf16 `dst` takes the f32 sums rounded). Without `accumulate`, `dst`
+/// is only written.
 ///
 /// # Safety
 /// `dst` has room for `m * n` values, initialised when `accumulate`; nothing else accesses them
@@ -102,7 +106,13 @@ impl Packed {
 ///
 /// # Panics
 /// If `a` is too short for `[m, k]`.
-pub unsafe fn matmul(dst: *mut f32, accumulate: bool, m: usize, a: View, b: &Packed) {
+pub unsafe fn matmul<T: Elem, O: Elem>(
+    dst: *mut O,
+    accumulate: bool,
+    m: usize,
+    a: View<T>,
+    b: &Packed,
+) {
     let (k, n) = (b.k, b.n);
     assert!(a.covers(m, k));
     if m == 0 || n == 0 {
@@ -163,9 +173,9 @@ pub unsafe fn matmul(dst: *mut f32, accumulate: bool, m: usize, a: View, b: &Pac
                 // no other thread touches them.
                 let row = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * n + c0), c1 - c0) };
                 if accumulate {
-                    row.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                    super::elem::add_f32(src, row);
                 } else {
-                    row.copy_from_slice(src);
+                    super::elem::store_f32(src, row);
                 }
             }
         });
@@ -272,14 +282,14 @@ pub unsafe fn matmul_panels(
     });
 }
 
-struct SendPtr(*mut f32);
+struct SendPtr<O>(*mut O);
 // SAFETY: the tasks of `matmul` write disjoint output blocks through it.
-unsafe impl Sync for SendPtr {}
+unsafe impl<O> Sync for SendPtr<O> {}
 
 /// `a` as bf16 tiles: 32-row block `i`, k chunk `c` and 16-row half `h` is the 16 x 32 tile at
 /// `((i * chunks + c) * 2 + h) * 512`, row-major (64-byte rows).
-fn pack_a(a: View, m: usize, k: usize) -> super::Aligned<u16> {
-    // SAFETY: AVX-512F comes with AMX (checked by `available`, which every caller passed); `a`
+fn pack_a<T: Elem>(a: View<T>, m: usize, k: usize) -> super::Aligned<u16> {
+    // SAFETY: AVX-512 comes with AMX (checked by `available`, which every caller passed); `a`
     // covers [m, k] (asserted by `matmul`).
     pack_groups(m, k, |r0, rows, block| unsafe {
         convert::pack_a_block(a, r0, rows, k, block)
@@ -289,7 +299,7 @@ fn pack_a(a: View, m: usize, k: usize) -> super::Aligned<u16> {
 /// `b` as bf16 tiles in pairs: 32-column panel `j`, k chunk `c` and 16-column half `h` is the
 /// tile at `((j * chunks + c) * 2 + h) * 512`, whose row `q` holds `(b[2q][col], b[2q+1][col])`
 /// for its 16 columns, k counted from the chunk's start.
-fn pack_b(b: View, k: usize, n: usize) -> super::Aligned<u16> {
+fn pack_b<T: Elem>(b: View<T>, k: usize, n: usize) -> super::Aligned<u16> {
     // SAFETY: as in `pack_a`; `b` covers [k, n] (asserted by `Packed::new`).
     pack_groups(n, k, |c0, cols, panel| unsafe {
         convert::pack_b_panel(b, c0, cols, k, panel)
@@ -311,57 +321,15 @@ fn pack_groups(
     out
 }
 
-/// f32 → bf16 packing, 16 values at a time on AVX-512F (every AMX CPU has it). The two
-/// layouts training uses are vectorized: row-major (`x`, `g`, the weight for `g W`) and
-/// transposed (the weight for `x W^T`, `g^T` for `g^T x`); other strides take a scalar loop.
+/// Packing into bf16 tiles, 16 or 32 values at a time on AVX-512 (every AMX CPU has F, BW and
+/// VL), from f32 (rounded) or bf16 sources. The two layouts training uses are vectorized:
+/// row-major (`x`, `g`, the weight for `g W`) and transposed (the weight for `x W^T`, `g^T` for
+/// `g^T x`); other strides take a scalar loop.
 #[cfg(target_arch = "x86_64")]
 mod convert {
-    use super::{to_bf16, View, BLOCK, CHUNK, TILE_K};
+    use super::super::Elem;
+    use super::{View, BLOCK, CHUNK, TILE_K};
     use std::arch::x86_64::*;
-
-    /// Up to 16 floats from `p` (`n` of them; nothing is read when `n` is 0).
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F; `p` points to `n.min(16)` readable f32s.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load(p: *const f32, n: usize) -> __m512 {
-        let mask: __mmask16 = if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
-        // SAFETY: the masked-off lanes are not read; the caller vouches for the first n.
-        unsafe { _mm512_maskz_loadu_ps(mask, p) }
-    }
-
-    /// Each lane rounded to bf16 (to nearest, ties to even; NaN stays NaN), in the low 16 bits
-    /// of a 32-bit lane: what `half::bf16::from_f32` computes, 16 at a time.
-    #[target_feature(enable = "avx512f")]
-    fn bf16_lanes(x: __m512) -> __m512i {
-        let b = _mm512_castps_si512(x);
-        let high = _mm512_srli_epi32::<16>(b);
-        let lsb = _mm512_and_si512(high, _mm512_set1_epi32(1));
-        let bias = _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff));
-        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, bias));
-        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
-        let quiet = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
-        _mm512_mask_blend_epi32(nan, rounded, quiet)
-    }
-
-    /// 32 floats (`n` read from `p`, zeros after) as 32 bf16 in one register.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F; `p` points to `n.min(32)` readable f32s.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn bf16_x32(p: *const f32, n: usize) -> __m512i {
-        // SAFETY: the caller vouches for n floats at p; `wrapping_add` forms the second half's
-        // address without assuming it is inside the allocation (it is not read when n <= 16).
-        let (lo, hi) = unsafe {
-            (
-                load(p, n.min(16)),
-                load(p.wrapping_add(16), n.saturating_sub(16)),
-            )
-        };
-        let lo = _mm512_cvtepi32_epi16(bf16_lanes(lo));
-        let hi = _mm512_cvtepi32_epi16(bf16_lanes(hi));
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
-    }
 
     /// Transposes 16 x 16 32-bit values in place: lane `j` of `r[i]` goes to lane `i` of `r[j]`.
     #[target_feature(enable = "avx512f")]
@@ -393,10 +361,16 @@ mod convert {
     /// Rows `r0..r0 + rows` of `a: [_, k]` into one 32-row block (see `pack_a`).
     ///
     /// # Safety
-    /// AVX-512F and BW (every AMX CPU has both); `a` covers rows `r0..r0 + rows` of k columns;
-    /// `block` holds the block's chunks.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn pack_a_block(a: View, r0: usize, rows: usize, k: usize, block: &mut [u16]) {
+    /// AVX-512 F, BW and VL (every AMX CPU has them); `a` covers rows `r0..r0 + rows` of k
+    /// columns; `block` holds the block's chunks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn pack_a_block<T: Elem>(
+        a: View<T>,
+        r0: usize,
+        rows: usize,
+        k: usize,
+        block: &mut [u16],
+    ) {
         let chunks = k.div_ceil(TILE_K);
         assert!(block.len() >= chunks * CHUNK && rows <= BLOCK);
         let at = |r: usize, c: usize| (c * BLOCK + r) * TILE_K;
@@ -407,7 +381,7 @@ mod convert {
                     let n = TILE_K.min(k - c * TILE_K);
                     // SAFETY: n floats from the row's chunk; 64 bytes into the block's tile row.
                     unsafe {
-                        let v = bf16_x32(src.add(c * TILE_K), n);
+                        let v = T::bf16_x32(src.add(c * TILE_K), n);
                         _mm512_storeu_si512(block[at(r, c)..][..TILE_K].as_mut_ptr().cast(), v);
                     }
                 }
@@ -424,7 +398,7 @@ mod convert {
                 for (p, s) in src.iter_mut().enumerate().take(n) {
                     let row = a.data[r0 + (c * TILE_K + p) * a.cs..][..rows].as_ptr();
                     // SAFETY: `rows` floats of the source row.
-                    *s = unsafe { bf16_x32(row, rows) };
+                    *s = unsafe { T::bf16_x32(row, rows) };
                 }
                 src[n..].fill(zero);
                 let (mut lo, mut hi) = ([zero; 16], [zero; 16]);
@@ -448,7 +422,7 @@ mod convert {
             for r in 0..rows {
                 for p in 0..k {
                     block[at(r, p / TILE_K) + p % TILE_K] =
-                        to_bf16(a.data[(r0 + r) * a.rs + p * a.cs]);
+                        a.data[(r0 + r) * a.rs + p * a.cs].bf16_bits();
                 }
             }
         }
@@ -457,9 +431,16 @@ mod convert {
     /// Columns `c0..c0 + cols` of `b: [k, _]` into one 32-column panel (see `pack_b`).
     ///
     /// # Safety
-    /// AVX-512F; `b` covers k rows of columns `c0..c0 + cols`; `panel` holds the panel's chunks.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn pack_b_panel(b: View, c0: usize, cols: usize, k: usize, panel: &mut [u16]) {
+    /// AVX-512 F, BW and VL; `b` covers k rows of columns `c0..c0 + cols`; `panel` holds the
+    /// panel's chunks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn pack_b_panel<T: Elem>(
+        b: View<T>,
+        c0: usize,
+        cols: usize,
+        k: usize,
+        panel: &mut [u16],
+    ) {
         let chunks = k.div_ceil(TILE_K);
         assert!(panel.len() >= chunks * CHUNK && cols <= BLOCK);
         // Tile row `q` of half `h` in chunk `c`: 16 (even, odd) pairs, one per column.
@@ -476,9 +457,9 @@ mod convert {
                     // SAFETY: n floats of rows p and p + 1 (when inside k); 64 bytes into the
                     // tile row.
                     unsafe {
-                        let even = bf16_lanes(load(at(p), n));
+                        let even = T::bf16_x16(at(p), n);
                         let odd = if p + 1 < k {
-                            bf16_lanes(load(at(p + 1), n))
+                            T::bf16_x16(at(p + 1), n)
                         } else {
                             _mm512_setzero_si512()
                         };
@@ -501,7 +482,7 @@ mod convert {
                         let src = b.data[(c0 + h * 16 + col) * b.cs + c * TILE_K..][..n].as_ptr();
                         // SAFETY: n floats of the column's chunk; 64 bytes into tmp's row.
                         unsafe {
-                            let v = bf16_x32(src, n);
+                            let v = T::bf16_x32(src, n);
                             _mm512_storeu_si512(tmp[col * 16..][..16].as_mut_ptr().cast(), v);
                         }
                     }
@@ -520,7 +501,7 @@ mod convert {
                 for p in 0..k {
                     let (c, q, h) = (p / TILE_K, p % TILE_K, col / 16);
                     panel[row_at(c, h, q / 2) + (col % 16) * 2 + q % 2] =
-                        to_bf16(b.data[p * b.rs + (c0 + col) * b.cs]);
+                        b.data[p * b.rs + (c0 + col) * b.cs].bf16_bits();
                 }
             }
         }
@@ -529,19 +510,20 @@ mod convert {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod convert {
+    use super::super::Elem;
     use super::View;
     /// Never called: AMX exists only on x86_64, so `available()` is false here.
     ///
     /// # Safety
     /// As for the x86_64 version; this one only panics.
-    pub unsafe fn pack_a_block(_: View, _: usize, _: usize, _: usize, _: &mut [u16]) {
+    pub unsafe fn pack_a_block<T: Elem>(_: View<T>, _: usize, _: usize, _: usize, _: &mut [u16]) {
         unreachable!("AMX exists only on x86_64")
     }
     /// Never called: AMX exists only on x86_64, so `available()` is false here.
     ///
     /// # Safety
     /// As for the x86_64 version; this one only panics.
-    pub unsafe fn pack_b_panel(_: View, _: usize, _: usize, _: usize, _: &mut [u16]) {
+    pub unsafe fn pack_b_panel<T: Elem>(_: View<T>, _: usize, _: usize, _: usize, _: &mut [u16]) {
         unreachable!("AMX exists only on x86_64")
     }
 }

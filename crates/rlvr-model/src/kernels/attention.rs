@@ -3,7 +3,7 @@
 //! batched gemm over such thin matrices spent most of its time packing them.
 
 use super::exp::exp_inplace_on;
-use super::Lanes;
+use super::{Elem, Lanes};
 
 /// Shapes of one call. The cache holds `[slots, kv_heads, capacity, head_dim]` per layer; the
 /// sequences are slots `first..first + n`, each reading its first `total` positions.
@@ -23,7 +23,7 @@ pub struct DecodeShape {
 /// `softmax(q k^T * scale + mask) v` for `q: [n, heads, l, head_dim]` and the additive
 /// `mask: [n, l, total]`; returns `[n, heads, l, head_dim]`. Query head `h` reads kv head
 /// `h / (heads / kv_heads)`.
-pub fn decode<T: KvElem>(
+pub fn decode<T: Elem>(
     lanes: Lanes,
     q: &[f32],
     k_cache: &[T],
@@ -70,7 +70,7 @@ pub fn decode<T: KvElem>(
             return unsafe { group_avx512(&g, scores, dst) };
         }
         let scores = &mut scores[..total];
-        let (keys, values) = (T::widen(keys), T::widen(values));
+        let (keys, values) = (super::elem::widened(keys), super::elem::widened(values));
         let (keys, values) = (&keys[..], &values[..]);
         for gi in 0..group {
             for li in 0..l {
@@ -119,8 +119,8 @@ const ROWS: usize = 6;
 /// The CPU must have AVX-512F; `g.keys` and `g.values` both hold exactly `total * hd` values,
 /// with `total = g.mask.len() / g.l` and `hd` a multiple of 16 (short `scores` or `out` panic).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn group_avx512<T: KvElem>(g: &Group<T>, scores: &mut [f32], out: &mut [f32]) {
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn group_avx512<T: Elem>(g: &Group<T>, scores: &mut [f32], out: &mut [f32]) {
     unsafe {
         let total = g.mask.len() / g.l;
         let hd = g.keys.len() / total;
@@ -166,8 +166,8 @@ unsafe fn group_avx512<T: KvElem>(g: &Group<T>, scores: &mut [f32], out: &mut [f
 /// The CPU must have AVX-512F; `hd` is a multiple of 16; `q` holds at least `R * hd` values and
 /// `s` at least `R * total`, with `total = keys.len() / hd`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dots<T: KvElem, const R: usize>(q: &[f32], keys: &[T], hd: usize, s: &mut [f32]) {
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn dots<T: Elem, const R: usize>(q: &[f32], keys: &[T], hd: usize, s: &mut [f32]) {
     unsafe {
         use std::arch::x86_64::*;
         let total = keys.len() / hd;
@@ -178,7 +178,8 @@ unsafe fn dots<T: KvElem, const R: usize>(q: &[f32], keys: &[T], hd: usize, s: &
             prefetch_rows(kp.add((t + 4) * hd).cast(), 4 * row_bytes);
             let mut acc = [[_mm512_setzero_ps(); 4]; R];
             for c in (0..hd).step_by(16) {
-                let k: [__m512; 4] = std::array::from_fn(|j| T::load16(kp.add((t + j) * hd + c)));
+                let k: [__m512; 4] =
+                    std::array::from_fn(|j| T::load16(kp.add((t + j) * hd + c), 16));
                 for (r, a) in acc.iter_mut().enumerate() {
                     let qv = _mm512_loadu_ps(qp.add(r * hd + c));
                     for j in 0..4 {
@@ -196,7 +197,7 @@ unsafe fn dots<T: KvElem, const R: usize>(q: &[f32], keys: &[T], hd: usize, s: &
             for r in 0..R {
                 let mut a = _mm512_setzero_ps();
                 for c in (0..hd).step_by(16) {
-                    let k = T::load16(kp.add(t * hd + c));
+                    let k = T::load16(kp.add(t * hd + c), 16);
                     a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(r * hd + c)), k, a);
                 }
                 s[r * total + t] = _mm512_reduce_add_ps(a);
@@ -225,7 +226,7 @@ fn prefetch_rows(p: *const u8, bytes: usize) {
 
 /// The lane sums of four vectors, as one 4-lane vector.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
 fn reduce4(a: &[std::arch::x86_64::__m512; 4]) -> std::arch::x86_64::__m128 {
     use std::arch::x86_64::*;
@@ -254,7 +255,7 @@ fn reduce4(a: &[std::arch::x86_64::__m512; 4]) -> std::arch::x86_64::__m128 {
 /// # Safety
 /// The CPU must have AVX-512F (the body calls `exp`'s AVX-512 path).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
     // 16 running maxima: one serial `max` chain would not vectorize.
     let mut maxes = [f32::NEG_INFINITY; 16];
@@ -291,8 +292,8 @@ fn sum16(x: &[f32]) -> f32 {
 /// The CPU must have AVX-512F; with `total = values.len() / hd`, `p` holds at least `R * total`
 /// values and `o` at least `R * hd`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn weighted<T: KvElem, const R: usize>(p: &[f32], values: &[T], hd: usize, o: &mut [f32]) {
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn weighted<T: Elem, const R: usize>(p: &[f32], values: &[T], hd: usize, o: &mut [f32]) {
     unsafe {
         use std::arch::x86_64::*;
         let total = values.len() / hd;
@@ -307,7 +308,7 @@ unsafe fn weighted<T: KvElem, const R: usize>(p: &[f32], values: &[T], hd: usize
                 }
                 let v: [__m512; 4] = std::array::from_fn(|j| {
                     if j < nv {
-                        T::load16(vp.add(t * hd + c0 + 16 * j))
+                        T::load16(vp.add(t * hd + c0 + 16 * j), 16)
                     } else {
                         _mm512_setzero_ps()
                     }
@@ -325,53 +326,6 @@ unsafe fn weighted<T: KvElem, const R: usize>(p: &[f32], values: &[T], hd: usize
                 }
             }
         }
-    }
-}
-
-/// An element of the KV cache: f32, or bf16 (a bf16 decoding copy's cache, half the bytes
-/// streamed per step; widened exactly to f32 on load).
-pub trait KvElem: Copy + Send + Sync {
-    /// 16 consecutive elements as f32 lanes.
-    ///
-    /// # Safety
-    /// AVX-512F must be available and `p..p + 16` readable.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
-    /// The slice as f32 (borrowed when it already is).
-    fn widen(x: &[Self]) -> std::borrow::Cow<'_, [f32]>;
-}
-
-impl KvElem for f32 {
-    /// 16 f32s from `p`.
-    ///
-    /// # Safety
-    /// As for [`KvElem::load16`]: the CPU must have AVX-512F and `p..p + 16` is readable.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
-        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
-    }
-    fn widen(x: &[f32]) -> std::borrow::Cow<'_, [f32]> {
-        std::borrow::Cow::Borrowed(x)
-    }
-}
-
-impl KvElem for half::bf16 {
-    /// 16 bf16s from `p`, widened exactly to f32.
-    ///
-    /// # Safety
-    /// As for [`KvElem::load16`]: the CPU must have AVX-512F and `p..p + 16` is readable.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load16(p: *const half::bf16) -> std::arch::x86_64::__m512 {
-        unsafe {
-            use std::arch::x86_64::*;
-            let h = _mm256_loadu_si256(p.cast());
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-        }
-    }
-    fn widen(x: &[half::bf16]) -> std::borrow::Cow<'_, [f32]> {
-        std::borrow::Cow::Owned(x.iter().map(|v| v.to_f32()).collect())
     }
 }
 
@@ -402,7 +356,7 @@ fn attend(lanes: Lanes, r: &Row, scores: &mut [f32], out: &mut [f32]) {
 /// # Safety
 /// The CPU must have AVX-512F (the body is safe code).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn attend_avx512(r: &Row, scores: &mut [f32], out: &mut [f32]) {
     attend_body(Lanes::AVX512, r, scores, out)
 }

@@ -1,11 +1,14 @@
 //! What this CPU can run, asked once per call (std caches the answer). Every kernel picks its
 //! path from here, so one place says which instructions each path needs.
 
-/// AVX-512F: the 16-lane paths (`exp`, softmaxes, the packed decoding kernel).
-pub fn avx512f() -> bool {
+/// AVX-512 F, BW and VL (every AVX-512 CPU since Skylake-SP): the 16-lane paths (`exp`,
+/// softmaxes, the packed decoding kernel, bf16 conversions).
+pub fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -44,7 +47,7 @@ impl Lanes {
     pub(crate) const AVX512: Lanes = Lanes(Path::Avx512);
 
     pub fn detect() -> Lanes {
-        if avx512f() {
+        if avx512() {
             Lanes::AVX512
         } else {
             Lanes::SCALAR

@@ -1,12 +1,15 @@
 //! Training's matrix products into fresh buffers that are never zeroed first (candle's CPU
 //! matmul zero-fills every output before gemm overwrites it, a memset that measured 5 % of a
 //! training step), in one of two [`Precision`]s: f32 on the `gemm` crate (the kernels candle
-//! uses), or bf16 inputs with f32 accumulation on AMX tiles where the CPU has them.
+//! uses), or bf16 inputs with f32 accumulation on AMX tiles where the CPU has them. Operands are
+//! f32 or bf16 ([`Elem`]: mixed-precision training keeps activations in bf16), and a product's
+//! output is f32 or rounded to bf16.
 
-use super::amx;
+use super::{amx, Elem};
 use gemm::Parallelism;
+use std::borrow::Cow;
 
-/// The inputs' precision of a product. Accumulation and the result are f32 either way.
+/// The inputs' precision of a product. Accumulation is f32 either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     #[default]
@@ -17,17 +20,17 @@ pub enum Precision {
     Bf16,
 }
 
-/// A strided f32 matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
+/// A strided matrix view of f32 or bf16 elements: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
-pub struct View<'a> {
-    pub data: &'a [f32],
+pub struct View<'a, T = f32> {
+    pub data: &'a [T],
     pub rs: usize,
     pub cs: usize,
 }
 
-impl<'a> View<'a> {
+impl<'a, T: Elem> View<'a, T> {
     /// A row-major `[rows, cols]` matrix.
-    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+    pub fn rows(data: &'a [T], cols: usize) -> Self {
         View {
             data,
             rs: cols,
@@ -36,7 +39,7 @@ impl<'a> View<'a> {
     }
 
     /// The transpose of a row-major `[rows, cols]` matrix.
-    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+    pub fn transposed(data: &'a [T], cols: usize) -> Self {
         View {
             data,
             rs: 1,
@@ -57,79 +60,107 @@ impl<'a> View<'a> {
     pub fn covers(&self, r: usize, c: usize) -> bool {
         self.data.len() >= self.span(r, c)
     }
-}
 
-/// The view's matrix with every element rounded to bf16 (kept as f32), same strides.
-fn rounded(v: View, r: usize, c: usize) -> Vec<f32> {
-    v.data[..v.span(r, c)]
-        .iter()
-        .map(|&x| half::bf16::from_f32(x).to_f32())
-        .collect()
+    /// The view's `[r, c]` matrix as f32 with the same strides: borrowed when it is f32 and
+    /// `precision` is F32, else widened (exactly) and, in bf16, rounded to bf16.
+    fn f32s(&self, precision: Precision, r: usize, c: usize) -> Cow<'a, [f32]> {
+        let data = &self.data[..self.span(r, c)];
+        match (T::as_f32(data), precision) {
+            (Some(f), Precision::F32) => Cow::Borrowed(f),
+            (Some(f), Precision::Bf16) => Cow::Owned(
+                f.iter()
+                    .map(|&x| half::bf16::from_f32(x).to_f32())
+                    .collect(),
+            ),
+            (None, _) => Cow::Owned(data.iter().map(|x| x.to_f32()).collect()),
+        }
+    }
 }
 
 /// The right operand `b: [k, n]` of one or more products, prepared once for its precision:
-/// borrowed as is (f32), packed into AMX tiles (bf16), or rounded to bf16 and kept as f32 (bf16
-/// without AMX). Products with the output head's weight prepare it once for all chunks of rows.
+/// packed into AMX tiles (bf16 where the CPU has AMX), or f32 (borrowed as is, or widened and
+/// rounded to bf16 without AMX). Products with the output head's weight prepare it once for all
+/// chunks of rows.
 pub struct Rhs<'a> {
     k: usize,
     n: usize,
+    precision: Precision,
     kind: RhsKind<'a>,
 }
 
 enum RhsKind<'a> {
-    F32(View<'a>),
-    Tiles(amx::Packed),
-    Rounded {
-        data: Vec<f32>,
+    F32 {
+        data: Cow<'a, [f32]>,
         rs: usize,
         cs: usize,
     },
+    Tiles(amx::Packed),
 }
 
 impl<'a> Rhs<'a> {
-    pub fn new(precision: Precision, b: View<'a>, k: usize, n: usize) -> Self {
+    pub fn new<T: Elem>(precision: Precision, b: View<'a, T>, k: usize, n: usize) -> Self {
         assert!(
             b.covers(k, n),
             "gemm: the right operand is shorter than [{k}, {n}]"
         );
-        let kind = match precision {
-            Precision::F32 => RhsKind::F32(b),
-            Precision::Bf16 if amx::available() => RhsKind::Tiles(amx::Packed::new(b, k, n)),
-            Precision::Bf16 => RhsKind::Rounded {
-                data: rounded(b, k, n),
+        let kind = if precision == Precision::Bf16 && amx::available() {
+            RhsKind::Tiles(amx::Packed::new(b, k, n))
+        } else {
+            RhsKind::F32 {
+                data: b.f32s(precision, k, n),
                 rs: b.rs,
                 cs: b.cs,
-            },
+            }
         };
-        Rhs { k, n, kind }
+        Rhs {
+            k,
+            n,
+            precision,
+            kind,
+        }
     }
 }
 
-/// `dst (+)= a @ b` into row-major `[m, n]` at `dst`, in `b`'s precision.
+/// `dst (+)= a @ b` into row-major `[m, n]` at `dst`, in `b`'s precision; a bf16 `dst` holds
+/// the f32 result rounded.
 ///
 /// # Safety
 /// `dst` must have room for `m * n` values, initialised when `accumulate`.
-unsafe fn run(m: usize, dst: *mut f32, accumulate: bool, a: View, b: &Rhs) {
+unsafe fn run<T: Elem, O: Elem>(m: usize, dst: *mut O, accumulate: bool, a: View<T>, b: &Rhs) {
     let (k, n) = (b.k, b.n);
     assert!(
         a.covers(m, k),
         "gemm: the left operand is shorter than [{m}, {k}]"
     );
-    match &b.kind {
-        // SAFETY (all three): the caller's contract.
-        RhsKind::F32(bv) => unsafe { f32_gemm(m, n, k, dst, accumulate, a, *bv) },
-        RhsKind::Tiles(packed) => unsafe { amx::matmul(dst, accumulate, m, a, packed) },
-        RhsKind::Rounded { data, rs, cs } => {
-            let ra = rounded(a, m, k);
-            let a = View { data: &ra, ..a };
-            let bv = View {
-                data,
-                rs: *rs,
-                cs: *cs,
-            };
-            unsafe { f32_gemm(m, n, k, dst, accumulate, a, bv) }
-        }
+    let (data, rs, cs) = match &b.kind {
+        // SAFETY: the caller's contract.
+        RhsKind::Tiles(packed) => return unsafe { amx::matmul(dst, accumulate, m, a, packed) },
+        RhsKind::F32 { data, rs, cs } => (data, *rs, *cs),
+    };
+    let bv = View { data, rs, cs };
+    let ad = a.f32s(b.precision, m, k);
+    let av = View {
+        data: &ad,
+        rs: a.rs,
+        cs: a.cs,
+    };
+    if O::DTYPE == candle_core::DType::F32 {
+        // SAFETY: O is f32 (same DTYPE); the caller's contract.
+        return unsafe { f32_gemm(m, n, k, dst.cast(), accumulate, av, bv) };
     }
+    // SAFETY: the caller's contract (m * n values at dst, initialised when accumulating).
+    let out = unsafe { std::slice::from_raw_parts_mut(dst, m * n) };
+    let mut y: Vec<f32> = if accumulate {
+        out.iter().map(|x| x.to_f32()).collect()
+    } else {
+        Vec::with_capacity(m * n)
+    };
+    // SAFETY: room for m * n values, all written by the product (k > 0 at every caller).
+    unsafe {
+        f32_gemm(m, n, k, y.as_mut_ptr(), accumulate, av, bv);
+        y.set_len(m * n);
+    }
+    super::elem::store_f32(&y, out);
 }
 
 /// # Safety
@@ -176,18 +207,31 @@ unsafe fn f32_gemm(
     };
 }
 
-/// `a @ b` for `a: [m, k]`, `b: [k, n]`, row-major `[m, n]`.
-pub fn matmul(precision: Precision, m: usize, n: usize, k: usize, a: View, b: View) -> Vec<f32> {
+/// `a @ b` for `a: [m, k]`, `b: [k, n]`, row-major f32 `[m, n]`.
+pub fn matmul<A: Elem, B: Elem>(
+    precision: Precision,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View<A>,
+    b: View<B>,
+) -> Vec<f32> {
     matmul_by(m, a, &Rhs::new(precision, b, k, n))
 }
 
-/// `a @ b` for `a: [m, k]` and a prepared `b`, row-major `[m, n]`.
-pub fn matmul_by(m: usize, a: View, b: &Rhs) -> Vec<f32> {
+/// `a @ b` for `a: [m, k]` and a prepared `b`, row-major f32 `[m, n]`.
+pub fn matmul_by<A: Elem>(m: usize, a: View<A>, b: &Rhs) -> Vec<f32> {
+    matmul_to(m, a, b)
+}
+
+/// `a @ b` for `a: [m, k]` and a prepared `b`, row-major `[m, n]` of `O` (f32, or the f32
+/// result rounded to bf16 as it is written out).
+pub fn matmul_to<A: Elem, O: Elem>(m: usize, a: View<A>, b: &Rhs) -> Vec<O> {
     let (k, n) = (b.k, b.n);
     if m == 0 || n == 0 || k == 0 {
-        return vec![0.0; m * n];
+        return vec![O::from_f32(0.0); m * n];
     }
-    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    let mut dst: Vec<O> = Vec::with_capacity(m * n);
     // SAFETY: room for m * n values, all of which the product writes (k > 0) before `set_len`.
     unsafe {
         run(m, dst.as_mut_ptr(), false, a, b);
@@ -196,25 +240,25 @@ pub fn matmul_by(m: usize, a: View, b: &Rhs) -> Vec<f32> {
     dst
 }
 
-/// `a_i @ b_i` for `batch` pairs, row-major `[batch, m, n]`: pair `i` is `a` and `b` moved on by
-/// `i * a_step` and `i * b_step` elements (candle's batched matmul, as attention runs it). The
-/// pairs run in parallel, each product on one thread.
+/// `a_i @ b_i` for `batch` pairs, row-major f32 `[batch, m, n]`: pair `i` is `a` and `b` moved
+/// on by `i * a_step` and `i * b_step` elements (candle's batched matmul, as attention runs it).
+/// The pairs run in parallel, each product on one thread.
 #[allow(clippy::too_many_arguments)]
-pub fn batched(
+pub fn batched<A: Elem, B: Elem, O: Elem>(
     precision: Precision,
     batch: usize,
     m: usize,
     n: usize,
     k: usize,
-    (a, a_step): (View, usize),
-    (b, b_step): (View, usize),
-) -> Vec<f32> {
+    (a, a_step): (View<A>, usize),
+    (b, b_step): (View<B>, usize),
+) -> Vec<O> {
     use rayon::prelude::*;
     let len = batch * m * n;
     if len == 0 || k == 0 {
-        return vec![0.0; len];
+        return vec![O::from_f32(0.0); len];
     }
-    let mut dst: Vec<f32> = Vec::with_capacity(len);
+    let mut dst: Vec<O> = Vec::with_capacity(len);
     dst.spare_capacity_mut()[..len]
         .par_chunks_mut(m * n)
         .enumerate()
@@ -222,7 +266,15 @@ pub fn batched(
             let rhs = Rhs::new(precision, moved(b, b_step, i), k, n);
             // SAFETY: `out` has room for this pair's m * n values, all of which the product
             // writes (k > 0); `Rhs::new` and `run` check that the views cover their matrices.
-            unsafe { run(m, out.as_mut_ptr().cast(), false, moved(a, a_step, i), &rhs) };
+            unsafe {
+                run(
+                    m,
+                    out.as_mut_ptr().cast::<O>(),
+                    false,
+                    moved(a, a_step, i),
+                    &rhs,
+                )
+            };
         });
     // SAFETY: every pair's values were written just above.
     unsafe { dst.set_len(len) };
@@ -230,7 +282,7 @@ pub fn batched(
 }
 
 /// `v` moved on by `i * step` elements.
-fn moved(v: View<'_>, step: usize, i: usize) -> View<'_> {
+fn moved<T>(v: View<'_, T>, step: usize, i: usize) -> View<'_, T> {
     View {
         data: v.data.get(i * step..).unwrap_or_default(),
         ..v
@@ -238,20 +290,20 @@ fn moved(v: View<'_>, step: usize, i: usize) -> View<'_> {
 }
 
 /// `dst += a @ b`, `dst` row-major `[m, n]`.
-pub fn matmul_acc(
+pub fn matmul_acc<A: Elem, B: Elem>(
     precision: Precision,
     dst: &mut [f32],
     m: usize,
     n: usize,
     k: usize,
-    a: View,
-    b: View,
+    a: View<A>,
+    b: View<B>,
 ) {
     matmul_acc_by(dst, m, a, &Rhs::new(precision, b, k, n))
 }
 
 /// `dst += a @ b` for a prepared `b`, `dst` row-major `[m, n]`.
-pub fn matmul_acc_by(dst: &mut [f32], m: usize, a: View, b: &Rhs) {
+pub fn matmul_acc_by<A: Elem>(dst: &mut [f32], m: usize, a: View<A>, b: &Rhs) {
     assert_eq!(dst.len(), m * b.n);
     if m == 0 || b.n == 0 || b.k == 0 {
         return;
@@ -290,7 +342,14 @@ mod tests {
         );
         assert_eq!(got, want);
         assert_eq!(
-            matmul(f32, 2, 3, 0, View::rows(&[], 0), View::rows(&[], 3)),
+            matmul(
+                f32,
+                2,
+                3,
+                0,
+                View::<f32>::rows(&[], 0),
+                View::<f32>::rows(&[], 3)
+            ),
             vec![0.0; 6]
         );
     }
@@ -306,7 +365,12 @@ mod tests {
             .map(|i| ((i * 53 % 97) as f32 - 48.0) / 47.1)
             .collect();
         let (av, bv) = (View::rows(&a, k), View::rows(&b, n));
-        let (ra, rb) = (rounded(av, m, k), rounded(bv, k, n));
+        let round = |v: &[f32]| -> Vec<f32> {
+            v.iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect()
+        };
+        let (ra, rb) = (round(&a), round(&b));
         let want = matmul(
             Precision::F32,
             m,
@@ -335,6 +399,59 @@ mod tests {
             off_f32 > 1e-3,
             "bf16 products equal f32 ones: inputs not rounded"
         );
+        // bf16 operands (activations kept in bf16) give the same product as their f32 values,
+        // in every layout, and a bf16 output is the f32 one rounded.
+        let (ha, hb) = (
+            super::super::elem::narrowed(&a),
+            super::super::elem::narrowed(&b),
+        );
+        let at = transpose(&ra, m, k);
+        let (hat, hbt) = (transpose(&ha, m, k), transpose(&hb, k, n));
+        // (Same packed tiles on AMX, so equal bits; other layouts may sum in another order on
+        // the f32 fallback.)
+        let close = |x: &[f32]| x.iter().zip(&got).all(|(x, g)| (x - g).abs() <= 1e-4);
+        assert_eq!(
+            matmul(
+                Precision::Bf16,
+                m,
+                n,
+                k,
+                View::rows(&ha, k),
+                View::rows(&hb, n)
+            ),
+            got
+        );
+        let transposed = matmul(
+            Precision::Bf16,
+            m,
+            n,
+            k,
+            View::transposed(&hat, m),
+            View::transposed(&hbt, k),
+        );
+        assert!(close(&transposed));
+        let mixed = matmul(
+            Precision::Bf16,
+            m,
+            n,
+            k,
+            View::transposed(&at, m),
+            View::rows(&hb, n),
+        );
+        assert!(close(&mixed));
+        let rhs = Rhs::new(Precision::Bf16, View::rows(&hb, n), k, n);
+        let narrow: Vec<half::bf16> = matmul_to(m, View::rows(&ha, k), &rhs);
+        assert_eq!(narrow, super::super::elem::narrowed(&got));
+        // Without AMX (or in f32) a bf16 operand is widened exactly.
+        let f32_of_bf16 = matmul(
+            Precision::F32,
+            m,
+            n,
+            k,
+            View::rows(&ha, k),
+            View::rows(&rb, n),
+        );
+        assert_eq!(f32_of_bf16, want);
         eprintln!(
             "bf16 path: {}",
             if amx::available() {
@@ -343,5 +460,10 @@ mod tests {
                 "rounding + f32 gemm"
             }
         );
+    }
+
+    /// The row-major transpose of a row-major `[r, c]` matrix.
+    fn transpose<T: Copy>(v: &[T], r: usize, c: usize) -> Vec<T> {
+        (0..r * c).map(|i| v[(i % r) * c + i / r]).collect()
     }
 }

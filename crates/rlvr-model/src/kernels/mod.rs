@@ -12,12 +12,14 @@
 //! - [`skinny`]: `x @ w^T` for few rows (decoding, f32 weights).
 //! - [`packed`]: weights packed for decoding on AVX-512, bf16 or f32.
 //! - [`team`]: the worker threads the kernels split rows over.
+//! - [`elem`]: the element types they read and write (f32, bf16 activations).
 //! - `aligned`: buffers on cache-line boundaries (tile loads need them).
 
 mod aligned;
 pub mod amx;
 pub mod attention;
 pub mod cpu;
+pub mod elem;
 pub mod exp;
 pub mod gemm;
 pub mod packed;
@@ -30,6 +32,7 @@ pub mod vocab;
 
 pub(crate) use aligned::Aligned;
 pub use cpu::Lanes;
+pub use elem::Elem;
 
 use candle_core::{DType, Result, Storage, Tensor};
 

@@ -41,7 +41,7 @@ pub struct Packed {
 
 /// Whether this CPU runs the packed kernel (AVX-512F).
 pub fn available() -> bool {
-    super::cpu::avx512f()
+    super::cpu::avx512()
 }
 
 impl std::fmt::Debug for Packed {

@@ -34,7 +34,7 @@ pub fn try_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 }
 
 fn max_rows() -> usize {
-    if super::cpu::avx512f() {
+    if super::cpu::avx512() {
         MAX_ROWS_AVX512
     } else {
         MAX_ROWS
@@ -65,7 +65,7 @@ impl CustomOp2 for SkinnyMatmul {
         let wo = wl.start_offset();
         // Transposed output [n, m]: every task owns a contiguous block of it.
         let mut yt = vec![0f32; n * m];
-        let wide = super::cpu::avx512f();
+        let wide = super::cpu::avx512();
         match ws {
             CpuStorage::F32(w) => {
                 let w = &w[wo..wo + n * k];

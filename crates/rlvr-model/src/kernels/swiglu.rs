@@ -1,8 +1,10 @@
-//! SwiGLU, `silu(gate) * up`, and its backward in one pass each (chunks in parallel).
+//! SwiGLU, `silu(gate) * up`, and its backward in one pass each (chunks in parallel). Inputs
+//! are f32 or bf16 (mixed-precision training's activations), computed in f32; the output is
+//! f32 or rounded to bf16, the gradients f32.
 
 #[cfg(target_arch = "x86_64")]
-use super::exp::{exp16, tail_mask};
-use super::Lanes;
+use super::exp::exp16;
+use super::{Elem, Lanes};
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -10,19 +12,20 @@ use std::arch::x86_64::*;
 const CHUNK: usize = 1 << 14;
 
 /// `silu(gate) * up`.
-pub fn forward(lanes: Lanes, gate: &[f32], up: &[f32]) -> Vec<f32> {
+pub fn forward<T: Elem, O: Elem>(lanes: Lanes, gate: &[T], up: &[T]) -> Vec<O> {
     assert_eq!(gate.len(), up.len());
-    let mut out = super::zeroed::<f32>(gate.len());
+    let mut out = super::zeroed::<O>(gate.len());
     super::team::for_each_chunk_mut(&mut out, CHUNK, |i, y| {
         let span = i * CHUNK..i * CHUNK + y.len();
         let (g, u) = (&gate[span.clone()], &up[span]);
         #[cfg(target_arch = "x86_64")]
         if lanes == Lanes::AVX512 {
-            // SAFETY: AVX-512F checked above; the three slices have the same length.
+            // SAFETY: AVX-512 checked above; the three slices have the same length.
             return unsafe { forward_avx512(g, u, y) };
         }
         for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-            *y = g * u / (1.0 + (-g).exp());
+            let (g, u) = (g.to_f32(), u.to_f32());
+            *y = O::from_f32(g * u / (1.0 + (-g).exp()));
         }
     });
     out
@@ -30,7 +33,7 @@ pub fn forward(lanes: Lanes, gate: &[f32], up: &[f32]) -> Vec<f32> {
 
 /// Gradients of `silu(gate) * up` w.r.t. `gate` and `up`, given the output's gradient `dy`:
 /// with `s = sigmoid(gate)`, `d_up = dy silu(gate)`, `d_gate = dy up s (1 + gate (1 - s))`.
-pub fn backward(lanes: Lanes, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub fn backward<T: Elem>(lanes: Lanes, gate: &[T], up: &[T], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     assert!(gate.len() == up.len() && up.len() == dy.len());
     let (mut dg, mut du) = (
         super::zeroed::<f32>(gate.len()),
@@ -43,13 +46,14 @@ pub fn backward(lanes: Lanes, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>
         .for_each(|(((dg, du), (g, u)), dy)| {
             #[cfg(target_arch = "x86_64")]
             if lanes == Lanes::AVX512 {
-                // SAFETY: AVX-512F checked above; the five slices have the same length.
+                // SAFETY: AVX-512 checked above; the five slices have the same length.
                 return unsafe { backward_avx512(g, u, dy, dg, du) };
             }
             for i in 0..g.len() {
-                let s = 1.0 / (1.0 + (-g[i]).exp());
-                du[i] = dy[i] * g[i] * s;
-                dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                let (gi, ui) = (g[i].to_f32(), u[i].to_f32());
+                let s = 1.0 / (1.0 + (-gi).exp());
+                du[i] = dy[i] * gi * s;
+                dg[i] = dy[i] * ui * s * (1.0 + gi * (1.0 - s));
             }
         });
     (dg, du)
@@ -66,24 +70,22 @@ fn sigmoid16(g: __m512) -> __m512 {
 /// `y = silu(g) * u`, 16 lanes at a time.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `u` and `y` are at least as long as `g`.
+/// The CPU must have AVX-512 F, BW and VL; `u` and `y` are at least as long as `g`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn forward_avx512(g: &[f32], u: &[f32], y: &mut [f32]) {
-    unsafe {
-        let n = g.len();
-        let mut i = 0;
-        while i < n {
-            let k = tail_mask(n - i);
-            let gv = _mm512_maskz_loadu_ps(k, g.as_ptr().add(i));
-            let uv = _mm512_maskz_loadu_ps(k, u.as_ptr().add(i));
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn forward_avx512<T: Elem, O: Elem>(g: &[T], u: &[T], y: &mut [O]) {
+    for i in (0..g.len()).step_by(16) {
+        let n = g.len() - i;
+        // SAFETY: n.min(16) values from i in each slice.
+        unsafe {
+            let gv = T::load16(g.as_ptr().add(i), n);
+            let uv = T::load16(u.as_ptr().add(i), n);
             let s = sigmoid16(gv);
-            _mm512_mask_storeu_ps(
+            O::store16(
                 y.as_mut_ptr().add(i),
-                k,
+                n,
                 _mm512_mul_ps(_mm512_mul_ps(gv, s), uv),
             );
-            i += 16;
         }
     }
 }
@@ -91,30 +93,28 @@ unsafe fn forward_avx512(g: &[f32], u: &[f32], y: &mut [f32]) {
 /// [`backward`]'s `dg` and `du` for one chunk, 16 lanes at a time.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `u`, `dy`, `dg` and `du` are at least as long as `g`.
+/// The CPU must have AVX-512 F, BW and VL; `u`, `dy`, `dg` and `du` are at least as long as `g`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn backward_avx512(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
-    unsafe {
-        let n = g.len();
-        let one = _mm512_set1_ps(1.0);
-        let mut i = 0;
-        while i < n {
-            let k = tail_mask(n - i);
-            let gv = _mm512_maskz_loadu_ps(k, g.as_ptr().add(i));
-            let uv = _mm512_maskz_loadu_ps(k, u.as_ptr().add(i));
-            let d = _mm512_maskz_loadu_ps(k, dy.as_ptr().add(i));
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn backward_avx512<T: Elem>(g: &[T], u: &[T], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    let one = _mm512_set1_ps(1.0);
+    for i in (0..g.len()).step_by(16) {
+        let n = g.len() - i;
+        // SAFETY: n.min(16) values from i in each slice.
+        unsafe {
+            let gv = T::load16(g.as_ptr().add(i), n);
+            let uv = T::load16(u.as_ptr().add(i), n);
+            let d = f32::load16(dy.as_ptr().add(i), n);
             let s = sigmoid16(gv);
             let ds = _mm512_mul_ps(d, s);
-            _mm512_mask_storeu_ps(du.as_mut_ptr().add(i), k, _mm512_mul_ps(ds, gv));
+            f32::store16(du.as_mut_ptr().add(i), n, _mm512_mul_ps(ds, gv));
             // 1 + g (1 - s)
             let f = _mm512_fmadd_ps(gv, _mm512_sub_ps(one, s), one);
-            _mm512_mask_storeu_ps(
+            f32::store16(
                 dg.as_mut_ptr().add(i),
-                k,
+                n,
                 _mm512_mul_ps(_mm512_mul_ps(ds, uv), f),
             );
-            i += 16;
         }
     }
 }
@@ -122,6 +122,7 @@ unsafe fn backward_avx512(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::bf16;
 
     #[test]
     fn forward_and_backward_match_f64() {
@@ -141,7 +142,7 @@ mod tests {
         let dy: Vec<f32> = (0..n)
             .map(|i| ((i * 11 % 101) as f32 - 50.0) / 25.0)
             .collect();
-        let y = forward(lanes, &g, &u);
+        let y: Vec<f32> = forward(lanes, &g, &u);
         let (dg, du) = backward(lanes, &g, &u, &dy);
         for i in 0..n {
             let (gi, ui, di) = (g[i] as f64, u[i] as f64, dy[i] as f64);
@@ -154,5 +155,23 @@ mod tests {
                 "dg[{i}]"
             );
         }
+        // bf16 inputs and output: the f32 computation on the widened inputs, rounded once.
+        let (gb, ub): (Vec<bf16>, Vec<bf16>) = (
+            g.iter().map(|&x| bf16::from_f32(x)).collect(),
+            u.iter().map(|&x| bf16::from_f32(x)).collect(),
+        );
+        let (gw, uw): (Vec<f32>, Vec<f32>) = (
+            gb.iter().map(|x| x.to_f32()).collect(),
+            ub.iter().map(|x| x.to_f32()).collect(),
+        );
+        let want: Vec<f32> = forward(lanes, &gw, &uw);
+        let got: Vec<bf16> = forward(lanes, &gb, &ub);
+        for (i, (w, b)) in want.iter().zip(&got).enumerate() {
+            assert_eq!(bf16::from_f32(*w), *b, "bf16 y[{i}]");
+        }
+        assert_eq!(
+            backward(lanes, &gb, &ub, &dy),
+            backward(lanes, &gw, &uw, &dy)
+        );
     }
 }

@@ -32,9 +32,22 @@ impl From<Tensor> for Output {
 }
 
 impl Output {
-    /// An f32 CPU buffer of `shape` (moved, not copied, into the op's output).
-    pub fn cpu(data: Vec<f32>, shape: impl Into<Shape>) -> Self {
-        Output::Cpu(CpuStorage::F32(data), shape.into())
+    /// The result as a tensor on `device` (a CPU buffer moves into it, no copy).
+    pub fn into_tensor(self, device: &candle_core::Device) -> Result<Tensor> {
+        match self {
+            Output::Tensor(t) => Ok(t),
+            Output::Cpu(s, shape) => match s {
+                CpuStorage::F32(v) => Tensor::from_vec(v, shape, device),
+                CpuStorage::BF16(v) => Tensor::from_vec(v, shape, device),
+                CpuStorage::F64(v) => Tensor::from_vec(v, shape, device),
+                _ => candle_core::bail!("into_tensor: unsupported CPU dtype"),
+            },
+        }
+    }
+
+    /// A CPU buffer of `shape` (moved, not copied, into the op's output).
+    pub fn cpu<T: candle_core::WithDType>(data: Vec<T>, shape: impl Into<Shape>) -> Self {
+        Output::Cpu(T::to_cpu_storage_owned(data), shape.into())
     }
 }
 
@@ -73,6 +86,7 @@ impl<B> Precomputed<B> {
         let s = match t.dtype() {
             DType::F32 => CpuStorage::F32(flat.to_vec1::<f32>()?),
             DType::F64 => CpuStorage::F64(flat.to_vec1::<f64>()?),
+            DType::BF16 => CpuStorage::BF16(flat.to_vec1::<half::bf16>()?),
             d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name),
         };
         Ok((s, shape))

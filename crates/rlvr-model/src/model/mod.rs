@@ -46,12 +46,24 @@ impl Linear {
     /// `x: [N, in]` → `[N, out]`, the product's inputs in `precision`. Without `grad`, few-row
     /// inputs take the decoding kernel.
     pub fn forward(&self, x: &Tensor, grad: bool, precision: Precision) -> Result<Tensor> {
+        self.forward_to(x, grad, precision, DType::F32)
+    }
+
+    /// [`Linear::forward`] with a bf16 output (`out`) where the CPU kernels run the product in
+    /// bf16: an activation that only feeds other bf16 products; f32 otherwise.
+    pub fn forward_to(
+        &self,
+        x: &Tensor,
+        grad: bool,
+        precision: Precision,
+        out: DType,
+    ) -> Result<Tensor> {
         let w = self.weight.as_tensor();
         let y = if let (false, Some(p)) = (grad, &self.packed) {
             p.matmul_t(x)?
         } else if !grad && precision == Precision::F32 {
             matmul_t(x, w)?
-        } else if let Some(y) = ops::linear(x, w, grad, precision)? {
+        } else if let Some(y) = ops::linear(x, w, grad, precision, out)? {
             y
         } else if precision == Precision::Bf16 && x.dtype() == DType::F32 {
             // Other devices: their bf16 matmul (cuBLAS on CUDA), differentiable through the casts.
@@ -67,7 +79,8 @@ impl Linear {
 
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
-            Some(b) => y.broadcast_add(b.as_tensor()),
+            // A bf16 output takes the bias in bf16, as autocast's linear does.
+            Some(b) => y.broadcast_add(&b.as_tensor().to_dtype(y.dtype())?),
             None => Ok(y),
         }
     }
@@ -449,7 +462,13 @@ impl Model {
                 ops::attention(q, k, v, &mask, dims, grad, precision)
             })?;
         }
-        ops::rms_norm(&x, self.norm.as_tensor(), self.cfg.rms_norm_eps, grad)
+        ops::rms_norm(
+            &x,
+            self.norm.as_tensor(),
+            self.cfg.rms_norm_eps,
+            grad,
+            DType::F32,
+        )
     }
 
     /// Full logits `[B, S, vocab]` (tests and small inputs; training uses chunked log-probs).
@@ -486,7 +505,17 @@ impl Model {
             head_dim,
         } = self.dims();
         let eps = self.cfg.rms_norm_eps;
-        let hn = ops::rms_norm(x, layer.input_norm.as_tensor(), eps, grad)?.reshape((b * l, h))?;
+        // Mixed-precision training on the CPU kernels keeps the activations that only feed
+        // products (normed inputs, gate and up, the SwiGLU output) in bf16, as autocast does:
+        // half their memory, and products read them without converting. The residual stream,
+        // attention and every gradient stay f32.
+        let act = if grad && precision == Precision::Bf16 && crate::kernels::applies(x) {
+            DType::BF16
+        } else {
+            DType::F32
+        };
+        let hn =
+            ops::rms_norm(x, layer.input_norm.as_tensor(), eps, grad, act)?.reshape((b * l, h))?;
         let split = |t: Tensor, n: usize| -> Result<Tensor> {
             t.reshape((b, l, n, head_dim))?
                 .transpose(1, 2)?
@@ -516,7 +545,8 @@ impl Model {
         let a = attn(&q, &k, &v)?;
         let a = a.transpose(1, 2)?.reshape((b * l, heads * head_dim))?;
         let x = (x + layer.o.forward(&a, grad, precision)?.reshape((b, l, h))?)?;
-        let hn = ops::rms_norm(&x, layer.post_norm.as_tensor(), eps, grad)?.reshape((b * l, h))?;
+        let hn =
+            ops::rms_norm(&x, layer.post_norm.as_tensor(), eps, grad, act)?.reshape((b * l, h))?;
         let m = match (&layer.fused, grad) {
             (Some(f), false) => {
                 let y = f.gate_up.matmul_t(&hn)?;
@@ -524,8 +554,8 @@ impl Model {
                 ops::swiglu(&y.narrow(1, 0, i)?, &y.narrow(1, i, i)?, false)?
             }
             _ => ops::swiglu(
-                &layer.gate.forward(&hn, grad, precision)?,
-                &layer.up.forward(&hn, grad, precision)?,
+                &layer.gate.forward_to(&hn, grad, precision, act)?,
+                &layer.up.forward_to(&hn, grad, precision, act)?,
                 grad,
             )?,
         };
@@ -592,7 +622,13 @@ impl Model {
         }
         cache.advance(first_slot, n, l);
         let last = x.narrow(1, l - 1, 1)?.squeeze(1)?;
-        let hn = ops::rms_norm(&last, self.norm.as_tensor(), self.cfg.rms_norm_eps, false)?;
+        let hn = ops::rms_norm(
+            &last,
+            self.norm.as_tensor(),
+            self.cfg.rms_norm_eps,
+            false,
+            DType::F32,
+        )?;
         match &self.lm_head_packed {
             Some(p) => p.matmul_t(&hn),
             None => matmul_t(&hn, self.lm_head_weight()),
@@ -630,7 +666,7 @@ fn decode_attention(
     };
     let scale = 1.0 / (head_dim as f32).sqrt();
     // The cache holds f32, or bf16 for a bf16 decoding copy.
-    fn run<T: candle_core::WithDType + attention::KvElem>(
+    fn run<T: crate::kernels::Elem>(
         q: &Tensor,
         kc: &Tensor,
         vc: &Tensor,
@@ -661,7 +697,7 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if let Some(y) = skinny::try_matmul_t(x, w)? {
         return Ok(y);
     }
-    if let Some(y) = ops::linear(x, w, false, Precision::F32)? {
+    if let Some(y) = ops::linear(x, w, false, Precision::F32, DType::F32)? {
         return Ok(y);
     }
     if x.dtype() == w.dtype() {

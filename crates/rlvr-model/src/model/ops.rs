@@ -6,6 +6,8 @@ use super::autograd::{op1, op2, op3, Output};
 use crate::kernels::gemm::Precision;
 use crate::kernels::{self, Lanes};
 use candle_core::{DType, Result, Tensor, D};
+use half::bf16;
+use kernels::Elem;
 
 fn fused(x: &Tensor) -> bool {
     x.dtype() == DType::F32
@@ -13,69 +15,102 @@ fn fused(x: &Tensor) -> bool {
 
 /// `x @ w^T` for `x: [N, in]` and `w: [out, in]` (a linear layer without bias), on the CPU
 /// gemm kernels with `dx = g w` and `dw = g^T x` as backward, all three products in
-/// `precision`. `None` where those do not apply (other devices and dtypes): the caller uses
-/// `matmul`.
-pub fn linear(x: &Tensor, w: &Tensor, grad: bool, precision: Precision) -> Result<Option<Tensor>> {
-    use kernels::gemm::{matmul, View};
-    if !(kernels::applies(x) && kernels::applies(w) && x.rank() == 2) {
+/// `precision`. The output is f32, or bf16 (`out`) for an activation that only feeds other bf16
+/// products; in bf16 `x` may be bf16 too (the gradients stay f32). `None` where those do not
+/// apply (other devices and dtypes): the caller uses `matmul`.
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    grad: bool,
+    precision: Precision,
+    out: DType,
+) -> Result<Option<Tensor>> {
+    let bf16_ok = precision == Precision::Bf16;
+    let x_ok = x.dtype() == DType::F32 || (bf16_ok && x.dtype() == DType::BF16);
+    let out_ok = out == DType::F32 || (bf16_ok && out == DType::BF16);
+    if !(x.device().is_cpu() && x_ok && out_ok && kernels::applies(w) && x.rank() == 2) {
         return Ok(None);
     }
-    let ((n, k), (out, k2)) = (x.dims2()?, w.dims2()?);
+    let (k, k2) = (x.dim(1)?, w.dim(1)?);
     if k != k2 {
-        candle_core::bail!("linear: x is [{n}, {k}] but the weight is [{out}, {k2}]")
+        candle_core::bail!(
+            "linear: x is [{}, {k}] but the weight is [{}, {k2}]",
+            x.dim(0)?,
+            w.dim(0)?
+        )
     }
-    let y = kernels::with_slice(&x.detach(), |xv| {
-        kernels::with_slice(&w.detach(), |wv| {
-            matmul(
-                precision,
-                n,
-                out,
-                k,
-                View::rows(xv, k),
-                View::transposed(wv, k),
-            )
-        })
+    Ok(Some(match out {
+        DType::BF16 => linear_to::<bf16>(x, w, grad, precision)?,
+        _ => linear_to::<f32>(x, w, grad, precision)?,
+    }))
+}
+
+/// [`linear`] with its output in `O`.
+fn linear_to<O: Elem>(x: &Tensor, w: &Tensor, grad: bool, precision: Precision) -> Result<Tensor> {
+    use kernels::gemm::{matmul, matmul_to, Rhs, View};
+    let ((n, k), out) = (x.dims2()?, w.dim(0)?);
+    let xd = x.detach().contiguous()?;
+    let y: Vec<O> = kernels::with_slice(&w.detach(), |wv| {
+        let rhs = Rhs::new(precision, View::transposed(wv, k), k, out);
+        match xd.dtype() {
+            DType::BF16 => {
+                kernels::with_slice_of::<bf16, _>(&xd, |xv| matmul_to(n, View::rows(xv, k), &rhs))
+            }
+            _ => kernels::with_slice_of::<f32, _>(&xd, |xv| matmul_to(n, View::rows(xv, k), &rhs)),
+        }
     })??;
     if !grad {
-        return Ok(Some(Tensor::from_vec(y, (n, out), x.device())?));
+        return Tensor::from_vec(y, (n, out), x.device());
     }
-    let y = op2("linear", x, w, Output::cpu(y, (n, out)), move |x, w, g| {
-        let (dx, dw) = kernels::with_slice(g, |gv| {
+    op2("linear", x, w, Output::cpu(y, (n, out)), move |x, w, g| {
+        let g = g.to_dtype(DType::F32)?;
+        let (dx, dw) = kernels::with_slice(&g, |gv| {
             let dx = kernels::with_slice(w, |wv| {
                 matmul(precision, n, k, out, View::rows(gv, out), View::rows(wv, k))
             })?;
-            let dw = kernels::with_slice(x, |xv| {
-                matmul(
-                    precision,
-                    out,
-                    k,
-                    n,
-                    View::transposed(gv, out),
-                    View::rows(xv, k),
-                )
-            })?;
+            let gt = View::transposed(gv, out);
+            let x = x.contiguous()?;
+            let dw = match x.dtype() {
+                DType::BF16 => kernels::with_slice_of::<bf16, _>(&x, |xv| {
+                    matmul(precision, out, k, n, gt, View::rows(xv, k))
+                })?,
+                _ => kernels::with_slice_of::<f32, _>(&x, |xv| {
+                    matmul(precision, out, k, n, gt, View::rows(xv, k))
+                })?,
+            };
             Ok::<_, candle_core::Error>((dx, dw))
         })??;
         Ok((
             Some(Tensor::from_vec(dx, (n, k), x.device())?),
             Some(Tensor::from_vec(dw, (out, k), w.device())?),
         ))
-    })?;
-    Ok(Some(y))
+    })
 }
 
-/// RMSNorm over the last dim: `x / sqrt(mean(x^2) + eps) * w`.
-pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, grad: bool) -> Result<Tensor> {
+/// RMSNorm over the last dim: `x / sqrt(mean(x^2) + eps) * w`, computed in f32; the output is
+/// rounded to bf16 when `out` is bf16 (mixed precision's input to the next products) and the
+/// CPU kernels apply.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, grad: bool, out: DType) -> Result<Tensor> {
     let y = if fused(x) {
         candle_nn::ops::rms_norm(&x.detach().contiguous()?, &w.detach(), eps as f32)?
     } else {
         let inv = inv_rms(&x.detach(), eps)?;
         x.detach().broadcast_mul(&inv)?.broadcast_mul(&w.detach())?
     };
-    if !grad {
-        return Ok(y);
-    }
+    let y: Output = if out == DType::BF16 && kernels::applies(&y) {
+        let v = kernels::with_slice(&y, kernels::elem::narrowed)?;
+        if !grad {
+            return Tensor::from_vec(v, y.shape(), y.device());
+        }
+        Output::cpu(v, y.shape())
+    } else {
+        if !grad {
+            return Ok(y);
+        }
+        y.into()
+    };
     op2("rms-norm", x, w, y, move |x, w, g| {
+        let g = &g.to_dtype(x.dtype())?;
         if kernels::applies(x) && kernels::applies(w) {
             let (dx, dw) = kernels::with_slice(x, |xv| {
                 kernels::with_slice(w, |wv| {
@@ -145,17 +180,27 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
-/// `silu(gate) * up`.
+/// `silu(gate) * up`, in the inputs' dtype (f32, or bf16 from bf16 products); gradients f32.
 pub fn swiglu(gate: &Tensor, up: &Tensor, grad: bool) -> Result<Tensor> {
-    let y: Output = if kernels::applies(gate) {
-        let (g, u) = (gate.detach(), up.detach());
-        let y = kernels::with_slice(&g, |g| {
-            kernels::with_slice(&u, |u| kernels::swiglu::forward(Lanes::detect(), g, u))
-        })??;
+    let bf16_in = gate.dtype() == DType::BF16 && up.dtype() == DType::BF16;
+    let y: Output = if gate.device().is_cpu() && (kernels::applies(gate) || bf16_in) {
+        let (g, u) = (gate.detach().contiguous()?, up.detach().contiguous()?);
+        let lanes = Lanes::detect();
+        let y = if bf16_in {
+            let y: Vec<bf16> = kernels::with_slice_of::<bf16, _>(&g, |g| {
+                kernels::with_slice_of::<bf16, _>(&u, |u| kernels::swiglu::forward(lanes, g, u))
+            })??;
+            Output::cpu(y, gate.shape())
+        } else {
+            let y: Vec<f32> = kernels::with_slice(&g, |g| {
+                kernels::with_slice(&u, |u| kernels::swiglu::forward(lanes, g, u))
+            })??;
+            Output::cpu(y, gate.shape())
+        };
         if !grad {
-            return Tensor::from_vec(y, gate.shape(), gate.device());
+            return y.into_tensor(gate.device());
         }
-        Output::cpu(y, gate.shape())
+        y
     } else {
         let y = (gate.detach().silu()? * up.detach())?;
         if !grad {
@@ -164,13 +209,25 @@ pub fn swiglu(gate: &Tensor, up: &Tensor, grad: bool) -> Result<Tensor> {
         y.into()
     };
     op2("swiglu", gate, up, y, |gate, up, g| {
-        if kernels::applies(gate) {
-            let (dg, du) = kernels::with_slice(gate, |gv| {
-                kernels::with_slice(up, |uv| {
-                    kernels::with_slice(g, |dy| {
-                        kernels::swiglu::backward(Lanes::detect(), gv, uv, dy)
+        let bf16_in = gate.dtype() == DType::BF16 && up.dtype() == DType::BF16;
+        if gate.device().is_cpu() && (kernels::applies(gate) || bf16_in) {
+            let g = g.to_dtype(DType::F32)?;
+            let (gate_c, up_c) = (gate.contiguous()?, up.contiguous()?);
+            let lanes = Lanes::detect();
+            let (dg, du) = kernels::with_slice(&g, |dy| {
+                if bf16_in {
+                    kernels::with_slice_of::<bf16, _>(&gate_c, |gv| {
+                        kernels::with_slice_of::<bf16, _>(&up_c, |uv| {
+                            kernels::swiglu::backward(lanes, gv, uv, dy)
+                        })
                     })
-                })
+                } else {
+                    kernels::with_slice_of::<f32, _>(&gate_c, |gv| {
+                        kernels::with_slice_of::<f32, _>(&up_c, |uv| {
+                            kernels::swiglu::backward(lanes, gv, uv, dy)
+                        })
+                    })
+                }
             })???;
             let shape = gate.shape();
             return Ok((
@@ -371,8 +428,8 @@ mod tests {
         let cos = Tensor::randn(0f64, 1.0, (2, 5, 4), &dev).unwrap();
         let sin = Tensor::randn(0f64, 1.0, (2, 5, 4), &dev).unwrap();
         let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-        let a = rms_norm(&x, &w, 1e-5, true).unwrap();
-        let b = rms_norm(&f(&x), &f(&w), 1e-5, false).unwrap();
+        let a = rms_norm(&x, &w, 1e-5, true, DType::F32).unwrap();
+        let b = rms_norm(&f(&x), &f(&w), 1e-5, false, DType::F32).unwrap();
         assert!(max_abs_diff(&a, &b) < 1e-5);
         let a = rope(&x, &cos, &sin, true).unwrap();
         let b = rope(&f(&x), &f(&cos), &f(&sin), false).unwrap();
@@ -406,7 +463,7 @@ mod tests {
         };
         let probe = Tensor::randn(0f64, 1.0, (2, 4, 3, 8), &dev).unwrap();
         let loss = || -> Tensor {
-            let h = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, true).unwrap();
+            let h = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, true, DType::F32).unwrap();
             let h = rope(&h, &cos, &sin, true).unwrap();
             let h = swiglu(&h, up.as_tensor(), true).unwrap();
             let h = attention(
@@ -453,6 +510,92 @@ mod tests {
                     g[i]
                 );
             }
+        }
+    }
+
+    /// Mixed precision's bf16 activations (normed input, gate and up, SwiGLU output): each is
+    /// the f32 value rounded once, the products that read them give what they give on the
+    /// rounded f32 values, and every gradient stays f32 and points where the f32 run's does.
+    #[test]
+    fn bf16_activations_round_once_and_keep_f32_gradients() {
+        let dev = Device::Cpu;
+        let var = |shape: &[usize], s: f32| {
+            Var::from_tensor(&Tensor::randn(0f32, s, shape, &dev).unwrap()).unwrap()
+        };
+        let (x, w) = (var(&[6, 40], 1.0), var(&[40], 1.0));
+        let (wg, wu, wd) = (
+            var(&[24, 40], 0.3),
+            var(&[24, 40], 0.3),
+            var(&[40, 24], 0.3),
+        );
+        let probe = Tensor::randn(0f32, 1.0, (6, 40), &dev).unwrap();
+        let bf = Precision::Bf16;
+        let run = |act: DType| {
+            let h = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, true, act).unwrap();
+            let g = linear(&h, wg.as_tensor(), true, bf, act).unwrap().unwrap();
+            let u = linear(&h, wu.as_tensor(), true, bf, act).unwrap().unwrap();
+            let m = swiglu(&g, &u, true).unwrap();
+            let y = linear(&m, wd.as_tensor(), true, bf, DType::F32)
+                .unwrap()
+                .unwrap();
+            assert!([&h, &g, &u, &m].iter().all(|t| t.dtype() == act));
+            assert_eq!(y.dtype(), DType::F32);
+            let grads = (&y * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            (h, g, m, y, grads)
+        };
+        let (h16, g16, m16, y16, grads16) = run(DType::BF16);
+        let (h32, g32, m32, y32, grads32) = run(DType::F32);
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
+        let round = |t: &Tensor| bits(&t.to_dtype(DType::BF16).unwrap());
+        assert_eq!(
+            bits(&h16),
+            round(&h32),
+            "the normed input is the f32 one rounded"
+        );
+        // gate from the rounded input: the same bf16 product, rounded once on the way out.
+        let g_ref = linear(
+            &h16.to_dtype(DType::F32).unwrap(),
+            wg.as_tensor(),
+            false,
+            bf,
+            DType::F32,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(bits(&g16), round(&g_ref));
+        let rel = |a: &Tensor, b: &Tensor| max_abs_diff(a, b) / max_abs(b);
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        assert!(rel(&f(&m16), &m32) < 2e-2 && rel(&y16, &y32) < 2e-2);
+        assert!(rel(&f(&g16), &g32) < 1e-2);
+        for v in [&x, &w, &wg, &wu, &wd] {
+            let (a, b) = (grads16.get(v).unwrap(), grads32.get(v).unwrap());
+            assert_eq!(a.dtype(), DType::F32);
+            let dot = (a * b)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let n = |t: &Tensor| {
+                t.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    .sqrt()
+            };
+            let cos = dot / (n(a) * n(b));
+            assert!(cos > 0.999, "gradient cosine {cos}");
+            assert!(
+                rel(a, b) > 0.0,
+                "bf16 activations left the gradients unchanged"
+            );
         }
     }
 

@@ -114,8 +114,8 @@ impl Model {
         }
         let eps = self.cfg.rms_norm_eps;
         Ok((
-            ops::rms_norm(&xp, self.norm.as_tensor(), eps, grad)?,
-            ops::rms_norm(&xr, self.norm.as_tensor(), eps, grad)?,
+            ops::rms_norm(&xp, self.norm.as_tensor(), eps, grad, DType::F32)?,
+            ops::rms_norm(&xr, self.norm.as_tensor(), eps, grad, DType::F32)?,
         ))
     }
 

@@ -574,7 +574,8 @@ mod cuda {
     }
 }
 
-/// Mixed precision (`trainer.bf16`): bf16 inputs to every linear product, f32 elsewhere. Log-probs
+/// Mixed precision (`trainer.bf16`): bf16 inputs to every linear product and bf16 activations
+/// between them (normed inputs, gate, up, SwiGLU), f32 elsewhere. Log-probs
 /// stay within bf16's rounding of the f32 ones, and every parameter's gradient points the same
 /// way (cosine >= 0.999), on both the AMX path and the rounding fallback, whichever this CPU has.
 #[test]

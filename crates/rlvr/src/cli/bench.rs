@@ -243,6 +243,12 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     if !skip_train && train_group > 1 {
         let mut train = load_rows(&gsm8k.join("train.jsonl"));
         if train.is_empty() {
+            // Same shapes, but not PyTorch's rows (`train_bench.py` reads GSM8K's train split):
+            // say so, since the loss printed per step is then not comparable.
+            eprintln!(
+                "note: {} not found, training on built-in rows",
+                gsm8k.join("train.jsonl").display()
+            );
             train = builtin_rows(train_batch);
         }
         let pad = tokenizer.pad_token_id().unwrap_or(eos);
@@ -326,6 +332,12 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         reset_peak_rss();
         let mut train = load_rows(&gsm8k.join("train.jsonl"));
         if train.is_empty() {
+            // Same shapes, but not PyTorch's rows (`train_bench.py` reads GSM8K's train split):
+            // say so, since the loss printed per step is then not comparable.
+            eprintln!(
+                "note: {} not found, training on built-in rows",
+                gsm8k.join("train.jsonl").display()
+            );
             train = builtin_rows(train_batch);
         }
         let pad = tokenizer.pad_token_id().unwrap_or(eos);
