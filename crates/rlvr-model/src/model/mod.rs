@@ -506,9 +506,9 @@ impl Model {
         } = self.dims();
         let eps = self.cfg.rms_norm_eps;
         // Mixed-precision training on the CPU kernels keeps the activations that only feed
-        // products (normed inputs, gate and up, the SwiGLU output) in bf16, as autocast does:
-        // half their memory, and products read them without converting. The residual stream,
-        // attention and every gradient stay f32.
+        // products (normed inputs, q, k, v and attention's output, gate and up, the SwiGLU
+        // output) in bf16, as autocast does: half their memory, and products read them without
+        // converting. The residual stream, the softmax and every gradient stay f32.
         let act = if grad && precision == Precision::Bf16 && crate::kernels::applies(x) {
             DType::BF16
         } else {
@@ -532,9 +532,9 @@ impl Model {
                 )
             }
             _ => (
-                layer.q.forward(&hn, grad, precision)?,
-                layer.k.forward(&hn, grad, precision)?,
-                layer.v.forward(&hn, grad, precision)?,
+                layer.q.forward_to(&hn, grad, precision, act)?,
+                layer.k.forward_to(&hn, grad, precision, act)?,
+                layer.v.forward_to(&hn, grad, precision, act)?,
             ),
         };
         let q = split(q, heads)?;

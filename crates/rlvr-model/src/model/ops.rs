@@ -87,6 +87,20 @@ fn linear_to<O: Elem>(x: &Tensor, w: &Tensor, grad: bool, precision: Precision) 
     })
 }
 
+/// A bf16 `x` as f32, its gradient passed through as f32 (candle's `to_dtype` rounds the
+/// gradient to `x`'s dtype, which a bf16 activation's other, f32 gradients could not be summed
+/// with); other dtypes as they are.
+pub fn widened(x: &Tensor, grad: bool) -> Result<Tensor> {
+    if x.dtype() != DType::BF16 {
+        return Ok(x.clone());
+    }
+    let y = x.detach().to_dtype(DType::F32)?;
+    if !grad {
+        return Ok(y);
+    }
+    op1("widen", x, y, |_, g| Ok(Some(g.clone())))
+}
+
 /// RMSNorm over the last dim: `x / sqrt(mean(x^2) + eps) * w`, computed in f32; the output is
 /// rounded to bf16 when `out` is bf16 (mixed precision's input to the next products) and the
 /// CPU kernels apply.
@@ -158,7 +172,10 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, grad: bool) -> Result<Tensor
 }
 
 fn rope_nograd(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if fused(x) {
+    // A bf16 `x` (mixed precision's q and k) takes the tables in bf16, as HF's `apply_rotary_pos_emb`
+    // casts them to q's dtype.
+    let (cos, sin) = (&cos.to_dtype(x.dtype())?, &sin.to_dtype(x.dtype())?);
+    if fused(x) || (x.device().is_cpu() && x.dtype() == DType::BF16) {
         return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
     }
     let half = x.dim(D::Minus1)? / 2;
@@ -269,7 +286,12 @@ pub fn attention(
 ) -> Result<Tensor> {
     let (p, qr) = attention_probs(&q.detach(), &k.detach(), mask, d, precision)?;
     let (b, _, l, _) = q.dims4()?;
-    let out = bmm(&p, &v.detach(), precision)?.reshape((b, d.heads, l, d.head_dim))?;
+    // bf16 inputs (mixed precision's activations) give a bf16 output, for the next product.
+    let out = match q.dtype() {
+        DType::BF16 => bmm_to::<bf16>(&p, &v.detach(), precision)?,
+        _ => bmm(&p, &v.detach(), precision)?,
+    };
+    let out = out.reshape((b, d.heads, l, d.head_dim))?;
     if !grad {
         return Ok(out);
     }
@@ -285,7 +307,7 @@ pub fn attention(
         let dv = bmm(&p.t()?, &go, precision)?;
         // Gradient w.r.t. the unscaled scores, the softmax's `scale` folded in; on the kernels
         // it is written over `dp`.
-        let ds = if kernels::applies(&p) && kernels::applies(&go) && kernels::applies(v) {
+        let ds = if kernels::applies(&p) && kernels::applies(&go) && operand(v) {
             let t = p.dim(D::Minus1)?;
             let mut ds = bmm_vec(&go, &v.t()?, precision)?;
             kernels::with_slice(&p, |pv| {
@@ -318,7 +340,7 @@ fn attention_probs(
     let qr = q
         .contiguous()?
         .reshape((b, d.kv_heads, g * l, d.head_dim))?;
-    if kernels::applies(&qr) && kernels::applies(k) && mask.dims() == [b, 1, 1, l, t] {
+    if operand(&qr) && operand(k) && mask.dims() == [b, 1, 1, l, t] {
         // The softmax is written over the scores. Row (b, kv head, group, query l) reads mask
         // row (b, l).
         let mut p = bmm_vec(&qr, &k.t()?, precision)?;
@@ -338,35 +360,47 @@ fn attention_probs(
     Ok((p, qr))
 }
 
+/// Whether rlvr's kernels read `t`: an f32 or bf16 CPU tensor.
+fn operand(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16)
+}
+
 /// `a @ b` over the leading dims, as candle's `matmul`. In bf16 on f32 CPU tensors it runs on
 /// rlvr's kernels (AMX tiles where the CPU has them), reading transposed views in place and
 /// writing an output that is never zero-filled first; otherwise it is candle's.
 fn bmm(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tensor> {
-    match bmm_kernels(a, b, precision)? {
+    bmm_to::<f32>(a, b, precision)
+}
+
+/// [`bmm`] with its output in `O` where rlvr's kernels run it (a bf16 output is the f32 sums
+/// rounded); candle's product otherwise.
+fn bmm_to<O: Elem>(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tensor> {
+    match bmm_kernels::<O>(a, b, precision)? {
         Some((y, shape)) => Tensor::from_vec(y, shape, a.device()),
         None => a.matmul(b),
     }
 }
 
-/// [`bmm`]'s values, row-major, for f32 CPU tensors.
+/// [`bmm`]'s f32 values, row-major.
 fn bmm_vec(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Vec<f32>> {
     match bmm_kernels(a, b, precision)? {
         Some((y, _)) => Ok(y),
-        None => a.matmul(b)?.flatten_all()?.to_vec1(),
+        None => a.matmul(b)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1(),
     }
 }
 
-/// [`bmm`] on rlvr's kernels, with the product's shape; `None` where they do not apply.
-fn bmm_kernels(
+/// [`bmm`] on rlvr's kernels (f32 or bf16 operands, in bf16), with the product's shape;
+/// `None` where they do not apply.
+fn bmm_kernels<O: Elem>(
     a: &Tensor,
     b: &Tensor,
     precision: Precision,
-) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+) -> Result<Option<(Vec<O>, Vec<usize>)>> {
     let (da, db) = (a.dims(), b.dims());
     let r = da.len();
     let fits = precision == Precision::Bf16
-        && kernels::applies(a)
-        && kernels::applies(b)
+        && operand(a)
+        && operand(b)
         && r >= 2
         && db.len() == r
         && da[..r - 2] == db[..r - 2]
@@ -378,11 +412,24 @@ fn bmm_kernels(
     }
     let (m, k, n) = (da[r - 2], da[r - 1], db[r - 1]);
     let batch = a.elem_count() / (m * k);
-    let y = with_batched(a, |a| {
-        with_batched(b, |b| {
-            kernels::gemm::batched(precision, batch, m, n, k, a, b)
-        })
-    })??;
+    fn run<A: Elem, B: Elem, O: Elem>(
+        a: &Tensor,
+        b: &Tensor,
+        (batch, m, n, k): (usize, usize, usize, usize),
+    ) -> Result<Vec<O>> {
+        with_batched::<A, _>(a, |a| {
+            with_batched::<B, _>(b, |b| {
+                kernels::gemm::batched(Precision::Bf16, batch, m, n, k, a, b)
+            })
+        })?
+    }
+    let dims = (batch, m, n, k);
+    let y = match (a.dtype(), b.dtype()) {
+        (DType::F32, DType::F32) => run::<f32, f32, O>(a, b, dims)?,
+        (DType::F32, _) => run::<f32, bf16, O>(a, b, dims)?,
+        (_, DType::F32) => run::<bf16, f32, O>(a, b, dims)?,
+        _ => run::<bf16, bf16, O>(a, b, dims)?,
+    };
     let mut shape = da.to_vec();
     shape[r - 1] = n;
     Ok(Some((y, shape)))
@@ -390,13 +437,16 @@ fn bmm_kernels(
 
 /// `f` on `t` as a strided matrix view and the elements between consecutive matrices (its
 /// leading dims collapsed; a copy first where they do not collapse).
-fn with_batched<R>(t: &Tensor, f: impl FnOnce((kernels::gemm::View, usize)) -> R) -> Result<R> {
+fn with_batched<T: Elem, R>(
+    t: &Tensor,
+    f: impl FnOnce((kernels::gemm::View<T>, usize)) -> R,
+) -> Result<R> {
     let (dims, stride) = (t.dims(), t.stride());
     let r = dims.len();
     let collapses = (0..r.saturating_sub(3)).all(|i| stride[i] == stride[i + 1] * dims[i + 1]);
     if !collapses {
-        return kernels::with_slice(t, |data| {
-            let (rows, cols) = (dims[r - 2], dims[r - 1]);
+        let (rows, cols) = (dims[r - 2], dims[r - 1]);
+        return kernels::with_slice_of::<T, _>(&t.contiguous()?, |data| {
             f((kernels::gemm::View::rows(data, cols), rows * cols))
         });
     }
@@ -404,7 +454,7 @@ fn with_batched<R>(t: &Tensor, f: impl FnOnce((kernels::gemm::View, usize)) -> R
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         candle_core::bail!("with_batched: a CPU tensor expected")
     };
-    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..];
+    let data = &cpu.as_slice::<T>()?[layout.start_offset()..];
     let view = kernels::gemm::View {
         data,
         rs: stride[r - 2],

@@ -98,7 +98,9 @@ impl Model {
         for layer in &self.layers {
             let mut prompt_kv = None;
             xp = self.layer_forward(layer, &xp, &cos_p, &sin_p, grad, precision, |q, k, v| {
-                prompt_kv = Some((k.clone(), v.clone()));
+                // The group's copies of the prompt's bf16 keys and values are f32: candle's
+                // `index_select` sums its gradient into zeros of its input's dtype.
+                prompt_kv = Some((ops::widened(k, grad)?, ops::widened(v, grad)?));
                 ops::attention(q, k, v, &mask_p, dims, grad, precision)
             })?;
             let (kp, vp) = prompt_kv.expect("the layer ran its attention");
@@ -107,8 +109,8 @@ impl Model {
                 vp.contiguous()?.index_select(&group, 0)?,
             );
             xr = self.layer_forward(layer, &xr, &cos_r, &sin_r, grad, precision, |q, k, v| {
-                let k = Tensor::cat(&[&kp, k], 2)?;
-                let v = Tensor::cat(&[&vp, v], 2)?;
+                let k = Tensor::cat(&[&kp, &ops::widened(k, grad)?], 2)?;
+                let v = Tensor::cat(&[&vp, &ops::widened(v, grad)?], 2)?;
                 ops::attention(q, &k, &v, &mask_r, dims, grad, precision)
             })?;
         }
