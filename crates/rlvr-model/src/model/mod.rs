@@ -77,6 +77,25 @@ impl Linear {
         self.add_bias(y)
     }
 
+    /// `res + self.forward(x)` for `res: [B, L, out]` and `x: [B * L, in]`: one op on the CPU
+    /// kernels where the layer has no bias and a gradient is wanted (the product accumulates
+    /// into the residual), else the two steps.
+    pub fn forward_residual(
+        &self,
+        res: &Tensor,
+        x: &Tensor,
+        grad: bool,
+        precision: Precision,
+    ) -> Result<Tensor> {
+        if grad && self.bias.is_none() && self.packed.is_none() {
+            let w = self.weight.as_tensor();
+            if let Some(y) = ops::linear_residual(res, x, w, grad, precision)? {
+                return Ok(y);
+            }
+        }
+        res + self.forward(x, grad, precision)?.reshape(res.shape())?
+    }
+
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
             // A bf16 output takes the bias in bf16, as autocast's linear does.
@@ -544,7 +563,7 @@ impl Model {
         let k = ops::rope(&k, cos, sin, grad)?;
         let a = attn(&q, &k, &v)?;
         let a = a.transpose(1, 2)?.reshape((b * l, heads * head_dim))?;
-        let x = (x + layer.o.forward(&a, grad, precision)?.reshape((b, l, h))?)?;
+        let x = layer.o.forward_residual(x, &a, grad, precision)?;
         let hn =
             ops::rms_norm(&x, layer.post_norm.as_tensor(), eps, grad, act)?.reshape((b * l, h))?;
         let m = match (&layer.fused, grad) {
@@ -559,10 +578,7 @@ impl Model {
                 grad,
             )?,
         };
-        x + layer
-            .down
-            .forward(&m, grad, precision)?
-            .reshape((b, l, h))?
+        layer.down.forward_residual(&x, &m, grad, precision)
     }
 
     /// KV-cached forward of `tokens` (row-major `[n, L]`) for the cache slots

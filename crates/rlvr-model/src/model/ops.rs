@@ -47,7 +47,7 @@ pub fn linear(
 
 /// [`linear`] with its output in `O`.
 fn linear_to<O: Elem>(x: &Tensor, w: &Tensor, grad: bool, precision: Precision) -> Result<Tensor> {
-    use kernels::gemm::{matmul, matmul_to, Rhs, View};
+    use kernels::gemm::{matmul_to, Rhs, View};
     let ((n, k), out) = (x.dims2()?, w.dim(0)?);
     let xd = x.detach().contiguous()?;
     let y: Vec<O> = kernels::with_slice(&w.detach(), |wv| {
@@ -63,28 +63,96 @@ fn linear_to<O: Elem>(x: &Tensor, w: &Tensor, grad: bool, precision: Precision) 
         return Tensor::from_vec(y, (n, out), x.device());
     }
     op2("linear", x, w, Output::cpu(y, (n, out)), move |x, w, g| {
-        let g = g.to_dtype(DType::F32)?;
-        let (dx, dw) = kernels::with_slice(&g, |gv| {
-            let dx = kernels::with_slice(w, |wv| {
-                matmul(precision, n, k, out, View::rows(gv, out), View::rows(wv, k))
-            })?;
-            let gt = View::transposed(gv, out);
-            let x = x.contiguous()?;
-            let dw = match x.dtype() {
-                DType::BF16 => kernels::with_slice_of::<bf16, _>(&x, |xv| {
-                    matmul(precision, out, k, n, gt, View::rows(xv, k))
-                })?,
-                _ => kernels::with_slice_of::<f32, _>(&x, |xv| {
-                    matmul(precision, out, k, n, gt, View::rows(xv, k))
-                })?,
-            };
-            Ok::<_, candle_core::Error>((dx, dw))
-        })??;
-        Ok((
-            Some(Tensor::from_vec(dx, (n, k), x.device())?),
-            Some(Tensor::from_vec(dw, (out, k), w.device())?),
-        ))
+        let (dx, dw) = linear_grads(x, w, g, precision)?;
+        Ok((Some(dx), Some(dw)))
     })
+}
+
+/// `x @ w^T`'s gradients from the output's `g`: `dx = g w` and `dw = g^T x` (f32), in
+/// `precision`.
+fn linear_grads(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    precision: Precision,
+) -> Result<(Tensor, Tensor)> {
+    use kernels::gemm::{matmul, View};
+    let ((n, k), out) = (x.dims2()?, w.dim(0)?);
+    let g = g.to_dtype(DType::F32)?;
+    let (dx, dw) = kernels::with_slice(&g, |gv| {
+        let dx = kernels::with_slice(w, |wv| {
+            matmul(precision, n, k, out, View::rows(gv, out), View::rows(wv, k))
+        })?;
+        let gt = View::transposed(gv, out);
+        let x = x.contiguous()?;
+        let dw = match x.dtype() {
+            DType::BF16 => kernels::with_slice_of::<bf16, _>(&x, |xv| {
+                matmul(precision, out, k, n, gt, View::rows(xv, k))
+            })?,
+            _ => kernels::with_slice_of::<f32, _>(&x, |xv| {
+                matmul(precision, out, k, n, gt, View::rows(xv, k))
+            })?,
+        };
+        Ok::<_, candle_core::Error>((dx, dw))
+    })??;
+    Ok((
+        Tensor::from_vec(dx, (n, k), x.device())?,
+        Tensor::from_vec(dw, (out, k), w.device())?,
+    ))
+}
+
+/// `res + x @ w^T` (a residual connection after a linear layer without bias) as one op on the
+/// CPU kernels: the product accumulates into a copy of `res`, so its own output is never
+/// materialised nor kept for backward (an f32 `[N, hidden]` per layer, twice). `res: [.., out]`
+/// holds `N` rows; `x: [N, in]` is f32 or, in bf16, bf16. `None` where the kernels do not
+/// apply: the caller adds.
+pub fn linear_residual(
+    res: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    grad: bool,
+    precision: Precision,
+) -> Result<Option<Tensor>> {
+    use kernels::gemm::{matmul_acc_by, Rhs, View};
+    let x_ok =
+        x.dtype() == DType::F32 || (precision == Precision::Bf16 && x.dtype() == DType::BF16);
+    if !(x.device().is_cpu()
+        && x_ok
+        && kernels::applies(res)
+        && kernels::applies(w)
+        && x.rank() == 2)
+    {
+        return Ok(None);
+    }
+    let ((n, k), (out, k2)) = (x.dims2()?, w.dims2()?);
+    if k != k2 || res.elem_count() != n * out {
+        candle_core::bail!(
+            "linear_residual: x is [{n}, {k}], the weight [{out}, {k2}], the residual {:?}",
+            res.dims()
+        )
+    }
+    let mut y = res.detach().flatten_all()?.to_vec1::<f32>()?;
+    let xd = x.detach().contiguous()?;
+    kernels::with_slice(&w.detach(), |wv| {
+        let rhs = Rhs::new(precision, View::transposed(wv, k), k, out);
+        match xd.dtype() {
+            DType::BF16 => kernels::with_slice_of::<bf16, _>(&xd, |xv| {
+                matmul_acc_by(&mut y, n, View::rows(xv, k), &rhs)
+            }),
+            _ => kernels::with_slice_of::<f32, _>(&xd, |xv| {
+                matmul_acc_by(&mut y, n, View::rows(xv, k), &rhs)
+            }),
+        }
+    })??;
+    if !grad {
+        return Ok(Some(Tensor::from_vec(y, res.shape(), res.device())?));
+    }
+    let y = Output::cpu(y, res.shape());
+    let r = op3("linear-residual", res, x, w, y, move |_, x, w, g| {
+        let (dx, dw) = linear_grads(x, w, &g.reshape((n, out))?, precision)?;
+        Ok((Some(g.clone()), Some(dx), Some(dw)))
+    })?;
+    Ok(Some(r))
 }
 
 /// A bf16 `x` as f32, its gradient passed through as f32 (candle's `to_dtype` rounds the
@@ -559,6 +627,43 @@ mod tests {
                     "{name}[{i}]: {} vs {fd}",
                     g[i]
                 );
+            }
+        }
+    }
+
+    /// The residual linear equals `res + linear(x)` in value and in every gradient, in f32 and
+    /// in bf16 (bf16 `x` too).
+    #[test]
+    fn linear_residual_equals_the_sum_of_its_parts() {
+        let dev = Device::Cpu;
+        let var = |shape: &[usize]| {
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap()
+        };
+        let (res, x, w) = (var(&[2, 3, 8]), var(&[6, 40]), var(&[8, 40]));
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap();
+        for (precision, dt) in [
+            (Precision::F32, DType::F32),
+            (Precision::Bf16, DType::F32),
+            (Precision::Bf16, DType::BF16),
+        ] {
+            let xi = x.as_tensor().to_dtype(dt).unwrap();
+            let fused = linear_residual(res.as_tensor(), &xi, w.as_tensor(), true, precision)
+                .unwrap()
+                .unwrap();
+            let y = linear(&xi, w.as_tensor(), true, precision, DType::F32)
+                .unwrap()
+                .unwrap();
+            let parts = (res.as_tensor() + y.reshape((2, 3, 8)).unwrap()).unwrap();
+            assert!(max_abs_diff(&fused, &parts) < 1e-5, "{precision:?} {dt:?}");
+            let loss = |t: &Tensor| (t * &probe).unwrap().sum_all().unwrap();
+            let (ga, gb) = (
+                loss(&fused).backward().unwrap(),
+                loss(&parts).backward().unwrap(),
+            );
+            // (`x`'s gradient through the cast: an intermediate's is not kept.)
+            for v in [res.as_tensor(), x.as_tensor(), w.as_tensor()] {
+                let (a, b) = (ga.get(v).unwrap(), gb.get(v).unwrap());
+                assert!(max_abs_diff(a, b) < 1e-5, "{precision:?} {dt:?} gradient");
             }
         }
     }
