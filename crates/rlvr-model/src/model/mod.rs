@@ -556,11 +556,9 @@ impl Model {
                 layer.v.forward_to(&hn, grad, precision, act)?,
             ),
         };
-        let q = split(q, heads)?;
-        let k = split(k, kv_heads)?;
+        let q = ops::split_rope(&q, (b, l, heads), cos, sin, grad)?;
+        let k = ops::split_rope(&k, (b, l, kv_heads), cos, sin, grad)?;
         let v = split(v, kv_heads)?;
-        let q = ops::rope(&q, cos, sin, grad)?;
-        let k = ops::rope(&k, cos, sin, grad)?;
         let a = attn(&q, &k, &v)?;
         let a = a.transpose(1, 2)?.reshape((b * l, heads * head_dim))?;
         let x = layer.o.forward_residual(x, &a, grad, precision)?;

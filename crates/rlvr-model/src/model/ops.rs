@@ -239,6 +239,28 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, grad: bool) -> Result<Tensor
     })
 }
 
+/// [`rope`] on the heads of a projection's output `x: [B * L, heads * hd]`: `[B, heads, L, hd]`
+/// rotated, as one op, so the head-major copy in between is never kept for backward.
+pub fn split_rope(
+    x: &Tensor,
+    (b, l, heads): (usize, usize, usize),
+    cos: &Tensor,
+    sin: &Tensor,
+    grad: bool,
+) -> Result<Tensor> {
+    let hd = x.dim(1)? / heads;
+    let heads_first = |t: &Tensor| t.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous();
+    let y = rope_nograd(&heads_first(&x.detach())?, cos, sin)?;
+    if !grad {
+        return Ok(y);
+    }
+    let (cos, neg_sin) = (cos.clone(), sin.neg()?);
+    op1("split-rope", x, y, move |_, g| {
+        let g = rope_nograd(g, &cos, &neg_sin)?;
+        Ok(Some(g.transpose(1, 2)?.reshape((b * l, heads * hd))?))
+    })
+}
+
 fn rope_nograd(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     // A bf16 `x` (mixed precision's q and k) takes the tables in bf16, as HF's `apply_rotary_pos_emb`
     // casts them to q's dtype.
@@ -628,6 +650,45 @@ mod tests {
                     g[i]
                 );
             }
+        }
+    }
+
+    /// `split_rope` equals the head split followed by `rope`, in value and gradient, for f64,
+    /// f32 and bf16 inputs.
+    #[test]
+    fn split_rope_equals_split_then_rope() {
+        let dev = Device::Cpu;
+        let (b, l, heads, hd) = (2, 3, 4, 8);
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (b * l, heads * hd), &dev).unwrap())
+            .unwrap();
+        let cos = Tensor::randn(0f64, 1.0, (b, l, hd / 2), &dev).unwrap();
+        let sin = Tensor::randn(0f64, 1.0, (b, l, hd / 2), &dev).unwrap();
+        let probe = Tensor::randn(0f64, 1.0, (b, heads, l, hd), &dev).unwrap();
+        for dt in [DType::F64, DType::F32, DType::BF16] {
+            let c = |t: &Tensor| t.to_dtype(dt).unwrap();
+            let xi = c(x.as_tensor());
+            let (cs, sn) = (c(&cos), c(&sin));
+            let fused = split_rope(&xi, (b, l, heads), &cs, &sn, true).unwrap();
+            let split = xi
+                .reshape((b, l, heads, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let parts = rope(&split, &cs, &sn, true).unwrap();
+            let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            assert_eq!(max_abs_diff(&f64s(&fused), &f64s(&parts)), 0.0, "{dt:?}");
+            let loss = |t: &Tensor| (f64s(t) * &probe).unwrap().sum_all().unwrap();
+            let (ga, gb) = (
+                loss(&fused).backward().unwrap(),
+                loss(&parts).backward().unwrap(),
+            );
+            let (ga, gb) = (
+                ga.get(x.as_tensor()).unwrap(),
+                gb.get(x.as_tensor()).unwrap(),
+            );
+            assert!(max_abs_diff(ga, gb) < 1e-6, "{dt:?} gradient");
         }
     }
 
