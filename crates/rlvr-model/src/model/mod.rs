@@ -505,7 +505,8 @@ impl Model {
         logits.reshape((b, s, ()))
     }
 
-    /// One decoder layer; `attn` maps rotated `q [B,nh,L,hd]`, `k, v [B,nkv,L,hd]` to `[B,nh,L,hd]`.
+    /// One decoder layer; `attn` maps rotated `q [B,nh,L,hd]`, `k, v [B,nkv,L,hd]` to
+    /// `[B,L,nh*hd]` (heads merged).
     #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
@@ -560,7 +561,7 @@ impl Model {
         let k = ops::split_rope(&k, (b, l, kv_heads), cos, sin, grad)?;
         let v = split(v, kv_heads)?;
         let a = attn(&q, &k, &v)?;
-        let a = a.transpose(1, 2)?.reshape((b * l, heads * head_dim))?;
+        let a = a.reshape((b * l, heads * head_dim))?;
         let x = layer.o.forward_residual(x, &a, grad, precision)?;
         let hn =
             ops::rms_norm(&x, layer.post_norm.as_tensor(), eps, grad, act)?.reshape((b * l, h))?;
@@ -702,7 +703,7 @@ fn decode_attention(
         DType::BF16 => run::<half::bf16>(q, kc, vc, mask, shape, scale)?,
         _ => run::<f32>(q, kc, vc, mask, shape, scale)?,
     };
-    Tensor::from_vec(out, (n, heads, l, head_dim), q.device())
+    ops::merge_heads(&Tensor::from_vec(out, (n, heads, l, head_dim), q.device())?)
 }
 
 /// `x @ w^T` without grad: the CPU decoding kernel for few rows, else gemm. Weights stored in

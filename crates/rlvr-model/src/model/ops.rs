@@ -362,7 +362,8 @@ pub struct AttnDims {
 
 /// Scaled dot-product attention with GQA (query head `h` reads kv head `h / group`, as HF's
 /// `repeat_kv`) without materialising repeated keys. `q: [B,nh,L,hd]`, `k, v: [B,nkv,T,hd]`,
-/// additive `mask: [B,1,1,L,T]` → `[B,nh,L,hd]`. With `grad`, the backward recomputes the
+/// additive `mask: [B,1,1,L,T]` → `[B,L,nh*hd]` (heads merged inside the op, so the head-major
+/// result is not kept for backward). With `grad`, the backward recomputes the
 /// probabilities instead of keeping them (`B x nh x L x T` per layer). The products take their
 /// inputs in `precision` (bf16 as autocast runs attention); the softmax is f32.
 pub fn attention(
@@ -381,7 +382,7 @@ pub fn attention(
         DType::BF16 => bmm_to::<bf16>(&p, &v.detach(), precision)?,
         _ => bmm(&p, &v.detach(), precision)?,
     };
-    let out = out.reshape((b, d.heads, l, d.head_dim))?;
+    let out = merge_heads(&out.reshape((b, d.heads, l, d.head_dim))?)?;
     if !grad {
         return Ok(out);
     }
@@ -393,7 +394,11 @@ pub fn attention(
         let grp = d.heads / d.kv_heads;
         let scale = 1.0 / (d.head_dim as f64).sqrt();
         let (p, qr) = attention_probs(q, k, &mask, d, precision)?;
-        let go = g.reshape((b, d.kv_heads, grp * l, d.head_dim))?;
+        let go = g
+            .reshape((b, l, d.heads, d.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, d.kv_heads, grp * l, d.head_dim))?;
         let dv = bmm(&p.t()?, &go, precision)?;
         // Gradient w.r.t. the unscaled scores, the softmax's `scale` folded in; on the kernels
         // it is written over `dp`.
@@ -413,6 +418,13 @@ pub fn attention(
         debug_assert_eq!(dk.dims(), [b, d.kv_heads, t, d.head_dim]);
         Ok((Some(dq), Some(dk), Some(dv)))
     })
+}
+
+/// `[B, heads, L, hd]` as `[B, L, heads * hd]` (the heads side by side, as the output projection
+/// reads them).
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, l, hd) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, l, h * hd))
 }
 
 /// Probabilities `[B, nkv, group * L, T]` and the regrouped queries `[B, nkv, group * L, hd]`.
@@ -601,7 +613,7 @@ mod tests {
             kv_heads: 2,
             head_dim: 8,
         };
-        let probe = Tensor::randn(0f64, 1.0, (2, 4, 3, 8), &dev).unwrap();
+        let probe = Tensor::randn(0f64, 1.0, (2, 3, 32), &dev).unwrap();
         let loss = || -> Tensor {
             let h = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, true, DType::F32).unwrap();
             let h = rope(&h, &cos, &sin, true).unwrap();
@@ -860,7 +872,7 @@ mod tests {
             }
         }
         let mask = Tensor::from_vec(m, (2, 1, 1, 19, 19), &dev).unwrap();
-        let probe = rand(&[2, 4, 19, 32]);
+        let probe = rand(&[2, 19, 4 * 32]);
         let run = |precision| {
             let vars: Vec<Var> = [&q, &k, &v]
                 .iter()
