@@ -96,6 +96,11 @@ impl Linear {
         res + self.forward(x, grad, precision)?.reshape(res.shape())?
     }
 
+    /// No bias and no packed decoding weights: the weight tensor is the whole layer.
+    fn plain(&self) -> bool {
+        self.bias.is_none() && self.packed.is_none()
+    }
+
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
             // A bf16 output takes the bias in bf16, as autocast's linear does.
@@ -565,6 +570,21 @@ impl Model {
         let x = layer.o.forward_residual(x, &a, grad, precision)?;
         let hn =
             ops::rms_norm(&x, layer.post_norm.as_tensor(), eps, grad, act)?.reshape((b * l, h))?;
+        // Training on the CPU kernels: gate and up as one op, and the SwiGLU output recomputed
+        // inside the down projection's op instead of kept.
+        if grad
+            && [&layer.gate, &layer.up, &layer.down]
+                .iter()
+                .all(|l| l.plain())
+        {
+            let (wg, wu) = (layer.gate.weight.as_tensor(), layer.up.weight.as_tensor());
+            if let Some(gu) = ops::linear_pair(&hn, (wg, wu), precision, act)? {
+                let wd = layer.down.weight.as_tensor();
+                if let Some(y) = ops::swiglu_linear_residual(&x, &gu, wd, precision)? {
+                    return Ok(y);
+                }
+            }
+        }
         let m = match (&layer.fused, grad) {
             (Some(f), false) => {
                 let y = f.gate_up.matmul_t(&hn)?;

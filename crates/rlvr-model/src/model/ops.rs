@@ -155,6 +155,84 @@ pub fn linear_residual(
     Ok(Some(r))
 }
 
+/// `[x @ w1^T ; x @ w2^T]` stacked as `[2, N, out]` (the MLP's gate and up projections, in bf16
+/// where `out` asks for it), as one op on the CPU kernels for [`swiglu_linear_residual`]. `None`
+/// where the kernels do not apply.
+pub fn linear_pair(
+    x: &Tensor,
+    (w1, w2): (&Tensor, &Tensor),
+    precision: Precision,
+    out: DType,
+) -> Result<Option<Tensor>> {
+    let (Some(y1), Some(y2)) = (
+        linear(x, w1, false, precision, out)?,
+        linear(x, w2, false, precision, out)?,
+    ) else {
+        return Ok(None);
+    };
+    let y = Tensor::stack(&[&y1, &y2], 0)?;
+    drop((y1, y2));
+    let n = x.dim(0)?;
+    let r = op3("linear-pair", x, w1, w2, y, move |x, w1, w2, g| {
+        let g = g.to_dtype(DType::F32)?;
+        let (g1, g2) = (g.get(0)?, g.get(1)?);
+        let (dx1, dw1) = linear_grads(x, w1, &g1, precision)?;
+        let (dx2, dw2) = linear_grads(x, w2, &g2, precision)?;
+        debug_assert_eq!(dx1.dim(0)?, n);
+        Ok((Some((dx1 + dx2)?), Some(dw1), Some(dw2)))
+    })?;
+    Ok(Some(r))
+}
+
+/// `res + swiglu(gu[0], gu[1]) @ w^T` for the stacked gate and up `gu: [2, N, ffn]` (from
+/// [`linear_pair`]) as one op: the SwiGLU output lives only inside the op and is recomputed for
+/// backward (cheap next to the product) instead of being kept, `N x ffn` per layer. `None` where
+/// the kernels do not apply.
+pub fn swiglu_linear_residual(
+    res: &Tensor,
+    gu: &Tensor,
+    w: &Tensor,
+    precision: Precision,
+) -> Result<Option<Tensor>> {
+    let m = |gu: &Tensor| swiglu(&gu.get(0)?, &gu.get(1)?, false);
+    let Some(y) = linear_residual(res, &m(&gu.detach())?, &w.detach(), false, precision)? else {
+        return Ok(None);
+    };
+    let r = op3(
+        "swiglu-linear-residual",
+        res,
+        gu,
+        w,
+        y,
+        move |_, gu, w, g| {
+            let (_, n, f) = gu.dims3()?;
+            let g2 = g.reshape((n, w.dim(0)?))?;
+            let mv = m(gu)?;
+            let (dm, dw) = linear_grads(&mv, w, &g2, precision)?;
+            drop(mv);
+            let (gate, up) = (gu.get(0)?.contiguous()?, gu.get(1)?.contiguous()?);
+            let lanes = Lanes::detect();
+            let (dg, du) = kernels::with_slice(&dm, |dy| match gate.dtype() {
+                DType::BF16 => kernels::with_slice_of::<bf16, _>(&gate, |gv| {
+                    kernels::with_slice_of::<bf16, _>(&up, |uv| {
+                        kernels::swiglu::backward(lanes, gv, uv, dy)
+                    })
+                }),
+                _ => kernels::with_slice_of::<f32, _>(&gate, |gv| {
+                    kernels::with_slice_of::<f32, _>(&up, |uv| {
+                        kernels::swiglu::backward(lanes, gv, uv, dy)
+                    })
+                }),
+            })???;
+            let mut d = dg;
+            d.extend_from_slice(&du);
+            let dgu = Tensor::from_vec(d, (2, n, f), gu.device())?;
+            Ok((Some(g.clone()), Some(dgu), Some(dw)))
+        },
+    )?;
+    Ok(Some(r))
+}
+
 /// A bf16 `x` as f32, its gradient passed through as f32 (candle's `to_dtype` rounds the
 /// gradient to `x`'s dtype, which a bf16 activation's other, f32 gradients could not be summed
 /// with); other dtypes as they are.
@@ -660,6 +738,53 @@ mod tests {
                     (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
                     "{name}[{i}]: {} vs {fd}",
                     g[i]
+                );
+            }
+        }
+    }
+
+    /// The fused MLP (gate and up as one op, SwiGLU recomputed inside the down projection's)
+    /// equals the op-by-op one in value and in every gradient, f32 and bf16.
+    #[test]
+    fn fused_mlp_equals_the_op_by_op_one() {
+        let dev = Device::Cpu;
+        let var = |shape: &[usize], s: f32| {
+            Var::from_tensor(&Tensor::randn(0f32, s, shape, &dev).unwrap()).unwrap()
+        };
+        let (res, h) = (var(&[2, 3, 40], 1.0), var(&[6, 40], 1.0));
+        let (wg, wu, wd) = (
+            var(&[24, 40], 0.3),
+            var(&[24, 40], 0.3),
+            var(&[40, 24], 0.3),
+        );
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 40), &dev).unwrap();
+        for (precision, act) in [(Precision::F32, DType::F32), (Precision::Bf16, DType::BF16)] {
+            let hi = h.as_tensor().to_dtype(act).unwrap();
+            let (g, u, d) = (wg.as_tensor(), wu.as_tensor(), wd.as_tensor());
+            let gu = linear_pair(&hi, (g, u), precision, act).unwrap().unwrap();
+            let fused = swiglu_linear_residual(res.as_tensor(), &gu, d, precision)
+                .unwrap()
+                .unwrap();
+            let gate = linear(&hi, g, true, precision, act).unwrap().unwrap();
+            let up = linear(&hi, u, true, precision, act).unwrap().unwrap();
+            let m = swiglu(&gate, &up, true).unwrap();
+            let parts = linear_residual(res.as_tensor(), &m, d, true, precision)
+                .unwrap()
+                .unwrap();
+            assert!(max_abs_diff(&fused, &parts) < 1e-5, "{precision:?}");
+            let loss = |t: &Tensor| (t * &probe).unwrap().sum_all().unwrap();
+            let (ga, gb) = (
+                loss(&fused).backward().unwrap(),
+                loss(&parts).backward().unwrap(),
+            );
+            for v in [&res, &h, &wg, &wu, &wd] {
+                let (a, b) = (
+                    ga.get(v.as_tensor()).unwrap(),
+                    gb.get(v.as_tensor()).unwrap(),
+                );
+                assert!(
+                    max_abs_diff(a, b) < 1e-4 * (1.0 + max_abs(b)),
+                    "{precision:?} gradient"
                 );
             }
         }
