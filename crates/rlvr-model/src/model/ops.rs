@@ -25,11 +25,22 @@ pub fn linear(
     precision: Precision,
     out: DType,
 ) -> Result<Option<Tensor>> {
+    if !linear_applies(x, w, precision, out)? {
+        return Ok(None);
+    }
+    Ok(Some(match out {
+        DType::BF16 => linear_to::<bf16>(x, w, grad, precision)?,
+        _ => linear_to::<f32>(x, w, grad, precision)?,
+    }))
+}
+
+/// Whether [`linear`]'s kernels take `x`, `w` and `out`; an error where the shapes disagree.
+fn linear_applies(x: &Tensor, w: &Tensor, precision: Precision, out: DType) -> Result<bool> {
     let bf16_ok = precision == Precision::Bf16;
     let x_ok = x.dtype() == DType::F32 || (bf16_ok && x.dtype() == DType::BF16);
     let out_ok = out == DType::F32 || (bf16_ok && out == DType::BF16);
     if !(x.device().is_cpu() && x_ok && out_ok && kernels::applies(w) && x.rank() == 2) {
-        return Ok(None);
+        return Ok(false);
     }
     let (k, k2) = (x.dim(1)?, w.dim(1)?);
     if k != k2 {
@@ -39,26 +50,13 @@ pub fn linear(
             w.dim(0)?
         )
     }
-    Ok(Some(match out {
-        DType::BF16 => linear_to::<bf16>(x, w, grad, precision)?,
-        _ => linear_to::<f32>(x, w, grad, precision)?,
-    }))
+    Ok(true)
 }
 
 /// [`linear`] with its output in `O`.
 fn linear_to<O: Elem>(x: &Tensor, w: &Tensor, grad: bool, precision: Precision) -> Result<Tensor> {
-    use kernels::gemm::{matmul_to, Rhs, View};
-    let ((n, k), out) = (x.dims2()?, w.dim(0)?);
-    let xd = x.detach().contiguous()?;
-    let y: Vec<O> = kernels::with_slice(&w.detach(), |wv| {
-        let rhs = Rhs::new(precision, View::transposed(wv, k), k, out);
-        match xd.dtype() {
-            DType::BF16 => {
-                kernels::with_slice_of::<bf16, _>(&xd, |xv| matmul_to(n, View::rows(xv, k), &rhs))
-            }
-            _ => kernels::with_slice_of::<f32, _>(&xd, |xv| matmul_to(n, View::rows(xv, k), &rhs)),
-        }
-    })??;
+    let ((n, _), out) = (x.dims2()?, w.dim(0)?);
+    let y: Vec<O> = product(x, w, precision)?;
     if !grad {
         return Tensor::from_vec(y, (n, out), x.device());
     }
@@ -66,6 +64,22 @@ fn linear_to<O: Elem>(x: &Tensor, w: &Tensor, grad: bool, precision: Precision) 
         let (dx, dw) = linear_grads(x, w, g, precision)?;
         Ok((Some(dx), Some(dw)))
     })
+}
+
+/// The values of `x @ w^T` (`x` f32 or bf16), row-major, in `O`.
+fn product<O: Elem>(x: &Tensor, w: &Tensor, precision: Precision) -> Result<Vec<O>> {
+    use kernels::gemm::{matmul_to, Rhs, View};
+    let ((n, k), out) = (x.dims2()?, w.dim(0)?);
+    let xd = x.detach().contiguous()?;
+    kernels::with_slice(&w.detach(), |wv| {
+        let rhs = Rhs::new(precision, View::transposed(wv, k), k, out);
+        match xd.dtype() {
+            DType::BF16 => {
+                kernels::with_slice_of::<bf16, _>(&xd, |xv| matmul_to(n, View::rows(xv, k), &rhs))
+            }
+            _ => kernels::with_slice_of::<f32, _>(&xd, |xv| matmul_to(n, View::rows(xv, k), &rhs)),
+        }
+    })?
 }
 
 /// `x @ w^T`'s gradients from the output's `g`: `dx = g w` and `dw = g^T x` (f32), in
@@ -113,21 +127,36 @@ pub fn linear_residual(
     grad: bool,
     precision: Precision,
 ) -> Result<Option<Tensor>> {
+    let Some(y) = residual_product(res, x, w, precision)? else {
+        return Ok(None);
+    };
+    if !grad {
+        return Ok(Some(Tensor::from_vec(y, res.shape(), res.device())?));
+    }
+    let (n, out) = (x.dim(0)?, w.dim(0)?);
+    let y = Output::cpu(y, res.shape());
+    let r = op3("linear-residual", res, x, w, y, move |_, x, w, g| {
+        let (dx, dw) = linear_grads(x, w, &g.reshape((n, out))?, precision)?;
+        Ok((Some(g.clone()), Some(dx), Some(dw)))
+    })?;
+    Ok(Some(r))
+}
+
+/// The values of `res + x @ w^T`, row-major; `None` where the kernels do not apply.
+fn residual_product(
+    res: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    precision: Precision,
+) -> Result<Option<Vec<f32>>> {
     use kernels::gemm::{matmul_acc_by, Rhs, View};
-    let x_ok =
-        x.dtype() == DType::F32 || (precision == Precision::Bf16 && x.dtype() == DType::BF16);
-    if !(x.device().is_cpu()
-        && x_ok
-        && kernels::applies(res)
-        && kernels::applies(w)
-        && x.rank() == 2)
-    {
+    if !(kernels::applies(res) && linear_applies(x, w, precision, DType::F32)?) {
         return Ok(None);
     }
-    let ((n, k), (out, k2)) = (x.dims2()?, w.dims2()?);
-    if k != k2 || res.elem_count() != n * out {
+    let ((n, k), out) = (x.dims2()?, w.dim(0)?);
+    if res.elem_count() != n * out {
         candle_core::bail!(
-            "linear_residual: x is [{n}, {k}], the weight [{out}, {k2}], the residual {:?}",
+            "linear_residual: x is [{n}, {k}], the weight [{out}, {k}], the residual {:?}",
             res.dims()
         )
     }
@@ -144,15 +173,7 @@ pub fn linear_residual(
             }),
         }
     })??;
-    if !grad {
-        return Ok(Some(Tensor::from_vec(y, res.shape(), res.device())?));
-    }
-    let y = Output::cpu(y, res.shape());
-    let r = op3("linear-residual", res, x, w, y, move |_, x, w, g| {
-        let (dx, dw) = linear_grads(x, w, &g.reshape((n, out))?, precision)?;
-        Ok((Some(g.clone()), Some(dx), Some(dw)))
-    })?;
-    Ok(Some(r))
+    Ok(Some(y))
 }
 
 /// `[x @ w1^T ; x @ w2^T]` stacked as `[2, N, out]` (the MLP's gate and up projections, in bf16
@@ -164,21 +185,22 @@ pub fn linear_pair(
     precision: Precision,
     out: DType,
 ) -> Result<Option<Tensor>> {
-    let (Some(y1), Some(y2)) = (
-        linear(x, w1, false, precision, out)?,
-        linear(x, w2, false, precision, out)?,
-    ) else {
+    if !(linear_applies(x, w1, precision, out)? && linear_applies(x, w2, precision, out)?) {
         return Ok(None);
+    }
+    fn stacked<O: Elem>(x: &Tensor, w: (&Tensor, &Tensor), p: Precision) -> Result<Output> {
+        let mut y: Vec<O> = product(x, w.0, p)?;
+        y.extend_from_slice(&product::<O>(x, w.1, p)?);
+        Ok(Output::cpu(y, (2, x.dim(0)?, w.0.dim(0)?)))
+    }
+    let y = match out {
+        DType::BF16 => stacked::<bf16>(x, (w1, w2), precision)?,
+        _ => stacked::<f32>(x, (w1, w2), precision)?,
     };
-    let y = Tensor::stack(&[&y1, &y2], 0)?;
-    drop((y1, y2));
-    let n = x.dim(0)?;
     let r = op3("linear-pair", x, w1, w2, y, move |x, w1, w2, g| {
         let g = g.to_dtype(DType::F32)?;
-        let (g1, g2) = (g.get(0)?, g.get(1)?);
-        let (dx1, dw1) = linear_grads(x, w1, &g1, precision)?;
-        let (dx2, dw2) = linear_grads(x, w2, &g2, precision)?;
-        debug_assert_eq!(dx1.dim(0)?, n);
+        let (dx1, dw1) = linear_grads(x, w1, &g.get(0)?, precision)?;
+        let (dx2, dw2) = linear_grads(x, w2, &g.get(1)?, precision)?;
         Ok((Some((dx1 + dx2)?), Some(dw1), Some(dw2)))
     })?;
     Ok(Some(r))
@@ -195,9 +217,10 @@ pub fn swiglu_linear_residual(
     precision: Precision,
 ) -> Result<Option<Tensor>> {
     let m = |gu: &Tensor| swiglu(&gu.get(0)?, &gu.get(1)?, false);
-    let Some(y) = linear_residual(res, &m(&gu.detach())?, &w.detach(), false, precision)? else {
+    let Some(y) = residual_product(res, &m(&gu.detach())?, &w.detach(), precision)? else {
         return Ok(None);
     };
+    let y = Output::cpu(y, res.shape());
     let r = op3(
         "swiglu-linear-residual",
         res,
@@ -210,20 +233,7 @@ pub fn swiglu_linear_residual(
             let mv = m(gu)?;
             let (dm, dw) = linear_grads(&mv, w, &g2, precision)?;
             drop(mv);
-            let (gate, up) = (gu.get(0)?.contiguous()?, gu.get(1)?.contiguous()?);
-            let lanes = Lanes::detect();
-            let (dg, du) = kernels::with_slice(&dm, |dy| match gate.dtype() {
-                DType::BF16 => kernels::with_slice_of::<bf16, _>(&gate, |gv| {
-                    kernels::with_slice_of::<bf16, _>(&up, |uv| {
-                        kernels::swiglu::backward(lanes, gv, uv, dy)
-                    })
-                }),
-                _ => kernels::with_slice_of::<f32, _>(&gate, |gv| {
-                    kernels::with_slice_of::<f32, _>(&up, |uv| {
-                        kernels::swiglu::backward(lanes, gv, uv, dy)
-                    })
-                }),
-            })???;
+            let (dg, du) = swiglu_grads(&gu.get(0)?, &gu.get(1)?, &dm)?;
             let mut d = dg;
             d.extend_from_slice(&du);
             let dgu = Tensor::from_vec(d, (2, n, f), gu.device())?;
@@ -396,24 +406,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor, grad: bool) -> Result<Tensor> {
     op2("swiglu", gate, up, y, |gate, up, g| {
         let bf16_in = gate.dtype() == DType::BF16 && up.dtype() == DType::BF16;
         if gate.device().is_cpu() && (kernels::applies(gate) || bf16_in) {
-            let g = g.to_dtype(DType::F32)?;
-            let (gate_c, up_c) = (gate.contiguous()?, up.contiguous()?);
-            let lanes = Lanes::detect();
-            let (dg, du) = kernels::with_slice(&g, |dy| {
-                if bf16_in {
-                    kernels::with_slice_of::<bf16, _>(&gate_c, |gv| {
-                        kernels::with_slice_of::<bf16, _>(&up_c, |uv| {
-                            kernels::swiglu::backward(lanes, gv, uv, dy)
-                        })
-                    })
-                } else {
-                    kernels::with_slice_of::<f32, _>(&gate_c, |gv| {
-                        kernels::with_slice_of::<f32, _>(&up_c, |uv| {
-                            kernels::swiglu::backward(lanes, gv, uv, dy)
-                        })
-                    })
-                }
-            })???;
+            let (dg, du) = swiglu_grads(gate, up, g)?;
             let shape = gate.shape();
             return Ok((
                 Some(Tensor::from_vec(dg, shape, gate.device())?),
@@ -428,6 +421,28 @@ pub fn swiglu(gate: &Tensor, up: &Tensor, grad: bool) -> Result<Tensor> {
         let d_gate = ((g * up)? * dsilu)?;
         Ok((Some(d_gate), Some(d_up)))
     })
+}
+
+/// [`swiglu`]'s gradients w.r.t. `gate` and `up` (f32 or both bf16) from the output's `g`, on
+/// the CPU kernel.
+fn swiglu_grads(gate: &Tensor, up: &Tensor, g: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+    let g = g.to_dtype(DType::F32)?;
+    let (gate, up) = (gate.contiguous()?, up.contiguous()?);
+    let lanes = Lanes::detect();
+    fn run<T: Elem>(
+        gate: &Tensor,
+        up: &Tensor,
+        dy: &[f32],
+        lanes: Lanes,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        kernels::with_slice_of::<T, _>(gate, |gv| {
+            kernels::with_slice_of::<T, _>(up, |uv| kernels::swiglu::backward(lanes, gv, uv, dy))
+        })?
+    }
+    kernels::with_slice(&g, |dy| match gate.dtype() {
+        DType::BF16 => run::<bf16>(&gate, &up, dy, lanes),
+        _ => run::<f32>(&gate, &up, dy, lanes),
+    })?
 }
 
 /// Shapes of one attention call.
