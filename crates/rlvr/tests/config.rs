@@ -85,8 +85,10 @@ fn defaults_equal_skyrl_reference_for_every_key() {
     }
 }
 
+/// Every typed field holds its key's resolved value (what the typed config leaves out is
+/// `skyrl_compat.yaml`'s; the unit tests of `config::compat` check that the two split the keys).
 #[test]
-fn typed_config_covers_every_resolved_key() {
+fn typed_config_reads_the_resolved_tree() {
     let dapo: Vec<&str> = DAPO
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
@@ -98,20 +100,13 @@ fn typed_config_covers_every_resolved_key() {
             .resolve()
             .unwrap();
         let typed = serde_yaml::to_value(&r.config).unwrap();
-        let mut tree_keys: Vec<String> = flatten(r.tree()).into_iter().map(|(k, _)| k).collect();
         let typed_leaves = flatten(&typed);
-        let mut typed_keys: Vec<String> = typed_leaves.iter().map(|(k, _)| k.clone()).collect();
-        tree_keys.sort();
-        typed_keys.sort();
-        assert_eq!(
-            typed_keys, tree_keys,
-            "typed config and tree disagree on keys"
-        );
+        assert!(typed_leaves.len() > 80, "{}", typed_leaves.len());
         for (key, v) in typed_leaves {
+            let tree = r.get(&key);
             assert!(
-                same(v, r.get(&key).unwrap()),
-                "`{key}`: typed {v:?} vs tree {:?}",
-                r.get(&key)
+                tree.is_some_and(|t| same(v, t)),
+                "`{key}`: typed {v:?} vs tree {tree:?}"
             );
         }
     }

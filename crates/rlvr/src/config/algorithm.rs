@@ -25,7 +25,6 @@ pub struct AlgorithmConfig {
     pub policy_loss_type: String,
     pub loss_reduction: LossReduction,
     pub grpo_norm_by_std: bool,
-    pub zero_variance_filter: bool,
     pub lambd: f64,
     pub gamma: f64,
     pub eps_clip_low: f64,

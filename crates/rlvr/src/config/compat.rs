@@ -1,28 +1,45 @@
 //! SkyRL keys that steer its GPU stack (Ray placement, FSDP, vLLM/SGLang engines, weight sync,
-//! wandb). They parse so a SkyRL command line carries over; when a file or an override sets one,
-//! rlvr says in one line what it does instead. (`trainer.logger` names rlvr cannot serve, such as
-//! wandb, are reported by `crate::logging` when a run starts.) Features rlvr lacks whose absence would silently
-//! change results are errors instead.
+//! wandb) or features rlvr lacks, listed in `crates/rlvr/config/skyrl_compat.yaml`. They parse so
+//! a SkyRL command line carries over, and none has a field in the typed config. An ignored key
+//! set by a file or an override gets one warning line saying what rlvr does instead; a refused
+//! key whose value would silently change results is an error. (`trainer.logger` names rlvr
+//! cannot serve, such as wandb, are reported by `crate::logging` when a run starts.)
 
+use serde::Deserialize;
 use serde_yaml::Value;
+use std::collections::BTreeMap;
 
 use super::resolved::ResolvedConfig;
 
-/// (key or `prefix.`, what rlvr does instead), from `crates/rlvr/config/skyrl_ignored.yaml`. A
-/// prefix ending in `.` or `_` covers every key it starts.
-fn ignored() -> &'static [(String, String)] {
-    static TABLE: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+pub(crate) struct Table {
+    /// Key or prefix (ending in `.` or `_`) → what rlvr does instead.
+    pub ignored: Vec<(String, String)>,
+    /// Key → (the one value rlvr runs with, why).
+    pub refused: BTreeMap<String, (Value, String)>,
+}
+
+pub(crate) fn table() -> &'static Table {
+    static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
-        let map: serde_yaml::Mapping =
-            serde_yaml::from_str(include_str!("../../config/skyrl_ignored.yaml"))
-                .expect("crates/rlvr/config/skyrl_ignored.yaml is a mapping of strings");
-        map.into_iter()
-            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
-            .collect()
+        #[derive(Deserialize)]
+        struct File {
+            ignored: serde_yaml::Mapping,
+            refused: BTreeMap<String, (Value, String)>,
+        }
+        let file: File = serde_yaml::from_str(include_str!("../../config/skyrl_compat.yaml"))
+            .expect("crates/rlvr/config/skyrl_compat.yaml has `ignored` and `refused` tables");
+        let ignored = file.ignored.into_iter();
+        Table {
+            ignored: ignored
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
+                .collect(),
+            refused: file.refused,
+        }
     })
 }
 
-fn covered(key: &str, pattern: &str) -> bool {
+/// Whether `pattern` (a key, or a prefix ending in `.` or `_`) covers `key`.
+pub(crate) fn covered(key: &str, pattern: &str) -> bool {
     if pattern.ends_with('.') || pattern.ends_with('_') {
         key.starts_with(pattern)
     } else {
@@ -41,41 +58,77 @@ fn show(v: Option<&Value>) -> String {
     }
 }
 
+/// Equal as YAML values, with `1` and `1.0` the same number.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Typed keys that only remote engines read, and what rlvr does with them otherwise.
+const REMOTE_ONLY: [(&str, &str); 3] = [
+    (
+        "generator.backend",
+        "local engines are rlvr's embedded engine; the backend only picks the API of remote \
+         engines (run_engines_locally=false)",
+    ),
+    (
+        "generator.remote_inference_engine_urls",
+        "used only with generator.run_engines_locally=false; ignored",
+    ),
+    (
+        "generator.served_model_name",
+        "used only with generator.run_engines_locally=false; ignored",
+    ),
+];
+
 pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<String>) {
-    let cfg = &r.config;
+    let remote = !r.config.generator.run_engines_locally;
+    let t = table();
+    for (key, (only, why)) in &t.refused {
+        let value = r.get(key).unwrap_or(&Value::Null);
+        if !same(value, only) {
+            let value = show(Some(value));
+            errors.push(format!("`{key}={value}`: {why} (use {})", show(Some(only))));
+        }
+    }
+    // Remote engines' settings act only on remote engines.
+    for (key, why) in REMOTE_ONLY {
+        if !remote && r.explicit_keys().any(|k| k == key) {
+            warnings.push(format!("`{key}={}`: {why}", show(r.get(key))));
+        }
+    }
     for key in r.explicit_keys() {
-        let Some((_, why)) = ignored().iter().find(|(p, _)| covered(key, p)) else {
+        let ignored = t.ignored.iter().find(|(p, _)| covered(key, p));
+        let Some((_, why)) = ignored.filter(|_| !t.refused.contains_key(key)) else {
             continue;
         };
         // The in-process choices rlvr makes anyway are not worth a warning.
         let value = r.get(key);
         let one = value.and_then(Value::as_u64) == Some(1);
-        let remote = !cfg.generator.run_engines_locally;
         let honoured = match key {
-            "generator.backend" => remote,
-            "generator.remote_inference_engine_urls" | "generator.served_model_name" => remote,
             // One engine, one device, everything colocated: what rlvr does anyway.
             k if k.ends_with("_size") || k.ends_with("_num_nodes") => one,
             k if k.ends_with("_num_gpus_per_node") || k == "generator.num_inference_engines" => one,
             k if k.starts_with("trainer.placement.colocate_") => value == Some(&Value::Bool(true)),
-            // Rank 0 is "off", what rlvr does; a rank above 0 is refused below.
-            k if k.ends_with("lora.rank") => value.and_then(Value::as_u64) == Some(0),
             _ => false,
         };
         if !honoured {
             warnings.push(format!("`{key}={}`: {why}", show(value)));
         }
     }
-
     // Critic settings act only on a critic (as in SkyRL); say so where one is set without it.
-    if cfg.trainer.critic.model.path.is_none() {
+    if r.config.trainer.critic.model.path.is_none() {
         for key in r.explicit_keys() {
             let critic_only = (key.starts_with("trainer.critic.")
                 && key != "trainer.critic.model.path")
                 || key == "trainer.critic_mini_batch_size"
                 || key == "trainer.algorithm.value_clip"
                 || key == "trainer.algorithm.value_head_prefix";
-            if critic_only && !ignored().iter().any(|(p, _)| covered(key, p)) {
+            let listed =
+                t.refused.contains_key(key) || t.ignored.iter().any(|(p, _)| covered(key, p));
+            if critic_only && !listed {
                 warnings.push(format!(
                     "`{key}={}`: only for a critic, and trainer.critic.model.path is null; ignored",
                     show(r.get(key))
@@ -83,124 +136,20 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
             }
         }
     }
-
-    let unsupported = |errors: &mut Vec<String>, active: bool, key: &str, what: &str| {
-        if active {
-            errors.push(format!("`{key}={}`: {what}", show(r.get(key))));
-        }
-    };
-    let g = &cfg.generator;
-    let t = &cfg.trainer;
-    unsupported(
-        errors,
-        !g.run_engines_locally && g.remote_inference_engine_urls.is_empty(),
-        "generator.remote_inference_engine_urls",
-        "run_engines_locally=false needs at least one server (host:port)",
-    );
-    unsupported(
-        errors,
-        g.max_turns > 1,
-        "generator.max_turns",
-        "multi-turn generation is not supported by rlvr (use 1)",
-    );
-    unsupported(
-        errors,
-        g.step_wise_trajectories,
-        "generator.step_wise_trajectories",
-        "step-wise trajectories are not supported by rlvr",
-    );
-    for (key, rank) in [
-        ("trainer.policy.model.lora.rank", t.policy.model.lora.rank),
-        ("trainer.critic.model.lora.rank", t.critic.model.lora.rank),
-    ] {
-        unsupported(
-            errors,
-            rank > 0,
-            key,
-            "LoRA is not supported by rlvr; training would update all weights instead (use 0)",
+    let g = &r.config.generator;
+    if remote && g.remote_inference_engine_urls.is_empty() {
+        errors.push(
+            "`generator.remote_inference_engine_urls=[]`: run_engines_locally=false needs at least \
+             one server (host:port)"
+                .into(),
         );
     }
-    for section in ["sampling_params", "eval_sampling_params"] {
-        let p = if section == "sampling_params" {
-            &g.sampling_params
-        } else {
-            &g.eval_sampling_params
-        };
-        unsupported(
-            errors,
-            p.repetition_penalty != 1.0,
-            &format!("generator.{section}.repetition_penalty"),
-            "rlvr's engines sample without a repetition penalty (use 1.0)",
-        );
-    }
-    unsupported(
-        errors,
-        t.update_ref_every_epoch,
-        "trainer.update_ref_every_epoch",
-        "rlvr keeps the reference model frozen for the whole run (use false)",
-    );
-    unsupported(
-        errors,
-        t.dump_data_batch,
-        "trainer.dump_data_batch",
-        "rlvr does not dump training batches (use false; trainer.dump_eval_results dumps evaluations)",
-    );
-    for (section, kwargs) in [
-        ("policy", &t.policy.model_config_kwargs),
-        ("ref", &t.reference.model_config_kwargs),
-        ("critic", &t.critic.model_config_kwargs),
-    ] {
-        unsupported(
-            errors,
-            !kwargs.is_empty(),
-            &format!("trainer.{section}.model_config_kwargs"),
-            "rlvr builds the model from the checkpoint's config.json: change it there (use {})",
-        );
-    }
-    for (key, set) in [
-        ("trainer.rope_scaling", t.rope_scaling.is_some()),
-        ("trainer.rope_theta", t.rope_theta.is_some()),
-        ("generator.rope_scaling", g.rope_scaling.is_some()),
-        ("generator.rope_theta", g.rope_theta.is_some()),
-    ] {
-        unsupported(
-            errors,
-            set,
-            key,
-            "rlvr takes RoPE settings from the checkpoint's config.json: change them there (use null)",
-        );
-    }
-    unsupported(
-        errors,
-        g.chat_template.name_or_path.is_some(),
-        "generator.chat_template.name_or_path",
-        "SkyRL applies a custom chat template only when it re-tokenizes multi-turn histories; \
-         rlvr generates one turn with the model's own template (use null; \
-         generator.chat_template_kwargs is passed to it)",
-    );
-    unsupported(
-        errors,
-        t.algorithm.zero_variance_filter,
-        "trainer.algorithm.zero_variance_filter",
-        "not implemented in rlvr (dynamic_sampling.type=filter drops zero-variance groups instead)",
-    );
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{covered, ignored};
-    use crate::config::validate::{validate_with, NameChecks};
-    use crate::config::ConfigBuilder;
-
-    fn any(_: &str) -> bool {
-        true
-    }
-    const NAMES: NameChecks = NameChecks {
-        advantage_estimator: any,
-        advantage_estimator_names: Vec::new,
-        policy_loss: any,
-        policy_loss_names: Vec::new,
-    };
+    use super::{covered, table};
+    use crate::config::{flatten, ConfigBuilder};
 
     fn run(args: &[&str]) -> Result<Vec<String>, String> {
         let r = ConfigBuilder::new()
@@ -208,19 +157,53 @@ mod tests {
             .unwrap()
             .resolve()
             .unwrap();
-        validate_with(&r, &NAMES).map_err(|e| e.to_string())
+        r.validate().map_err(|e| e.to_string())
+    }
+
+    fn listed(key: &str) -> bool {
+        let t = table();
+        t.refused.contains_key(key) || t.ignored.iter().any(|(p, _)| covered(key, p))
     }
 
     #[test]
-    fn every_ignored_key_is_a_key_of_the_defaults() {
-        let keys = super::super::keys::Keys::from_defaults(&super::super::defaults::tree());
-        assert!(ignored().len() > 40);
-        for (pattern, why) in ignored() {
+    fn every_listed_key_is_a_key_of_the_defaults() {
+        let defaults = super::super::builder::defaults();
+        let keys: Vec<String> = flatten(&defaults).into_iter().map(|(k, _)| k).collect();
+        assert!(table().ignored.len() > 40 && table().refused.len() > 10);
+        for (pattern, why) in &table().ignored {
             assert!(
-                keys.leaves().any(|k| covered(k, pattern)),
+                keys.iter().any(|k| covered(k, pattern)),
                 "{pattern} covers no key of base.yaml"
             );
             assert!(!why.is_empty());
+        }
+        for key in table().refused.keys() {
+            assert!(keys.contains(key), "{key} is not a key of base.yaml");
+        }
+    }
+
+    /// One definition per key: each key of the resolved tree is a field of the typed config or
+    /// listed in the compat table, never both, and a typed field holds the tree's value.
+    #[test]
+    fn typed_config_and_compat_table_split_the_keys() {
+        let r = ConfigBuilder::new().resolve().unwrap();
+        let typed = serde_yaml::to_value(&r.config).unwrap();
+        let typed: Vec<(String, &serde_yaml::Value)> = flatten(&typed);
+        for (key, value) in &typed {
+            assert!(
+                !listed(key),
+                "`{key}` is typed and listed in skyrl_compat.yaml"
+            );
+            let tree = r.get(key);
+            let same = tree.is_some_and(|t| super::same(t, value));
+            assert!(same, "`{key}`: typed {value:?}, tree {tree:?}");
+        }
+        for (key, _) in flatten(r.tree()) {
+            let is_typed = typed.iter().any(|(k, _)| *k == key);
+            assert!(
+                is_typed || listed(&key),
+                "`{key}` is neither typed nor listed"
+            );
         }
     }
 

@@ -66,9 +66,6 @@ pub enum ConfigError {
     #[error("cannot resolve `{key}`: {reason}")]
     Interpolation { key: String, reason: String },
 
-    #[error("resolved config does not fit rlvr's typed config: {0}")]
-    Typed(String),
-
     #[error("invalid config:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<String>),
 

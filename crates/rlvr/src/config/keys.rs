@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 use std::collections::BTreeMap;
 
-use super::tree::{get, join};
+use super::tree::get;
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -16,24 +16,15 @@ pub struct Keys {
 
 impl Keys {
     pub fn from_defaults(defaults: &Value) -> Keys {
-        fn walk(path: &str, v: &Value, known: &mut BTreeMap<String, bool>) {
-            match v {
-                Value::Mapping(map) if !map.is_empty() => {
-                    if !path.is_empty() {
-                        known.insert(path.to_string(), true);
-                    }
-                    for (k, v) in map {
-                        let k = k.as_str().expect("base.yaml keys are strings");
-                        walk(&join(path, k), v, known);
-                    }
-                }
-                _ => {
-                    known.insert(path.to_string(), false);
-                }
-            }
-        }
         let mut known = BTreeMap::new();
-        walk("", defaults, &mut known);
+        for (leaf, _) in super::tree::leaves(defaults) {
+            let mut section = leaf.as_str();
+            while let Some((parent, _)) = section.rsplit_once('.') {
+                known.insert(parent.to_string(), true);
+                section = parent;
+            }
+            known.insert(leaf, false);
+        }
         Keys { known }
     }
 
@@ -159,7 +150,7 @@ mod tests {
     use super::*;
 
     fn keys() -> Keys {
-        Keys::from_defaults(&super::super::defaults::tree())
+        Keys::from_defaults(&super::super::builder::defaults())
     }
 
     #[test]
@@ -191,7 +182,7 @@ mod tests {
     #[test]
     fn strings_and_lists_from_the_command_line_are_read_as_their_keys_want() {
         let k = keys();
-        let defaults = super::super::defaults::tree();
+        let defaults = super::super::builder::defaults();
         let mut tree = defaults.clone();
         super::super::tree::set(&mut tree, "trainer.run_name", Value::from(2024)).unwrap();
         super::super::tree::set(

@@ -14,23 +14,19 @@
 //!
 //! Order: defaults, then `--config` files, then overrides in order; `${...}` interpolations are
 //! resolved last, so `trainer.policy.model.path=X` also moves `generator.model_name`.
+//!
+//! Each key's type is its field in [`Config`]; keys SkyRL has but rlvr does not act on have no
+//! field and are listed with what rlvr does instead in `crates/rlvr/config/skyrl_compat.yaml`.
 
 mod algorithm;
 mod builder;
 mod compat;
-mod data;
-mod defaults;
-mod environment;
 mod error;
 mod generator;
 mod interpolate;
 mod keys;
-mod model;
-mod optimizer;
 mod override_arg;
-mod placement;
 mod resolved;
-mod sampling;
 mod trainer;
 mod tree;
 mod validate;
@@ -42,28 +38,17 @@ pub use algorithm::{
     AlgorithmConfig, CispoConfig, ClipCovConfig, DynamicSamplingConfig, KlCovConfig, KlCtrlConfig,
     OffPolicyCorrectionConfig, OverlongBufferConfig, SapoConfig,
 };
-pub use builder::ConfigBuilder;
-pub use data::DataConfig;
-pub use defaults::BASE_YAML;
-pub use environment::{
-    EnvironmentConfig, Gsm8kConfig, LlmAsAJudgeConfig, SearchConfig, SkyrlGymConfig, Text2SqlConfig,
-};
+pub use builder::{ConfigBuilder, BASE_YAML};
 pub use error::{ConfigError, Origin};
-pub use generator::{ChatTemplateConfig, GeneratorConfig};
-pub use model::{
-    CriticConfig, CriticModel, FsdpConfig, LoraConfig, PolicyConfig, PolicyModel, RefConfig,
-    RefModel,
-};
-pub use optimizer::OptimizerConfig;
+pub use generator::{ChatTemplateConfig, GeneratorConfig, SamplingParams};
 pub use override_arg::{parse as parse_override, Mode as OverrideMode, Override};
-pub use placement::PlacementConfig;
 pub use resolved::ResolvedConfig;
-pub use sampling::SamplingParams;
 pub use trainer::{
-    FullyAsyncConfig, ResumeMode, SequenceParallelBackend, TrainStrategy, TrainerConfig,
+    CriticConfig, CriticModel, ModelPath, OptimizerConfig, PolicyConfig, RefConfig, ResumeMode,
+    TrainerConfig,
 };
 pub use tree::leaves as flatten;
-pub use validate::{log_warnings, validate_with, NameChecks};
+pub use validate::log_warnings;
 
 /// The whole typed config, one field per top-level section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +57,35 @@ pub struct Config {
     pub generator: GeneratorConfig,
     pub data: DataConfig,
     pub environment: EnvironmentConfig,
+}
+
+/// `data`: the training and evaluation datasets (parquet or jsonl files in SkyRL's row schema).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataConfig {
+    pub train_data: Vec<String>,
+    pub val_data: Vec<String>,
+}
+
+/// `environment`: which environment scores responses (`env_class`, the default for rows that do
+/// not name one) and the settings of rlvr's GSM8K scorer under `skyrl_gym.gsm8k`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentConfig {
+    pub env_class: String,
+    pub skyrl_gym: SkyrlGymConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkyrlGymConfig {
+    pub gsm8k: Gsm8kConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gsm8kConfig {
+    /// `strict` (SkyRL: the number after `#### `), `flexible` (the last number in the text) or
+    /// rlvr's `numeric`.
+    pub method: rlvr_algo::rewards::gsm8k::Method,
+    /// Partial credit for a formatted but wrong answer (`compute_score`'s `format_score`).
+    pub format_score: f64,
 }
 
 impl Config {

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::error::ConfigError;
 use super::tree::get;
-use super::validate::{self, NameChecks};
+use super::validate;
 use super::Config;
 
 #[derive(Debug, Clone)]
@@ -36,11 +36,6 @@ impl ResolvedConfig {
         get(&self.tree, key)
     }
 
-    /// Whether a file or an override set `key` (as opposed to the defaults).
-    pub fn is_explicit(&self, key: &str) -> bool {
-        self.explicit.contains(key)
-    }
-
     /// Keys a file or an override set, in sorted order.
     pub fn explicit_keys(&self) -> impl Iterator<Item = &str> {
         self.explicit.iter().map(String::as_str)
@@ -64,6 +59,6 @@ impl ResolvedConfig {
     /// Check every rule (see [`validate`](super::validate)) with rlvr-algo's registries.
     /// Ok holds one line per key rlvr parses but cannot honour.
     pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
-        validate::validate_with(self, &NameChecks::rlvr_algo())
+        validate::validate(self)
     }
 }

@@ -1,16 +1,13 @@
-//! `trainer`: batch sizes, epochs, checkpoints, evaluation cadence, logging, and the model roles.
+//! `trainer`: batch sizes, epochs, checkpoints, evaluation cadence, logging, and the model roles
+//! (`policy`, `ref`, `critic`) with their optimizers. SkyRL's keys for its GPU stack (placement,
+//! FSDP, sequence parallelism, LoRA) have no field here (`compat.rs`).
 
 use serde::{Deserialize, Serialize};
 
 use super::algorithm::AlgorithmConfig;
-use super::model::{CriticConfig, PolicyConfig, RefConfig};
-use super::placement::PlacementConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerConfig {
-    pub placement: PlacementConfig,
-    pub sequence_parallel_backend: SequenceParallelBackend,
-    pub strategy: TrainStrategy,
     /// rlvr-only: `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
     pub policy: PolicyConfig,
@@ -18,9 +15,6 @@ pub struct TrainerConfig {
     pub reference: RefConfig,
     pub critic: CriticConfig,
     pub algorithm: AlgorithmConfig,
-    pub fully_async: FullyAsyncConfig,
-    pub gradient_checkpointing: bool,
-    pub gradient_checkpointing_use_reentrant: bool,
     pub seed: u64,
     pub resume_mode: Option<ResumeMode>,
     pub resume_path: Option<String>,
@@ -46,29 +40,19 @@ pub struct TrainerConfig {
     /// Rows (prompt x sample) per forward/backward pass.
     pub micro_train_batch_size_per_gpu: usize,
     pub micro_forward_batch_size_per_gpu: usize,
-    pub update_ref_every_epoch: bool,
-    pub use_sample_packing: bool,
     pub eval_batch_size: usize,
     pub eval_before_train: bool,
     /// `<= 0` = never.
     pub eval_interval: i64,
     pub max_prompt_length: usize,
-    pub flash_attn: bool,
-    pub disable_fast_tokenizer: bool,
-    pub project_name: String,
     pub run_name: String,
     /// Comma-separated sink names (`console`, `jsonl`, `csv`, `tensorboard`, SkyRL's `wandb`);
     /// a list (`['console','jsonl']`) is joined.
     #[serde(deserialize_with = "super::keys::joined_names")]
     pub logger: String,
-    pub dump_data_batch: bool,
     pub dump_eval_results: bool,
-    pub rope_scaling: Option<serde_yaml::Value>,
-    pub rope_theta: Option<f64>,
 }
 
-/// `trainer.resume_mode`: start afresh (`none`, or null), from the latest checkpoint under
-/// `trainer.ckpt_path`, or from `trainer.resume_path`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResumeMode {
@@ -77,25 +61,46 @@ pub enum ResumeMode {
     FromPath,
 }
 
-/// SkyRL's `trainer.strategy` (its distributed training backend; rlvr trains in-process).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrainStrategy {
-    Fsdp,
-    Fsdp2,
-    Deepspeed,
-    Megatron,
-}
-
-/// SkyRL's `trainer.sequence_parallel_backend`: only `ulysses` exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SequenceParallelBackend {
-    Ulysses,
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyConfig {
+    pub model: ModelPath,
+    pub optimizer_config: OptimizerConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FullyAsyncConfig {
-    pub max_staleness_steps: usize,
-    pub num_parallel_generation_workers: usize,
+pub struct RefConfig {
+    /// Defaults to the policy's path (`${trainer.policy.model.path}`).
+    pub model: ModelPath,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CriticConfig {
+    pub model: CriticModel,
+    pub optimizer_config: OptimizerConfig,
+}
+
+/// A Hugging Face model directory or a `.gguf` file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelPath {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CriticModel {
+    /// `None` = no critic (needed only by `gae`).
+    pub path: Option<String>,
+}
+
+/// `trainer.policy.optimizer_config` / `trainer.critic.optimizer_config`: AdamW, gradient
+/// clipping and the learning-rate schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerConfig {
+    pub lr: f64,
+    pub adam_betas: Vec<f64>,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip.
+    pub max_grad_norm: f64,
+    pub num_warmup_steps: usize,
+    /// `constant_with_warmup` (default), `constant`, `linear`, `cosine`.
+    pub scheduler: rlvr_model::optim::ScheduleKind,
 }

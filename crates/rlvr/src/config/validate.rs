@@ -1,56 +1,38 @@
 //! Validation before any work starts. Rules follow skyrl-train's `validate_cfg` with the same
 //! meanings; rlvr trains on one device, so SkyRL's per-GPU batch sizes apply with a
 //! data-parallel size of 1. Every problem is reported (not just the first), each naming its keys.
-//! Keys rlvr parses but cannot honour give one warning line each (see `compat.rs`); features
-//! whose absence would silently change results are errors.
+//! A key's type is checked when the tree is deserialised; here are its range and the rules
+//! between keys. Keys rlvr parses but does not act on are `compat.rs`'s.
 
-use super::compat;
+use std::fmt::Display;
+use std::ops::{Bound, RangeBounds};
+
 use super::error::ConfigError;
 use super::resolved::ResolvedConfig;
-use super::{Config, ResumeMode};
+use super::{compat, Config, OptimizerConfig, ResumeMode};
 use rlvr_algo::dynamic_sampling::Strategy;
 
-/// Name lookups in the algorithm registries (so tests can substitute their own).
-#[derive(Clone, Copy)]
-pub struct NameChecks {
-    pub advantage_estimator: fn(&str) -> bool,
-    pub advantage_estimator_names: fn() -> Vec<String>,
-    pub policy_loss: fn(&str) -> bool,
-    pub policy_loss_names: fn() -> Vec<String>,
-}
-
-impl NameChecks {
-    /// The registries of `rlvr_algo` (built-ins plus anything a binary registered).
-    pub fn rlvr_algo() -> Self {
-        NameChecks {
-            advantage_estimator: rlvr_algo::advantages::is_registered,
-            advantage_estimator_names: rlvr_algo::advantages::registered_names,
-            policy_loss: rlvr_algo::policy_loss::is_registered,
-            policy_loss_names: rlvr_algo::policy_loss::registered_names,
-        }
-    }
-}
-
 /// Check every rule; Ok holds the warnings (one line per key that is parsed but not honoured).
-pub fn validate_with(r: &ResolvedConfig, names: &NameChecks) -> Result<Vec<String>, ConfigError> {
-    let mut errors = Vec::new();
-    let cfg = &r.config;
+pub fn validate(r: &ResolvedConfig) -> Result<Vec<String>, ConfigError> {
+    let mut rules = Rules(Vec::new());
     // YAML's `.nan` / `.inf` parse as numbers; no setting means either, and one would reach the
     // weights (an lr of NaN writes NaN checkpoints).
     for (key, value) in super::tree::leaves(r.tree()) {
-        if value.as_f64().is_some_and(|v| !v.is_finite()) {
-            errors.push(format!(
-                "`{key}` must be a finite number, got {}",
-                value.as_f64().unwrap()
-            ));
+        if let Some(v) = value.as_f64().filter(|v| !v.is_finite()) {
+            rules.need(
+                false,
+                &key,
+                format_args!("must be a finite number, got {v}"),
+            );
         }
     }
-    batch_sizes(cfg, &mut errors);
-    algorithm(cfg, names, &mut errors);
-    sampling(cfg, &mut errors);
-    trainer(cfg, &mut errors);
+    let cfg = &r.config;
+    batch_sizes(cfg, &mut rules);
+    algorithm(cfg, &mut rules);
+    generator(cfg, &mut rules);
+    trainer(cfg, &mut rules);
     let mut warnings = Vec::new();
-    compat::check(r, &mut warnings, &mut errors);
+    compat::check(r, &mut warnings, &mut rules.0);
     if cfg.trainer.algorithm.loss_reduction == rlvr_algo::LossReduction::SeqMeanTokenSumNorm
         && cfg.trainer.algorithm.max_seq_len.is_none()
     {
@@ -60,10 +42,9 @@ pub fn validate_with(r: &ResolvedConfig, names: &NameChecks) -> Result<Vec<Strin
             cfg.max_seq_len()
         ));
     }
-    if errors.is_empty() {
-        Ok(warnings)
-    } else {
-        Err(ConfigError::Invalid(errors))
+    match rules.0.is_empty() {
+        true => Ok(warnings),
+        false => Err(ConfigError::Invalid(rules.0)),
     }
 }
 
@@ -74,336 +55,276 @@ pub fn log_warnings(warnings: &[String]) {
     }
 }
 
-fn batch_sizes(cfg: &Config, errors: &mut Vec<String>) {
-    let t = &cfg.trainer;
-    let n = cfg.generator.n_samples_per_prompt;
-    let mut positive = |key: &str, v: usize| {
-        if v == 0 {
-            errors.push(format!("`{key}` must be > 0"));
+/// One message per broken rule.
+struct Rules(Vec<String>);
+
+impl Rules {
+    fn rule(&mut self, ok: bool, message: impl Display) {
+        if !ok {
+            self.0.push(message.to_string());
         }
-    };
-    positive("trainer.train_batch_size", t.train_batch_size);
-    positive(
-        "trainer.micro_train_batch_size_per_gpu",
-        t.micro_train_batch_size_per_gpu,
-    );
-    positive(
-        "trainer.micro_forward_batch_size_per_gpu",
-        t.micro_forward_batch_size_per_gpu,
-    );
-    positive("generator.n_samples_per_prompt", n);
-    positive(
-        "generator.eval_n_samples_per_prompt",
-        cfg.generator.eval_n_samples_per_prompt,
-    );
-    positive("trainer.eval_batch_size", t.eval_batch_size);
-    positive("trainer.update_epochs_per_batch", t.update_epochs_per_batch);
-    if t.train_batch_size == 0 || t.micro_train_batch_size_per_gpu == 0 || n == 0 {
-        return;
     }
-    let mut mini_batch_rules = |role: &str, mini: usize| {
-        let mini_key = format!("trainer.{role}_mini_batch_size");
-        if mini == 0 {
-            errors.push(format!("`{mini_key}` must be > 0"));
-            return;
-        }
-        let left_over = t.train_batch_size % mini;
-        if left_over != 0 {
-            errors.push(format!(
-                "trainer.train_batch_size % {mini_key} != 0 ({} % {mini} = {left_over}): a \
-                 training batch must split into whole mini-batches",
-                t.train_batch_size
-            ));
-        }
-        let rows = mini * n;
-        let left_over = rows % t.micro_train_batch_size_per_gpu;
-        if left_over != 0 {
-            errors.push(format!(
-                "{mini_key} * generator.n_samples_per_prompt % trainer.micro_train_batch_size_per_gpu != 0 \
-                 ({mini} * {n} = {rows} rows per mini-batch, micro-batch {}): a mini-batch must \
-                 split into whole micro-batches (rlvr trains on one device, so the per-GPU size \
-                 applies to the whole mini-batch)",
-                t.micro_train_batch_size_per_gpu
-            ));
-        }
-    };
-    mini_batch_rules("policy", t.policy_mini_batch_size);
-    if t.critic.model.path.is_some() {
-        mini_batch_rules("critic", t.critic_mini_batch_size);
+
+    /// `key` breaks its rule unless `ok`; `what` says what it takes.
+    fn need(&mut self, ok: bool, key: &str, what: impl Display) {
+        self.rule(ok, format_args!("`{key}` {what}"));
+    }
+
+    /// `v` must lie in `range`.
+    fn within(&mut self, key: &str, v: f64, range: (Bound<f64>, Bound<f64>)) {
+        let within = range.contains(&v);
+        let words = match range {
+            (Bound::Included(lo), Bound::Included(hi)) => format!("in [{lo}, {hi}]"),
+            (Bound::Excluded(lo), Bound::Included(hi)) => format!("in ({lo}, {hi}]"),
+            (Bound::Included(lo), Bound::Excluded(hi)) => format!("in [{lo}, {hi})"),
+            (Bound::Included(lo), _) => format!(">= {lo}"),
+            (Bound::Excluded(lo), _) => format!("> {lo}"),
+            _ => unreachable!("every range here has a lower bound"),
+        };
+        self.need(within, key, format_args!("must be {words}, got {v}"));
+    }
+
+    /// `value` must be one of `names`; `what` says what they are.
+    fn one_of<S: AsRef<str>>(&mut self, key: &str, value: &str, names: &[S], what: &str) {
+        let ok = names.iter().any(|n| n.as_ref() == value);
+        let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+        let names = names.join(", ");
+        self.need(
+            ok,
+            key,
+            format_args!("= \"{value}\" is not {what} (one of {names})"),
+        );
+    }
+
+    fn positive(&mut self, key: &str, v: usize) {
+        self.need(v > 0, key, "must be > 0");
     }
 }
 
-fn algorithm(cfg: &Config, names: &NameChecks, errors: &mut Vec<String>) {
+const UNIT: (Bound<f64>, Bound<f64>) = (Bound::Included(0.0), Bound::Included(1.0));
+const NON_NEGATIVE: (Bound<f64>, Bound<f64>) = (Bound::Included(0.0), Bound::Unbounded);
+const POSITIVE: (Bound<f64>, Bound<f64>) = (Bound::Excluded(0.0), Bound::Unbounded);
+
+fn batch_sizes(cfg: &Config, r: &mut Rules) {
+    let t = &cfg.trainer;
+    let n = cfg.generator.n_samples_per_prompt;
+    r.positive("trainer.train_batch_size", t.train_batch_size);
+    let micro = t.micro_train_batch_size_per_gpu;
+    r.positive("trainer.micro_train_batch_size_per_gpu", micro);
+    let micro_forward = t.micro_forward_batch_size_per_gpu;
+    r.positive("trainer.micro_forward_batch_size_per_gpu", micro_forward);
+    r.positive("generator.n_samples_per_prompt", n);
+    let eval_n = cfg.generator.eval_n_samples_per_prompt;
+    r.positive("generator.eval_n_samples_per_prompt", eval_n);
+    r.positive("trainer.eval_batch_size", t.eval_batch_size);
+    r.positive("trainer.update_epochs_per_batch", t.update_epochs_per_batch);
+    let critic = t.critic.model.path.is_some();
+    for (role, mini) in [
+        ("policy", t.policy_mini_batch_size),
+        ("critic", t.critic_mini_batch_size),
+    ] {
+        let key = format!("trainer.{role}_mini_batch_size");
+        if (role == "critic" && !critic) || t.train_batch_size == 0 || micro == 0 || n == 0 {
+            continue;
+        }
+        r.positive(&key, mini);
+        let (batch, rows) = (t.train_batch_size, mini * n);
+        r.rule(
+            mini == 0 || batch % mini == 0,
+            format_args!(
+                "trainer.train_batch_size % {key} != 0 ({batch} % {mini} = {}): a training \
+                 batch must split into whole mini-batches",
+                batch % mini.max(1)
+            ),
+        );
+        r.rule(
+            rows % micro == 0,
+            format_args!(
+                "{key} * generator.n_samples_per_prompt % trainer.micro_train_batch_size_per_gpu \
+                 != 0 ({mini} * {n} = {rows} rows per mini-batch, micro-batch {micro}): a \
+                 mini-batch must split into whole micro-batches (rlvr trains on one device, so \
+                 the per-GPU size applies to the whole mini-batch)"
+            ),
+        );
+    }
+}
+
+fn algorithm(cfg: &Config, r: &mut Rules) {
     let a = &cfg.trainer.algorithm;
-    if a.use_kl_in_reward && a.use_kl_loss {
-        errors.push(
-            "`trainer.algorithm.use_kl_in_reward` and `trainer.algorithm.use_kl_loss` are both true; \
-             use one KL placement (they are mutually exclusive)"
-                .into(),
-        );
-    }
-    if !(names.advantage_estimator)(&a.advantage_estimator) {
-        errors.push(format!(
-            "`trainer.algorithm.advantage_estimator` = \"{}\" is not a registered advantage \
-             estimator (registered: {})",
-            a.advantage_estimator,
-            (names.advantage_estimator_names)().join(", ")
-        ));
-    }
-    if a.advantage_estimator == "gae" && cfg.trainer.critic.model.path.is_none() {
-        // GAE takes a critic's values; without one a run would fail at its first step.
-        errors.push(
-            "`trainer.algorithm.advantage_estimator` = \"gae\" needs a critic: set \
-             `trainer.critic.model.path` (e.g. to the policy's checkpoint), or use a critic-free \
-             estimator (grpo, rloo, reinforce++)"
-                .into(),
-        );
-    }
+    let key = |k: &str| format!("trainer.algorithm.{k}");
+    r.need(
+        !(a.use_kl_in_reward && a.use_kl_loss),
+        "trainer.algorithm.use_kl_in_reward",
+        "and `trainer.algorithm.use_kl_loss` are both true; use one KL placement (they are \
+         mutually exclusive)",
+    );
+    let estimators = rlvr_algo::advantages::registered_names();
+    let estimator = &a.advantage_estimator;
+    r.one_of(
+        &key("advantage_estimator"),
+        estimator,
+        &estimators,
+        "a registered advantage estimator",
+    );
+    // GAE takes a critic's values; without one a run would fail at its first step.
+    r.need(
+        a.advantage_estimator != "gae" || cfg.trainer.critic.model.path.is_some(),
+        &key("advantage_estimator"),
+        "= \"gae\" needs a critic: set `trainer.critic.model.path` (e.g. to the policy's \
+         checkpoint), or use a critic-free estimator (grpo, rloo, reinforce++)",
+    );
     if let Some(c) = a.value_clip {
-        if !(c.is_finite() && c >= 0.0) {
-            errors.push(format!(
-                "`trainer.algorithm.value_clip` = {c}: expected a non-negative number, or null \
-                 for an unclipped value loss"
-            ));
-        }
+        r.within(&key("value_clip"), c, NON_NEGATIVE);
     }
-    if !(names.policy_loss)(&a.policy_loss_type) {
-        errors.push(format!(
-            "`trainer.algorithm.policy_loss_type` = \"{}\" is not a registered policy loss \
-             (registered: {})",
-            a.policy_loss_type,
-            (names.policy_loss_names)().join(", ")
-        ));
+    let losses = rlvr_algo::policy_loss::registered_names();
+    r.one_of(
+        &key("policy_loss_type"),
+        &a.policy_loss_type,
+        &losses,
+        "a registered policy loss",
+    );
+    r.need(
+        a.max_seq_len != Some(0),
+        &key("max_seq_len"),
+        "must be > 0 (or null)",
+    );
+    r.within(&key("kl_loss_coef"), a.kl_loss_coef, NON_NEGATIVE);
+    r.within(&key("eps_clip_low"), a.eps_clip_low, UNIT);
+    r.within(&key("eps_clip_high"), a.eps_clip_high, NON_NEGATIVE);
+    if a.policy_loss_type == "dual_clip" {
+        let above_one = (Bound::Excluded(1.0), Bound::Unbounded);
+        r.within(&key("clip_ratio_c"), a.clip_ratio_c, above_one);
     }
-    if a.max_seq_len == Some(0) {
-        errors.push("`trainer.algorithm.max_seq_len` must be > 0 (or null)".into());
-    }
-    if a.kl_loss_coef < 0.0 {
-        errors.push(format!(
-            "`trainer.algorithm.kl_loss_coef` must be >= 0, got {}",
-            a.kl_loss_coef
-        ));
-    }
-    if !(0.0..=1.0).contains(&a.eps_clip_low) {
-        errors.push(format!(
-            "`trainer.algorithm.eps_clip_low` must be in [0, 1] (the ratio is clipped to \
-             [1 - eps_clip_low, 1 + eps_clip_high]), got {}",
-            a.eps_clip_low
-        ));
-    }
-    if a.eps_clip_high < 0.0 {
-        errors.push(format!(
-            "`trainer.algorithm.eps_clip_high` must be >= 0, got {}",
-            a.eps_clip_high
-        ));
-    }
-    if a.policy_loss_type == "dual_clip" && a.clip_ratio_c <= 1.0 {
-        errors.push(format!(
-            "`trainer.algorithm.clip_ratio_c` must be > 1 for policy_loss_type=dual_clip, got {}",
-            a.clip_ratio_c
-        ));
-    }
-    for (key, v) in [("gamma", a.gamma), ("lambd", a.lambd)] {
-        if !(0.0..=1.0).contains(&v) {
-            errors.push(format!(
-                "`trainer.algorithm.{key}` must be in [0, 1], got {v}"
-            ));
-        }
-    }
+    r.within(&key("gamma"), a.gamma, UNIT);
+    r.within(&key("lambd"), a.lambd, UNIT);
     let ds = &a.dynamic_sampling;
     if let Some(kind) = ds.kind {
-        if cfg.generator.n_samples_per_prompt < 2 {
-            errors.push(format!(
-                "`trainer.algorithm.dynamic_sampling.type` = {kind:?} needs \
-                 `generator.n_samples_per_prompt` >= 2 (a group of one always has zero reward std)"
-            ));
-        }
-        if kind == Strategy::Replace && !(0.0..=1.0).contains(&ds.min_replace_ratio) {
-            errors.push(format!(
-                "`trainer.algorithm.dynamic_sampling.min_replace_ratio` must be in [0, 1], got {}",
-                ds.min_replace_ratio
-            ));
+        r.need(
+            cfg.generator.n_samples_per_prompt >= 2,
+            "generator.n_samples_per_prompt",
+            format_args!(
+                "must be >= 2 for `trainer.algorithm.dynamic_sampling.type` = {kind:?} (a group \
+                 of one always has zero reward std)"
+            ),
+        );
+        if kind == Strategy::Replace {
+            let ratio = ds.min_replace_ratio;
+            r.within(&key("dynamic_sampling.min_replace_ratio"), ratio, UNIT);
         }
     }
-    if a.use_tis && a.tis_imp_ratio_cap <= 0.0 {
-        errors.push(format!(
-            "`trainer.algorithm.use_tis` is true, so `trainer.algorithm.tis_imp_ratio_cap` must be > 0, got {}",
-            a.tis_imp_ratio_cap
-        ));
+    if a.use_tis {
+        r.within(&key("tis_imp_ratio_cap"), a.tis_imp_ratio_cap, POSITIVE);
     }
     let oc = &a.off_policy_correction;
     if let Some(t) = oc.tis_ratio_type.as_deref() {
-        if !matches!(t, "token" | "sequence") {
-            errors.push(format!(
-                "`trainer.algorithm.off_policy_correction.tis_ratio_type` = \"{t}\" is not one of null, token, sequence"
-            ));
-        }
+        let kinds = ["token", "sequence"];
+        r.one_of(
+            &key("off_policy_correction.tis_ratio_type"),
+            t,
+            &kinds,
+            "a TIS ratio type or null",
+        );
     }
     if let Some(m) = oc.sequence_mask_metric.as_deref() {
-        if !matches!(m, "geometric" | "product") {
-            errors.push(format!(
-                "`trainer.algorithm.off_policy_correction.sequence_mask_metric` = \"{m}\" is not one of null, geometric, product"
-            ));
-        }
+        let metrics = ["geometric", "product"];
+        r.one_of(
+            &key("off_policy_correction.sequence_mask_metric"),
+            m,
+            &metrics,
+            "a sequence mask metric or null",
+        );
     }
     if let Some(ob) = &a.overlong_buffer {
         let max_len = cfg.generator.sampling_params.max_generate_length;
-        if ob.len == 0 || ob.len > max_len {
-            errors.push(format!(
-                "`trainer.algorithm.overlong_buffer.len` must be in 1..=generator.sampling_params.max_generate_length \
-                 ({max_len}), got {}",
+        r.need(
+            (1..=max_len).contains(&ob.len),
+            &key("overlong_buffer.len"),
+            format_args!(
+                "must be in 1..=generator.sampling_params.max_generate_length ({max_len}), got {}",
                 ob.len
-            ));
-        }
-        if ob.penalty_factor < 0.0 {
-            errors.push(format!(
-                "`trainer.algorithm.overlong_buffer.penalty_factor` must be >= 0, got {}",
-                ob.penalty_factor
-            ));
-        }
-    }
-}
-
-fn sampling(cfg: &Config, errors: &mut Vec<String>) {
-    let g = &cfg.generator;
-    for (section, p, training) in [
-        ("generator.sampling_params", &g.sampling_params, true),
-        (
-            "generator.eval_sampling_params",
-            &g.eval_sampling_params,
-            false,
-        ),
-    ] {
-        if training && p.temperature <= 0.0 {
-            errors.push(format!(
-                "`{section}.temperature` must be > 0 for training rollouts (log-probs are computed \
-                 from logits / temperature), got {}",
-                p.temperature
-            ));
-        } else if p.temperature < 0.0 {
-            errors.push(format!(
-                "`{section}.temperature` must be >= 0 (0 = greedy), got {}",
-                p.temperature
-            ));
-        }
-        if !(p.top_p > 0.0 && p.top_p <= 1.0) {
-            errors.push(format!(
-                "`{section}.top_p` must be in (0, 1], got {}",
-                p.top_p
-            ));
-        }
-        if !(0.0..=1.0).contains(&p.min_p) {
-            errors.push(format!(
-                "`{section}.min_p` must be in [0, 1], got {}",
-                p.min_p
-            ));
-        }
-        if p.top_k == 0 || p.top_k < -1 {
-            errors.push(format!(
-                "`{section}.top_k` must be -1 (off) or >= 1, got {}",
-                p.top_k
-            ));
-        }
-        if p.repetition_penalty <= 0.0 {
-            errors.push(format!(
-                "`{section}.repetition_penalty` must be > 0, got {}",
-                p.repetition_penalty
-            ));
-        }
-        if p.max_generate_length == 0 {
-            errors.push(format!("`{section}.max_generate_length` must be > 0"));
-        }
-    }
-    if g.max_turns == 1 && g.max_input_length != cfg.trainer.max_prompt_length {
-        errors.push(format!(
-            "`generator.max_input_length` ({}) must equal `trainer.max_prompt_length` ({}) for \
-             single-turn generation (generator.max_turns=1)",
-            g.max_input_length, cfg.trainer.max_prompt_length
-        ));
-    }
-    if g.max_turns > 1 && g.max_input_length < cfg.trainer.max_prompt_length {
-        errors.push(format!(
-            "`generator.max_input_length` ({}) must be >= `trainer.max_prompt_length` ({}) for \
-             multi-turn generation",
-            g.max_input_length, cfg.trainer.max_prompt_length
-        ));
-    }
-}
-
-fn trainer(cfg: &Config, errors: &mut Vec<String>) {
-    let t = &cfg.trainer;
-    if t.max_ckpts_to_keep == 0 {
-        errors.push(
-            "`trainer.max_ckpts_to_keep` must be > 0 (keep the last N) or negative (keep all), got 0"
-                .into(),
+            ),
+        );
+        r.within(
+            &key("overlong_buffer.penalty_factor"),
+            ob.penalty_factor,
+            NON_NEGATIVE,
         );
     }
-    if t.resume_mode == Some(ResumeMode::FromPath) && t.resume_path.is_none() {
-        errors.push("`trainer.resume_mode` = from_path needs `trainer.resume_path`".into());
+}
+
+fn generator(cfg: &Config, r: &mut Rules) {
+    let g = &cfg.generator;
+    for (section, p) in [
+        ("generator.sampling_params", &g.sampling_params),
+        ("generator.eval_sampling_params", &g.eval_sampling_params),
+    ] {
+        let key = |k: &str| format!("{section}.{k}");
+        if section == "generator.sampling_params" {
+            // Training log-probs are computed from logits / temperature.
+            r.within(&key("temperature"), p.temperature, POSITIVE);
+        } else {
+            r.within(&key("temperature"), p.temperature, NON_NEGATIVE);
+        }
+        let top_p = (Bound::Excluded(0.0), Bound::Included(1.0));
+        r.within(&key("top_p"), p.top_p, top_p);
+        r.within(&key("min_p"), p.min_p, UNIT);
+        let top_k = p.top_k;
+        let top_k_ok = top_k == -1 || top_k >= 1;
+        r.need(
+            top_k_ok,
+            &key("top_k"),
+            format_args!("must be -1 (off) or >= 1, got {top_k}"),
+        );
+        r.positive(&key("max_generate_length"), p.max_generate_length);
     }
-    let mut optimizer = |role: &str, o: &super::OptimizerConfig| {
-        let key = format!("trainer.{role}.optimizer_config");
-        if o.lr < 0.0 {
-            errors.push(format!("`{key}.lr` must be >= 0, got {}", o.lr));
-        }
-        if o.adam_betas.len() != 2 || o.adam_betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            errors.push(format!(
-                "`{key}.adam_betas` must be two numbers in [0, 1), got {:?}",
-                o.adam_betas
-            ));
-        }
-        if o.weight_decay < 0.0 {
-            errors.push(format!(
-                "`{key}.weight_decay` must be >= 0, got {}",
-                o.weight_decay
-            ));
-        }
-        // <= 0 turns clipping off, as in SkyRL.
-        if o.max_grad_norm.is_nan() {
-            errors.push(format!("`{key}.max_grad_norm` must be a number, got NaN"));
-        }
+    let (input, prompt) = (g.max_input_length, cfg.trainer.max_prompt_length);
+    r.need(
+        input == prompt,
+        "generator.max_input_length",
+        format_args!(
+            "({input}) must equal `trainer.max_prompt_length` ({prompt}) for single-turn generation"
+        ),
+    );
+}
+
+fn trainer(cfg: &Config, r: &mut Rules) {
+    let t = &cfg.trainer;
+    r.need(
+        t.max_ckpts_to_keep != 0,
+        "trainer.max_ckpts_to_keep",
+        "must be > 0 (keep the last N) or negative (keep all), got 0",
+    );
+    r.need(
+        t.resume_mode != Some(ResumeMode::FromPath) || t.resume_path.is_some(),
+        "trainer.resume_mode",
+        "= from_path needs `trainer.resume_path`",
+    );
+    let mut optimizer = |role: &str, o: &OptimizerConfig| {
+        let key = |k: &str| format!("trainer.{role}.optimizer_config.{k}");
+        r.within(&key("lr"), o.lr, NON_NEGATIVE);
+        let betas = &o.adam_betas;
+        let ok = betas.len() == 2 && betas.iter().all(|b| (0.0..1.0).contains(b));
+        let what = format_args!("must be two numbers in [0, 1), got {betas:?}");
+        r.need(ok, &key("adam_betas"), what);
+        r.within(&key("weight_decay"), o.weight_decay, NON_NEGATIVE);
+        // <= 0 turns clipping off, as in SkyRL; NaN is refused with every non-finite number.
     };
     optimizer("policy", &t.policy.optimizer_config);
     if t.critic.model.path.is_some() {
         optimizer("critic", &t.critic.optimizer_config);
     }
-    if cfg.data.train_data.is_empty() {
-        errors.push("`data.train_data` is empty; give at least one file".into());
-    }
+    r.need(
+        !cfg.data.train_data.is_empty(),
+        "data.train_data",
+        "is empty; give at least one file",
+    );
     let fs = cfg.environment.skyrl_gym.gsm8k.format_score;
-    if !(0.0..=1.0).contains(&fs) {
-        errors.push(format!(
-            "`environment.skyrl_gym.gsm8k.format_score` is {fs}; expected a number in [0, 1] (the reward of a formatted wrong answer; a correct one scores 1)"
-        ));
-    }
+    r.within("environment.skyrl_gym.gsm8k.format_score", fs, UNIT);
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::ConfigBuilder;
-
-    const KNOWN: [&str; 7] = [
-        "grpo",
-        "rloo",
-        "reinforce++",
-        "gae",
-        "regular",
-        "dual_clip",
-        "gspo",
-    ];
-    fn known(name: &str) -> bool {
-        KNOWN.contains(&name)
-    }
-    fn names() -> Vec<String> {
-        KNOWN.iter().map(|s| s.to_string()).collect()
-    }
-    const NAMES: NameChecks = NameChecks {
-        advantage_estimator: known,
-        advantage_estimator_names: names,
-        policy_loss: known,
-        policy_loss_names: names,
-    };
 
     fn check(args: &[&str]) -> Result<Vec<String>, String> {
         let r = ConfigBuilder::new()
@@ -411,7 +332,7 @@ mod tests {
             .map_err(|e| e.to_string())?
             .resolve()
             .map_err(|e| e.to_string())?;
-        validate_with(&r, &NAMES).map_err(|e| e.to_string())
+        r.validate().map_err(|e| e.to_string())
     }
 
     /// The rule fires and its message names `key`.
@@ -591,9 +512,10 @@ mod tests {
             &["trainer.policy.optimizer_config.scheduler=polynomial"],
             "scheduler",
         );
-        fails(
-            &["trainer.sequence_parallel_backend=ring"],
-            "trainer.sequence_parallel_backend",
+        let w = check(&["trainer.sequence_parallel_backend=ring"]).unwrap();
+        assert!(
+            w[0].contains("trainer.sequence_parallel_backend=ring"),
+            "{w:?}"
         );
         fails(
             &["environment.skyrl_gym.gsm8k.method=fuzzy"],
