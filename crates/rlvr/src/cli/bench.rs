@@ -75,9 +75,14 @@ pub enum BenchCommand {
 }
 
 fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// A memory line of `/proc/self/status` (`VmHWM:`, `VmRSS:`) in MB.
+fn status_mb(field: &str) -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
@@ -454,14 +459,22 @@ fn bench_train(
     };
     for step in 0..=train_steps {
         let t = Instant::now();
-        let ratio = (lp(&train_opts)?.logprobs - &old)?.exp()?;
-        let l1 = ratio.broadcast_mul(adv)?;
-        let l2 = ratio.clamp(0.8f32, 1.28f32)?.broadcast_mul(adv)?;
-        let loss = ((l1.minimum(&l2)? * m)?.sum_all()?.neg()?
-            / m.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?;
-        let t_fwd = t.elapsed().as_secs_f64();
-        let mut grads = loss.backward()?;
+        // The graph (every activation) goes with the loss once backward is done, before the
+        // optimizer step, as in the trainer and in PyTorch's `backward()`.
+        let (mut grads, loss, t_fwd, rss_fwd, peak_fwd) = {
+            let ratio = (lp(&train_opts)?.logprobs - &old)?.exp()?;
+            let l1 = ratio.broadcast_mul(adv)?;
+            let l2 = ratio.clamp(0.8f32, 1.28f32)?.broadcast_mul(adv)?;
+            let loss = ((l1.minimum(&l2)? * m)?.sum_all()?.neg()?
+                / m.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?;
+            let t_fwd = t.elapsed().as_secs_f64();
+            let (rss_fwd, peak_fwd) = (status_mb("VmRSS:"), peak_rss_mb());
+            let grads = loss.backward()?;
+            let loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            (grads, loss, t_fwd, rss_fwd, peak_fwd)
+        };
         let t_bwd = t.elapsed().as_secs_f64() - t_fwd;
+        let (rss_bwd, peak_bwd) = (status_mb("VmRSS:"), peak_rss_mb());
         let clip = clip_grad_norm(&mut grads, &vars, 1.0)?;
         if clip.finite {
             opt.step(&grads)?;
@@ -469,11 +482,13 @@ fn bench_train(
         let dt = t.elapsed().as_secs_f64();
         let rate = tokens as f64 / dt;
         eprintln!(
-            "train step {step}{}: loss {:.5} grad-norm {:.4} fwd {t_fwd:.2}s bwd {t_bwd:.2}s opt {:.2}s total {dt:.2}s = {rate:.1} tok/s",
+            "train step {step}{}: loss {:.5} grad-norm {:.4} fwd {t_fwd:.2}s bwd {t_bwd:.2}s opt {:.2}s total {dt:.2}s = {rate:.1} tok/s; RSS MB after fwd {rss_fwd:.0} (peak {peak_fwd:.0}), after bwd {rss_bwd:.0} (peak {peak_bwd:.0}), after opt {:.0} (peak {:.0})",
             if step == 0 { " (warm-up)" } else { "" },
-            loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            loss,
             clip.norm,
-            dt - t_fwd - t_bwd
+            dt - t_fwd - t_bwd,
+            status_mb("VmRSS:"),
+            peak_rss_mb()
         );
         if step > 0 {
             rates.push(rate);

@@ -15,7 +15,7 @@ use super::tree::{get, join, kind_name_of, set};
 use super::{interpolate, Config};
 
 /// The built-in defaults: `crates/rlvr/config/base.yaml`, compiled into the binary.
-pub const BASE_YAML: &str = include_str!("../../config/base.yaml");
+const BASE_YAML: &str = include_str!("../../config/base.yaml");
 
 /// The defaults as a tree.
 pub(crate) fn defaults() -> Value {

@@ -38,17 +38,15 @@ pub use algorithm::{
     AlgorithmConfig, CispoConfig, ClipCovConfig, DynamicSamplingConfig, KlCovConfig, KlCtrlConfig,
     OffPolicyCorrectionConfig, OverlongBufferConfig, SapoConfig,
 };
-pub use builder::{ConfigBuilder, BASE_YAML};
+pub use builder::ConfigBuilder;
 pub use error::{ConfigError, Origin};
 pub use generator::{ChatTemplateConfig, GeneratorConfig, SamplingParams};
-pub use override_arg::{parse as parse_override, Mode as OverrideMode, Override};
 pub use resolved::ResolvedConfig;
 pub use trainer::{
     CriticConfig, CriticModel, ModelPath, OptimizerConfig, PolicyConfig, RefConfig, ResumeMode,
     TrainerConfig,
 };
 pub use tree::leaves as flatten;
-pub use validate::log_warnings;
 
 /// The whole typed config, one field per top-level section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

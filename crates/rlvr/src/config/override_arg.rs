@@ -92,42 +92,20 @@ pub fn parse_value(text: &str) -> Result<Value, String> {
     }
 }
 
-/// Replace `$NAME` (not `${...}`) in every string with the environment variable, when set.
+/// `$NAME` (or `${NAME}`) in every string replaced by the environment variable where it is
+/// set; anything else (an unset name, `${a.b}`, `${oc.env:X}`) stays as written for the resolver.
 fn expand_env(value: Value) -> Value {
     match value {
-        Value::String(s) => Value::String(expand_env_str(&s)),
+        Value::String(s) => {
+            let env = |name: &str| std::env::var(name).ok();
+            Value::String(shellexpand::env_with_context_no_errors(&s, env).into_owned())
+        }
         Value::Sequence(items) => Value::Sequence(items.into_iter().map(expand_env).collect()),
         Value::Mapping(map) => {
             Value::Mapping(map.into_iter().map(|(k, v)| (k, expand_env(v))).collect())
         }
         other => other,
     }
-}
-
-fn expand_env_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        let name_len = after
-            .char_indices()
-            .take_while(|(i, c)| {
-                c.is_ascii_alphabetic() || *c == '_' || (*i > 0 && c.is_ascii_digit())
-            })
-            .count();
-        let name = &after[..name_len];
-        match (name_len, std::env::var(name)) {
-            (1.., Ok(val)) => out.push_str(&val),
-            _ => {
-                out.push('$');
-                out.push_str(name);
-            }
-        }
-        rest = &after[name_len..];
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]

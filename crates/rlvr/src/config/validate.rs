@@ -48,13 +48,6 @@ pub fn validate(r: &ResolvedConfig) -> Result<Vec<String>, ConfigError> {
     }
 }
 
-/// Send each warning through `tracing::warn!`.
-pub fn log_warnings(warnings: &[String]) {
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
-}
-
 /// One message per broken rule.
 struct Rules(Vec<String>);
 
