@@ -22,8 +22,9 @@ fn opt_f(v: &Value, key: &str) -> Result<Option<f64>, String> {
     }
 }
 
-fn opt_s(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_string)
+fn opt_enum<T: serde::de::DeserializeOwned>(v: &Value, key: &str) -> Result<Option<T>, String> {
+    let value = v.get(key).cloned().unwrap_or(Value::Null);
+    serde_json::from_value(value).map_err(|e| format!("`{key}`: {e}"))
 }
 
 /// The golden `config` block as our config (missing sub-blocks keep SkyRL's defaults).
@@ -59,10 +60,10 @@ pub(crate) fn config(c: &Value) -> Result<PolicyLossConfig, String> {
     }
     if let Some(s) = c.get("off_policy_correction") {
         let o = &mut cfg.off_policy_correction;
-        o.tis_ratio_type = opt_s(s, "tis_ratio_type");
+        o.tis_ratio_type = opt_enum(s, "tis_ratio_type")?;
         o.token_tis_ratio_clip_high = f(s, "token_tis_ratio_clip_high")?;
         o.sequence_tis_ratio_clip_high = f(s, "sequence_tis_ratio_clip_high")?;
-        o.sequence_mask_metric = opt_s(s, "sequence_mask_metric");
+        o.sequence_mask_metric = opt_enum(s, "sequence_mask_metric")?;
         o.geo_mask_high = f(s, "geo_mask_high")?;
         o.geo_mask_low = f(s, "geo_mask_low")?;
         o.product_mask_high = f(s, "product_mask_high")?;

@@ -73,15 +73,31 @@ impl Default for KlCovConfig {
     }
 }
 
+/// Truncated importance sampling against the rollout engine's log-probs: per token, or one
+/// ratio per sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TisRatioType {
+    Token,
+    Sequence,
+}
+
+/// How a sequence's importance ratio is taken for masking: the geometric mean of its tokens'
+/// ratios, or their product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SequenceMaskMetric {
+    Geometric,
+    Product,
+}
+
 /// `trainer.algorithm.off_policy_correction.*` (all off by default).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OffPolicyCorrectionConfig {
-    /// `None`, `"token"` or `"sequence"`.
-    pub tis_ratio_type: Option<String>,
+    pub tis_ratio_type: Option<TisRatioType>,
     pub token_tis_ratio_clip_high: f64,
     pub sequence_tis_ratio_clip_high: f64,
-    /// `None`, `"geometric"` or `"product"`.
-    pub sequence_mask_metric: Option<String>,
+    pub sequence_mask_metric: Option<SequenceMaskMetric>,
     pub geo_mask_high: f64,
     pub geo_mask_low: f64,
     pub product_mask_high: f64,

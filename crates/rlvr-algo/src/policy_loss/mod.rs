@@ -31,7 +31,7 @@ pub use cispo::Cispo;
 pub use clip_cov::ClipCov;
 pub use config::{
     CispoConfig, ClipCovConfig, KlCovConfig, OffPolicyCorrectionConfig, PolicyLossConfig,
-    SapoConfig,
+    SapoConfig, SequenceMaskMetric, TisRatioType,
 };
 pub use gspo::Gspo;
 pub use kl_cov::KlCov;

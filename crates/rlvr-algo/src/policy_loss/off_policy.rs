@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
 
-use super::OffPolicyCorrectionConfig;
-use crate::error::{Error, Result};
+use super::{OffPolicyCorrectionConfig, SequenceMaskMetric, TisRatioType};
+use crate::error::Result;
 use crate::ops;
 
 /// Returns `(loss · tis_ratio, narrowed loss mask, metrics)`.
@@ -73,9 +73,9 @@ pub fn apply_off_policy_correction(
     mask = mask.broadcast_mul(&keep)?;
 
     let mut loss = loss.clone();
-    if let Some(kind) = cfg.tis_ratio_type.as_deref() {
+    if let Some(kind) = cfg.tis_ratio_type {
         let tis = match kind {
-            "token" => {
+            TisRatioType::Token => {
                 let cap = cfg.token_tis_ratio_clip_high;
                 let valid = mask.gt(0.0)?;
                 let capped = count(&is_ratio.gt(cap)?.mul(&valid)?)?;
@@ -83,7 +83,7 @@ pub fn apply_off_policy_correction(
                 metrics.insert("tis_token_clip_high_ratio".into(), f32_ratio(capped, total));
                 is_ratio.minimum(cap)?
             }
-            "sequence" => {
+            TisRatioType::Sequence => {
                 let cap = cfg.sequence_tis_ratio_clip_high;
                 let seq_log = log_ratio.mul(&mask)?.sum_keepdim(1)?;
                 let seq_ratio = ops::safe_exp_delta(&seq_log)?;
@@ -91,15 +91,14 @@ pub fn apply_off_policy_correction(
                 metrics.insert("tis_seq_clip_high_ratio".into(), f32_ratio(capped, b));
                 seq_ratio.minimum(cap)?
             }
-            other => return Err(Error::invalid(format!("Unknown tis_ratio_type: {other}"))),
         };
         loss = loss.broadcast_mul(&tis.detach().to_dtype(loss.dtype())?)?;
     }
 
-    if let Some(metric) = cfg.sequence_mask_metric.as_deref() {
+    if let Some(metric) = cfg.sequence_mask_metric {
         let seq_log = log_ratio.mul(&mask)?.sum_keepdim(1)?;
         let (ratio, high, low, prefix) = match metric {
-            "geometric" => {
+            SequenceMaskMetric::Geometric => {
                 let n = mask.sum_keepdim(1)?.maximum(1.0)?;
                 (
                     ops::safe_exp_delta(&seq_log.div(&n)?)?,
@@ -108,17 +107,12 @@ pub fn apply_off_policy_correction(
                     "geo_sequence_mask",
                 )
             }
-            "product" => (
+            SequenceMaskMetric::Product => (
                 ops::safe_exp_delta(&seq_log)?,
                 cfg.product_mask_high,
                 cfg.product_mask_low,
                 "product_sequence_mask",
             ),
-            other => {
-                return Err(Error::invalid(format!(
-                    "Unknown sequence_mask_metric: {other}"
-                )))
-            }
         };
         let over = ratio.gt(high)?;
         let under = ratio.lt(low)?;

@@ -208,25 +208,6 @@ fn algorithm(cfg: &Config, r: &mut Rules) {
     if a.use_tis {
         r.within(&key("tis_imp_ratio_cap"), a.tis_imp_ratio_cap, POSITIVE);
     }
-    let oc = &a.off_policy_correction;
-    if let Some(t) = oc.tis_ratio_type.as_deref() {
-        let kinds = ["token", "sequence"];
-        r.one_of(
-            &key("off_policy_correction.tis_ratio_type"),
-            t,
-            &kinds,
-            "a TIS ratio type or null",
-        );
-    }
-    if let Some(m) = oc.sequence_mask_metric.as_deref() {
-        let metrics = ["geometric", "product"];
-        r.one_of(
-            &key("off_policy_correction.sequence_mask_metric"),
-            m,
-            &metrics,
-            "a sequence mask metric or null",
-        );
-    }
     if let Some(ob) = &a.overlong_buffer {
         let max_len = cfg.generator.sampling_params.max_generate_length;
         r.need(
@@ -428,6 +409,12 @@ mod tests {
             "clip_ratio_c",
         );
         fails(&["trainer.algorithm.eps_clip_low=1.5"], "eps_clip_low");
+        // Typed in rlvr-algo: a misspelt name fails as it is read, naming the key and the names.
+        let key = "trainer.algorithm.off_policy_correction.tis_ratio_type";
+        fails(
+            &[&format!("{key}=tokens")],
+            &format!("`{key}` expects one of token, sequence"),
+        );
         fails(
             &[
                 "+trainer.algorithm.overlong_buffer.len=2048",

@@ -534,7 +534,7 @@ fn policy_loss_config(cfg: &crate::config::Config) -> Result<policy_loss::Policy
                 a.tis_imp_ratio_cap
             );
         }
-        c.off_policy_correction.tis_ratio_type = Some("token".into());
+        c.off_policy_correction.tis_ratio_type = Some(policy_loss::TisRatioType::Token);
         c.off_policy_correction.token_tis_ratio_clip_high = a.tis_imp_ratio_cap;
     }
     Ok(c)
