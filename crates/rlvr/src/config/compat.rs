@@ -13,9 +13,24 @@ use super::resolved::ResolvedConfig;
 
 pub(crate) struct Table {
     /// Key or prefix (ending in `.` or `_`) → what rlvr does instead.
-    pub ignored: Vec<(String, String)>,
+    ignored: Vec<(String, String)>,
     /// Key → (the one value rlvr runs with, why).
-    pub refused: BTreeMap<String, (Value, String)>,
+    pub(crate) refused: BTreeMap<String, (Value, String)>,
+}
+
+impl Table {
+    /// What rlvr does instead of `key`, for an ignored key (the most specific pattern's words).
+    fn ignored_why(&self, key: &str) -> Option<&str> {
+        let patterns = self.ignored.iter().filter(|(p, _)| covered(key, p));
+        patterns
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, why)| why.as_str())
+    }
+
+    /// Whether the table lists `key` (ignored or refused).
+    pub(crate) fn listed(&self, key: &str) -> bool {
+        self.refused.contains_key(key) || self.ignored_why(key).is_some()
+    }
 }
 
 pub(crate) fn table() -> &'static Table {
@@ -28,11 +43,12 @@ pub(crate) fn table() -> &'static Table {
         }
         let file: File = serde_yaml::from_str(include_str!("../../config/skyrl_compat.yaml"))
             .expect("crates/rlvr/config/skyrl_compat.yaml has `ignored` and `refused` tables");
-        let ignored = file.ignored.into_iter();
+        let entry = |(k, v): (Value, Value)| match (k, v) {
+            (Value::String(k), Value::String(v)) => (k, v),
+            other => panic!("skyrl_compat.yaml: `ignored` maps keys to strings, found {other:?}"),
+        };
         Table {
-            ignored: ignored
-                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
-                .collect(),
+            ignored: file.ignored.into_iter().map(entry).collect(),
             refused: file.refused,
         }
     })
@@ -47,11 +63,12 @@ pub(crate) fn covered(key: &str, pattern: &str) -> bool {
     }
 }
 
+/// A value as the command line would write it (`null` for none; a string that would read as
+/// another type quoted).
 fn show(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => "null".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => serde_yaml::to_string(other)
+        Some(v) => serde_yaml::to_string(v)
             .unwrap_or_default()
             .trim()
             .replace('\n', " "),
@@ -84,24 +101,24 @@ const REMOTE_ONLY: [(&str, &str); 3] = [
 ];
 
 pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<String>) {
-    let remote = !r.config.generator.run_engines_locally;
+    let local = r.config.generator.run_engines_locally;
     let t = table();
     for (key, (only, why)) in &t.refused {
-        let value = r.get(key).unwrap_or(&Value::Null);
-        if !same(value, only) {
-            let value = show(Some(value));
-            errors.push(format!("`{key}={value}`: {why} (use {})", show(Some(only))));
+        let value = r.get(key);
+        if !same(value.unwrap_or(&Value::Null), only) {
+            let (value, only) = (show(value), show(Some(only)));
+            errors.push(format!("`{key}={value}`: {why}; use {only}"));
         }
     }
     // Remote engines' settings act only on remote engines.
-    for (key, why) in REMOTE_ONLY {
-        if !remote && r.explicit_keys().any(|k| k == key) {
-            warnings.push(format!("`{key}={}`: {why}", show(r.get(key))));
-        }
+    for (key, why) in REMOTE_ONLY
+        .iter()
+        .filter(|(k, _)| local && r.is_explicit(k))
+    {
+        warnings.push(format!("`{key}={}`: {why}", show(r.get(key))));
     }
     for key in r.explicit_keys() {
-        let ignored = t.ignored.iter().find(|(p, _)| covered(key, p));
-        let Some((_, why)) = ignored.filter(|_| !t.refused.contains_key(key)) else {
+        let Some(why) = t.ignored_why(key).filter(|_| !t.refused.contains_key(key)) else {
             continue;
         };
         // The in-process choices rlvr makes anyway are not worth a warning.
@@ -126,9 +143,7 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
                 || key == "trainer.critic_mini_batch_size"
                 || key == "trainer.algorithm.value_clip"
                 || key == "trainer.algorithm.value_head_prefix";
-            let listed =
-                t.refused.contains_key(key) || t.ignored.iter().any(|(p, _)| covered(key, p));
-            if critic_only && !listed {
+            if critic_only && !t.listed(key) {
                 warnings.push(format!(
                     "`{key}={}`: only for a critic, and trainer.critic.model.path is null; ignored",
                     show(r.get(key))
@@ -136,8 +151,7 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
             }
         }
     }
-    let g = &r.config.generator;
-    if remote && g.remote_inference_engine_urls.is_empty() {
+    if !local && r.config.generator.remote_inference_engine_urls.is_empty() {
         errors.push(
             "`generator.remote_inference_engine_urls=[]`: run_engines_locally=false needs at least \
              one server (host:port)"
@@ -160,11 +174,6 @@ mod tests {
         r.validate().map_err(|e| e.to_string())
     }
 
-    fn listed(key: &str) -> bool {
-        let t = table();
-        t.refused.contains_key(key) || t.ignored.iter().any(|(p, _)| covered(key, p))
-    }
-
     #[test]
     fn every_listed_key_is_a_key_of_the_defaults() {
         let defaults = super::super::builder::defaults();
@@ -183,25 +192,22 @@ mod tests {
     }
 
     /// One definition per key: each key of the resolved tree is a field of the typed config or
-    /// listed in the compat table, never both, and a typed field holds the tree's value.
+    /// listed in the compat table, never both (`tests/config.rs` checks the typed values).
     #[test]
     fn typed_config_and_compat_table_split_the_keys() {
         let r = ConfigBuilder::new().resolve().unwrap();
         let typed = serde_yaml::to_value(&r.config).unwrap();
         let typed: Vec<(String, &serde_yaml::Value)> = flatten(&typed);
-        for (key, value) in &typed {
+        for (key, _) in &typed {
             assert!(
-                !listed(key),
+                !table().listed(key),
                 "`{key}` is typed and listed in skyrl_compat.yaml"
             );
-            let tree = r.get(key);
-            let same = tree.is_some_and(|t| super::same(t, value));
-            assert!(same, "`{key}`: typed {value:?}, tree {tree:?}");
         }
         for (key, _) in flatten(r.tree()) {
             let is_typed = typed.iter().any(|(k, _)| *k == key);
             assert!(
-                is_typed || listed(&key),
+                is_typed || table().listed(&key),
                 "`{key}` is neither typed nor listed"
             );
         }

@@ -92,12 +92,15 @@ pub fn parse_value(text: &str) -> Result<Value, String> {
     }
 }
 
-/// `$NAME` (or `${NAME}`) in every string replaced by the environment variable where it is
-/// set; anything else (an unset name, `${a.b}`, `${oc.env:X}`) stays as written for the resolver.
+/// `$NAME` (or `${NAME}`, `${NAME:-default}`) in every string replaced by the environment
+/// variable where it is set, as the shell would have; anything else (an unset name, `$$`,
+/// `${a.b}`, `${oc.env:X}`) stays as written, the `${...}` for the resolver.
 fn expand_env(value: Value) -> Value {
     match value {
         Value::String(s) => {
             let env = |name: &str| std::env::var(name).ok();
+            // shellexpand reads `$$` as an escaped `$`; keep it as written.
+            let s = s.replace("$$", "$$$$");
             Value::String(shellexpand::env_with_context_no_errors(&s, env).into_owned())
         }
         Value::Sequence(items) => Value::Sequence(items.into_iter().map(expand_env).collect()),
@@ -154,25 +157,32 @@ mod tests {
 
     #[test]
     fn env_vars_expand_like_the_shell() {
-        let home = std::env::var("HOME").unwrap_or_default();
-        if home.is_empty() {
-            println!("HOME unset; skipping");
-            return;
-        }
+        std::env::set_var("RLVR_TEST_OVERRIDE_DIR", "/h");
+        let dir = "$RLVR_TEST_OVERRIDE_DIR";
         assert_eq!(
-            value("k=\"$HOME/ckpts/x\""),
-            Value::from(format!("{home}/ckpts/x"))
+            value(&format!("k=\"{dir}/ckpts/x\"")),
+            Value::from("/h/ckpts/x")
         );
         assert_eq!(
-            value("k=\"['$HOME/d']\""),
-            Value::from(format!("['{home}/d']"))
+            value(&format!("k=\"['{dir}/d']\"")),
+            Value::from("['/h/d']")
         );
-        // `${...}` is an interpolation, left for the resolver; unknown names stay as written.
+        assert_eq!(value("k=${RLVR_TEST_OVERRIDE_DIR}/x"), Value::from("/h/x"));
+        assert_eq!(
+            value("k=${RLVR_SURELY_UNSET_VAR_X:-/d}/x"),
+            Value::from("/d/x")
+        );
+        // Interpolations are left for the resolver; unknown names and `$$` stay as written.
         assert_eq!(value("k=${oc.env:HOME}"), Value::from("${oc.env:HOME}"));
+        assert_eq!(
+            value("k=${trainer.ckpt_path}/w"),
+            Value::from("${trainer.ckpt_path}/w")
+        );
         assert_eq!(
             value("k=$RLVR_SURELY_UNSET_VAR_X/a"),
             Value::from("$RLVR_SURELY_UNSET_VAR_X/a")
         );
         assert_eq!(value("k=cost$"), Value::from("cost$"));
+        assert_eq!(value("k=a$$b"), Value::from("a$$b"));
     }
 }

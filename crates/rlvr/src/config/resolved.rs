@@ -1,5 +1,5 @@
-//! A fully resolved config: the typed view the trainer reads, plus the raw merged tree for keys
-//! added with `+` (which the typed view does not know).
+//! A fully resolved config: the typed view the trainer reads, plus the raw merged tree for the
+//! keys the typed view does not hold (SkyRL's keys of `skyrl_compat.yaml`, keys added with `+`).
 
 use serde_yaml::Value;
 use std::collections::BTreeSet;
@@ -11,7 +11,7 @@ use super::Config;
 
 #[derive(Debug, Clone)]
 pub struct ResolvedConfig {
-    /// Typed access to every schema key.
+    /// Typed access to every key rlvr acts on.
     pub config: Config,
     tree: Value,
     explicit: BTreeSet<String>,
@@ -34,6 +34,11 @@ impl ResolvedConfig {
     /// The value at a dotted key, `+` keys included.
     pub fn get(&self, key: &str) -> Option<&Value> {
         get(&self.tree, key)
+    }
+
+    /// Whether a file or an override set `key` (as opposed to the defaults).
+    pub fn is_explicit(&self, key: &str) -> bool {
+        self.explicit.contains(key)
     }
 
     /// Keys a file or an override set, in sorted order.

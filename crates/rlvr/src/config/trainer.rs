@@ -53,6 +53,8 @@ pub struct TrainerConfig {
     pub dump_eval_results: bool,
 }
 
+/// `trainer.resume_mode`: `none` (or null) starts fresh, `latest` resumes from the newest
+/// checkpoint under `trainer.ckpt_path`, `from_path` from `trainer.resume_path`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResumeMode {

@@ -19,11 +19,9 @@ pub fn validate(r: &ResolvedConfig) -> Result<Vec<String>, ConfigError> {
     // weights (an lr of NaN writes NaN checkpoints).
     for (key, value) in super::tree::leaves(r.tree()) {
         if let Some(v) = value.as_f64().filter(|v| !v.is_finite()) {
-            rules.need(
-                false,
-                &key,
-                format_args!("must be a finite number, got {v}"),
-            );
+            rules
+                .0
+                .push(format!("`{key}` must be a finite number, got {v}"));
         }
     }
     let cfg = &r.config;
@@ -42,9 +40,10 @@ pub fn validate(r: &ResolvedConfig) -> Result<Vec<String>, ConfigError> {
             cfg.max_seq_len()
         ));
     }
-    match rules.0.is_empty() {
-        true => Ok(warnings),
-        false => Err(ConfigError::Invalid(rules.0)),
+    if rules.0.is_empty() {
+        Ok(warnings)
+    } else {
+        Err(ConfigError::Invalid(rules.0))
     }
 }
 
@@ -63,24 +62,38 @@ impl Rules {
         self.rule(ok, format_args!("`{key}` {what}"));
     }
 
-    /// `v` must lie in `range`.
-    fn within(&mut self, key: &str, v: f64, range: (Bound<f64>, Bound<f64>)) {
-        let within = range.contains(&v);
+    /// `v` must lie in `range`; `why` (may be empty) follows the range in the message. A
+    /// non-finite `v` is left to the check of every number.
+    fn within(&mut self, key: &str, v: f64, range: (Bound<f64>, Bound<f64>), why: &str) {
+        let ok = !v.is_finite() || range.contains(&v);
         let words = match range {
-            (Bound::Included(lo), Bound::Included(hi)) => format!("in [{lo}, {hi}]"),
-            (Bound::Excluded(lo), Bound::Included(hi)) => format!("in ({lo}, {hi}]"),
-            (Bound::Included(lo), Bound::Excluded(hi)) => format!("in [{lo}, {hi})"),
-            (Bound::Included(lo), _) => format!(">= {lo}"),
-            (Bound::Excluded(lo), _) => format!("> {lo}"),
-            _ => unreachable!("every range here has a lower bound"),
+            (Bound::Included(lo), Bound::Unbounded) => format!(">= {lo}"),
+            (Bound::Excluded(lo), Bound::Unbounded) => format!("> {lo}"),
+            (lo, hi) => {
+                let lo = match lo {
+                    Bound::Included(x) => format!("[{x}"),
+                    Bound::Excluded(x) => format!("({x}"),
+                    Bound::Unbounded => "(-inf".into(),
+                };
+                let hi = match hi {
+                    Bound::Included(x) => format!("{x}]"),
+                    Bound::Excluded(x) => format!("{x})"),
+                    Bound::Unbounded => "inf)".into(),
+                };
+                format!("in {lo}, {hi}")
+            }
         };
-        self.need(within, key, format_args!("must be {words}, got {v}"));
+        let why = if why.is_empty() {
+            String::new()
+        } else {
+            format!(" {why}")
+        };
+        self.need(ok, key, format_args!("must be {words}{why}, got {v}"));
     }
 
     /// `value` must be one of `names`; `what` says what they are.
-    fn one_of<S: AsRef<str>>(&mut self, key: &str, value: &str, names: &[S], what: &str) {
-        let ok = names.iter().any(|n| n.as_ref() == value);
-        let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+    fn one_of(&mut self, key: &str, value: &str, names: &[String], what: &str) {
+        let ok = names.iter().any(|n| n == value);
         let names = names.join(", ");
         self.need(
             ok,
@@ -167,7 +180,12 @@ fn algorithm(cfg: &Config, r: &mut Rules) {
          checkpoint), or use a critic-free estimator (grpo, rloo, reinforce++)",
     );
     if let Some(c) = a.value_clip {
-        r.within(&key("value_clip"), c, NON_NEGATIVE);
+        r.within(
+            &key("value_clip"),
+            c,
+            NON_NEGATIVE,
+            "(or null for an unclipped value loss)",
+        );
     }
     let losses = rlvr_algo::policy_loss::registered_names();
     r.one_of(
@@ -181,15 +199,17 @@ fn algorithm(cfg: &Config, r: &mut Rules) {
         &key("max_seq_len"),
         "must be > 0 (or null)",
     );
-    r.within(&key("kl_loss_coef"), a.kl_loss_coef, NON_NEGATIVE);
-    r.within(&key("eps_clip_low"), a.eps_clip_low, UNIT);
-    r.within(&key("eps_clip_high"), a.eps_clip_high, NON_NEGATIVE);
+    r.within(&key("kl_loss_coef"), a.kl_loss_coef, NON_NEGATIVE, "");
+    let clip = "(the ratio is clipped to [1 - eps_clip_low, 1 + eps_clip_high])";
+    r.within(&key("eps_clip_low"), a.eps_clip_low, UNIT, clip);
+    r.within(&key("eps_clip_high"), a.eps_clip_high, NON_NEGATIVE, "");
     if a.policy_loss_type == "dual_clip" {
         let above_one = (Bound::Excluded(1.0), Bound::Unbounded);
-        r.within(&key("clip_ratio_c"), a.clip_ratio_c, above_one);
+        let why = "for policy_loss_type=dual_clip";
+        r.within(&key("clip_ratio_c"), a.clip_ratio_c, above_one, why);
     }
-    r.within(&key("gamma"), a.gamma, UNIT);
-    r.within(&key("lambd"), a.lambd, UNIT);
+    r.within(&key("gamma"), a.gamma, UNIT, "");
+    r.within(&key("lambd"), a.lambd, UNIT, "");
     let ds = &a.dynamic_sampling;
     if let Some(kind) = ds.kind {
         r.need(
@@ -202,11 +222,17 @@ fn algorithm(cfg: &Config, r: &mut Rules) {
         );
         if kind == Strategy::Replace {
             let ratio = ds.min_replace_ratio;
-            r.within(&key("dynamic_sampling.min_replace_ratio"), ratio, UNIT);
+            r.within(&key("dynamic_sampling.min_replace_ratio"), ratio, UNIT, "");
         }
     }
     if a.use_tis {
-        r.within(&key("tis_imp_ratio_cap"), a.tis_imp_ratio_cap, POSITIVE);
+        let why = "(trainer.algorithm.use_tis is true)";
+        r.within(
+            &key("tis_imp_ratio_cap"),
+            a.tis_imp_ratio_cap,
+            POSITIVE,
+            why,
+        );
     }
     if let Some(ob) = &a.overlong_buffer {
         let max_len = cfg.generator.sampling_params.max_generate_length;
@@ -222,26 +248,32 @@ fn algorithm(cfg: &Config, r: &mut Rules) {
             &key("overlong_buffer.penalty_factor"),
             ob.penalty_factor,
             NON_NEGATIVE,
+            "",
         );
     }
 }
 
 fn generator(cfg: &Config, r: &mut Rules) {
     let g = &cfg.generator;
-    for (section, p) in [
-        ("generator.sampling_params", &g.sampling_params),
-        ("generator.eval_sampling_params", &g.eval_sampling_params),
+    for (section, p, temperature, why) in [
+        (
+            "generator.sampling_params",
+            &g.sampling_params,
+            POSITIVE,
+            "for training rollouts (log-probs are computed from logits / temperature)",
+        ),
+        (
+            "generator.eval_sampling_params",
+            &g.eval_sampling_params,
+            NON_NEGATIVE,
+            "(0 = greedy)",
+        ),
     ] {
         let key = |k: &str| format!("{section}.{k}");
-        if section == "generator.sampling_params" {
-            // Training log-probs are computed from logits / temperature.
-            r.within(&key("temperature"), p.temperature, POSITIVE);
-        } else {
-            r.within(&key("temperature"), p.temperature, NON_NEGATIVE);
-        }
+        r.within(&key("temperature"), p.temperature, temperature, why);
         let top_p = (Bound::Excluded(0.0), Bound::Included(1.0));
-        r.within(&key("top_p"), p.top_p, top_p);
-        r.within(&key("min_p"), p.min_p, UNIT);
+        r.within(&key("top_p"), p.top_p, top_p, "");
+        r.within(&key("min_p"), p.min_p, UNIT, "");
         let top_k = p.top_k;
         let top_k_ok = top_k == -1 || top_k >= 1;
         r.need(
@@ -275,12 +307,12 @@ fn trainer(cfg: &Config, r: &mut Rules) {
     );
     let mut optimizer = |role: &str, o: &OptimizerConfig| {
         let key = |k: &str| format!("trainer.{role}.optimizer_config.{k}");
-        r.within(&key("lr"), o.lr, NON_NEGATIVE);
+        r.within(&key("lr"), o.lr, NON_NEGATIVE, "");
         let betas = &o.adam_betas;
         let ok = betas.len() == 2 && betas.iter().all(|b| (0.0..1.0).contains(b));
         let what = format_args!("must be two numbers in [0, 1), got {betas:?}");
         r.need(ok, &key("adam_betas"), what);
-        r.within(&key("weight_decay"), o.weight_decay, NON_NEGATIVE);
+        r.within(&key("weight_decay"), o.weight_decay, NON_NEGATIVE, "");
         // <= 0 turns clipping off, as in SkyRL; NaN is refused with every non-finite number.
     };
     optimizer("policy", &t.policy.optimizer_config);
@@ -293,7 +325,8 @@ fn trainer(cfg: &Config, r: &mut Rules) {
         "is empty; give at least one file",
     );
     let fs = cfg.environment.skyrl_gym.gsm8k.format_score;
-    r.within("environment.skyrl_gym.gsm8k.format_score", fs, UNIT);
+    let why = "(the reward of a formatted wrong answer; a correct one scores 1)";
+    r.within("environment.skyrl_gym.gsm8k.format_score", fs, UNIT, why);
 }
 
 #[cfg(test)]
