@@ -333,131 +333,123 @@ fn trainer(cfg: &Config, r: &mut Rules) {
 mod tests {
     use crate::config::ConfigBuilder;
 
-    fn check(args: &[&str]) -> Result<Vec<String>, String> {
+    /// Validation of the space-separated overrides `args`.
+    fn check(args: &str) -> Result<Vec<String>, String> {
+        let args: Vec<&str> = args.split_whitespace().collect();
         let r = ConfigBuilder::new()
-            .apply_overrides(args)
+            .apply_overrides(&args)
             .map_err(|e| e.to_string())?
             .resolve()
             .map_err(|e| e.to_string())?;
         r.validate().map_err(|e| e.to_string())
     }
 
-    /// The rule fires and its message names `key`.
-    fn fails(args: &[&str], key: &str) {
-        match check(args) {
-            Ok(w) => panic!("{args:?} passed validation (warnings {w:?})"),
-            Err(e) => assert!(
-                e.contains(key),
-                "{args:?}: error does not name `{key}`: {e}"
-            ),
+    /// Each rule fires and its message names its key.
+    fn fail(cases: &[(&str, &str)]) {
+        for (args, key) in cases {
+            match check(args) {
+                Ok(w) => panic!("{args} passed validation (warnings {w:?})"),
+                Err(e) => assert!(e.contains(key), "{args}: error does not name `{key}`: {e}"),
+            }
         }
     }
 
     #[test]
     fn defaults_are_valid_and_quiet() {
-        assert_eq!(check(&[]).unwrap(), Vec::<String>::new());
+        assert_eq!(check("").unwrap(), Vec::<String>::new());
     }
 
     #[test]
     fn batch_size_rules() {
-        fails(
-            &["trainer.train_batch_size=1000"],
-            "trainer.train_batch_size % trainer.policy_mini_batch_size",
-        );
-        fails(
-            &["trainer.policy_mini_batch_size=0"],
-            "trainer.policy_mini_batch_size",
-        );
-        fails(
-            &["trainer.micro_train_batch_size_per_gpu=3"],
-            "trainer.policy_mini_batch_size * generator.n_samples_per_prompt % trainer.micro_train_batch_size_per_gpu",
-        );
+        fail(&[
+            (
+                "trainer.train_batch_size=1000",
+                "trainer.train_batch_size % trainer.policy_mini_batch_size",
+            ),
+            (
+                "trainer.policy_mini_batch_size=0",
+                "trainer.policy_mini_batch_size",
+            ),
+            (
+                "trainer.micro_train_batch_size_per_gpu=3",
+                "trainer.policy_mini_batch_size * generator.n_samples_per_prompt % \
+                 trainer.micro_train_batch_size_per_gpu",
+            ),
+            (
+                "generator.n_samples_per_prompt=0",
+                "generator.n_samples_per_prompt",
+            ),
+            (
+                "trainer.critic.model.path=/m trainer.critic_mini_batch_size=1000",
+                "trainer.critic_mini_batch_size",
+            ),
+        ]);
         // 256 * 5 = 1280 rows split into micro-batches of 64.
-        assert!(check(&["trainer.micro_train_batch_size_per_gpu=64"]).is_ok());
-        fails(
-            &["generator.n_samples_per_prompt=0"],
-            "generator.n_samples_per_prompt",
-        );
-        fails(
-            &[
-                "trainer.critic.model.path=/m",
-                "trainer.critic_mini_batch_size=1000",
-            ],
-            "trainer.critic_mini_batch_size",
-        );
+        assert!(check("trainer.micro_train_batch_size_per_gpu=64").is_ok());
     }
 
     #[test]
     fn algorithm_rules() {
-        fails(
-            &["trainer.algorithm.use_kl_in_reward=true"],
-            "use_kl_in_reward",
-        );
-        fails(
-            &["trainer.algorithm.advantage_estimator=nope"],
-            "trainer.algorithm.advantage_estimator",
-        );
-        fails(
-            &["trainer.algorithm.advantage_estimator=gae"],
-            "trainer.critic.model.path",
-        );
-        assert!(check(&[
-            "trainer.algorithm.advantage_estimator=gae",
-            "trainer.critic.model.path=/c",
-            "trainer.algorithm.value_clip=null",
-        ])
-        .is_ok());
-        fails(
-            &["trainer.algorithm.value_clip=-0.5"],
-            "trainer.algorithm.value_clip",
-        );
-        fails(
-            &["trainer.algorithm.policy_loss_type=nope"],
-            "trainer.algorithm.policy_loss_type",
-        );
-        fails(
-            &["trainer.algorithm.loss_reduction=mean"],
-            "trainer.algorithm.loss_reduction",
-        );
-        fails(
-            &["trainer.algorithm.dynamic_sampling.type=drop"],
-            "trainer.algorithm.dynamic_sampling.type",
-        );
-        fails(
-            &[
-                "trainer.algorithm.dynamic_sampling.type=filter",
-                "generator.n_samples_per_prompt=1",
-            ],
-            "generator.n_samples_per_prompt",
-        );
-        fails(
-            &["trainer.algorithm.kl_estimator_type=k4"],
-            "kl_estimator_type",
-        );
-        fails(
-            &[
-                "trainer.algorithm.policy_loss_type=dual_clip",
-                "trainer.algorithm.clip_ratio_c=1.0",
-            ],
-            "clip_ratio_c",
-        );
-        fails(&["trainer.algorithm.eps_clip_low=1.5"], "eps_clip_low");
+        let tis = "trainer.algorithm.off_policy_correction.tis_ratio_type";
         // Typed in rlvr-algo: a misspelt name fails as it is read, naming the key and the names.
-        let key = "trainer.algorithm.off_policy_correction.tis_ratio_type";
-        fails(
-            &[&format!("{key}=tokens")],
-            &format!("`{key}` expects one of token, sequence"),
-        );
-        fails(
-            &[
-                "+trainer.algorithm.overlong_buffer.len=2048",
-                "+trainer.algorithm.overlong_buffer.penalty_factor=1.0",
-            ],
-            "overlong_buffer.len",
-        );
+        let tis_error = format!("`{tis}` expects one of token, sequence");
+        fail(&[
+            (
+                "trainer.algorithm.use_kl_in_reward=true",
+                "use_kl_in_reward",
+            ),
+            (
+                "trainer.algorithm.advantage_estimator=nope",
+                "trainer.algorithm.advantage_estimator",
+            ),
+            (
+                "trainer.algorithm.advantage_estimator=gae",
+                "trainer.critic.model.path",
+            ),
+            (
+                "trainer.algorithm.value_clip=-0.5",
+                "trainer.algorithm.value_clip",
+            ),
+            (
+                "trainer.algorithm.policy_loss_type=nope",
+                "trainer.algorithm.policy_loss_type",
+            ),
+            (
+                "trainer.algorithm.loss_reduction=mean",
+                "trainer.algorithm.loss_reduction",
+            ),
+            (
+                "trainer.algorithm.dynamic_sampling.type=drop",
+                "trainer.algorithm.dynamic_sampling.type",
+            ),
+            (
+                "trainer.algorithm.dynamic_sampling.type=filter generator.n_samples_per_prompt=1",
+                "generator.n_samples_per_prompt",
+            ),
+            (
+                "trainer.algorithm.kl_estimator_type=k4",
+                "kl_estimator_type",
+            ),
+            (
+                "trainer.algorithm.policy_loss_type=dual_clip trainer.algorithm.clip_ratio_c=1.0",
+                "clip_ratio_c",
+            ),
+            ("trainer.algorithm.eps_clip_low=1.5", "eps_clip_low"),
+            (&format!("{tis}=tokens"), &tis_error),
+            (
+                "+trainer.algorithm.overlong_buffer.len=2048 \
+                 +trainer.algorithm.overlong_buffer.penalty_factor=1.0",
+                "overlong_buffer.len",
+            ),
+        ]);
+        assert!(check(
+            "trainer.algorithm.advantage_estimator=gae trainer.critic.model.path=/c \
+             trainer.algorithm.value_clip=null"
+        )
+        .is_ok());
         for r in rlvr_algo::LossReduction::NAMES {
             assert!(
-                check(&[&format!("trainer.algorithm.loss_reduction={r}")]).is_ok(),
+                check(&format!("trainer.algorithm.loss_reduction={r}")).is_ok(),
                 "{r}"
             );
         }
@@ -465,85 +457,79 @@ mod tests {
 
     #[test]
     fn non_finite_numbers_are_refused_by_key() {
-        fails(
-            &["trainer.policy.optimizer_config.lr=.nan"],
-            "trainer.policy.optimizer_config.lr",
-        );
-        fails(
-            &["generator.sampling_params.temperature=.inf"],
-            "temperature",
-        );
-        fails(&["trainer.algorithm.eps_clip_high=-.inf"], "eps_clip_high");
+        fail(&[
+            (
+                "trainer.policy.optimizer_config.lr=.nan",
+                "trainer.policy.optimizer_config.lr",
+            ),
+            ("generator.sampling_params.temperature=.inf", "temperature"),
+            ("trainer.algorithm.eps_clip_high=-.inf", "eps_clip_high"),
+        ]);
+        // One line per value: the range rules leave non-finite numbers to this check.
+        let e = check("trainer.policy.optimizer_config.lr=.nan").unwrap_err();
+        assert_eq!(e.matches("optimizer_config.lr").count(), 1, "{e}");
     }
 
     #[test]
     fn seq_mean_token_sum_norm_defaults_max_seq_len_like_skyrl() {
-        let w = check(&["trainer.algorithm.loss_reduction=seq_mean_token_sum_norm"]).unwrap();
-        assert!(
-            w.iter()
-                .any(|w| w.contains("max_seq_len") && w.contains("1536")),
-            "{w:?}"
-        );
-        let w = check(&[
-            "trainer.algorithm.loss_reduction=seq_mean_token_sum_norm",
-            "trainer.algorithm.max_seq_len=4096",
-        ])
-        .unwrap();
+        let norm = "trainer.algorithm.loss_reduction=seq_mean_token_sum_norm";
+        let w = check(norm).unwrap();
+        let said = w
+            .iter()
+            .any(|w| w.contains("max_seq_len") && w.contains("1536"));
+        assert!(said, "{w:?}");
+        let w = check(&format!("{norm} trainer.algorithm.max_seq_len=4096")).unwrap();
         assert!(w.is_empty(), "{w:?}");
-        fails(&["trainer.algorithm.max_seq_len=0"], "max_seq_len");
+        fail(&[("trainer.algorithm.max_seq_len=0", "max_seq_len")]);
     }
 
     #[test]
     fn sampling_and_trainer_rules() {
-        fails(
-            &["generator.sampling_params.temperature=0"],
-            "generator.sampling_params.temperature",
-        );
-        assert!(check(&["generator.eval_sampling_params.temperature=0"]).is_ok());
-        fails(
-            &["generator.eval_sampling_params.top_p=0"],
-            "generator.eval_sampling_params.top_p",
-        );
-        fails(
-            &["generator.sampling_params.top_k=0"],
-            "generator.sampling_params.top_k",
-        );
-        fails(
-            &["generator.max_input_length=100"],
-            "generator.max_input_length",
-        );
-        fails(
-            &["trainer.max_ckpts_to_keep=0"],
-            "trainer.max_ckpts_to_keep",
-        );
-        fails(&["trainer.resume_mode=from_path"], "trainer.resume_path");
-        fails(
-            &["trainer.policy.optimizer_config.adam_betas=[0.9]"],
-            "adam_betas",
-        );
-        fails(
-            &["trainer.policy.optimizer_config.scheduler=polynomial"],
-            "scheduler",
-        );
-        let w = check(&["trainer.sequence_parallel_backend=ring"]).unwrap();
+        fail(&[
+            (
+                "generator.sampling_params.temperature=0",
+                "generator.sampling_params.temperature",
+            ),
+            (
+                "generator.eval_sampling_params.top_p=0",
+                "generator.eval_sampling_params.top_p",
+            ),
+            (
+                "generator.sampling_params.top_k=0",
+                "generator.sampling_params.top_k",
+            ),
+            (
+                "generator.max_input_length=100",
+                "generator.max_input_length",
+            ),
+            ("trainer.max_ckpts_to_keep=0", "trainer.max_ckpts_to_keep"),
+            ("trainer.resume_mode=from_path", "trainer.resume_path"),
+            (
+                "trainer.policy.optimizer_config.adam_betas=[0.9]",
+                "adam_betas",
+            ),
+            (
+                "trainer.policy.optimizer_config.scheduler=polynomial",
+                "scheduler",
+            ),
+            (
+                "environment.skyrl_gym.gsm8k.method=fuzzy",
+                "environment.skyrl_gym.gsm8k.method",
+            ),
+            ("data.train_data=[]", "data.train_data"),
+        ]);
+        assert!(check("generator.eval_sampling_params.temperature=0").is_ok());
+        let w = check("trainer.sequence_parallel_backend=ring").unwrap();
         assert!(
             w[0].contains("trainer.sequence_parallel_backend=ring"),
             "{w:?}"
         );
-        fails(
-            &["environment.skyrl_gym.gsm8k.method=fuzzy"],
-            "environment.skyrl_gym.gsm8k.method",
-        );
-        fails(&["data.train_data=[]"], "data.train_data");
     }
 
     #[test]
     fn all_errors_are_reported_together() {
-        let e = check(&[
-            "trainer.train_batch_size=1000",
-            "generator.sampling_params.top_p=2",
-        ])
-        .unwrap_err();
+        let e =
+            check("trainer.train_batch_size=1000 generator.sampling_params.top_p=2").unwrap_err();
         assert!(e.contains("train_batch_size") && e.contains("top_p"), "{e}");
     }
 }
