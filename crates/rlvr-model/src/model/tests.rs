@@ -303,6 +303,39 @@ fn tiny_f32_model() -> (ModelConfig, Model) {
     (cfg, model)
 }
 
+/// Without gradients a layer hands on no graph (its ops on the weights record one, which would
+/// keep every earlier layer's activations alive); with gradients it does.
+#[test]
+fn scoring_layers_hand_on_no_graph() {
+    let (cfg, model) = tiny_f32_model();
+    let (ids, _) = padded_batch(&Device::Cpu);
+    let x = model.embed_tokens(&ids).unwrap();
+    assert!(
+        x.track_op(),
+        "the embedding lookup records a graph on the weight"
+    );
+    let positions = Tensor::arange(0u32, 8, &Device::Cpu).unwrap();
+    let positions = positions.unsqueeze(0).unwrap().repeat((2, 1)).unwrap();
+    let (cos, sin) = model.rope.gather(&positions).unwrap();
+    let dims = model.dims();
+    let mask = Tensor::zeros((2, 1, 1, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    for grad in [false, true] {
+        let y = model
+            .layer_forward(
+                &model.layers[0],
+                &x,
+                &cos,
+                &sin,
+                grad,
+                Precision::F32,
+                |q, k, v| ops::attention(q, k, v, &mask, dims, grad, Precision::F32),
+            )
+            .unwrap();
+        assert_eq!(y.track_op(), grad, "grad={grad}");
+        assert_eq!(y.dims(), [2, 8, cfg.hidden_size]);
+    }
+}
+
 #[test]
 fn decode_copy_stores_matrix_weights_in_bf16_and_keeps_the_rest() {
     let (cfg, model) = tiny_f32_model();
