@@ -227,17 +227,26 @@ pub fn matmul_by<A: Elem>(m: usize, a: View<A>, b: &Rhs) -> Vec<f32> {
 /// `a @ b` for `a: [m, k]` and a prepared `b`, row-major `[m, n]` of `O` (f32, or the f32
 /// result rounded to bf16 as it is written out).
 pub fn matmul_to<A: Elem, O: Elem>(m: usize, a: View<A>, b: &Rhs) -> Vec<O> {
-    let (k, n) = (b.k, b.n);
-    if m == 0 || n == 0 || k == 0 {
-        return vec![O::from_f32(0.0); m * n];
-    }
-    let mut dst: Vec<O> = Vec::with_capacity(m * n);
-    // SAFETY: room for m * n values, all of which the product writes (k > 0) before `set_len`.
-    unsafe {
-        run(m, dst.as_mut_ptr(), false, a, b);
-        dst.set_len(m * n);
-    }
+    let mut dst = Vec::new();
+    matmul_append(&mut dst, m, a, b);
     dst
+}
+
+/// [`matmul_to`] written after `dst`'s values (`dst` grows by `m * n`), so that several
+/// products can fill one buffer without copies.
+pub fn matmul_append<A: Elem, O: Elem>(dst: &mut Vec<O>, m: usize, a: View<A>, b: &Rhs) {
+    let (k, n, start) = (b.k, b.n, dst.len());
+    if m == 0 || n == 0 || k == 0 {
+        dst.resize(start + m * n, O::from_f32(0.0));
+        return;
+    }
+    dst.reserve_exact(m * n);
+    // SAFETY: room for m * n values after `start`, all of which the product writes (k > 0)
+    // before `set_len`.
+    unsafe {
+        run(m, dst.as_mut_ptr().add(start), false, a, b);
+        dst.set_len(start + m * n);
+    }
 }
 
 /// `a_i @ b_i` for `batch` pairs, row-major f32 `[batch, m, n]`: pair `i` is `a` and `b` moved

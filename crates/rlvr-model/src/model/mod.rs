@@ -523,25 +523,6 @@ impl Model {
         precision: Precision,
         attn: impl FnOnce(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        let y = self.layer_ops(layer, x, cos, sin, grad, precision, attn)?;
-        // Ops on the weights (`Var`s) record a graph even without gradients; cut it at every
-        // layer, or a scoring pass (reference model, old log-probs, prefill) would keep every
-        // layer's activations alive until its end, as a training forward does.
-        Ok(if grad { y } else { y.detach() })
-    }
-
-    /// [`Self::layer_forward`]'s ops.
-    #[allow(clippy::too_many_arguments)]
-    fn layer_ops(
-        &self,
-        layer: &Layer,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        grad: bool,
-        precision: Precision,
-        attn: impl FnOnce(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
         let Dims {
             heads,
@@ -616,7 +597,12 @@ impl Model {
                 grad,
             )?,
         };
-        layer.down.forward_residual(&x, &m, grad, precision)
+        let y = layer.down.forward_residual(&x, &m, grad, precision)?;
+        // Ops on the weights (`Var`s) record a graph even without gradients; cut it at every
+        // layer, or a scoring pass (reference model, old log-probs, prefill) would keep every
+        // layer's activations alive until its end, as a training forward does. (The early
+        // return above is taken with gradients only.)
+        Ok(if grad { y } else { y.detach() })
     }
 
     /// KV-cached forward of `tokens` (row-major `[n, L]`) for the cache slots

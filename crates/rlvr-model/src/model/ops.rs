@@ -68,16 +68,30 @@ fn linear_to<O: Elem>(x: &Tensor, w: &Tensor, grad: bool, precision: Precision) 
 
 /// The values of `x @ w^T` (`x` f32 or bf16), row-major, in `O`.
 fn product<O: Elem>(x: &Tensor, w: &Tensor, precision: Precision) -> Result<Vec<O>> {
-    use kernels::gemm::{matmul_to, Rhs, View};
+    let mut y = Vec::new();
+    product_append(&mut y, x, w, precision)?;
+    Ok(y)
+}
+
+/// [`product`]'s values written after `y`'s.
+fn product_append<O: Elem>(
+    y: &mut Vec<O>,
+    x: &Tensor,
+    w: &Tensor,
+    precision: Precision,
+) -> Result<()> {
+    use kernels::gemm::{matmul_append, Rhs, View};
     let ((n, k), out) = (x.dims2()?, w.dim(0)?);
     let xd = x.detach().contiguous()?;
     kernels::with_slice(&w.detach(), |wv| {
         let rhs = Rhs::new(precision, View::transposed(wv, k), k, out);
         match xd.dtype() {
-            DType::BF16 => {
-                kernels::with_slice_of::<bf16, _>(&xd, |xv| matmul_to(n, View::rows(xv, k), &rhs))
-            }
-            _ => kernels::with_slice_of::<f32, _>(&xd, |xv| matmul_to(n, View::rows(xv, k), &rhs)),
+            DType::BF16 => kernels::with_slice_of::<bf16, _>(&xd, |xv| {
+                matmul_append(y, n, View::rows(xv, k), &rhs)
+            }),
+            _ => kernels::with_slice_of::<f32, _>(&xd, |xv| {
+                matmul_append(y, n, View::rows(xv, k), &rhs)
+            }),
         }
     })?
 }
@@ -189,8 +203,10 @@ pub fn linear_pair(
         return Ok(None);
     }
     fn stacked<O: Elem>(x: &Tensor, w: (&Tensor, &Tensor), p: Precision) -> Result<Output> {
-        let mut y: Vec<O> = product(x, w.0, p)?;
-        y.extend_from_slice(&product::<O>(x, w.1, p)?);
+        // Both products straight into the stacked buffer.
+        let mut y: Vec<O> = Vec::with_capacity(2 * x.dim(0)? * w.0.dim(0)?);
+        product_append(&mut y, x, w.0, p)?;
+        product_append(&mut y, x, w.1, p)?;
         Ok(Output::cpu(y, (2, x.dim(0)?, w.0.dim(0)?)))
     }
     let y = match out {
