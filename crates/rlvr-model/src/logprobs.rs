@@ -10,6 +10,8 @@
 
 use crate::kernels::gemm::Precision;
 use crate::kernels::{self, Lanes};
+use crate::model::Tape;
+use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D};
 
 /// Options of [`crate::Model::response_logprobs`].
@@ -25,6 +27,11 @@ pub struct LogProbOptions {
     pub chunk_rows: usize,
     /// Inputs of the output head's products (forward and backward); f32 accumulation either way.
     pub precision: Precision,
+    /// With `grad`: cut the forward's graph at the decoder's layer boundaries, so that
+    /// [`TokenLogProbs::backward`] frees each layer's activations as soon as its gradients are
+    /// out (candle's `backward` keeps the whole graph until it returns). Gradients must then be
+    /// taken with [`TokenLogProbs::backward`]: `loss.backward()` would stop at the last layer.
+    pub segmented: bool,
 }
 
 impl Default for LogProbOptions {
@@ -35,15 +42,36 @@ impl Default for LogProbOptions {
             grad: true,
             chunk_rows: 512,
             precision: Precision::F32,
+            segmented: false,
         }
     }
 }
 
 /// `[B, R]` log-probs of the response tokens, and their entropies when asked for.
+///
+/// A forward run with [`LogProbOptions::segmented`] is cut at the decoder's layer boundaries:
+/// take its gradients with [`TokenLogProbs::backward`] (which also serves an uncut forward).
 #[derive(Debug, Clone)]
 pub struct TokenLogProbs {
     pub logprobs: Tensor,
     pub entropy: Option<Tensor>,
+    pub(crate) tape: Tape,
+}
+
+impl TokenLogProbs {
+    /// Gradients of `loss`, a function of these log-probs, with respect to the model's weights;
+    /// each layer's activations are freed as soon as its gradients are out.
+    pub fn backward(self, loss: &Tensor) -> Result<GradStore> {
+        let mut grads = GradStore::default();
+        self.backward_into(loss, &mut grads)?;
+        Ok(grads)
+    }
+
+    /// [`TokenLogProbs::backward`], adding the gradients to `grads` (accumulation over
+    /// micro-batches without a second set of gradients).
+    pub fn backward_into(self, loss: &Tensor, grads: &mut GradStore) -> Result<()> {
+        self.tape.backward_into(loss, grads)
+    }
 }
 
 /// Log-probs (column 0) and entropies (column 1, zero unless asked for) of `labels: [N]` under
@@ -387,7 +415,14 @@ impl crate::Model {
         if response_len == 0 || response_len >= s {
             candle_core::bail!("response_len {response_len} must be in 1..{s} (sequence length)")
         }
-        let hs = self.forward_hidden(input_ids, attention_mask, opts.grad, opts.precision)?;
+        let mut tape = Tape::default();
+        let hs = self.forward_hidden_taped(
+            input_ids,
+            attention_mask,
+            opts.grad,
+            opts.precision,
+            (opts.grad && opts.segmented).then_some(&mut tape),
+        )?;
         let h = hs.dim(2)?;
         // Position t predicts token t + 1.
         let rows = hs
@@ -404,6 +439,10 @@ impl crate::Model {
         } else {
             None
         };
-        Ok(TokenLogProbs { logprobs, entropy })
+        Ok(TokenLogProbs {
+            logprobs,
+            entropy,
+            tape,
+        })
     }
 }

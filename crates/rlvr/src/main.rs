@@ -4,9 +4,12 @@ use clap::{Parser, Subcommand};
 
 /// Training and decoding allocate and free many large buffers per step; glibc's malloc hands
 /// those back to the kernel and takes page faults and zeroing to get them again. mimalloc keeps
-/// them (see [`retain_freed_memory`]).
+/// them (see [`retain_freed_memory`]). The bytes live are counted, so that `rlvr bench` can tell
+/// the memory the program holds from the memory the allocator keeps.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: heap::Counting<mimalloc::MiMalloc> = heap::Counting::new(mimalloc::MiMalloc);
+
+mod heap;
 
 /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (mimalloc.h; libmimalloc-sys 0.1.49's
 /// Rust constants stop before it).

@@ -2392,6 +2392,22 @@ impl Tensor {
         }
     }
 
+    /// A new variable holding this tensor's storage (not a copy) and no graph: the leaf a
+    /// segment of a graph starts from, when a long graph is cut so that its backward can free
+    /// each segment once done (rlvr's patch; `Var::from_tensor` copies the storage).
+    pub fn detach_to_var(&self) -> Tensor {
+        let tensor_ = Tensor_ {
+            id: TensorId::new(),
+            storage: self.storage.clone(),
+            layout: self.layout.clone(),
+            op: BackpropOp::none(),
+            is_variable: true,
+            dtype: self.dtype,
+            device: self.device.clone(),
+        };
+        Tensor(Arc::new(tensor_))
+    }
+
     /// If the target device is the same as the tensor device, only a shallow copy is performed.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         if self.device().same_device(device) {

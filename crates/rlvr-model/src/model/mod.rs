@@ -9,8 +9,10 @@ mod autograd;
 pub mod ops;
 pub mod rope;
 mod shared_prompt;
+mod tape;
 
 pub use shared_prompt::SharedPrompts;
+pub(crate) use tape::Tape;
 
 use crate::config::ModelConfig;
 use crate::kernels::gemm::Precision;
@@ -465,6 +467,18 @@ impl Model {
         grad: bool,
         precision: Precision,
     ) -> Result<Tensor> {
+        self.forward_hidden_taped(input_ids, attention_mask, grad, precision, None)
+    }
+
+    /// [`Model::forward_hidden`], cut at every layer boundary into `tape` when one is given.
+    pub(crate) fn forward_hidden_taped(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        grad: bool,
+        precision: Precision,
+        mut tape: Option<&mut Tape>,
+    ) -> Result<Tensor> {
         let (b, s) = input_ids.dims2()?;
         if attention_mask.dims() != [b, s] {
             candle_core::bail!(
@@ -482,9 +496,15 @@ impl Model {
         let mut x = self.embed_tokens(input_ids)?;
         let dims = self.dims();
         for layer in &self.layers {
+            if let Some(t) = tape.as_deref_mut() {
+                [x] = t.cut([x]);
+            }
             x = self.layer_forward(layer, &x, &cos, &sin, grad, precision, |q, k, v| {
                 ops::attention(q, k, v, &mask, dims, grad, precision)
             })?;
+        }
+        if let Some(t) = tape {
+            [x] = t.cut([x]);
         }
         ops::rms_norm(
             &x,

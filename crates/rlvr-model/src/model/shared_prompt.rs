@@ -4,7 +4,7 @@
 //! the `[prompt | response]` rows of [`Model::forward_hidden`] up to summation order, at the cost of
 //! the prompt once per group instead of once per sample.
 
-use super::{ops, Model, MASKED};
+use super::{ops, Model, Tape, MASKED};
 use crate::logprobs::{lm_head_logprobs, LogProbOptions, TokenLogProbs};
 use crate::Precision;
 use candle_core::{DType, Result, Tensor};
@@ -32,6 +32,18 @@ impl Model {
         batch: &SharedPrompts,
         grad: bool,
         precision: Precision,
+    ) -> Result<(Tensor, Tensor)> {
+        self.forward_hidden_shared_taped(batch, grad, precision, None)
+    }
+
+    /// [`Model::forward_hidden_shared`], cut at every layer boundary into `tape` when one is
+    /// given.
+    fn forward_hidden_shared_taped(
+        &self,
+        batch: &SharedPrompts,
+        grad: bool,
+        precision: Precision,
+        mut tape: Option<&mut Tape>,
     ) -> Result<(Tensor, Tensor)> {
         let (g, p) = batch.prompt_ids.dims2()?;
         let (rows, r) = batch.response_ids.dims2()?;
@@ -96,6 +108,9 @@ impl Model {
         let mut xp = self.embed_tokens(batch.prompt_ids)?;
         let mut xr = self.embed_tokens(batch.response_ids)?;
         for layer in &self.layers {
+            if let Some(t) = tape.as_deref_mut() {
+                [xp, xr] = t.cut([xp, xr]);
+            }
             let mut prompt_kv = None;
             xp = self.layer_forward(layer, &xp, &cos_p, &sin_p, grad, precision, |q, k, v| {
                 // The group's copies of the prompt's bf16 keys and values are f32: candle's
@@ -114,6 +129,9 @@ impl Model {
                 ops::attention(q, &k, &v, &mask_r, dims, grad, precision)
             })?;
         }
+        if let Some(t) = tape {
+            [xp, xr] = t.cut([xp, xr]);
+        }
         let eps = self.cfg.rms_norm_eps;
         Ok((
             ops::rms_norm(&xp, self.norm.as_tensor(), eps, grad, DType::F32)?,
@@ -128,7 +146,13 @@ impl Model {
         batch: &SharedPrompts,
         opts: &LogProbOptions,
     ) -> Result<TokenLogProbs> {
-        let (hp, hr) = self.forward_hidden_shared(batch, opts.grad, opts.precision)?;
+        let mut tape = Tape::default();
+        let (hp, hr) = self.forward_hidden_shared_taped(
+            batch,
+            opts.grad,
+            opts.precision,
+            (opts.grad && opts.segmented).then_some(&mut tape),
+        )?;
         let (rows, r, h) = hr.dims3()?;
         let p = hp.dim(1)?;
         if p == 0 || r == 0 {
@@ -154,7 +178,11 @@ impl Model {
         } else {
             None
         };
-        Ok(TokenLogProbs { logprobs, entropy })
+        Ok(TokenLogProbs {
+            logprobs,
+            entropy,
+            tape,
+        })
     }
 }
 

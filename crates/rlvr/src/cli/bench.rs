@@ -74,6 +74,11 @@ pub enum BenchCommand {
     },
 }
 
+/// Bytes in MB.
+fn mb(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 fn peak_rss_mb() -> f64 {
     status_mb("VmHWM:")
 }
@@ -92,6 +97,7 @@ fn status_mb(field: &str) -> f64 {
 /// Resets VmHWM to the current RSS (Linux `clear_refs` 5), so each phase reports its own peak.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+    crate::GLOBAL.reset_peak();
 }
 
 fn load_rows(path: &Path) -> Vec<serde_json::Value> {
@@ -455,21 +461,24 @@ fn bench_train(
     let mut rates = Vec::new();
     let train_opts = LogProbOptions {
         precision,
+        segmented: true,
         ..Default::default()
     };
     for step in 0..=train_steps {
         let t = Instant::now();
-        // The graph (every activation) goes with the loss once backward is done, before the
-        // optimizer step, as in the trainer and in PyTorch's `backward()`.
+        // As in the trainer: the forward is cut at layer boundaries, so the backward frees each
+        // layer's activations once its gradients are out, and the rest of the graph goes with
+        // the loss before the optimizer step (as PyTorch's `backward()` frees it).
         let (mut grads, loss, t_fwd, rss_fwd, peak_fwd) = {
-            let ratio = (lp(&train_opts)?.logprobs - &old)?.exp()?;
+            let out = lp(&train_opts)?;
+            let ratio = (&out.logprobs - &old)?.exp()?;
             let l1 = ratio.broadcast_mul(adv)?;
             let l2 = ratio.clamp(0.8f32, 1.28f32)?.broadcast_mul(adv)?;
             let loss = ((l1.minimum(&l2)? * m)?.sum_all()?.neg()?
                 / m.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?;
             let t_fwd = t.elapsed().as_secs_f64();
             let (rss_fwd, peak_fwd) = (status_mb("VmRSS:"), peak_rss_mb());
-            let grads = loss.backward()?;
+            let grads = out.backward(&loss)?;
             let loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             (grads, loss, t_fwd, rss_fwd, peak_fwd)
         };
@@ -482,19 +491,21 @@ fn bench_train(
         let dt = t.elapsed().as_secs_f64();
         let rate = tokens as f64 / dt;
         eprintln!(
-            "train step {step}{}: loss {:.5} grad-norm {:.4} fwd {t_fwd:.2}s bwd {t_bwd:.2}s opt {:.2}s total {dt:.2}s = {rate:.1} tok/s; RSS MB after fwd {rss_fwd:.0} (peak {peak_fwd:.0}), after bwd {rss_bwd:.0} (peak {peak_bwd:.0}), after opt {:.0} (peak {:.0})",
+            "train step {step}{}: loss {:.5} grad-norm {:.4} fwd {t_fwd:.2}s bwd {t_bwd:.2}s opt {:.2}s total {dt:.2}s = {rate:.1} tok/s; RSS MB after fwd {rss_fwd:.0} (peak {peak_fwd:.0}), after bwd {rss_bwd:.0} (peak {peak_bwd:.0}), after opt {:.0} (peak {:.0}); heap live {:.0}, peak {:.0}",
             if step == 0 { " (warm-up)" } else { "" },
             loss,
             clip.norm,
             dt - t_fwd - t_bwd,
             status_mb("VmRSS:"),
-            peak_rss_mb()
+            peak_rss_mb(),
+            mb(crate::GLOBAL.live()),
+            mb(crate::GLOBAL.peak()),
         );
         if step > 0 {
             rates.push(rate);
         }
     }
     Ok(
-        serde_json::json!({"tok_s_median": median(rates), "batch": train_batch, "seq": tokens / train_batch.max(1), "scored_positions": resp, "peak_rss_mb": peak_rss_mb()}),
+        serde_json::json!({"tok_s_median": median(rates), "batch": train_batch, "seq": tokens / train_batch.max(1), "scored_positions": resp, "peak_rss_mb": peak_rss_mb(), "peak_heap_mb": mb(crate::GLOBAL.peak())}),
     )
 }

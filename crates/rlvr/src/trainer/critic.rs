@@ -113,10 +113,7 @@ impl Critic {
                     acc.add_mean("critic/critic_lr", self.optimizer.current_lr());
                     // SkyRL scales the summed gradients by 1 / micro-batches before the step.
                     let g = (loss.loss / n_micro as f64)?.backward()?;
-                    grads = Some(match grads {
-                        None => g,
-                        Some(sum) => super::update::add_grads(sum, g, &self.model_vars())?,
-                    });
+                    grads.get_or_insert_with(GradStore::default).extend(g)?;
                 }
                 acc.merge_ranks(u.shard.group)?;
                 let vars = self.model_vars();

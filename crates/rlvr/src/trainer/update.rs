@@ -8,7 +8,7 @@ use crate::generator::GeneratorOutput;
 use crate::logging::Metrics;
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 use rlvr_algo::kl::approx_kl;
 use rlvr_algo::reduction;
 use rlvr_algo::{advantages, policy_loss};
@@ -246,6 +246,7 @@ pub fn train_on_batch(
                         entropy: true,
                         grad: true,
                         precision,
+                        segmented: true,
                         ..Default::default()
                     },
                 )?;
@@ -291,11 +292,7 @@ pub fn train_on_batch(
                 for (k, v) in token_loss.metrics {
                     acc.add_mean(&format!("policy/loss_metrics/{k}"), v);
                 }
-                let g = loss.backward()?;
-                grads = Some(match grads {
-                    None => g,
-                    Some(sum) => add_grads(sum, g, &policy_vars)?,
-                });
+                lp.backward_into(&loss, grads.get_or_insert_with(GradStore::default))?;
             }
             acc.merge_ranks(shard.group)?;
             let grads =
@@ -494,20 +491,6 @@ impl Shard<'_> {
             n => dist::shard_rows(self.prompts, span, rank, n),
         }
     }
-}
-
-/// Sums two gradient stores over `vars`.
-pub(super) fn add_grads(mut acc: GradStore, g: GradStore, vars: &[Var]) -> Result<GradStore> {
-    for var in vars {
-        if let Some(new) = g.get(var.as_tensor()) {
-            let sum = match acc.get(var.as_tensor()) {
-                Some(old) => (old + new)?,
-                None => new.clone(),
-            };
-            acc.insert(var.as_tensor(), sum);
-        }
-    }
-    Ok(acc)
 }
 
 /// `trainer.algorithm.*` → the loss's settings.
