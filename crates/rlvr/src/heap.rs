@@ -84,7 +84,10 @@ mod tests {
     #[test]
     fn counts_live_bytes_and_their_high_water_mark() {
         let c = Counting::new(std::alloc::System);
-        let (a, b) = (Layout::array::<u64>(100).unwrap(), Layout::array::<u8>(50).unwrap());
+        let (a, b) = (
+            Layout::array::<u64>(100).unwrap(),
+            Layout::array::<u8>(50).unwrap(),
+        );
         // SAFETY: each block is freed once, with the layout it was allocated with.
         unsafe {
             let p = c.alloc(a);
