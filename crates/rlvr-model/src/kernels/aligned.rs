@@ -35,6 +35,48 @@ impl<T: bytemuck::Pod> Aligned<T> {
     }
 }
 
+impl<T: bytemuck::Pod + Send> Aligned<T> {
+    /// `groups` groups of `group` values (a whole number of cache lines each), each zeroed and
+    /// then filled by `fill(index, group)` in one task of the pool: the zeros are written into
+    /// the cache right before the fill overwrites most of them, instead of in a pass of their own
+    /// over the whole buffer.
+    pub fn filled_by_group(
+        groups: usize,
+        group: usize,
+        fill: impl Fn(usize, &mut [T]) + Sync + Send,
+    ) -> Self {
+        use rayon::prelude::*;
+        let bytes = group * std::mem::size_of::<T>();
+        assert!(
+            bytes.is_multiple_of(64),
+            "a group of {bytes} bytes is not whole cache lines"
+        );
+        let group_lines = (bytes / 64).max(1);
+        let lines = groups * bytes / 64;
+        let mut v: Vec<Line> = Vec::with_capacity(lines);
+        v.spare_capacity_mut()[..lines]
+            .par_chunks_mut(group_lines)
+            .enumerate()
+            .for_each(|(g, chunk)| {
+                let chunk: &mut [Line] = {
+                    for x in chunk.iter_mut() {
+                        x.write(Line([0; 64]));
+                    }
+                    // SAFETY: every element of `chunk` was written just above.
+                    unsafe { &mut *(chunk as *mut [std::mem::MaybeUninit<Line>] as *mut [Line]) }
+                };
+                fill(g, bytemuck::cast_slice_mut(chunk));
+            });
+        // SAFETY: every chunk, hence each of the first `lines` elements, was written above.
+        unsafe { v.set_len(lines) };
+        Aligned {
+            lines: v,
+            len: groups * group,
+            _values: PhantomData,
+        }
+    }
+}
+
 impl<T: bytemuck::Pod> Deref for Aligned<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {

@@ -314,11 +314,9 @@ fn pack_groups(
     fill: impl Fn(usize, usize, &mut [u16]) + Sync,
 ) -> super::Aligned<u16> {
     let group = k.div_ceil(TILE_K) * CHUNK;
-    let mut out = super::Aligned::<u16>::zeroed(len.div_ceil(BLOCK) * group);
-    out.par_chunks_mut(group.max(1))
-        .enumerate()
-        .for_each(|(g, buf)| fill(g * BLOCK, BLOCK.min(len - g * BLOCK), buf));
-    out
+    super::Aligned::filled_by_group(len.div_ceil(BLOCK), group, |g, buf| {
+        fill(g * BLOCK, BLOCK.min(len - g * BLOCK), buf)
+    })
 }
 
 /// Packing into bf16 tiles, 16 or 32 values at a time on AVX-512 (every AMX CPU has F, BW and
