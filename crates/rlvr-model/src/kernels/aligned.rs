@@ -113,4 +113,21 @@ mod tests {
             }
         }
     }
+
+    /// Each group holds what its fill wrote and zeros where the fill wrote nothing.
+    #[test]
+    fn groups_hold_their_fill_and_zeros_elsewhere() {
+        for groups in [0usize, 1, 5, 300] {
+            let a = Aligned::<u16>::filled_by_group(groups, 64, |g, buf| {
+                assert_eq!(buf.len(), 64);
+                buf[..g % 64].fill(g as u16 + 1);
+            });
+            assert_eq!((a.len(), a.as_ptr() as usize % 64), (groups * 64, 0));
+            for (g, group) in a.chunks(64).enumerate() {
+                let n = g % 64;
+                assert!(group[..n].iter().all(|&x| x == g as u16 + 1), "group {g}");
+                assert!(group[n..].iter().all(|&x| x == 0), "group {g}");
+            }
+        }
+    }
 }
