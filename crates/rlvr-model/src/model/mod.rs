@@ -76,7 +76,7 @@ impl Linear {
         } else {
             x.matmul(&w.t()?)?
         };
-        self.add_bias(y)
+        self.add_bias(y, grad)
     }
 
     /// `res + self.forward(x)` for `res: [B, L, out]` and `x: [B * L, in]`: one op on the CPU
@@ -103,12 +103,13 @@ impl Linear {
         self.bias.is_none() && self.packed.is_none()
     }
 
-    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
-        match &self.bias {
-            // A bf16 output takes the bias in bf16, as autocast's linear does.
-            Some(b) => y.broadcast_add(&b.as_tensor().to_dtype(y.dtype())?),
-            None => Ok(y),
+    fn add_bias(&self, y: Tensor, grad: bool) -> Result<Tensor> {
+        let Some(b) = &self.bias else { return Ok(y) };
+        if let Some(sum) = ops::add_bias_bf16(&y, b.as_tensor(), grad)? {
+            return Ok(sum);
         }
+        // A bf16 output takes the bias in bf16, as autocast's linear does.
+        y.broadcast_add(&b.as_tensor().to_dtype(y.dtype())?)
     }
 }
 
@@ -571,9 +572,9 @@ impl Model {
                 let y = f.qkv.matmul_t(&hn)?;
                 let (qd, kd) = (heads * head_dim, kv_heads * head_dim);
                 (
-                    layer.q.add_bias(y.narrow(1, 0, qd)?)?,
-                    layer.k.add_bias(y.narrow(1, qd, kd)?)?,
-                    layer.v.add_bias(y.narrow(1, qd + kd, kd)?)?,
+                    layer.q.add_bias(y.narrow(1, 0, qd)?, false)?,
+                    layer.k.add_bias(y.narrow(1, qd, kd)?, false)?,
+                    layer.v.add_bias(y.narrow(1, qd + kd, kd)?, false)?,
                 )
             }
             _ => (
