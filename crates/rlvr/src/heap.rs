@@ -36,7 +36,11 @@ impl<A> Counting<A> {
 
     fn added(&self, n: usize) {
         let now = self.live.fetch_add(n, Relaxed) + n;
-        self.peak.fetch_max(now, Relaxed);
+        // Every allocation passes here: a plain load first, so that only a new high-water mark
+        // pays for a read-modify-write of the shared counter.
+        if now > self.peak.load(Relaxed) {
+            self.peak.fetch_max(now, Relaxed);
+        }
     }
 }
 

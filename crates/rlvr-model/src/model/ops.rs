@@ -262,7 +262,8 @@ pub fn swiglu_linear_residual(
 /// `y + b` for a bf16 `y: [.., out]` and an f32 bias `b: [out]` on the CPU, as autocast's linear
 /// adds its bias: `b` rounded to bf16, each sum in f32 rounded once to bf16 (what candle's bf16
 /// add of `b.to_dtype(bf16)` gives, but in parallel, 16 lanes at a time: candle's converted
-/// element by element on one thread, ~3 % of a Qwen training step). The gradient passes to `y`
+/// element by element on one thread, 1.3-1.5 s of a 5 s Qwen training forward). The gradient
+/// passes to `y`
 /// as it is and sums over the rows for `b`. `None` where this does not apply: the caller adds.
 pub fn add_bias_bf16(y: &Tensor, b: &Tensor, grad: bool) -> Result<Option<Tensor>> {
     use rayon::prelude::*;

@@ -11,17 +11,11 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor};
 
-/// Where a forward was cut, from the first segment to the last.
+/// Where a forward was cut, from the first segment to the last: each cut's (end of a segment,
+/// with its graph; leaf the next segment reads it as) pairs.
 #[derive(Debug, Clone, Default)]
 pub struct Tape {
-    cuts: Vec<Cut>,
-}
-
-/// The ends of one segment (with their graph) and the leaves the next segment reads them as.
-#[derive(Debug, Clone)]
-struct Cut {
-    ends: Vec<Tensor>,
-    leaves: Vec<Tensor>,
+    cuts: Vec<Vec<(Tensor, Tensor)>>,
 }
 
 impl Tape {
@@ -32,10 +26,8 @@ impl Tape {
             return xs;
         }
         let leaves = xs.each_ref().map(Tensor::detach_to_var);
-        self.cuts.push(Cut {
-            ends: xs.into(),
-            leaves: leaves.to_vec(),
-        });
+        self.cuts
+            .push(xs.into_iter().zip(leaves.iter().cloned()).collect());
         leaves
     }
 
@@ -45,7 +37,7 @@ impl Tape {
         grads.extend(loss.backward()?)?;
         for cut in self.cuts.into_iter().rev() {
             let mut seed: Option<Tensor> = None;
-            for (end, leaf) in cut.ends.iter().zip(&cut.leaves) {
+            for (end, leaf) in &cut {
                 // A leaf the later segments did not read (or read only where no gradient
                 // flows) has nothing to pass down.
                 if let Some(g) = grads.remove(leaf) {
