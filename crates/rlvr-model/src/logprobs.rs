@@ -1,12 +1,15 @@
 //! Per-token log-probs (and entropy) of the response tokens, straight from the final hidden states,
 //! without keeping `[rows, vocab]` logits alive.
 //!
-//! Forward: `lm_head` + temperature + log-softmax run over chunks of rows, each chunk's logits
-//! freed before the next (the math per chunk is `rlvr_algo::logprobs`). Backward: a custom op
-//! recomputes each chunk's logits and pushes the gradient into the hidden states and the `lm_head`
-//! weight, so training memory is one chunk of logits instead of a whole batch (`8 x 384 x 49152`
-//! f32 would be 600 MB per intermediate). On the CPU in f32 the softmax math of a chunk is
-//! [`kernels::vocab`](crate::kernels::vocab): two passes over the logits instead of a dozen.
+//! Forward: `lm_head` + temperature + log-softmax run over blocks of logits, each freed before the
+//! next (the math per block is `rlvr_algo::logprobs`). Backward: a custom op recomputes each
+//! block's logits and pushes the gradient into the hidden states and the `lm_head` weight, so
+//! training memory is one block of logits instead of a whole batch (`8 x 384 x 151936` f32 would
+//! be 1.9 GB per intermediate). On the CPU the softmax math is
+//! [`kernels::vocab`](crate::kernels::vocab), two passes over the logits instead of a dozen, and
+//! a block is a slice of the vocabulary for up to [`LogProbOptions::chunk_rows`] rows: the
+//! weight's gradient is then written once per slice instead of accumulated once per row chunk,
+//! and only a slice of the weight is ever held in the products' packed form.
 
 use crate::kernels::gemm::Precision;
 use crate::kernels::{self, Lanes};
@@ -23,8 +26,11 @@ pub struct LogProbOptions {
     pub entropy: bool,
     /// Build the autograd graph (policy) or not (reference model, old log-probs).
     pub grad: bool,
-    /// Rows of logits materialised at once.
+    /// Logits materialised at once: `chunk_rows` rows by `vocab_chunk` columns on the CPU
+    /// kernels; whole rows, as many as make the same count, elsewhere.
     pub chunk_rows: usize,
+    /// See `chunk_rows`.
+    pub vocab_chunk: usize,
     /// Inputs of the output head's products (forward and backward); f32 accumulation either way.
     pub precision: Precision,
     /// With `grad`: cut the forward's graph at the decoder's layer boundaries, so that
@@ -40,7 +46,9 @@ impl Default for LogProbOptions {
             temperature: 1.0,
             entropy: false,
             grad: true,
-            chunk_rows: 512,
+            // 64 MB of f32 logits.
+            chunk_rows: 4096,
+            vocab_chunk: 4096,
             precision: Precision::F32,
             segmented: false,
         }
@@ -83,7 +91,15 @@ pub fn lm_head_logprobs(
     labels: &Tensor,
     opts: &LogProbOptions,
 ) -> Result<Tensor> {
-    let result = chunked_forward(&hidden.detach(), &weight.detach(), labels, opts)?;
+    let (hidden_d, weight_d) = (hidden.detach(), weight.detach());
+    let (result, lse) = if fused(&hidden_d, &weight_d) {
+        fused_forward(&hidden_d, &weight_d, labels, opts)?
+    } else {
+        (
+            chunked_forward(&hidden_d, &weight_d, labels, opts)?,
+            Vec::new(),
+        )
+    };
     if !opts.grad || !(hidden.track_op() || weight.track_op()) {
         return Ok(result);
     }
@@ -92,9 +108,28 @@ pub fn lm_head_logprobs(
         LmHeadLogProbs {
             labels: labels.clone(),
             result,
+            lse,
             opts: *opts,
         },
     )
+}
+
+/// Whether the CPU kernels take the head's products.
+fn fused(hidden: &Tensor, weight: &Tensor) -> bool {
+    kernels::applies(hidden) && kernels::applies(weight)
+}
+
+/// Rows of whole-row logits per chunk on the composite path: as many logits as a CPU block.
+fn composite_rows(opts: &LogProbOptions, vocab: usize) -> usize {
+    (opts.chunk_rows.max(1) * opts.vocab_chunk.max(1) / vocab.max(1)).max(1)
+}
+
+/// `(start, len)` of `total` in pieces of `chunk`.
+fn pieces(total: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
+    let chunk = chunk.max(1);
+    (0..total)
+        .step_by(chunk)
+        .map(move |s| (s, chunk.min(total - s)))
 }
 
 fn chunked_forward(
@@ -103,11 +138,8 @@ fn chunked_forward(
     labels: &Tensor,
     opts: &LogProbOptions,
 ) -> Result<Tensor> {
-    if kernels::applies(hidden) && kernels::applies(weight) {
-        return fused_forward(hidden, weight, labels, opts);
-    }
     let n = hidden.dim(0)?;
-    let chunk = opts.chunk_rows.max(1);
+    let chunk = composite_rows(opts, weight.dim(0)?);
     let wt = weight.t()?;
     let mut parts = Vec::with_capacity(n.div_ceil(chunk));
     for start in (0..n).step_by(chunk) {
@@ -128,144 +160,124 @@ fn chunked_forward(
     Tensor::cat(&parts, 0)
 }
 
-/// [`chunked_forward`] on the CPU kernels: the weight prepared once for every chunk's logits.
+/// [`chunked_forward`] on the CPU kernels, a block of rows by a slice of the vocabulary at a
+/// time: the `[n, 2]` log-probs and entropies, and each row's log-sum-exp for the backward.
 fn fused_forward(
     hidden: &Tensor,
     weight: &Tensor,
     labels: &Tensor,
     opts: &LogProbOptions,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Vec<f32>)> {
     use kernels::gemm::{matmul_by, Rhs, View};
     let ((n, h), (v, _)) = (hidden.dims2()?, weight.dims2()?);
-    let chunk = opts.chunk_rows.max(1);
-    let parts = kernels::with_slice(hidden, |hv| {
+    let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    let inv_t = (1.0 / opts.temperature) as f32;
+    let (mut out, mut lse) = (Vec::with_capacity(2 * n), Vec::with_capacity(n));
+    kernels::with_slice(hidden, |hv| {
         kernels::with_slice(weight, |wv| {
-            let wt = Rhs::new(opts.precision, View::transposed(wv, h), h, v);
-            (0..n)
-                .step_by(chunk)
-                .map(|start| {
-                    let len = chunk.min(n - start);
-                    let hc = View::rows(&hv[start * h..(start + len) * h], h);
-                    let logits =
-                        Tensor::from_vec(matmul_by(len, hc, &wt), (len, v), hidden.device())?;
-                    fused_chunk_forward(&logits, &labels.narrow(0, start, len)?, opts)
-                })
-                .collect::<Result<Vec<_>>>()
+            for (r0, rows) in pieces(n, opts.chunk_rows) {
+                let hc = View::rows(&hv[r0 * h..(r0 + rows) * h], h);
+                let labels = &labels[r0..r0 + rows];
+                let mut sums = kernels::vocab::RowSums::new(rows);
+                for (c0, cols) in pieces(v, opts.vocab_chunk) {
+                    let w = View::transposed(&wv[c0 * h..(c0 + cols) * h], h);
+                    let z = matmul_by(rows, hc, &Rhs::new(opts.precision, w, h, cols));
+                    sums.add(Lanes::detect(), &z, cols, c0, labels, inv_t);
+                }
+                let st = sums.finish();
+                let ent = if opts.entropy {
+                    st.entropy
+                } else {
+                    vec![0.0; rows]
+                };
+                out.extend(st.logprob.into_iter().zip(ent).flat_map(|(a, b)| [a, b]));
+                lse.extend(st.lse);
+            }
         })
-    })???;
-    if parts.is_empty() {
-        return Tensor::zeros((0, 2), hidden.dtype(), hidden.device());
-    }
-    Tensor::cat(&parts, 0)
+    })??;
+    Ok((Tensor::from_vec(out, (n, 2), hidden.device())?, lse))
 }
 
-/// [`fused_forward`]'s chunk: `[len, 2]` log-probs and entropies.
-fn fused_chunk_forward(logits: &Tensor, labels: &Tensor, opts: &LogProbOptions) -> Result<Tensor> {
-    let (len, v) = logits.dims2()?;
-    let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-    let inv_t = (1.0 / opts.temperature) as f32;
-    let st = kernels::with_slice(logits, |l| {
-        kernels::vocab::forward(Lanes::detect(), l, v, &labels, inv_t)
-    })?;
-    let ent = if opts.entropy {
-        st.entropy
-    } else {
-        vec![0.0; len]
-    };
-    let out: Vec<f32> = st
-        .logprob
-        .into_iter()
-        .zip(ent)
-        .flat_map(|(a, b)| [a, b])
-        .collect();
-    Tensor::from_vec(out, (len, 2), logits.device())
-}
-
-/// The backward's chunk on the CPU kernels: the gradient w.r.t. the raw logits `[len, V]`
-/// (row-major), from the forward's `[len, 2]` result and the incoming `[len, 2]` gradient.
-fn fused_chunk_grad(
-    logits: &Tensor,
-    labels: &Tensor,
-    result: &Tensor,
-    grad: &Tensor,
-    opts: &LogProbOptions,
-) -> Result<Vec<f32>> {
-    let (len, v) = logits.dims2()?;
-    let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-    let inv_t = (1.0 / opts.temperature) as f32;
-    let res = result.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    let g = grad.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    let g_lp: Vec<f32> = g.iter().map(|r| r[0]).collect();
-    let g_ent: Option<Vec<f32>> = opts.entropy.then(|| g.iter().map(|r| r[1]).collect());
-    let entropy: Vec<f32> = res.iter().map(|r| r[1]).collect();
-    let dz = kernels::with_slice(logits, |l| {
-        // logprob = z[label] - lse, so the forward's log-sum-exp needs no second store.
-        let lse: Vec<f32> = (0..len)
-            .map(|r| l[r * v + labels[r] as usize] * inv_t - res[r][0])
-            .collect();
-        kernels::vocab::backward(
-            Lanes::detect(),
-            l,
-            v,
-            &labels,
-            inv_t,
-            &lse,
-            &entropy,
-            &g_lp,
-            g_ent.as_deref(),
-        )
-    })?;
-    Ok(dz)
-}
-
-/// [`LmHeadLogProbs`]'s backward on the CPU kernels: per chunk, the logits again, their
-/// gradient, then `dh = dz W` and `dW += dz^T h` accumulated in place by gemm.
+/// [`LmHeadLogProbs`]'s backward on the CPU kernels, block by block as [`fused_forward`]: the
+/// logits again, their gradient `dz` in place, then `dh += dz W_s` and `dW_s (+)= dz^T h`.
+#[allow(clippy::too_many_arguments)]
 fn fused_backward(
     hidden: &Tensor,
     weight: &Tensor,
     labels: &Tensor,
+    lse: &[f32],
     result: &Tensor,
     grad: &Tensor,
     opts: &LogProbOptions,
 ) -> Result<(Tensor, Tensor)> {
-    use kernels::gemm::{matmul_acc, matmul_by, Rhs, View};
+    use kernels::gemm::{matmul_acc, matmul_acc_by, matmul_append, matmul_by, Rhs, View};
     let ((n, h), (v, _)) = (hidden.dims2()?, weight.dims2()?);
-    let chunk = opts.chunk_rows.max(1);
-    let p = opts.precision;
-    let mut dh = Vec::with_capacity(n * h);
-    let mut dw = vec![0f32; v * h];
+    if lse.len() != n {
+        candle_core::bail!("lm-head-logprobs: {} log-sum-exps for {n} rows", lse.len())
+    }
+    let (p, inv_t) = (opts.precision, (1.0 / opts.temperature) as f32);
+    let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    let column = |t: &Tensor, i: usize| {
+        t.to_dtype(DType::F32)?
+            .narrow(1, i, 1)?
+            .flatten_all()?
+            .to_vec1::<f32>()
+    };
+    let (entropy, g_lp) = (column(result, 1)?, column(grad, 0)?);
+    let g_ent = if opts.entropy {
+        Some(column(grad, 1)?)
+    } else {
+        None
+    };
+    let mut dh = vec![0f32; n * h];
+    // Written slice by slice by the first block of rows, added to by the others.
+    let mut dw: Vec<f32> = Vec::with_capacity(v * h);
+    if n == 0 {
+        dw.resize(v * h, 0.0);
+    }
     kernels::with_slice(hidden, |hv| {
         kernels::with_slice(weight, |wv| {
-            let (wt, w) = (
-                Rhs::new(p, View::transposed(wv, h), h, v),
-                Rhs::new(p, View::rows(wv, h), v, h),
-            );
-            for start in (0..n).step_by(chunk) {
-                let len = chunk.min(n - start);
-                let hc = &hv[start * h..(start + len) * h];
-                let raw = matmul_by(len, View::rows(hc, h), &wt);
-                let raw = Tensor::from_vec(raw, (len, v), hidden.device())?;
-                let dz = fused_chunk_grad(
-                    &raw,
-                    &labels.narrow(0, start, len)?,
-                    &result.narrow(0, start, len)?,
-                    &grad.narrow(0, start, len)?,
-                    opts,
-                )?;
-                drop(raw);
-                dh.extend(matmul_by(len, View::rows(&dz, v), &w));
-                matmul_acc(
-                    p,
-                    &mut dw,
-                    v,
-                    h,
-                    len,
-                    View::transposed(&dz, v),
-                    View::rows(hc, h),
-                );
+            for (r0, rows) in pieces(n, opts.chunk_rows) {
+                let hc = &hv[r0 * h..(r0 + rows) * h];
+                let hx = Rhs::new(p, View::rows(hc, h), rows, h);
+                let dh = &mut dh[r0 * h..(r0 + rows) * h];
+                fn at(x: &[f32], r0: usize, rows: usize) -> &[f32] {
+                    &x[r0..r0 + rows]
+                }
+                for (c0, cols) in pieces(v, opts.vocab_chunk) {
+                    let ws = &wv[c0 * h..(c0 + cols) * h];
+                    let wt = Rhs::new(p, View::transposed(ws, h), h, cols);
+                    let mut dz = matmul_by(rows, View::rows(hc, h), &wt);
+                    kernels::vocab::backward(
+                        Lanes::detect(),
+                        &mut dz,
+                        cols,
+                        c0,
+                        &labels[r0..r0 + rows],
+                        inv_t,
+                        at(lse, r0, rows),
+                        at(&entropy, r0, rows),
+                        at(&g_lp, r0, rows),
+                        g_ent.as_deref().map(|g| at(g, r0, rows)),
+                    );
+                    matmul_acc(
+                        p,
+                        dh,
+                        rows,
+                        h,
+                        cols,
+                        View::rows(&dz, cols),
+                        View::rows(ws, h),
+                    );
+                    let dzt = View::transposed(&dz, cols);
+                    if r0 == 0 {
+                        matmul_append(&mut dw, cols, dzt, &hx);
+                    } else {
+                        matmul_acc_by(&mut dw[c0 * h..(c0 + cols) * h], cols, dzt, &hx);
+                    }
+                }
             }
-            Ok::<_, candle_core::Error>(())
-        })?
+        })
     })??;
     Ok((
         Tensor::from_vec(dh, (n, h), hidden.device())?,
@@ -297,6 +309,8 @@ struct LmHeadLogProbs {
     labels: Tensor,
     /// The forward result, computed chunk by chunk before the op is applied.
     result: Tensor,
+    /// Each row's log-sum-exp on the CPU kernels (empty elsewhere).
+    lse: Vec<f32>,
     opts: LogProbOptions,
 }
 
@@ -345,13 +359,14 @@ impl CustomOp2 for LmHeadLogProbs {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (hidden, weight) = (hidden.detach(), weight.detach());
-        if kernels::applies(&hidden) && kernels::applies(&weight) {
-            let (dh, dw) = fused_backward(&hidden, &weight, &self.labels, res, grad, &self.opts)?;
+        if fused(&hidden, &weight) {
+            let (labels, lse) = (&self.labels, &self.lse);
+            let (dh, dw) = fused_backward(&hidden, &weight, labels, lse, res, grad, &self.opts)?;
             return Ok((Some(dh), Some(dw)));
         }
         let n = hidden.dim(0)?;
         let t = self.opts.temperature;
-        let chunk = self.opts.chunk_rows.max(1);
+        let chunk = composite_rows(&self.opts, weight.dim(0)?);
         let compute = if hidden.dtype() == DType::F64 {
             DType::F64
         } else {

@@ -1,7 +1,9 @@
 //! The softmax over the vocabulary for training, row by row in two passes over the logits (the
 //! composite tensor version made about fifteen, each a full `[rows, vocab]` temporary):
 //! log-prob of the label, entropy and log-sum-exp forward, and the gradient w.r.t. the logits.
-//! Rows run in parallel; lanes with AVX-512F.
+//! The logits may come a slice of the vocabulary at a time (the output head never holds a whole
+//! `[rows, vocab]` block): the forward keeps running sums per row, the backward needs only the
+//! forward's per-row results. Rows run in parallel; lanes with AVX-512F.
 
 #[cfg(target_arch = "x86_64")]
 use super::exp::{exp16, tail_mask};
@@ -10,7 +12,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// Per-row results of [`forward`].
+/// Per-row results of [`RowSums::finish`].
 pub struct RowStats {
     pub logprob: Vec<f32>,
     pub entropy: Vec<f32>,
@@ -20,44 +22,103 @@ pub struct RowStats {
 /// For each row `l` of `logits` (`[rows, v]`, raw) with `z = l / t`: `log softmax(z)[label]`,
 /// the entropy of `softmax(z)` and `logsumexp(z)`.
 pub fn forward(lanes: Lanes, logits: &[f32], v: usize, labels: &[u32], inv_t: f32) -> RowStats {
-    let rows = labels.len();
-    assert_eq!(logits.len(), rows * v);
-    let stats: Vec<(f32, f32, f32)> = logits
-        .par_chunks(v)
-        .zip(labels.par_iter())
-        .map(|(row, &label)| {
-            let (m, s, w) = row_sums(lanes, row, inv_t);
-            let lse = m + s.ln();
-            let logprob = row[label as usize] * inv_t - lse;
-            (logprob, lse - w / s, lse)
-        })
-        .collect();
-    RowStats {
-        logprob: stats.iter().map(|s| s.0).collect(),
-        entropy: stats.iter().map(|s| s.1).collect(),
-        lse: stats.iter().map(|s| s.2).collect(),
+    let mut sums = RowSums::new(labels.len());
+    sums.add(lanes, logits, v, 0, labels, inv_t);
+    sums.finish()
+}
+
+/// [`forward`] over logits that arrive in column slices: per row of `z = l / t`, the running
+/// `max z`, `sum e^(z - max)`, `sum e^(z - max) z` and the label's `z`.
+pub struct RowSums {
+    rows: Vec<(f32, f32, f32)>,
+    label_z: Vec<f32>,
+}
+
+impl RowSums {
+    pub fn new(rows: usize) -> Self {
+        Self {
+            rows: vec![(f32::NEG_INFINITY, 0.0, 0.0); rows],
+            label_z: vec![f32::NAN; rows],
+        }
+    }
+
+    /// Takes in columns `first..first + cols` of every row: `logits` is `[rows, cols]`.
+    pub fn add(
+        &mut self,
+        lanes: Lanes,
+        logits: &[f32],
+        cols: usize,
+        first: usize,
+        labels: &[u32],
+        inv_t: f32,
+    ) {
+        assert_eq!(labels.len(), self.rows.len());
+        assert_eq!(logits.len(), labels.len() * cols);
+        if cols == 0 {
+            return;
+        }
+        self.rows
+            .par_iter_mut()
+            .zip(self.label_z.par_iter_mut())
+            .zip(logits.par_chunks(cols).zip(labels.par_iter()))
+            .for_each(|((acc, label_z), (row, &label))| {
+                let (m, s, w) = row_sums(lanes, row, inv_t);
+                // Both sums rescaled to the larger maximum (the first slice has no sums yet).
+                let top = acc.0.max(m);
+                let (a, b) = if acc.0 == f32::NEG_INFINITY {
+                    (0.0, 1.0)
+                } else {
+                    ((acc.0 - top).exp(), (m - top).exp())
+                };
+                *acc = (top, acc.1 * a + s * b, acc.2 * a + w * b);
+                if let Some(i) = (label as usize).checked_sub(first).filter(|&i| i < cols) {
+                    *label_z = row[i] * inv_t;
+                }
+            });
+    }
+
+    /// The rows' log-probs, entropies and log-sum-exps; a row whose label no slice held gets a
+    /// NaN log-prob.
+    pub fn finish(self) -> RowStats {
+        let (mut logprob, mut entropy, mut lse) = (Vec::new(), Vec::new(), Vec::new());
+        for ((m, s, w), z) in self.rows.into_iter().zip(self.label_z) {
+            let l = m + s.ln();
+            logprob.push(z - l);
+            entropy.push(l - w / s);
+            lse.push(l);
+        }
+        RowStats {
+            logprob,
+            entropy,
+            lse,
+        }
     }
 }
 
-/// Gradient w.r.t. the raw logits of `sum g_lp * logprob + g_ent * entropy`, given the forward's
-/// `lse` and `entropy` per row: `(g_lp (onehot - p) - g_ent p (z - E_p[z])) / t`.
+/// Replaces `logits` (`[rows, cols]`, raw, columns `first..first + cols` of the vocabulary) by
+/// the gradient w.r.t. them of `sum g_lp * logprob + g_ent * entropy`, given the forward's `lse`
+/// and `entropy` per row: `(g_lp (onehot - p) - g_ent p (z - E_p[z])) / t`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     lanes: Lanes,
-    logits: &[f32],
-    v: usize,
+    logits: &mut [f32],
+    cols: usize,
+    first: usize,
     labels: &[u32],
     inv_t: f32,
     lse: &[f32],
     entropy: &[f32],
     g_lp: &[f32],
     g_ent: Option<&[f32]>,
-) -> Vec<f32> {
-    let mut out = super::zeroed::<f32>(logits.len());
-    out.par_chunks_mut(v)
-        .zip(logits.par_chunks(v))
+) {
+    assert_eq!(logits.len(), labels.len() * cols);
+    if cols == 0 {
+        return;
+    }
+    logits
+        .par_chunks_mut(cols)
         .enumerate()
-        .for_each(|(r, (dst, row))| {
+        .for_each(|(r, row)| {
             let c = RowGrad {
                 inv_t,
                 lse: lse[r],
@@ -66,10 +127,14 @@ pub fn backward(
                 g_lp: g_lp[r],
                 g_ent: g_ent.map_or(0.0, |g| g[r]),
             };
-            row_grad(lanes, row, dst, c);
-            dst[labels[r] as usize] += g_lp[r] * inv_t;
+            row_grad(lanes, row, c);
+            if let Some(i) = (labels[r] as usize)
+                .checked_sub(first)
+                .filter(|&i| i < cols)
+            {
+                row[i] += g_lp[r] * inv_t;
+            }
         });
-    out
 }
 
 /// `(max z, sum e^(z - max), sum e^(z - max) z)` of `z = row * inv_t`.
@@ -101,14 +166,15 @@ struct RowGrad {
     g_ent: f32,
 }
 
-fn row_grad(lanes: Lanes, row: &[f32], dst: &mut [f32], c: RowGrad) {
+/// Overwrites each raw logit of `row` with its gradient.
+fn row_grad(lanes: Lanes, row: &mut [f32], c: RowGrad) {
     #[cfg(target_arch = "x86_64")]
     if lanes == Lanes::AVX512 {
-        // SAFETY: AVX-512F checked above; `dst` and `row` have the same length.
-        return unsafe { row_grad_avx512(row, dst, c) };
+        // SAFETY: AVX-512F checked above.
+        return unsafe { row_grad_avx512(row, c) };
     }
-    for (d, &l) in dst.iter_mut().zip(row) {
-        let z = l * c.inv_t;
+    for d in row.iter_mut() {
+        let z = *d * c.inv_t;
         let p = (z - c.lse).exp();
         *d = (-c.g_lp * p - c.g_ent * p * (z - c.mean_z)) * c.inv_t;
     }
@@ -150,13 +216,13 @@ unsafe fn row_sums_avx512(row: &[f32], inv_t: f32) -> (f32, f32, f32) {
 /// [`row_grad`], 16 lanes at a time.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `dst` is at least as long as `row`.
+/// The CPU must have AVX-512F (loads and stores are masked to `row`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn row_grad_avx512(row: &[f32], dst: &mut [f32], c: RowGrad) {
+unsafe fn row_grad_avx512(row: &mut [f32], c: RowGrad) {
     unsafe {
         let n = row.len();
-        let (p, q) = (row.as_ptr(), dst.as_mut_ptr());
+        let q = row.as_mut_ptr();
         let vt = _mm512_set1_ps(c.inv_t);
         let vl = _mm512_set1_ps(c.lse);
         let vmz = _mm512_set1_ps(c.mean_z);
@@ -165,7 +231,7 @@ unsafe fn row_grad_avx512(row: &[f32], dst: &mut [f32], c: RowGrad) {
         let mut i = 0;
         while i < n {
             let k = tail_mask(n - i);
-            let z = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), vt);
+            let z = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, q.add(i)), vt);
             let pr = exp16(_mm512_sub_ps(z, vl));
             // -g_lp p / t - g_ent p (z - mean_z) / t
             let d = _mm512_fmadd_ps(
@@ -193,10 +259,18 @@ mod tests {
     }
 
     #[test]
-    fn forward_and_gradient_match_f64_for_every_tail_length() {
+    fn forward_and_gradient_match_f64_for_every_tail_length_and_slicing() {
         for lanes in Lanes::all() {
             check(lanes);
         }
+    }
+
+    /// The columns `c0..c1` of `[rows, v]` logits, row-major.
+    fn columns(logits: &[f32], v: usize, c0: usize, c1: usize) -> Vec<f32> {
+        logits
+            .chunks(v)
+            .flat_map(|row| row[c0..c1].iter().copied())
+            .collect()
     }
 
     fn check(lanes: Lanes) {
@@ -209,36 +283,70 @@ mod tests {
                 .collect();
             let labels: Vec<u32> = (0..rows).map(|r| ((r * 7) % v) as u32).collect();
             let (t, g_lp, g_ent) = (0.7, [0.3f32, -1.2, 2.0], [0.5f32, 0.0, -0.25]);
-            let st = forward(lanes, &logits, v, &labels, 1.0 / t as f32);
-            let grad = backward(
-                lanes,
-                &logits,
-                v,
-                &labels,
-                1.0 / t as f32,
-                &st.lse,
-                &st.entropy,
-                &g_lp,
-                Some(&g_ent),
-            );
-            for r in 0..rows {
-                let row = &logits[r * v..(r + 1) * v];
-                let (lp, ent, lse, p) = reference(row, labels[r] as usize, t);
-                assert!((st.logprob[r] as f64 - lp).abs() < 1e-5, "v={v} lp");
-                assert!((st.entropy[r] as f64 - ent).abs() < 1e-5, "v={v} entropy");
-                assert!((st.lse[r] as f64 - lse).abs() < 1e-5, "v={v} lse");
-                let mean_z = lse - ent;
-                for i in 0..v {
-                    let z = row[i] as f64 / t;
-                    let onehot = (i == labels[r] as usize) as u8 as f64;
-                    let want = (g_lp[r] as f64 * (onehot - p[i])
-                        - g_ent[r] as f64 * p[i] * (z - mean_z))
-                        / t;
-                    let got = grad[r * v + i] as f64;
-                    assert!(
-                        (got - want).abs() < 1e-5,
-                        "v={v} row {r} col {i}: {got} vs {want}"
+            let inv_t = 1.0 / t as f32;
+            // Whole rows, then slices of 1, 7 and 16 columns (each label in one of them).
+            for width in [v, 1, 7, 16] {
+                let slices: Vec<(usize, usize)> = (0..v)
+                    .step_by(width)
+                    .map(|c0| (c0, (c0 + width).min(v)))
+                    .collect();
+                let mut sums = RowSums::new(rows);
+                for &(c0, c1) in &slices {
+                    let part = columns(&logits, v, c0, c1);
+                    sums.add(lanes, &part, c1 - c0, c0, &labels, inv_t);
+                }
+                let st = sums.finish();
+                let mut grad = vec![0f32; rows * v];
+                for &(c0, c1) in &slices {
+                    let mut part = columns(&logits, v, c0, c1);
+                    let g_ent = Some(&g_ent[..]);
+                    let (lse, ent) = (&st.lse, &st.entropy);
+                    backward(
+                        lanes,
+                        &mut part,
+                        c1 - c0,
+                        c0,
+                        &labels,
+                        inv_t,
+                        lse,
+                        ent,
+                        &g_lp,
+                        g_ent,
                     );
+                    for (r, got) in part.chunks(c1 - c0).enumerate() {
+                        grad[r * v + c0..r * v + c1].copy_from_slice(got);
+                    }
+                }
+                for r in 0..rows {
+                    let row = &logits[r * v..(r + 1) * v];
+                    let (lp, ent, lse, p) = reference(row, labels[r] as usize, t);
+                    let at = format!("v={v} width {width} row {r}");
+                    // f32 sums: relative 1e-5 (a thousand one-column slices are a thousand
+                    // sequential additions).
+                    let close = |got: f32, want: f64| {
+                        (got as f64 - want).abs() < 1e-5 * want.abs().max(1.0)
+                    };
+                    assert!(
+                        close(st.logprob[r], lp),
+                        "{at}: lp {} vs {lp}",
+                        st.logprob[r]
+                    );
+                    assert!(
+                        close(st.entropy[r], ent),
+                        "{at}: entropy {} vs {ent}",
+                        st.entropy[r]
+                    );
+                    assert!(close(st.lse[r], lse), "{at}: lse {} vs {lse}", st.lse[r]);
+                    let mean_z = lse - ent;
+                    for i in 0..v {
+                        let z = row[i] as f64 / t;
+                        let onehot = (i == labels[r] as usize) as u8 as f64;
+                        let want = (g_lp[r] as f64 * (onehot - p[i])
+                            - g_ent[r] as f64 * p[i] * (z - mean_z))
+                            / t;
+                        let got = grad[r * v + i] as f64;
+                        assert!((got - want).abs() < 1e-5, "{at} col {i}: {got} vs {want}");
+                    }
                 }
             }
         }

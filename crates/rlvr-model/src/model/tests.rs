@@ -114,12 +114,14 @@ fn chunked_logprobs_match_full_log_softmax() {
     let want_ent =
         rlvr_algo::logprobs::entropy_from_logits(&logits.narrow(1, 8 - r - 1, r).unwrap(), t)
             .unwrap();
-    for (grad, chunk) in [(true, 3), (false, 1000)] {
+    // Blocks of 3 rows by 24 of the 64 columns (so the last slice is partial), and whole.
+    for (grad, chunk, cols) in [(true, 3, 24), (false, 1000, 4096)] {
         let opts = LogProbOptions {
             temperature: t,
             entropy: true,
             grad,
             chunk_rows: chunk,
+            vocab_chunk: cols,
             ..Default::default()
         };
         let out = model.response_logprobs(&ids, &mask, r, &opts).unwrap();
@@ -138,7 +140,9 @@ fn logprob_gradients_match_finite_differences() {
         temperature: 0.9,
         entropy: true,
         grad: true,
+        // Two whole rows of the 64 columns per chunk.
         chunk_rows: 2,
+        vocab_chunk: 64,
         ..Default::default()
     };
     // A loss that weights every output differently, so sign or index mistakes show.
@@ -451,6 +455,7 @@ fn f32_kernels_match_the_f64_path_in_outputs_and_gradients() {
             entropy: true,
             grad: true,
             chunk_rows: 4,
+            vocab_chunk: 24,
             ..Default::default()
         };
         let run = |m: &Model| {
@@ -622,6 +627,7 @@ fn bf16_products_keep_logprobs_and_gradients_close_to_f32() {
                 temperature: 0.8,
                 entropy: true,
                 chunk_rows: 4,
+                vocab_chunk: 24,
                 precision,
                 ..Default::default()
             };
