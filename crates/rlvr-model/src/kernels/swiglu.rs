@@ -1,6 +1,6 @@
 //! SwiGLU, `silu(gate) * up`, and its backward in one pass each (chunks in parallel). Inputs
 //! are f32 or bf16 (mixed-precision training's activations), computed in f32; the output is
-//! f32 or rounded to bf16, the gradients f32.
+//! f32 or rounded to bf16, the gradients too (bf16 for bf16 activations, as autocast's are).
 
 #[cfg(target_arch = "x86_64")]
 use super::exp::exp16;
@@ -32,13 +32,13 @@ pub fn forward<T: Elem, O: Elem>(lanes: Lanes, gate: &[T], up: &[T]) -> Vec<O> {
 }
 
 /// Gradients of `silu(gate) * up` w.r.t. `gate` and `up`, given the output's gradient `dy`:
-/// with `s = sigmoid(gate)`, `d_up = dy silu(gate)`, `d_gate = dy up s (1 + gate (1 - s))`.
-pub fn backward<T: Elem>(lanes: Lanes, gate: &[T], up: &[T], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    assert!(gate.len() == up.len() && up.len() == dy.len());
-    let (mut dg, mut du) = (
-        super::zeroed::<f32>(gate.len()),
-        super::zeroed::<f32>(gate.len()),
-    );
+/// with `s = sigmoid(gate)`, `d_up = dy silu(gate)`, `d_gate = dy up s (1 + gate (1 - s))`,
+/// computed in f32 and written side by side, `[d_gate | d_up]`, in `O`.
+pub fn backward<T: Elem, O: Elem>(lanes: Lanes, gate: &[T], up: &[T], dy: &[f32]) -> Vec<O> {
+    let n = gate.len();
+    assert!(up.len() == n && dy.len() == n);
+    let mut out: Vec<O> = Vec::with_capacity(2 * n);
+    let (dg, du) = out.spare_capacity_mut()[..2 * n].split_at_mut(n);
     dg.par_chunks_mut(CHUNK)
         .zip(du.par_chunks_mut(CHUNK))
         .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
@@ -46,17 +46,28 @@ pub fn backward<T: Elem>(lanes: Lanes, gate: &[T], up: &[T], dy: &[f32]) -> (Vec
         .for_each(|(((dg, du), (g, u)), dy)| {
             #[cfg(target_arch = "x86_64")]
             if lanes == Lanes::AVX512 {
-                // SAFETY: AVX-512 checked above; the five slices have the same length.
-                return unsafe { backward_avx512(g, u, dy, dg, du) };
+                // SAFETY: AVX-512 checked above; the five slices have the same length, and
+                // `dg`, `du` are only written.
+                return unsafe {
+                    backward_avx512(
+                        g,
+                        u,
+                        dy,
+                        dg.as_mut_ptr().cast::<O>(),
+                        du.as_mut_ptr().cast::<O>(),
+                    )
+                };
             }
             for i in 0..g.len() {
                 let (gi, ui) = (g[i].to_f32(), u[i].to_f32());
                 let s = 1.0 / (1.0 + (-gi).exp());
-                du[i] = dy[i] * gi * s;
-                dg[i] = dy[i] * ui * s * (1.0 + gi * (1.0 - s));
+                du[i].write(O::from_f32(dy[i] * gi * s));
+                dg[i].write(O::from_f32(dy[i] * ui * s * (1.0 + gi * (1.0 - s))));
             }
         });
-    (dg, du)
+    // SAFETY: both halves were written in full just above.
+    unsafe { out.set_len(2 * n) };
+    out
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -93,10 +104,11 @@ unsafe fn forward_avx512<T: Elem, O: Elem>(g: &[T], u: &[T], y: &mut [O]) {
 /// [`backward`]'s `dg` and `du` for one chunk, 16 lanes at a time.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F, BW and VL; `u`, `dy`, `dg` and `du` are at least as long as `g`.
+/// The CPU must have AVX-512 F, BW and VL; `u` and `dy` are at least as long as `g`, and `dg`
+/// and `du` have room for as many values, which nothing else accesses during the call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn backward_avx512<T: Elem>(g: &[T], u: &[T], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+unsafe fn backward_avx512<T: Elem, O: Elem>(g: &[T], u: &[T], dy: &[f32], dg: *mut O, du: *mut O) {
     let one = _mm512_set1_ps(1.0);
     for i in (0..g.len()).step_by(16) {
         let n = g.len() - i;
@@ -107,14 +119,10 @@ unsafe fn backward_avx512<T: Elem>(g: &[T], u: &[T], dy: &[f32], dg: &mut [f32],
             let d = f32::load16(dy.as_ptr().add(i), n);
             let s = sigmoid16(gv);
             let ds = _mm512_mul_ps(d, s);
-            f32::store16(du.as_mut_ptr().add(i), n, _mm512_mul_ps(ds, gv));
+            O::store16(du.add(i), n, _mm512_mul_ps(ds, gv));
             // 1 + g (1 - s)
             let f = _mm512_fmadd_ps(gv, _mm512_sub_ps(one, s), one);
-            f32::store16(
-                dg.as_mut_ptr().add(i),
-                n,
-                _mm512_mul_ps(_mm512_mul_ps(ds, uv), f),
-            );
+            O::store16(dg.add(i), n, _mm512_mul_ps(_mm512_mul_ps(ds, uv), f));
         }
     }
 }
@@ -143,7 +151,8 @@ mod tests {
             .map(|i| ((i * 11 % 101) as f32 - 50.0) / 25.0)
             .collect();
         let y: Vec<f32> = forward(lanes, &g, &u);
-        let (dg, du) = backward(lanes, &g, &u, &dy);
+        let d: Vec<f32> = backward(lanes, &g, &u, &dy);
+        let (dg, du) = d.split_at(n);
         for i in 0..n {
             let (gi, ui, di) = (g[i] as f64, u[i] as f64, dy[i] as f64);
             let s = 1.0 / (1.0 + (-gi).exp());
@@ -169,9 +178,14 @@ mod tests {
         for (i, (w, b)) in want.iter().zip(&got).enumerate() {
             assert_eq!(bf16::from_f32(*w), *b, "bf16 y[{i}]");
         }
-        assert_eq!(
+        let (wide, narrow): (Vec<f32>, Vec<bf16>) = (
+            backward(lanes, &gw, &uw, &dy),
             backward(lanes, &gb, &ub, &dy),
-            backward(lanes, &gw, &uw, &dy)
         );
+        assert_eq!(wide, backward::<_, f32>(lanes, &gb, &ub, &dy));
+        // bf16 gradients: the f32 ones rounded once.
+        for (i, (w, b)) in wide.iter().zip(&narrow).enumerate() {
+            assert_eq!(bf16::from_f32(*w), *b, "bf16 gradient {i}");
+        }
     }
 }

@@ -96,33 +96,46 @@ fn product_append<O: Elem>(
     })?
 }
 
-/// `x @ w^T`'s gradients from the output's `g`: `dx = g w` and `dw = g^T x` (f32), in
-/// `precision`.
+/// `x @ w^T`'s gradients from the output's `g` (f32, or bf16 for a bf16 output): `dx = g w`
+/// and `dw = g^T x` (f32), in `precision`.
 fn linear_grads(
     x: &Tensor,
     w: &Tensor,
     g: &Tensor,
     precision: Precision,
 ) -> Result<(Tensor, Tensor)> {
-    use kernels::gemm::{matmul, View};
     let ((n, k), out) = (x.dims2()?, w.dim(0)?);
-    let g = g.to_dtype(DType::F32)?;
-    let (dx, dw) = kernels::with_slice(&g, |gv| {
-        let dx = kernels::with_slice(w, |wv| {
-            matmul(precision, n, k, out, View::rows(gv, out), View::rows(wv, k))
-        })?;
-        let gt = View::transposed(gv, out);
-        let x = x.contiguous()?;
-        let dw = match x.dtype() {
-            DType::BF16 => kernels::with_slice_of::<bf16, _>(&x, |xv| {
-                matmul(precision, out, k, n, gt, View::rows(xv, k))
-            })?,
-            _ => kernels::with_slice_of::<f32, _>(&x, |xv| {
-                matmul(precision, out, k, n, gt, View::rows(xv, k))
-            })?,
-        };
-        Ok::<_, candle_core::Error>((dx, dw))
-    })??;
+    let (g, x) = (g.contiguous()?, x.contiguous()?);
+    fn products<G: Elem, X: Elem>(
+        (g, x, w): (&Tensor, &Tensor, &Tensor),
+        (n, k, out): (usize, usize, usize),
+        precision: Precision,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        use kernels::gemm::{matmul, View};
+        kernels::with_slice_of::<G, _>(g, |gv| {
+            let dx = kernels::with_slice(w, |wv| {
+                matmul(precision, n, k, out, View::rows(gv, out), View::rows(wv, k))
+            })?;
+            let dw = kernels::with_slice_of::<X, _>(x, |xv| {
+                matmul(
+                    precision,
+                    out,
+                    k,
+                    n,
+                    View::transposed(gv, out),
+                    View::rows(xv, k),
+                )
+            })?;
+            Ok((dx, dw))
+        })?
+    }
+    let args = ((&g, &x, w), (n, k, out), precision);
+    let (dx, dw) = match (g.dtype(), x.dtype()) {
+        (DType::BF16, DType::BF16) => products::<bf16, bf16>(args.0, args.1, args.2)?,
+        (DType::BF16, _) => products::<bf16, f32>(args.0, args.1, args.2)?,
+        (_, DType::BF16) => products::<f32, bf16>(args.0, args.1, args.2)?,
+        _ => products::<f32, f32>(args.0, args.1, args.2)?,
+    };
     Ok((
         Tensor::from_vec(dx, (n, k), x.device())?,
         Tensor::from_vec(dw, (out, k), w.device())?,
@@ -214,7 +227,6 @@ pub fn linear_pair(
         _ => stacked::<f32>(x, (w1, w2), precision)?,
     };
     let r = op3("linear-pair", x, w1, w2, y, move |x, w1, w2, g| {
-        let g = g.to_dtype(DType::F32)?;
         let (dx1, dw1) = linear_grads(x, w1, &g.get(0)?, precision)?;
         let (dx2, dw2) = linear_grads(x, w2, &g.get(1)?, precision)?;
         Ok((Some((dx1 + dx2)?), Some(dw1), Some(dw2)))
@@ -249,10 +261,8 @@ pub fn swiglu_linear_residual(
             let mv = m(gu)?;
             let (dm, dw) = linear_grads(&mv, w, &g2, precision)?;
             drop(mv);
-            let (dg, du) = swiglu_grads(&gu.get(0)?, &gu.get(1)?, &dm)?;
-            let mut d = dg;
-            d.extend_from_slice(&du);
-            let dgu = Tensor::from_vec(d, (2, n, f), gu.device())?;
+            let dgu = swiglu_grads(&gu.get(0)?, &gu.get(1)?, &dm)?;
+            debug_assert_eq!(dgu.dims(), [2, n, f]);
             Ok((Some(g.clone()), Some(dgu), Some(dw)))
         },
     )?;
@@ -472,12 +482,8 @@ pub fn swiglu(gate: &Tensor, up: &Tensor, grad: bool) -> Result<Tensor> {
     op2("swiglu", gate, up, y, |gate, up, g| {
         let bf16_in = gate.dtype() == DType::BF16 && up.dtype() == DType::BF16;
         if gate.device().is_cpu() && (kernels::applies(gate) || bf16_in) {
-            let (dg, du) = swiglu_grads(gate, up, g)?;
-            let shape = gate.shape();
-            return Ok((
-                Some(Tensor::from_vec(dg, shape, gate.device())?),
-                Some(Tensor::from_vec(du, shape, gate.device())?),
-            ));
+            let d = swiglu_grads(gate, up, g)?;
+            return Ok((Some(d.get(0)?), Some(d.get(1)?)));
         }
         let s = (gate.neg()?.exp()? + 1.0)?.recip()?;
         let silu = (gate * &s)?;
@@ -490,24 +496,23 @@ pub fn swiglu(gate: &Tensor, up: &Tensor, grad: bool) -> Result<Tensor> {
 }
 
 /// [`swiglu`]'s gradients w.r.t. `gate` and `up` (f32 or both bf16) from the output's `g`, on
-/// the CPU kernel.
-fn swiglu_grads(gate: &Tensor, up: &Tensor, g: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+/// the CPU kernel: `[2, ..]`, gate's then up's, in the inputs' dtype (a bf16 activation's
+/// gradient is bf16, as under autocast; the products that take it would round it anyway).
+fn swiglu_grads(gate: &Tensor, up: &Tensor, g: &Tensor) -> Result<Tensor> {
     let g = g.to_dtype(DType::F32)?;
     let (gate, up) = (gate.contiguous()?, up.contiguous()?);
-    let lanes = Lanes::detect();
-    fn run<T: Elem>(
-        gate: &Tensor,
-        up: &Tensor,
-        dy: &[f32],
-        lanes: Lanes,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        kernels::with_slice_of::<T, _>(gate, |gv| {
-            kernels::with_slice_of::<T, _>(up, |uv| kernels::swiglu::backward(lanes, gv, uv, dy))
-        })?
+    let shape: Vec<usize> = [2].into_iter().chain(gate.dims().iter().copied()).collect();
+    fn run<T: Elem>(gate: &Tensor, up: &Tensor, dy: &[f32], shape: Vec<usize>) -> Result<Tensor> {
+        let d: Vec<T> = kernels::with_slice_of::<T, _>(gate, |gv| {
+            kernels::with_slice_of::<T, _>(up, |uv| {
+                kernels::swiglu::backward(Lanes::detect(), gv, uv, dy)
+            })
+        })??;
+        Tensor::from_vec(d, shape, gate.device())
     }
     kernels::with_slice(&g, |dy| match gate.dtype() {
-        DType::BF16 => run::<bf16>(&gate, &up, dy, lanes),
-        _ => run::<f32>(&gate, &up, dy, lanes),
+        DType::BF16 => run::<bf16>(&gate, &up, dy, shape),
+        _ => run::<f32>(&gate, &up, dy, shape),
     })?
 }
 
