@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use rlvr_model::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, ParamState, ScheduleKind};
+use rlvr_model::optim::{clip_scale, AdamW, AdamWConfig, LrSchedule, ParamState, ScheduleKind};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -96,8 +96,9 @@ impl Optimizer {
     }
 
     /// Clips `grads`, then updates the parameters (unless the norm is not finite).
-    pub fn step(&mut self, mut grads: GradStore) -> Result<StepStats> {
-        let clip = clip_grad_norm(&mut grads, &self.vars, self.max_grad_norm)?;
+    pub fn step(&mut self, grads: GradStore) -> Result<StepStats> {
+        // The clipping factor is applied inside AdamW's pass, not in one of its own.
+        let clip = clip_scale(&grads, &self.vars, self.max_grad_norm)?;
         let lr = self.schedule.lr(self.steps_taken);
         if !clip.finite {
             tracing::warn!(
@@ -113,7 +114,7 @@ impl Optimizer {
         }
         self.skipped_in_a_row = 0;
         self.adamw.set_lr(lr);
-        self.adamw.step(&grads)?;
+        self.adamw.step_scaled(&grads, clip.scale)?;
         self.steps_taken += 1;
         Ok(StepStats {
             grad_norm: clip.norm,

@@ -13,10 +13,35 @@ pub struct ClipOutcome {
     /// False when the norm is NaN or infinite: gradients are left as they are and the caller
     /// should skip the optimizer step.
     pub finite: bool,
+    /// The factor clipping multiplies the gradients by: `min(1, max_norm / (norm + 1e-6))`, 1
+    /// when it does not clip.
+    pub scale: f64,
 }
 
 /// Clips the gradients of `vars` found in `grads` in place; returns the pre-clip norm.
 pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<ClipOutcome> {
+    let out = clip_scale(grads, vars, max_norm)?;
+    if out.scale < 1.0 {
+        for v in vars {
+            if let Some(g) = grads.get(v) {
+                let scaled = if kernels::applies(g) {
+                    // As candle's `g * scale` (the factor rounded to f32), on every core.
+                    let c = out.scale as f32;
+                    let s = kernels::with_slice(g, |x| x.par_iter().map(|x| x * c).collect())?;
+                    Tensor::from_vec(s, g.shape(), g.device())?
+                } else {
+                    (g * out.scale)?
+                };
+                grads.insert(v, scaled);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`clip_grad_norm`]'s norm and factor, the gradients left as they are: for an optimizer that
+/// applies the factor in its own pass ([`AdamW::step_scaled`](super::AdamW::step_scaled)).
+pub fn clip_scale(grads: &GradStore, vars: &[Var], max_norm: f64) -> Result<ClipOutcome> {
     let mut sq = 0.0f64;
     for v in vars {
         if let Some(g) = grads.get(v) {
@@ -31,30 +56,17 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
         }
     }
     let norm = sq.sqrt();
-    if !norm.is_finite() {
-        return Ok(ClipOutcome {
-            norm,
-            finite: false,
-        });
-    }
     // `max_norm <= 0` turns clipping off (SkyRL); the norm is still reported and checked.
-    let coef = (max_norm / (norm + 1e-6)).min(1.0);
-    if max_norm > 0.0 && coef < 1.0 {
-        for v in vars {
-            if let Some(g) = grads.get(v) {
-                let scaled = if kernels::applies(g) {
-                    // As candle's `g * coef` (the factor rounded to f32), on every core.
-                    let c = coef as f32;
-                    let s = kernels::with_slice(g, |x| x.par_iter().map(|x| x * c).collect())?;
-                    Tensor::from_vec(s, g.shape(), g.device())?
-                } else {
-                    (g * coef)?
-                };
-                grads.insert(v, scaled);
-            }
-        }
-    }
-    Ok(ClipOutcome { norm, finite: true })
+    let scale = if norm.is_finite() && max_norm > 0.0 {
+        (max_norm / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    };
+    Ok(ClipOutcome {
+        norm,
+        finite: norm.is_finite(),
+        scale,
+    })
 }
 
 /// `sum(x^2)` in f64, over fixed chunks in parallel and then in order: the same value on any
@@ -100,7 +112,8 @@ mod tests {
             out,
             ClipOutcome {
                 norm: 5.0,
-                finite: true
+                finite: true,
+                scale: 1.0 / (5.0 + 1e-6)
             }
         );
         let a = grads.get(&vars[0]).unwrap().to_vec1::<f32>().unwrap();

@@ -6,5 +6,5 @@ pub mod clip;
 pub mod schedule;
 
 pub use adamw::{AdamW, AdamWConfig, ParamState};
-pub use clip::{clip_grad_norm, ClipOutcome};
+pub use clip::{clip_grad_norm, clip_scale, ClipOutcome};
 pub use schedule::{LrSchedule, ScheduleKind};

@@ -6,7 +6,7 @@ use anyhow::Context;
 use candle_core::{DType, Tensor};
 use clap::Subcommand;
 use rlvr_model::engine::{Engine, EngineConfig, Request, SamplingParams};
-use rlvr_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use rlvr_model::optim::{clip_scale, AdamW, AdamWConfig};
 use rlvr_model::{load_pretrained, ChatMessage, LogProbOptions, Model, Precision, SharedPrompts};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -469,7 +469,7 @@ fn bench_train(
         // As in the trainer: the forward is cut at layer boundaries, so the backward frees each
         // layer's activations once its gradients are out, and the rest of the graph goes with
         // the loss before the optimizer step (as PyTorch's `backward()` frees it).
-        let (mut grads, loss, t_fwd, rss_fwd, peak_fwd) = {
+        let (grads, loss, t_fwd, rss_fwd, peak_fwd) = {
             let out = lp(&train_opts)?;
             let ratio = (&out.logprobs - &old)?.exp()?;
             let l1 = ratio.broadcast_mul(adv)?;
@@ -484,9 +484,9 @@ fn bench_train(
         };
         let t_bwd = t.elapsed().as_secs_f64() - t_fwd;
         let (rss_bwd, peak_bwd) = (status_mb("VmRSS:"), peak_rss_mb());
-        let clip = clip_grad_norm(&mut grads, &vars, 1.0)?;
+        let clip = clip_scale(&grads, &vars, 1.0)?;
         if clip.finite {
-            opt.step(&grads)?;
+            opt.step_scaled(&grads, clip.scale)?;
         }
         let dt = t.elapsed().as_secs_f64();
         let rate = tokens as f64 / dt;
