@@ -171,6 +171,9 @@ fn fused_forward(
     use kernels::gemm::{matmul_by, Rhs, View};
     let ((n, h), (v, _)) = (hidden.dims2()?, weight.dims2()?);
     let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    if let Some(l) = labels.iter().find(|&&l| l as usize >= v) {
+        candle_core::bail!("lm-head-logprobs: token id {l} is outside the vocabulary ({v} rows)")
+    }
     let inv_t = (1.0 / opts.temperature) as f32;
     let (mut out, mut lse) = (Vec::with_capacity(2 * n), Vec::with_capacity(n));
     kernels::with_slice(hidden, |hv| {

@@ -659,3 +659,14 @@ fn bf16_products_keep_logprobs_and_gradients_close_to_f32() {
         }
     }
 }
+
+#[test]
+fn a_label_outside_the_vocabulary_is_an_error() {
+    let dev = Device::Cpu;
+    let hidden = Tensor::ones((2, 4), DType::F32, &dev).unwrap();
+    let weight = Tensor::ones((5, 4), DType::F32, &dev).unwrap();
+    let labels = Tensor::new(&[1u32, 5], &dev).unwrap();
+    let opts = LogProbOptions::default();
+    let err = crate::logprobs::lm_head_logprobs(&hidden, &weight, &labels, &opts).unwrap_err();
+    assert!(err.to_string().contains("token id 5"), "{err}");
+}
