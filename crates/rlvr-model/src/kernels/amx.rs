@@ -728,14 +728,15 @@ mod tests {
             eprintln!("AMX-BF16 not available on this CPU: only the fallback path is tested");
             return;
         }
-        // Whole blocks, ragged edges in every dimension, k below one chunk, and a task grid
-        // larger than one task each way.
+        // Whole blocks, ragged edges in every dimension, k below one chunk, a task grid larger
+        // than one task each way, and k over several passes.
         for &(m, n, k) in &[
             (32, 32, 32),
             (37, 45, 70),
             (1, 1, 1),
             (5, 130, 33),
             (300, 150, 64),
+            (96, 160, 1100),
         ] {
             let a = values(m * k, 1);
             let b = values(k * n, 2);
