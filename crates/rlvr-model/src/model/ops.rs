@@ -529,7 +529,10 @@ pub struct AttnDims {
 /// additive `mask: [B,1,1,L,T]` → `[B,L,nh*hd]` (heads merged inside the op, so the head-major
 /// result is not kept for backward). With `grad`, the backward recomputes the
 /// probabilities instead of keeping them (`B x nh x L x T` per layer). The products take their
-/// inputs in `precision` (bf16 as autocast runs attention); the softmax is f32.
+/// inputs in `precision` (bf16 as autocast runs attention); the softmax is f32. One sequence at a
+/// time: the probabilities and their gradient are temporaries of one sequence, not of the batch
+/// (`B` times smaller blocks, which the allocator can place again in the next layer's holes
+/// instead of in new memory).
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -539,49 +542,102 @@ pub fn attention(
     grad: bool,
     precision: Precision,
 ) -> Result<Tensor> {
-    let (p, qr) = attention_probs(&q.detach(), &k.detach(), mask, d, precision)?;
-    let (b, _, l, _) = q.dims4()?;
-    // bf16 inputs (mixed precision's activations) give a bf16 output, for the next product.
-    let out = match q.dtype() {
-        DType::BF16 => bmm_to::<bf16>(&p, &v.detach(), precision)?,
-        _ => bmm(&p, &v.detach(), precision)?,
-    };
-    let out = merge_heads(&out.reshape((b, d.heads, l, d.head_dim))?)?;
+    let seq = |t: &Tensor, i: usize| t.narrow(0, i, 1);
+    let b = q.dim(0)?;
+    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    let outs = (0..b)
+        .map(|i| {
+            let (q, k, v, m) = (seq(&qd, i)?, seq(&kd, i)?, seq(&vd, i)?, seq(mask, i)?);
+            attention_output(&q, &k, &v, &m, d, precision)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let out = Tensor::cat(&outs, 0)?;
+    drop(outs);
     if !grad {
         return Ok(out);
     }
-    drop((p, qr));
     let mask = mask.clone();
     op3("attention", q, k, v, out, move |q, k, v, g| {
-        let (b, _, l, _) = q.dims4()?;
-        let t = k.dim(2)?;
-        let grp = d.heads / d.kv_heads;
-        let scale = 1.0 / (d.head_dim as f64).sqrt();
-        let (p, qr) = attention_probs(q, k, &mask, d, precision)?;
-        let go = g
-            .reshape((b, l, d.heads, d.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, d.kv_heads, grp * l, d.head_dim))?;
-        let dv = bmm(&p.t()?, &go, precision)?;
-        // Gradient w.r.t. the unscaled scores, the softmax's `scale` folded in; on the kernels
-        // it is written over `dp`.
-        let ds = if kernels::applies(&p) && kernels::applies(&go) && operand(v) {
-            let t = p.dim(D::Minus1)?;
-            let mut ds = bmm_vec(&go, &v.t()?, precision)?;
-            kernels::with_slice(&p, |pv| {
-                kernels::softmax::softmax_backward(Lanes::detect(), pv, &mut ds, t, scale as f32)
-            })?;
-            Tensor::from_vec(ds, p.shape(), p.device())?
-        } else {
-            let dp = bmm(&go, &v.t()?, precision)?;
-            ((&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(D::Minus1)?)?)? * scale)?
-        };
-        let dq = bmm(&ds, k, precision)?.reshape((b, d.heads, l, d.head_dim))?;
-        let dk = bmm(&ds.t()?, &qr, precision)?;
-        debug_assert_eq!(dk.dims(), [b, d.kv_heads, t, d.head_dim]);
-        Ok((Some(dq), Some(dk), Some(dv)))
+        let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..q.dim(0)? {
+            let (q, k, v, m, g) = (
+                seq(q, i)?,
+                seq(k, i)?,
+                seq(v, i)?,
+                seq(&mask, i)?,
+                seq(g, i)?,
+            );
+            let (a, b, c) = attention_grads(&q, &k, &v, &m, &g, d, precision)?;
+            dq.push(a);
+            dk.push(b);
+            dv.push(c);
+        }
+        Ok((
+            Some(Tensor::cat(&dq, 0)?),
+            Some(Tensor::cat(&dk, 0)?),
+            Some(Tensor::cat(&dv, 0)?),
+        ))
     })
+}
+
+/// [`attention`]'s output (heads merged) for `q`, `k`, `v` and `mask` (no graph).
+fn attention_output(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    d: AttnDims,
+    precision: Precision,
+) -> Result<Tensor> {
+    let (p, _) = attention_probs(q, k, mask, d, precision)?;
+    let (b, _, l, _) = q.dims4()?;
+    // bf16 inputs (mixed precision's activations) give a bf16 output, for the next product.
+    let out = match q.dtype() {
+        DType::BF16 => bmm_to::<bf16>(&p, v, precision)?,
+        _ => bmm(&p, v, precision)?,
+    };
+    merge_heads(&out.reshape((b, d.heads, l, d.head_dim))?)
+}
+
+/// [`attention`]'s gradients w.r.t. `q`, `k` and `v` from the merged output's `g`, the
+/// probabilities recomputed.
+fn attention_grads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    g: &Tensor,
+    d: AttnDims,
+    precision: Precision,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, _, l, _) = q.dims4()?;
+    let t = k.dim(2)?;
+    let grp = d.heads / d.kv_heads;
+    let scale = 1.0 / (d.head_dim as f64).sqrt();
+    let (p, qr) = attention_probs(q, k, mask, d, precision)?;
+    let go = g
+        .reshape((b, l, d.heads, d.head_dim))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, d.kv_heads, grp * l, d.head_dim))?;
+    let dv = bmm(&p.t()?, &go, precision)?;
+    // Gradient w.r.t. the unscaled scores, the softmax's `scale` folded in; on the kernels
+    // it is written over `dp`.
+    let ds = if kernels::applies(&p) && kernels::applies(&go) && operand(v) {
+        let t = p.dim(D::Minus1)?;
+        let mut ds = bmm_vec(&go, &v.t()?, precision)?;
+        kernels::with_slice(&p, |pv| {
+            kernels::softmax::softmax_backward(Lanes::detect(), pv, &mut ds, t, scale as f32)
+        })?;
+        Tensor::from_vec(ds, p.shape(), p.device())?
+    } else {
+        let dp = bmm(&go, &v.t()?, precision)?;
+        ((&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(D::Minus1)?)?)? * scale)?
+    };
+    let dq = bmm(&ds, k, precision)?.reshape((b, d.heads, l, d.head_dim))?;
+    let dk = bmm(&ds.t()?, &qr, precision)?;
+    debug_assert_eq!(dk.dims(), [b, d.kv_heads, t, d.head_dim]);
+    Ok((dq, dk, dv))
 }
 
 /// `[B, heads, L, hd]` as `[B, L, heads * hd]` (the heads side by side, as the output projection
