@@ -19,16 +19,9 @@ pub struct RowStats {
     pub lse: Vec<f32>,
 }
 
-/// For each row `l` of `logits` (`[rows, v]`, raw) with `z = l / t`: `log softmax(z)[label]`,
-/// the entropy of `softmax(z)` and `logsumexp(z)`.
-pub fn forward(lanes: Lanes, logits: &[f32], v: usize, labels: &[u32], inv_t: f32) -> RowStats {
-    let mut sums = RowSums::new(labels.len());
-    sums.add(lanes, logits, v, 0, labels, inv_t);
-    sums.finish()
-}
-
-/// [`forward`] over logits that arrive in column slices: per row of `z = l / t`, the running
-/// `max z`, `sum e^(z - max)`, `sum e^(z - max) z` and the label's `z`.
+/// For each row `l` of logits (raw) with `z = l / t`: `log softmax(z)[label]`, the entropy of
+/// `softmax(z)` and `logsumexp(z)`, from the row's columns in slices ([`RowSums::add`]): per row
+/// the running `max z`, `sum e^(z - max)`, `sum e^(z - max) z` and the label's `z`.
 pub struct RowSums {
     rows: Vec<(f32, f32, f32)>,
     label_z: Vec<f32>,

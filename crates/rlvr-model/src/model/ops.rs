@@ -542,7 +542,14 @@ pub fn attention(
     grad: bool,
     precision: Precision,
 ) -> Result<Tensor> {
-    let seq = |t: &Tensor, i: usize| t.narrow(0, i, 1);
+    // Sequence `i` of a batched tensor (a mask of batch 1 serves every sequence).
+    let seq = |t: &Tensor, i: usize| {
+        if t.dim(0)? == 1 {
+            Ok(t.clone())
+        } else {
+            t.narrow(0, i, 1)
+        }
+    };
     let b = q.dim(0)?;
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
     let outs = (0..b)
