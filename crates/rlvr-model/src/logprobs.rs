@@ -142,8 +142,7 @@ fn chunked_forward(
     let chunk = composite_rows(opts, weight.dim(0)?);
     let wt = weight.t()?;
     let mut parts = Vec::with_capacity(n.div_ceil(chunk));
-    for start in (0..n).step_by(chunk) {
-        let len = chunk.min(n - start);
+    for (start, len) in pieces(n, chunk) {
         let logits = hidden.narrow(0, start, len)?.matmul(&wt)?;
         let lab = labels.narrow(0, start, len)?;
         let lp = rlvr_algo::logprobs::log_probs_from_logits(&logits, &lab, opts.temperature)?;
@@ -378,8 +377,7 @@ impl CustomOp2 for LmHeadLogProbs {
         let wt = weight.t()?;
         let mut dh = Vec::with_capacity(n.div_ceil(chunk));
         let mut dw: Option<Tensor> = None;
-        for start in (0..n).step_by(chunk) {
-            let len = chunk.min(n - start);
+        for (start, len) in pieces(n, chunk) {
             let h = hidden.narrow(0, start, len)?;
             let raw = h.matmul(&wt)?;
             let lab = self.labels.narrow(0, start, len)?;

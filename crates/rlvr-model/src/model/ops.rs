@@ -106,11 +106,13 @@ fn linear_grads(
 ) -> Result<(Tensor, Tensor)> {
     let ((n, k), out) = (x.dims2()?, w.dim(0)?);
     let (g, x) = (g.contiguous()?, x.contiguous()?);
+    /// `dx` and `dw`, row-major.
+    type Grads = (Vec<f32>, Vec<f32>);
     fn products<G: Elem, X: Elem>(
         (g, x, w): (&Tensor, &Tensor, &Tensor),
         (n, k, out): (usize, usize, usize),
         precision: Precision,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
+    ) -> Result<Grads> {
         use kernels::gemm::{matmul, View};
         kernels::with_slice_of::<G, _>(g, |gv| {
             let dx = kernels::with_slice(w, |wv| {
@@ -129,13 +131,15 @@ fn linear_grads(
             Ok((dx, dw))
         })?
     }
-    let args = ((&g, &x, w), (n, k, out), precision);
-    let (dx, dw) = match (g.dtype(), x.dtype()) {
-        (DType::BF16, DType::BF16) => products::<bf16, bf16>(args.0, args.1, args.2)?,
-        (DType::BF16, _) => products::<bf16, f32>(args.0, args.1, args.2)?,
-        (_, DType::BF16) => products::<f32, bf16>(args.0, args.1, args.2)?,
-        _ => products::<f32, f32>(args.0, args.1, args.2)?,
+    type Products =
+        fn((&Tensor, &Tensor, &Tensor), (usize, usize, usize), Precision) -> Result<Grads>;
+    let products: Products = match (g.dtype(), x.dtype()) {
+        (DType::BF16, DType::BF16) => products::<bf16, bf16>,
+        (DType::BF16, _) => products::<bf16, f32>,
+        (_, DType::BF16) => products::<f32, bf16>,
+        _ => products::<f32, f32>,
     };
+    let (dx, dw) = products((&g, &x, w), (n, k, out), precision)?;
     Ok((
         Tensor::from_vec(dx, (n, k), x.device())?,
         Tensor::from_vec(dw, (out, k), w.device())?,
