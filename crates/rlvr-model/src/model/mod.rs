@@ -494,7 +494,10 @@ impl Model {
         let mask =
             Tensor::from_vec(additive, (b, 1, 1, s, s), &self.device)?.to_dtype(self.dtype)?;
         let (cos, sin) = self.rope.gather(&positions)?;
-        let mut x = self.embed_tokens(input_ids)?;
+        let mut x = match tape.as_deref_mut() {
+            Some(t) => t.embed(self.embed.as_tensor(), input_ids)?,
+            None => self.embed_tokens(input_ids)?,
+        };
         let dims = self.dims();
         for layer in &self.layers {
             if let Some(t) = tape.as_deref_mut() {
