@@ -2,6 +2,9 @@
 //! that `rlvr bench` can tell memory the program holds from memory the allocator keeps. (The
 //! `cap` crate counts the bytes live but keeps no high-water mark that can be reset per phase.)
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub mod tiered;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 

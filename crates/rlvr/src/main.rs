@@ -2,12 +2,23 @@
 
 use clap::{Parser, Subcommand};
 
-/// Training and decoding allocate and free many large buffers per step; glibc's malloc hands
-/// those back to the kernel and takes page faults and zeroing to get them again. mimalloc keeps
-/// them (see [`retain_freed_memory`]). The bytes live are counted, so that `rlvr bench` can tell
-/// the memory the program holds from the memory the allocator keeps.
+/// Training and decoding allocate and free many large buffers per step. Freed memory is kept, not
+/// handed back to the kernel (which took page faults and zeroing to get it again): small blocks
+/// by mimalloc ([`retain_freed_memory`]), large ones on glibc by its heap, set to keep them
+/// ([`heap::tiered`]: fewer holes between live blocks, so a smaller resident set). The bytes
+/// live are counted, so that `rlvr bench` can tell the memory the program holds from the memory
+/// the allocator keeps.
 #[global_allocator]
-static GLOBAL: heap::Counting<mimalloc::MiMalloc> = heap::Counting::new(mimalloc::MiMalloc);
+static GLOBAL: heap::Counting<Allocator> = heap::Counting::new(ALLOCATOR);
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+use heap::tiered::Tiered as Allocator;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ALLOCATOR: Allocator = Allocator;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+use mimalloc::MiMalloc as Allocator;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+const ALLOCATOR: Allocator = Allocator;
 
 mod heap;
 
@@ -16,10 +27,10 @@ mod heap;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Stops mimalloc from returning freed memory to the kernel a second after it is freed (its
-/// default `purge_delay` of 1000 ms). A training step frees and reallocates gigabytes of activations and gradients; with
-/// purging, every reallocation page-faulted and the kernel zeroed the pages again, which measured
-/// 21 % of a SmolLM2 training step on 2 cores (97.8 -> 132 tok/s without it). Peak memory is
-/// unchanged; memory is kept at the peak, as PyTorch's caching allocator does.
+/// default `purge_delay` of 1000 ms). A training step frees and reallocates gigabytes of
+/// activations and gradients; with purging, every reallocation page-faulted and the kernel
+/// zeroed the pages again, which measured 21 % of a SmolLM2 training step on 2 cores (97.8 -> 132
+/// tok/s without it). Memory is kept at the peak, as PyTorch's caching allocator does.
 /// `MIMALLOC_PURGE_DELAY` in the environment still wins.
 fn retain_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
@@ -72,6 +83,8 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     retain_freed_memory();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    heap::tiered::keep_freed();
     rlvr::dist::share_cores_between_local_ranks();
     // Data-parallel ranks but the first report only warnings and errors (unless RUST_LOG says).
     let level = match rlvr::dist::launcher_rank() {
