@@ -29,6 +29,11 @@ pub enum BenchCommand {
         batches: Vec<usize>,
         #[arg(long, default_value_t = 256)]
         max_new: usize,
+        /// Generate `max_new` tokens in every sequence, past the end of turn (vLLM's
+        /// `ignore_eos`): the same work as a PyTorch `generate` of the whole padded batch,
+        /// whatever lengths sampling happens to give.
+        #[arg(long)]
+        ignore_eos: bool,
         /// Timed generation runs per batch size (median reported).
         #[arg(long, default_value_t = 1)]
         repeats: usize,
@@ -132,6 +137,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         gsm8k,
         batches,
         max_new,
+        ignore_eos,
         repeats,
         train_steps,
         train_batch,
@@ -218,7 +224,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                                 temperature: 1.0,
                                 max_tokens: max_new,
                                 seed: Some(1000 * (r as u64 + 1) + i as u64),
-                                stop_token_ids: stop.clone(),
+                                stop_token_ids: if ignore_eos { vec![] } else { stop.clone() },
                                 ..Default::default()
                             },
                         })
