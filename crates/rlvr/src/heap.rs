@@ -1,6 +1,7 @@
-//! The global allocator (mimalloc) with a count of the bytes live and their high-water mark, so
-//! that `rlvr bench` can tell memory the program holds from memory the allocator keeps. (The
-//! `cap` crate counts the bytes live but keeps no high-water mark that can be reset per phase.)
+//! The global allocator (mimalloc, with large blocks from glibc's heap where it is the C library:
+//! [`tiered`]) with a count of the bytes live and their high-water mark, so that `rlvr bench` can
+//! tell memory the program holds from memory the allocator keeps. (The `cap` crate counts the
+//! bytes live but keeps no high-water mark that can be reset per phase.)
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub mod tiered;

@@ -13,11 +13,8 @@ static GLOBAL: heap::Counting<Allocator> = heap::Counting::new(ALLOCATOR);
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 use heap::tiered::Tiered as Allocator;
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const ALLOCATOR: Allocator = Allocator;
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 use mimalloc::MiMalloc as Allocator;
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 const ALLOCATOR: Allocator = Allocator;
 
 mod heap;

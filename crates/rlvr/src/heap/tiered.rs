@@ -13,8 +13,9 @@ use std::alloc::{GlobalAlloc, Layout};
 /// Blocks of at least this many bytes come from glibc.
 pub const LARGE: usize = 256 << 10;
 
-/// The alignment of every `malloc` result on 64-bit glibc.
-const MALLOC_ALIGN: usize = 16;
+/// An alignment every `malloc` result has: glibc's is twice a pointer's size (16 on 64-bit
+/// targets, 8 on most 32-bit ones).
+const MALLOC_ALIGN: usize = 2 * std::mem::size_of::<usize>();
 
 pub struct Tiered;
 
@@ -25,9 +26,9 @@ fn large(layout: Layout) -> bool {
 /// Sets glibc's heap to keep what is freed and to carve every block from one address range: no
 /// trimming, no blocks mapped on their own (which `free` unmaps), one arena for all threads
 /// (each other arena is a range of its own whose free blocks the rest cannot use). Call first
-/// thing in `main`.
+/// thing in `main`: the arena limit holds only if set before a second thread first allocates.
 pub fn keep_freed() {
-    // SAFETY: plain integer options, set before any other thread exists.
+    // SAFETY: plain integer options (`mallopt` takes the arena lock itself).
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
