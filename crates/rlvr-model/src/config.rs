@@ -178,6 +178,41 @@ impl ModelConfig {
         }
     }
 
+    /// Parses a Hugging Face `config.json`. transformers 5 writes `rope_theta` and the RoPE
+    /// scaling under `rope_parameters` (`{"rope_type": "default", "rope_theta": 1e6}`) instead
+    /// of at the top level; read from there, or a model would silently get the default base of
+    /// 10,000 and wrong positions.
+    pub fn from_hf_json(text: &str) -> serde_json::Result<Self> {
+        use serde::de::Error;
+        let mut v: serde_json::Value = serde_json::from_str(text)?;
+        if let Some(top) = v.as_object_mut() {
+            if let Some(p) = top.remove("rope_parameters").filter(|p| !p.is_null()) {
+                let theta = p
+                    .get("rope_theta")
+                    .filter(|t| t.is_number())
+                    .ok_or_else(|| {
+                        serde_json::Error::custom(
+                        "rope_parameters has no number `rope_theta` (parameters per layer type \
+                         are not supported)",
+                    )
+                    })?;
+                top.entry("rope_theta").or_insert_with(|| theta.clone());
+                if p.get("rope_type").and_then(|t| t.as_str()) != Some("default") {
+                    top.entry("rope_scaling").or_insert(p);
+                }
+            }
+            let default_scaling = top
+                .get("rope_scaling")
+                .and_then(|s| s.get("rope_type"))
+                .and_then(|t| t.as_str())
+                == Some("default");
+            if default_scaling {
+                top.remove("rope_scaling");
+            }
+        }
+        serde_json::from_value(v)
+    }
+
     pub fn num_kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -225,6 +260,57 @@ mod tests {
         edit(&mut v);
         let c: ModelConfig = serde_json::from_value(v).map_err(|e| e.to_string())?;
         c.validate().map_err(|e| e.to_string())
+    }
+
+    /// transformers 5's `rope_parameters` give the same config as the top-level keys of 4.x.
+    #[test]
+    fn rope_parameters_are_read_as_the_top_level_keys() {
+        let parse = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = llama();
+            edit(&mut v);
+            ModelConfig::from_hf_json(&v.to_string())
+        };
+        let plain = parse(&|v| v["rope_theta"] = serde_json::json!(1e6)).unwrap();
+        let v5 = parse(&|v| {
+            v["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 1e6})
+        })
+        .unwrap();
+        assert_eq!((v5.rope_theta, &v5.rope_scaling), (1e6, &None));
+        assert_eq!(v5, plain);
+        let scaled = parse(&|v| {
+            v["rope_parameters"] = serde_json::json!({
+                "rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192
+            })
+        })
+        .unwrap();
+        assert_eq!(scaled.rope_theta, 5e5);
+        assert!(matches!(
+            scaled.rope_scaling,
+            Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0
+        ));
+        let linear = parse(&|v| {
+            v["rope_parameters"] =
+                serde_json::json!({"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0})
+        })
+        .unwrap();
+        assert_eq!(
+            linear.rope_scaling,
+            Some(RopeScaling::Linear { factor: 2.0 })
+        );
+        for (bad, says) in [
+            (
+                serde_json::json!({"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
+                "yarn",
+            ),
+            (
+                serde_json::json!({"full_attention": {"rope_theta": 1e4}}),
+                "rope_theta",
+            ),
+        ] {
+            let err = parse(&|v| v["rope_parameters"] = bad.clone()).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -60,7 +60,7 @@ fn read_hf_config(dir: &Path) -> Result<ModelConfig> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
-    let config: ModelConfig = serde_json::from_str(&text)
+    let config = ModelConfig::from_hf_json(&text)
         .with_context(|| format!("{}: not a valid model config", config_path.display()))?;
     config
         .validate()
