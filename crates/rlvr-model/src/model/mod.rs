@@ -448,12 +448,16 @@ impl Model {
         }
     }
 
-    fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+    /// The embeddings of `ids: [B, S]`, `[B, S, hidden]`. With a tape the lookup is taken off
+    /// the graph ([`Tape::lookup`]).
+    fn embed_tokens(&self, ids: &Tensor, tape: Option<&mut Tape>) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        self.embed
-            .as_tensor()
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, s, self.cfg.hidden_size))
+        let (table, flat) = (self.embed.as_tensor(), ids.flatten_all()?);
+        let rows = match tape {
+            Some(t) if table.is_variable() => t.lookup(table, flat)?,
+            _ => table.index_select(&flat, 0)?,
+        };
+        rows.reshape((b, s, self.cfg.hidden_size))
     }
 
     /// Full-sequence forward over a padded batch. `input_ids: [B, S]` (u32), `attention_mask: [B, S]`
@@ -494,10 +498,7 @@ impl Model {
         let mask =
             Tensor::from_vec(additive, (b, 1, 1, s, s), &self.device)?.to_dtype(self.dtype)?;
         let (cos, sin) = self.rope.gather(&positions)?;
-        let mut x = match tape.as_deref_mut() {
-            Some(t) => t.embed(self.embed.as_tensor(), input_ids)?,
-            None => self.embed_tokens(input_ids)?,
-        };
+        let mut x = self.embed_tokens(input_ids, tape.as_deref_mut())?;
         let dims = self.dims();
         for layer in &self.layers {
             if let Some(t) = tape.as_deref_mut() {
@@ -671,7 +672,7 @@ impl Model {
         let mask =
             Tensor::from_vec(additive, (n, 1, 1, l, total), &self.device)?.to_dtype(self.dtype)?;
         let ids = Tensor::from_slice(tokens, (n, l), &self.device)?;
-        let mut x = self.embed_tokens(&ids)?;
+        let mut x = self.embed_tokens(&ids, None)?;
         let dims = self.dims();
         for (li, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward(layer, &x, &cos, &sin, false, Precision::F32, |q, k, v| {

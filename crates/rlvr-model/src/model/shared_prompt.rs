@@ -105,12 +105,8 @@ impl Model {
         let group = Tensor::from_vec(batch.group.to_vec(), rows, dev)?;
         let dims = self.dims();
 
-        let embed = |ids: &Tensor, tape: Option<&mut Tape>| match tape {
-            Some(t) => t.embed(self.embed.as_tensor(), ids),
-            None => self.embed_tokens(ids),
-        };
-        let mut xp = embed(batch.prompt_ids, tape.as_deref_mut())?;
-        let mut xr = embed(batch.response_ids, tape.as_deref_mut())?;
+        let mut xp = self.embed_tokens(batch.prompt_ids, tape.as_deref_mut())?;
+        let mut xr = self.embed_tokens(batch.response_ids, tape.as_deref_mut())?;
         for layer in &self.layers {
             if let Some(t) = tape.as_deref_mut() {
                 [xp, xr] = t.cut([xp, xr]);

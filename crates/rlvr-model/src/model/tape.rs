@@ -29,28 +29,20 @@ struct Lookup {
 }
 
 impl Tape {
-    /// The rows of the embedding `weight` at `ids` (any shape), `[ids.., hidden]`, as a leaf
-    /// whose gradient [`Tape::backward_into`] adds into `weight`'s rows itself. candle's
+    /// The rows of the embedding table `weight` (a variable) at `ids: [N]`, `[N, hidden]`, as a
+    /// leaf whose gradient [`Tape::backward_into`] adds into `weight`'s rows itself. candle's
     /// `index_select` backward adds into a zero-filled copy of the whole table and then copies
     /// it again (`index_add`), and adds that to a tied head's gradient a third time: three
     /// vocabulary-sized blocks (545 MB each on Qwen2.5-0.5B) at the very end of the backward,
     /// when the freed activations are in pieces too small to hold them.
-    pub(crate) fn embed(&mut self, weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
-        let flat = ids.flatten_all()?;
-        let mut dims = ids.dims().to_vec();
-        dims.push(weight.dim(1)?);
-        if !weight.is_variable() {
-            // A table computed from a variable keeps its graph (its gradient has to reach the
-            // variable); a constant one has none.
-            return weight.index_select(&flat, 0)?.reshape(dims);
-        }
-        let rows = weight.detach().index_select(&flat, 0)?.detach_to_var();
+    pub(crate) fn lookup(&mut self, weight: &Tensor, ids: Tensor) -> Result<Tensor> {
+        let rows = weight.detach().index_select(&ids, 0)?.detach_to_var();
         self.lookups.push(Lookup {
             weight: weight.clone(),
-            ids: flat,
+            ids,
             rows: rows.clone(),
         });
-        rows.reshape(dims)
+        Ok(rows)
     }
 
     /// Ends the current segment at `xs` and returns them as leaves (the same storage, no graph)

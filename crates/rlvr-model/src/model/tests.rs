@@ -313,7 +313,7 @@ fn tiny_f32_model() -> (ModelConfig, Model) {
 fn scoring_layers_hand_on_no_graph() {
     let (cfg, model) = tiny_f32_model();
     let (ids, _) = padded_batch(&Device::Cpu);
-    let x = model.embed_tokens(&ids).unwrap();
+    let x = model.embed_tokens(&ids, None).unwrap();
     assert!(
         x.track_op(),
         "the embedding lookup records a graph on the weight"
