@@ -11,11 +11,14 @@ use std::collections::BTreeMap;
 
 use super::resolved::ResolvedConfig;
 
+#[derive(Deserialize)]
 pub(crate) struct Table {
     /// Key or prefix (ending in `.` or `_`) → what rlvr does instead.
-    ignored: Vec<(String, String)>,
+    ignored: BTreeMap<String, String>,
     /// Key → (the one value rlvr runs with, why).
     pub(crate) refused: BTreeMap<String, (Value, String)>,
+    /// Typed keys that only remote engines read → what rlvr does with them otherwise.
+    remote_only: BTreeMap<String, String>,
 }
 
 impl Table {
@@ -36,21 +39,9 @@ impl Table {
 pub(crate) fn table() -> &'static Table {
     static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
-        #[derive(Deserialize)]
-        struct File {
-            ignored: serde_yaml::Mapping,
-            refused: BTreeMap<String, (Value, String)>,
-        }
-        let file: File = serde_yaml::from_str(include_str!("../../config/skyrl_compat.yaml"))
-            .expect("crates/rlvr/config/skyrl_compat.yaml has `ignored` and `refused` tables");
-        let entry = |(k, v): (Value, Value)| match (k, v) {
-            (Value::String(k), Value::String(v)) => (k, v),
-            other => panic!("skyrl_compat.yaml: `ignored` maps keys to strings, found {other:?}"),
-        };
-        Table {
-            ignored: file.ignored.into_iter().map(entry).collect(),
-            refused: file.refused,
-        }
+        serde_yaml::from_str(include_str!("../../config/skyrl_compat.yaml")).expect(
+            "crates/rlvr/config/skyrl_compat.yaml holds `ignored`, `refused`, `remote_only`",
+        )
     })
 }
 
@@ -83,23 +74,6 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Typed keys that only remote engines read, and what rlvr does with them otherwise.
-const REMOTE_ONLY: [(&str, &str); 3] = [
-    (
-        "generator.backend",
-        "local engines are rlvr's embedded engine; the backend only picks the API of remote \
-         engines (run_engines_locally=false)",
-    ),
-    (
-        "generator.remote_inference_engine_urls",
-        "used only with generator.run_engines_locally=false; ignored",
-    ),
-    (
-        "generator.served_model_name",
-        "used only with generator.run_engines_locally=false; ignored",
-    ),
-];
-
 pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<String>) {
     let local = r.config.generator.run_engines_locally;
     let t = table();
@@ -111,7 +85,8 @@ pub fn check(r: &ResolvedConfig, warnings: &mut Vec<String>, errors: &mut Vec<St
         }
     }
     // Remote engines' settings act only on remote engines.
-    for (key, why) in REMOTE_ONLY
+    for (key, why) in t
+        .remote_only
         .iter()
         .filter(|(k, _)| local && r.is_explicit(k))
     {
@@ -165,15 +140,6 @@ mod tests {
     use super::{covered, table};
     use crate::config::{flatten, ConfigBuilder};
 
-    fn run(args: &[&str]) -> Result<Vec<String>, String> {
-        let r = ConfigBuilder::new()
-            .apply_overrides(args)
-            .unwrap()
-            .resolve()
-            .unwrap();
-        r.validate().map_err(|e| e.to_string())
-    }
-
     #[test]
     fn every_listed_key_is_a_key_of_the_defaults() {
         let defaults = super::super::builder::defaults();
@@ -210,53 +176,6 @@ mod tests {
                 is_typed || table().listed(&key),
                 "`{key}` is neither typed nor listed"
             );
-        }
-    }
-
-    #[test]
-    fn explicit_gpu_keys_warn_once_each() {
-        let w = run(&[
-            "generator.backend=vllm",
-            "trainer.placement.policy_num_gpus_per_node=4",
-            "generator.inference_engine_tensor_parallel_size=1",
-        ])
-        .unwrap();
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert!(
-            w[0].starts_with("`generator.backend=vllm`: local engines are rlvr's embedded engine"),
-            "{w:?}"
-        );
-        assert!(w
-            .iter()
-            .any(|l| l.contains("trainer.placement.policy_num_gpus_per_node=4")));
-        assert!(w.iter().all(|l| !l.contains('\n')));
-    }
-
-    #[test]
-    fn result_changing_features_are_errors() {
-        for (arg, key) in [
-            (
-                "generator.step_wise_trajectories=true",
-                "generator.step_wise_trajectories",
-            ),
-            ("trainer.policy.model.lora.rank=8", "lora.rank"),
-            ("generator.max_turns=2", "generator.max_turns"),
-            (
-                "generator.sampling_params.repetition_penalty=1.1",
-                "sampling_params.repetition_penalty",
-            ),
-            (
-                "generator.eval_sampling_params.repetition_penalty=1.05",
-                "eval_sampling_params.repetition_penalty",
-            ),
-            (
-                "trainer.update_ref_every_epoch=true",
-                "update_ref_every_epoch",
-            ),
-            ("trainer.dump_data_batch=true", "dump_data_batch"),
-        ] {
-            let e = run(&arg.split_whitespace().collect::<Vec<_>>()).unwrap_err();
-            assert!(e.contains(key), "{arg}: {e}");
         }
     }
 }

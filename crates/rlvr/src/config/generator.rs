@@ -57,7 +57,7 @@ pub struct SamplingParams {
     pub top_k: i64,
     pub logprobs: Option<usize>,
     /// vLLM's `stop`: one string or a list.
-    #[serde(deserialize_with = "super::keys::optional_names")]
+    #[serde(deserialize_with = "super::values::optional_names")]
     pub stop: Option<Vec<String>>,
 }
 

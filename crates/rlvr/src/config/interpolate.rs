@@ -2,7 +2,7 @@
 //! `${a.b.c}` (absolute), `${.sibling}` / `${..uncle}` (relative), `${oc.env:VAR}` and
 //! `${oc.env:VAR,default}`. A string that is exactly one `${...}` takes the referenced value with
 //! its type (a list stays a list); inside a longer string the value is spliced in as text.
-//! `\${` is a literal `${`.
+//! `\${` is a literal `${`. Interpolations do not nest (nothing in SkyRL's configs does).
 
 use serde_yaml::{Mapping, Value};
 
@@ -41,28 +41,6 @@ fn resolve_value(
     })
 }
 
-/// The byte range of the `${...}` starting at `start` (balanced braces), end exclusive.
-fn closing(s: &str, start: usize) -> Option<usize> {
-    let bytes = s.as_bytes();
-    let mut depth = 0usize;
-    let mut i = start;
-    while i < bytes.len() {
-        if bytes[i] == b'$' && bytes.get(i + 1) == Some(&b'{') {
-            depth += 1;
-            i += 2;
-            continue;
-        }
-        if bytes[i] == b'}' {
-            depth -= 1;
-            if depth == 0 {
-                return Some(i + 1);
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
 fn resolve_string(
     root: &Value,
     path: &str,
@@ -73,32 +51,36 @@ fn resolve_string(
         key: path.to_string(),
         reason,
     };
-    if s.starts_with("${") && closing(s, 0) == Some(s.len()) {
+    // The end (exclusive) of the `${...}` at `start`; nesting is not supported.
+    let closing = |start: usize| match s[start + 2..].find(['}', '$']) {
+        Some(i) if s.as_bytes()[start + 2 + i] == b'}' => Ok(start + 3 + i),
+        Some(_) => Err(err(format!("nested `${{` in \"{s}\" is not supported"))),
+        None => Err(err(format!("unclosed `${{` in \"{s}\""))),
+    };
+    if s.starts_with("${") && closing(0)? == s.len() {
         return resolve_expr(root, path, &s[2..s.len() - 1], stack);
     }
     let mut out = String::new();
     let mut i = 0;
-    while i < s.len() {
-        let rest = &s[i..];
-        if rest.starts_with("\\${") {
+    while let Some(at) = s[i..].find("${").map(|at| i + at) {
+        if s[..at].ends_with('\\') {
+            out.push_str(&s[i..at - 1]);
             out.push_str("${");
-            i += 3;
-        } else if rest.starts_with("${") {
-            let end = closing(s, i).ok_or_else(|| err(format!("unclosed `${{` in \"{s}\"")))?;
-            let v = resolve_expr(root, path, &s[i + 2..end - 1], stack)?;
-            out.push_str(&as_text(&v).ok_or_else(|| {
-                err(format!(
-                    "`{}` is a list or mapping and cannot be spliced into the string \"{s}\"",
-                    &s[i..end]
-                ))
-            })?);
-            i = end;
-        } else {
-            let c = rest.chars().next().expect("non-empty");
-            out.push(c);
-            i += c.len_utf8();
+            i = at + 2;
+            continue;
         }
+        out.push_str(&s[i..at]);
+        let end = closing(at)?;
+        let v = resolve_expr(root, path, &s[at + 2..end - 1], stack)?;
+        out.push_str(&as_text(&v).ok_or_else(|| {
+            err(format!(
+                "`{}` is a list or mapping and cannot be spliced into the string \"{s}\"",
+                &s[at..end]
+            ))
+        })?);
+        i = end;
     }
+    out.push_str(&s[i..]);
     Ok(Value::String(out))
 }
 
@@ -122,15 +104,6 @@ fn resolve_expr(
     let err = |reason: String| ConfigError::Interpolation {
         key: path.to_string(),
         reason,
-    };
-    // Nested interpolations inside the expression come first (`${oc.env:${a.b}}`).
-    let expr = if expr.contains("${") {
-        match resolve_string(root, path, expr, stack)? {
-            Value::String(s) => s,
-            other => as_text(&other).unwrap_or_default(),
-        }
-    } else {
-        expr.to_string()
     };
     let expr = expr.trim();
     if let Some(args) = expr.strip_prefix("oc.env:") {
@@ -185,61 +158,4 @@ fn absolute(path: &str, expr: &str) -> Option<String> {
         base.pop()?;
     }
     Some(join(&base.join("."), &expr[dots..]))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn yaml(s: &str) -> Value {
-        serde_yaml::from_str(s).unwrap()
-    }
-
-    #[test]
-    fn whole_references_keep_their_type() {
-        let t = yaml("a: {n: 512, l: [1, 2], z: null}\nb: {n: '${a.n}', l: '${a.l}', z: '${a.z}', c: '${.n}'}");
-        let r = resolve(&t).unwrap();
-        assert_eq!(get(&r, "b.n"), Some(&Value::from(512)));
-        assert_eq!(get(&r, "b.l"), Some(&yaml("[1, 2]")));
-        assert_eq!(get(&r, "b.z"), Some(&Value::Null));
-        assert_eq!(get(&r, "b.c"), Some(&Value::from(512)));
-    }
-
-    #[test]
-    fn chains_strings_env_and_escapes() {
-        std::env::set_var("RLVR_TEST_INTERP_VAR", "/home/x");
-        let t = yaml(
-            "p: '${q}'\nq: '${oc.env:RLVR_TEST_INTERP_VAR}/ckpt'\n\
-             l: ['${oc.env:RLVR_TEST_INTERP_VAR}/d.parquet']\n\
-             d: '${oc.env:RLVR_TEST_SURELY_UNSET,fallback}'\ne: 'cost \\${x} ${n}'\nn: 3",
-        );
-        let r = resolve(&t).unwrap();
-        assert_eq!(get(&r, "p"), Some(&Value::from("/home/x/ckpt")));
-        assert_eq!(get(&r, "l"), Some(&yaml("['/home/x/d.parquet']")));
-        assert_eq!(get(&r, "d"), Some(&Value::from("fallback")));
-        assert_eq!(get(&r, "e"), Some(&Value::from("cost ${x} 3")));
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        let missing = resolve(&yaml("a: {b: '${a.nope}'}"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            missing.contains("`a.b`") && missing.contains("a.nope"),
-            "{missing}"
-        );
-        let cycle = resolve(&yaml("a: '${b}'\nb: '${a}'"))
-            .unwrap_err()
-            .to_string();
-        assert!(cycle.contains("cycle"), "{cycle}");
-        let unset = resolve(&yaml("a: '${oc.env:RLVR_TEST_SURELY_UNSET}'"))
-            .unwrap_err()
-            .to_string();
-        assert!(unset.contains("RLVR_TEST_SURELY_UNSET"), "{unset}");
-        let resolver = resolve(&yaml("a: '${oc.decode:x}'"))
-            .unwrap_err()
-            .to_string();
-        assert!(resolver.contains("oc.decode"), "{resolver}");
-    }
 }

@@ -24,12 +24,12 @@ mod compat;
 mod error;
 mod generator;
 mod interpolate;
-mod keys;
 mod override_arg;
 mod resolved;
 mod trainer;
 mod tree;
 mod validate;
+mod values;
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;

@@ -25,14 +25,6 @@ pub struct Override {
     pub mode: Mode,
     pub key: String,
     pub value: Value,
-    /// The argument as given, for error messages.
-    pub raw: String,
-}
-
-impl Override {
-    pub fn origin(&self) -> Origin {
-        Origin::Override(self.raw.clone())
-    }
 }
 
 pub fn parse(arg: &str) -> Result<Override, ConfigError> {
@@ -68,7 +60,6 @@ pub fn parse(arg: &str) -> Result<Override, ConfigError> {
         mode,
         key: key.to_string(),
         value: expand_env(value),
-        raw: arg.to_string(),
     })
 }
 
@@ -108,81 +99,5 @@ fn expand_env(value: Value) -> Value {
             Value::Mapping(map.into_iter().map(|(k, v)| (k, expand_env(v))).collect())
         }
         other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn value(arg: &str) -> Value {
-        parse(arg).unwrap().value
-    }
-
-    #[test]
-    fn modes_and_keys() {
-        assert_eq!(parse("a.b=1").unwrap().mode, Mode::Set);
-        assert_eq!(parse("+a.b=1").unwrap().mode, Mode::Add);
-        let o = parse("++a.b_c=1").unwrap();
-        assert_eq!((o.mode, o.key.as_str()), (Mode::AddOrSet, "a.b_c"));
-        assert!(parse("a.b").is_err());
-        assert!(parse("a..b=1").is_err());
-        assert!(parse("~a.b").is_err());
-    }
-
-    #[test]
-    fn scalars_lists_and_null() {
-        assert_eq!(value("k=3"), Value::from(3));
-        assert_eq!(value("k=1.0e-6"), Value::from(1.0e-6));
-        assert_eq!(value("k=1e-2"), Value::from(0.01));
-        assert_eq!(value("k=true"), Value::from(true));
-        assert_eq!(value("k=null"), Value::Null);
-        assert_eq!(value("k=filter"), Value::from("filter"));
-        assert_eq!(value("k=\"grpo\""), Value::from("grpo"));
-        assert_eq!(value("k='10'"), Value::from("10"));
-        assert_eq!(value("k="), Value::from(""));
-        assert_eq!(
-            value("k=[0.9,0.999]"),
-            Value::Sequence(vec![Value::from(0.9), Value::from(0.999)])
-        );
-        assert_eq!(
-            value("k=['x','y']"),
-            Value::Sequence(vec![Value::from("x"), Value::from("y")])
-        );
-        // Through `$(grep ...)` the quotes survive: a string the list-typed key parses later.
-        assert_eq!(value("k=\"['x']\""), Value::from("['x']"));
-        assert_eq!(value("k=a: b"), Value::from("a: b"));
-        assert!(parse("k=[1,2").is_err());
-    }
-
-    #[test]
-    fn env_vars_expand_like_the_shell() {
-        std::env::set_var("RLVR_TEST_OVERRIDE_DIR", "/h");
-        let dir = "$RLVR_TEST_OVERRIDE_DIR";
-        assert_eq!(
-            value(&format!("k=\"{dir}/ckpts/x\"")),
-            Value::from("/h/ckpts/x")
-        );
-        assert_eq!(
-            value(&format!("k=\"['{dir}/d']\"")),
-            Value::from("['/h/d']")
-        );
-        assert_eq!(value("k=${RLVR_TEST_OVERRIDE_DIR}/x"), Value::from("/h/x"));
-        assert_eq!(
-            value("k=${RLVR_SURELY_UNSET_VAR_X:-/d}/x"),
-            Value::from("/d/x")
-        );
-        // Interpolations are left for the resolver; unknown names and `$$` stay as written.
-        assert_eq!(value("k=${oc.env:HOME}"), Value::from("${oc.env:HOME}"));
-        assert_eq!(
-            value("k=${trainer.ckpt_path}/w"),
-            Value::from("${trainer.ckpt_path}/w")
-        );
-        assert_eq!(
-            value("k=$RLVR_SURELY_UNSET_VAR_X/a"),
-            Value::from("$RLVR_SURELY_UNSET_VAR_X/a")
-        );
-        assert_eq!(value("k=cost$"), Value::from("cost$"));
-        assert_eq!(value("k=a$$b"), Value::from("a$$b"));
     }
 }

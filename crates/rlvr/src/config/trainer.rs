@@ -48,7 +48,7 @@ pub struct TrainerConfig {
     pub run_name: String,
     /// Comma-separated sink names (`console`, `jsonl`, `csv`, `tensorboard`, SkyRL's `wandb`);
     /// a list (`['console','jsonl']`) is joined.
-    #[serde(deserialize_with = "super::keys::joined_names")]
+    #[serde(deserialize_with = "super::values::joined_names")]
     pub logger: String,
     pub dump_eval_results: bool,
 }

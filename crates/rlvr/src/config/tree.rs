@@ -19,6 +19,14 @@ pub fn get<'a>(tree: &'a Value, path: &str) -> Option<&'a Value> {
     Some(node)
 }
 
+/// Whether `key` is a section of `tree` (a non-empty mapping; an empty one is a leaf that takes
+/// a whole mapping).
+pub fn is_section(tree: &Value, key: &str) -> bool {
+    get(tree, key)
+        .and_then(Value::as_mapping)
+        .is_some_and(|m| !m.is_empty())
+}
+
 /// Why a value cannot be written at a path: the first prefix holding a non-mapping value.
 #[derive(Debug)]
 pub struct Blocked {
