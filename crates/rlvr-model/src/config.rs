@@ -229,17 +229,22 @@ impl ModelConfig {
 
     /// All EOS ids named by the config (a single id or a list).
     pub fn eos_token_ids(&self) -> Vec<u32> {
-        match &self.eos_token_id {
-            Some(serde_json::Value::Number(n)) => {
-                n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
-            }
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_u64())
-                .map(|v| v as u32)
-                .collect(),
-            _ => vec![],
+        eos_ids(self.eos_token_id.as_ref())
+    }
+}
+
+/// The ids of an `eos_token_id` entry (`config.json`, `generation_config.json`): one id or a list.
+pub(crate) fn eos_ids(entry: Option<&serde_json::Value>) -> Vec<u32> {
+    match entry {
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
         }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|v| v as u32)
+            .collect(),
+        _ => vec![],
     }
 }
 

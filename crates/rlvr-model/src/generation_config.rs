@@ -42,17 +42,7 @@ impl GenerationConfig {
 
     /// All EOS ids (a single id or a list).
     pub fn eos_token_ids(&self) -> Vec<u32> {
-        match &self.eos_token_id {
-            Some(serde_json::Value::Number(n)) => {
-                n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
-            }
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_u64())
-                .map(|v| v as u32)
-                .collect(),
-            _ => vec![],
-        }
+        crate::config::eos_ids(self.eos_token_id.as_ref())
     }
 }
 

@@ -67,6 +67,26 @@ pub struct TokenLogProbs {
 }
 
 impl TokenLogProbs {
+    /// The log-probs (and entropies, if asked for) of [`lm_head_logprobs`]' `[N, 2]` output as
+    /// `[rows, columns]`, with the tape of the forward that made them.
+    pub(crate) fn from_head(
+        out: &Tensor,
+        shape: (usize, usize),
+        opts: &LogProbOptions,
+        tape: Tape,
+    ) -> Result<Self> {
+        let logprobs = out.narrow(1, 0, 1)?.reshape(shape)?;
+        let entropy = match opts.entropy {
+            true => Some(out.narrow(1, 1, 1)?.reshape(shape)?),
+            false => None,
+        };
+        Ok(TokenLogProbs {
+            logprobs,
+            entropy,
+            tape,
+        })
+    }
+
     /// Gradients of `loss`, a function of these log-probs, with respect to the model's weights;
     /// each layer's activations are freed as soon as its gradients are out.
     pub fn backward(self, loss: &Tensor) -> Result<GradStore> {
@@ -449,16 +469,6 @@ impl crate::Model {
             .flatten_all()?
             .to_dtype(DType::U32)?;
         let out = lm_head_logprobs(&rows, self.lm_head_weight(), &labels, opts)?;
-        let logprobs = out.narrow(1, 0, 1)?.reshape((b, response_len))?;
-        let entropy = if opts.entropy {
-            Some(out.narrow(1, 1, 1)?.reshape((b, response_len))?)
-        } else {
-            None
-        };
-        Ok(TokenLogProbs {
-            logprobs,
-            entropy,
-            tape,
-        })
+        TokenLogProbs::from_head(&out, (b, response_len), opts, tape)
     }
 }

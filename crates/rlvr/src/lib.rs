@@ -1,4 +1,5 @@
 //! rlvr: the framework (config, data, environments, generator, trainer) behind the `rlvr` binary.
+#![deny(unsafe_op_in_unsafe_fn)]
 pub mod config;
 pub mod data;
 pub mod dist;

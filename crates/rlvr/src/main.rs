@@ -1,5 +1,7 @@
 //! The `rlvr` command line. Each subcommand lives in its own file under `cli/`.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use clap::{Parser, Subcommand};
 
 /// Training and decoding allocate and free many large buffers per step. Freed memory is kept, not

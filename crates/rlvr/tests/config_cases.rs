@@ -29,7 +29,7 @@ trainer.policy.model.path=/models/small trainer.max_prompt_length=256 generator.
 trainer.max_prompt_length=1024 generator.max_input_length=${trainer.eval_batch_size} => generator.max_input_length = 1024
 +x.n=512 +x.l=[1,2] +x.z=null +y.n=${x.n} +y.l=${x.l} +y.z=${x.z} +y.c=${.n} => y.n = 512; y.l = [1, 2]; y.z = null; y.c = 512
 +p=${q} +q=${oc.env:RLVR_TEST_DIR}/ckpt +l=['${oc.env:RLVR_TEST_DIR}/d.parquet'] => p = /home/x/ckpt; l = ['/home/x/d.parquet']
-+d=${oc.env:RLVR_TEST_SURELY_UNSET,fallback} +e=cost\${nope_x}${n} +n=3 => d = fallback; e = cost${nope_x}3
++d=${oc.env:RLVR_TEST_SURELY_UNSET,fallback} +e=cost\${nope_x}${n} +n=3 +w=${oc.env:RLVR_TEST_SURELY_UNSET,a$b} => d = fallback; e = cost${nope_x}3; w = a$b
 +k=3 +f=1.0e-6 +g=1e-2 +b=true +z=null +s=filter +q="grpo" +t='10' +e= => k = 3; f = 1.0e-6; g = 0.01; b = true; z = null; s = filter; q = grpo; t = '10'; e = ''
 +k=[0.9,0.999] +s=['x','y'] +t="['x']" => k = [0.9, 0.999]; s = [x, y]; t = "['x']"
 +k="$RLVR_TEST_DIR/ckpts/x" +l="['$RLVR_TEST_DIR/d']" +m=${RLVR_TEST_DIR}/x => k = /home/x/ckpts/x; l = "['/home/x/d']"; m = /home/x/x
@@ -69,6 +69,7 @@ a..b=1 => not a dotted key
 +a=${oc.env:RLVR_TEST_SURELY_UNSET} => environment variable `RLVR_TEST_SURELY_UNSET` is not set
 +a=${oc.decode:x} => unknown resolver `oc.decode`
 +a=${b.${c}} => nested
++a=x${b => unclosed
 trainer.train_batch_size=1000 => trainer.train_batch_size % trainer.policy_mini_batch_size
 trainer.policy_mini_batch_size=0 => trainer.policy_mini_batch_size
 trainer.micro_train_batch_size_per_gpu=3 => trainer.policy_mini_batch_size * generator.n_samples_per_prompt % trainer.micro_train_batch_size_per_gpu

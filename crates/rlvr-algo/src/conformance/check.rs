@@ -167,6 +167,11 @@ pub(crate) fn opt_tensor(v: Option<&Value>, dtype: DType) -> Result<Option<Tenso
     }
 }
 
+pub(crate) fn numbers(v: &Value) -> Result<Vec<f64>, String> {
+    let list = v.as_array().ok_or("expected a list of numbers")?;
+    list.iter().map(num).collect()
+}
+
 pub(crate) fn strings(v: &Value) -> Result<Vec<String>, String> {
     v.as_array()
         .ok_or("expected a list of strings")?

@@ -29,10 +29,6 @@ fn reward(v: &Value) -> Result<f64, String> {
     }
 }
 
-fn str_list(v: &Value) -> Result<Vec<String>, String> {
-    strings(v)
-}
-
 fn sequence(c: &Value) -> CaseResult {
     let cfg = field(c, "config")?;
     let strategy: Option<Strategy> = match cfg.get("dynamic_sampling.type") {
@@ -60,8 +56,8 @@ fn sequence(c: &Value) -> CaseResult {
         .enumerate()
     {
         let input = field(call, "input")?;
-        let tags = str_list(field(input, "row_tags")?)?;
-        let uids = str_list(field(input, "uids")?)?;
+        let tags = strings(field(input, "row_tags")?)?;
+        let uids = strings(field(input, "uids")?)?;
         let raw = field(input, "rewards")?
             .as_array()
             .ok_or("rewards")?
@@ -100,7 +96,7 @@ fn sequence(c: &Value) -> CaseResult {
                 // SkyRL hands the untouched input back when it keeps sampling; the trainer
                 // discards it, so we return nothing. The golden data must agree it is the input.
                 if let Some(r) = exp.get("returned_row_tags") {
-                    ensure(str_list(r)? == tags, || {
+                    ensure(strings(r)? == tags, || {
                         ctx("returned rows differ from the input".into())
                     })?;
                 }
@@ -127,10 +123,10 @@ fn sequence(c: &Value) -> CaseResult {
                     })?;
                     let got_tags: Vec<String> = fs.rows.iter().map(|r| r.0.clone()).collect();
                     ensure(
-                        got_tags == str_list(field(st, "collected_row_tags")?)?,
+                        got_tags == strings(field(st, "collected_row_tags")?)?,
                         || ctx(format!("collected rows {got_tags:?}")),
                     )?;
-                    ensure(fs.uids == str_list(field(st, "collected_uids")?)?, || {
+                    ensure(fs.uids == strings(field(st, "collected_uids")?)?, || {
                         ctx(format!("collected uids {:?}", fs.uids))
                     })?;
                 }
@@ -148,10 +144,10 @@ fn sequence(c: &Value) -> CaseResult {
                 )?;
                 let out_tags: Vec<String> = out_rows.iter().map(|r| r.0.clone()).collect();
                 if let Some(r) = exp.get("returned_row_tags") {
-                    ensure(out_tags == str_list(r)?, || {
+                    ensure(out_tags == strings(r)?, || {
                         ctx(format!("returned rows {out_tags:?}"))
                     })?;
-                    ensure(out_uids == str_list(field(exp, "returned_uids")?)?, || {
+                    ensure(out_uids == strings(field(exp, "returned_uids")?)?, || {
                         ctx(format!("returned uids {out_uids:?}"))
                     })?;
                 }
@@ -187,11 +183,11 @@ fn check_replace(
         v
     };
     ensure(
-        sorted(report.good_uids.clone()) == sorted(str_list(field(exp, "good_uids")?)?),
+        sorted(report.good_uids.clone()) == sorted(strings(field(exp, "good_uids")?)?),
         || format!("good uids {:?}", report.good_uids),
     )?;
     ensure(
-        sorted(report.bad_uids.clone()) == sorted(str_list(field(exp, "bad_uids")?)?),
+        sorted(report.bad_uids.clone()) == sorted(strings(field(exp, "bad_uids")?)?),
         || format!("bad uids {:?}", report.bad_uids),
     )?;
     let idx = |k: &str| -> Result<Vec<usize>, String> {
@@ -213,7 +209,7 @@ fn check_replace(
         .map(|&r| out_uids[r].clone())
         .collect();
     ensure(
-        unchanged_uids == str_list(field(exp, "unchanged_rows_uids")?)?,
+        unchanged_uids == strings(field(exp, "unchanged_rows_uids")?)?,
         || "unchanged rows' uids differ".into(),
     )?;
     for r in idx("rows_replaced")? {
@@ -244,7 +240,7 @@ fn direct(c: &Value) -> CaseResult {
         return expect_error("dynamic sampling type", strategy, e);
     }
     let exp = field(c, "expected")?;
-    let uids = str_list(field(exp, "returned_uids")?)?;
+    let uids = strings(field(exp, "returned_uids")?)?;
     let mut sampler = DynamicSampler::new(
         DynamicSamplingConfig {
             strategy: strategy?,
@@ -266,13 +262,8 @@ fn direct(c: &Value) -> CaseResult {
 
 fn zero_variance(c: &Value) -> CaseResult {
     let i = field(c, "inputs")?;
-    let rewards: Vec<f64> = field(i, "rewards")?
-        .as_array()
-        .ok_or("rewards")?
-        .iter()
-        .map(num)
-        .collect::<Result<_, _>>()?;
-    let uids = str_list(field(i, "uids")?)?;
+    let rewards = numbers(field(i, "rewards")?)?;
+    let uids = strings(field(i, "uids")?)?;
     let got = zero_variance_filter(&rewards, &uids);
     let exp: Vec<usize> = field(field(c, "expected")?, "kept_indices")?
         .as_array()

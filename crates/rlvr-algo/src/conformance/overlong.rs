@@ -106,12 +106,7 @@ fn punishment(c: &Value) -> CaseResult {
                 .ok_or_else(|| "length".to_string())
         })
         .collect::<Result<_, _>>()?;
-    let rewards: Vec<f64> = field(i, "rewards")?
-        .as_array()
-        .ok_or("rewards")?
-        .iter()
-        .map(num)
-        .collect::<Result<_, _>>()?;
+    let rewards = numbers(field(i, "rewards")?)?;
     let uids = strings(field(i, "uids")?)?;
     let punished =
         overlong::soft_overlong_punishment(&rewards, &lengths, &buffer).map_err(err_str)?;

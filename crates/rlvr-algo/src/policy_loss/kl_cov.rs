@@ -2,8 +2,6 @@
 //! `ppo_kl_coef · |logp - logp_old|` on the `max(1, ⌊n·kl_cov_frac⌋)` valid tokens with the largest
 //! covariance `(A - mean A)(logp - mean logp)` (means over valid tokens). Deterministic (top-k).
 
-use std::collections::BTreeMap;
-
 use candle_core::Tensor;
 
 use super::{PolicyLoss, PolicyLossConfig, PolicyLossInputs, TokenLoss};
@@ -52,12 +50,6 @@ impl PolicyLoss for KlCov {
         }
         let sel = Tensor::from_vec(selected, adv.shape(), adv.device())?;
         let loss = sel.where_cond(&pg_kl, &pg1)?;
-        let mut metrics = BTreeMap::new();
-        metrics.insert("clip_ratio".into(), 0.0);
-        Ok(TokenLoss {
-            loss,
-            loss_mask: i.loss_mask.cloned(),
-            metrics,
-        })
+        Ok(TokenLoss::unclipped(loss, i))
     }
 }

@@ -63,6 +63,19 @@ pub struct TokenLoss {
     pub metrics: BTreeMap<String, f64>,
 }
 
+impl TokenLoss {
+    /// A loss that clips nothing (`clip_ratio` 0, as SkyRL reports for SAPO and KL-Cov), over
+    /// the input's own mask.
+    pub(crate) fn unclipped(loss: Tensor, i: &PolicyLossInputs) -> TokenLoss {
+        let metrics = BTreeMap::from([("clip_ratio".to_string(), 0.0)]);
+        TokenLoss {
+            loss,
+            loss_mask: i.loss_mask.cloned(),
+            metrics,
+        }
+    }
+}
+
 /// A reduced loss.
 #[derive(Debug, Clone)]
 pub struct PolicyLossOutput {

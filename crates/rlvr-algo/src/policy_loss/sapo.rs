@@ -2,8 +2,6 @@
 //! `τ = tau_pos` where `A > 0` else `tau_neg`: `loss = -sigmoid(τ (r - 1)) · 4/τ · A`.
 //! No clipping, so `clip_ratio` is 0.
 
-use std::collections::BTreeMap;
-
 use super::{sigmoid, PolicyLoss, PolicyLossConfig, PolicyLossInputs, TokenLoss};
 use crate::error::Result;
 use crate::ops;
@@ -23,12 +21,6 @@ impl PolicyLoss for Sapo {
         let gates =
             sigmoid(&taus.mul(&ratio.affine(1.0, -1.0)?)?)?.mul(&four.broadcast_div(&taus)?)?;
         let loss = gates.neg()?.mul(adv)?;
-        let mut metrics = BTreeMap::new();
-        metrics.insert("clip_ratio".into(), 0.0);
-        Ok(TokenLoss {
-            loss,
-            loss_mask: i.loss_mask.cloned(),
-            metrics,
-        })
+        Ok(TokenLoss::unclipped(loss, i))
     }
 }

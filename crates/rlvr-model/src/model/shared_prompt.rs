@@ -172,17 +172,7 @@ impl Model {
         .reshape((rows * r, h))?;
         let labels = batch.response_ids.flatten_all()?.to_dtype(DType::U32)?;
         let out = lm_head_logprobs(&states, self.lm_head_weight(), &labels, opts)?;
-        let logprobs = out.narrow(1, 0, 1)?.reshape((rows, r))?;
-        let entropy = if opts.entropy {
-            Some(out.narrow(1, 1, 1)?.reshape((rows, r))?)
-        } else {
-            None
-        };
-        Ok(TokenLogProbs {
-            logprobs,
-            entropy,
-            tape,
-        })
+        TokenLogProbs::from_head(&out, (rows, r), opts, tape)
     }
 }
 

@@ -115,6 +115,22 @@ fn load_rows(path: &Path) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// GSM8K's training rows under `gsm8k`, else `n` built-in ones: the same shapes, but not
+/// PyTorch's rows (`train_bench.py` reads GSM8K's train split), so say so, since the loss printed
+/// per step is then not comparable.
+fn training_rows(gsm8k: &Path, n: usize) -> Vec<serde_json::Value> {
+    let path = gsm8k.join("train.jsonl");
+    let rows = load_rows(&path);
+    if !rows.is_empty() {
+        return rows;
+    }
+    eprintln!(
+        "note: {} not found, training on built-in rows",
+        path.display()
+    );
+    builtin_rows(n)
+}
+
 fn builtin_rows(n: usize) -> Vec<serde_json::Value> {
     (0..n)
         .map(|i| {
@@ -258,16 +274,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     // The generation model serves the first training run; later ones reload the checkpoint.
     let mut model_slot = Some(model);
     if !skip_train && train_group > 1 {
-        let mut train = load_rows(&gsm8k.join("train.jsonl"));
-        if train.is_empty() {
-            // Same shapes, but not PyTorch's rows (`train_bench.py` reads GSM8K's train split):
-            // say so, since the loss printed per step is then not comparable.
-            eprintln!(
-                "note: {} not found, training on built-in rows",
-                gsm8k.join("train.jsonl").display()
-            );
-            train = builtin_rows(train_batch);
-        }
+        let train = training_rows(&gsm8k, train_batch);
         let pad = tokenizer.pad_token_id().unwrap_or(eos);
         let groups = train_batch.div_ceil(train_group);
         let prompts: Vec<Vec<u32>> = train
@@ -347,16 +354,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         }
     } else if !skip_train {
         reset_peak_rss();
-        let mut train = load_rows(&gsm8k.join("train.jsonl"));
-        if train.is_empty() {
-            // Same shapes, but not PyTorch's rows (`train_bench.py` reads GSM8K's train split):
-            // say so, since the loss printed per step is then not comparable.
-            eprintln!(
-                "note: {} not found, training on built-in rows",
-                gsm8k.join("train.jsonl").display()
-            );
-            train = builtin_rows(train_batch);
-        }
+        let train = training_rows(&gsm8k, train_batch);
         let pad = tokenizer.pad_token_id().unwrap_or(eos);
         let mut ids = vec![pad; train_batch * train_seq];
         let mut mask = vec![0u32; train_batch * train_seq];

@@ -1,4 +1,4 @@
-//! `rlvr config show [--config FILE] [OVERRIDES...]`: print the resolved, validated config as YAML
+//! `rlvr config show [--config FILE]... [OVERRIDES...]`: print the resolved, validated config as YAML
 //! (stdout) and one line per ignored SkyRL key (stderr). Invalid input exits nonzero.
 
 use clap::Subcommand;
@@ -14,9 +14,9 @@ pub enum ConfigCommand {
 
 #[derive(clap::Args)]
 pub struct ShowArgs {
-    /// A YAML file merged over the defaults before the overrides.
+    /// A YAML file merged over the defaults before the overrides (repeatable; later files win).
     #[arg(long = "config", value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub config: Vec<PathBuf>,
     /// `a.b.c=value` sets a key, `+a.b.c=value` adds one, `++a.b.c=value` adds or sets.
     #[arg(value_name = "OVERRIDES", allow_hyphen_values = true)]
     pub overrides: Vec<String>,
@@ -29,7 +29,7 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let resolved = rlvr::config::load(args.config.as_deref(), &args.overrides)?;
+    let resolved = rlvr::config::load(&args.config, &args.overrides)?;
     let warnings = resolved.validate()?;
     for w in &warnings {
         eprintln!("warning: {w}");

@@ -1,4 +1,3 @@
-use crate::config::ConfigBuilder;
 use crate::run::{self, Extensions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,12 +15,7 @@ pub struct Args {
 /// `rlvr eval`: the trainer's evaluation, once, without training; prints the metrics as JSON.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::generate::single_elementwise_pool();
-    let mut builder = ConfigBuilder::new();
-    for c in &args.configs {
-        builder.merge_file(c)?;
-    }
-    builder.apply_overrides(&args.overrides)?;
-    let resolved = builder.resolve()?;
+    let resolved = rlvr::config::load(&args.configs, &args.overrides)?;
     for w in resolved.validate()? {
         tracing::warn!("{w}");
     }

@@ -1,4 +1,3 @@
-use crate::config::ConfigBuilder;
 use crate::dist;
 use crate::run::{self, Extensions};
 use crate::trainer::checkpoint;
@@ -24,12 +23,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     super::generate::single_elementwise_pool();
-    let mut builder = ConfigBuilder::new();
-    for c in &args.configs {
-        builder.merge_file(c)?;
-    }
-    builder.apply_overrides(&args.overrides)?;
-    let resolved = builder.resolve()?;
+    let resolved = rlvr::config::load(&args.configs, &args.overrides)?;
     for w in resolved.validate()? {
         tracing::warn!("{w}");
     }

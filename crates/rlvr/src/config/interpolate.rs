@@ -52,10 +52,15 @@ fn resolve_string(
         reason,
     };
     // The end (exclusive) of the `${...}` at `start`; nesting is not supported.
-    let closing = |start: usize| match s[start + 2..].find(['}', '$']) {
-        Some(i) if s.as_bytes()[start + 2 + i] == b'}' => Ok(start + 3 + i),
-        Some(_) => Err(err(format!("nested `${{` in \"{s}\" is not supported"))),
-        None => Err(err(format!("unclosed `${{` in \"{s}\""))),
+    let closing = |start: usize| {
+        let body = &s[start + 2..];
+        match body.find('}') {
+            Some(end) if body[..end].contains("${") => {
+                Err(err(format!("nested `${{` in \"{s}\" is not supported")))
+            }
+            Some(end) => Ok(start + 3 + end),
+            None => Err(err(format!("unclosed `${{` in \"{s}\""))),
+        }
     };
     if s.starts_with("${") && closing(0)? == s.len() {
         return resolve_expr(root, path, &s[2..s.len() - 1], stack);

@@ -96,14 +96,14 @@ impl Config {
     }
 }
 
-/// Defaults, then `file` (if any), then `overrides`, resolved. Does not validate.
-pub fn load<S: AsRef<str>>(
-    file: Option<&Path>,
+/// Defaults, then `files` in order, then `overrides`, resolved. Does not validate.
+pub fn load<P: AsRef<Path>, S: AsRef<str>>(
+    files: &[P],
     overrides: &[S],
 ) -> Result<ResolvedConfig, ConfigError> {
     let mut builder = ConfigBuilder::new();
-    if let Some(path) = file {
-        builder.merge_file(path)?;
+    for path in files {
+        builder.merge_file(path.as_ref())?;
     }
     builder.apply_overrides(overrides)?;
     builder.resolve()

@@ -56,21 +56,27 @@ fn extension(path: &Path) -> String {
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<PromptRow>> {
+    let what = "does not match the schema (data_source, prompt [{role, content}], env_class, \
+                reward_spec {method, ground_truth}, extra_info)";
+    let rows = read_json_lines(path, what)?;
+    Ok(rows.into_iter().map(|(_, row)| row).collect())
+}
+
+/// Each non-empty line of a JSON-lines file as (its 1-based number, a `T`); an error names the
+/// file, the line and `what` is wrong with it.
+pub(crate) fn read_json_lines<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<(usize, T)>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut rows = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: reading line {}", path.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
+        let at = || format!("{}: line {}", path.display(), i + 1);
+        let line = line.with_context(|| format!("{}: cannot be read", at()))?;
+        if !line.trim().is_empty() {
+            let row = serde_json::from_str(&line).with_context(|| format!("{} {what}", at()))?;
+            rows.push((i + 1, row));
         }
-        let row: PromptRow = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{}: row {} does not match the schema (data_source, prompt [{{role, content}}], env_class, reward_spec {{method, ground_truth}}, extra_info)",
-                path.display(),
-                i + 1
-            )
-        })?;
-        rows.push(row);
     }
     Ok(rows)
 }
@@ -195,7 +201,7 @@ mod tests {
         let p = dir.path().join("bad.jsonl");
         std::fs::write(&p, "{\"data_source\": \"x\"}\n").unwrap();
         let err = format!("{:#}", read_rows(&p).unwrap_err());
-        assert!(err.contains("bad.jsonl") && err.contains("row 1"), "{err}");
+        assert!(err.contains("bad.jsonl") && err.contains("line 1"), "{err}");
         let err = format!("{:#}", read_rows(&dir.path().join("x.csv")).unwrap_err());
         assert!(err.contains("expected .parquet or .jsonl"), "{err}");
     }

@@ -4,7 +4,6 @@
 use super::{Message, PromptRow, RewardSpec};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 /// Appended to every question, exactly as SkyRL's GSM8K preparation does.
@@ -78,17 +77,11 @@ pub fn convert_file(
     split: &str,
     style: &PromptStyle,
 ) -> Result<Vec<PromptRow>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let lines: Vec<(usize, Value)> = super::io::read_json_lines(path, "is not JSON")?;
     let mut rows = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: reading line {}", path.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let raw: Value = serde_json::from_str(&line)
-            .with_context(|| format!("{}: line {} is not JSON", path.display(), i + 1))?;
+    for (line, raw) in &lines {
         let (question, ground_truth, answer) =
-            fields(source, &raw).with_context(|| format!("{}: line {}", path.display(), i + 1))?;
+            fields(source, raw).with_context(|| format!("{}: line {line}", path.display()))?;
         rows.push(row(
             source,
             rows.len(),

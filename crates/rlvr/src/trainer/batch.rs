@@ -33,13 +33,7 @@ pub fn build(
         .map(|&i| out.prompt_token_ids[i].len())
         .max()
         .unwrap_or(0);
-    // At least one response column, so a batch of empty responses still has a shape.
-    let r = rows
-        .iter()
-        .map(|&i| out.response_ids[i].len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
+    let r = response_columns(out, rows);
     let s = p + r;
     let mut ids = vec![pad_id; b * s];
     let mut attn = vec![0u32; b * s];
@@ -128,12 +122,7 @@ pub fn shared_layout(
     }
     let (g, b) = (prompts.len(), rows.len());
     let p = prompts.iter().map(|x| x.len()).max().unwrap_or(0);
-    let r = rows
-        .iter()
-        .map(|&i| out.response_ids[i].len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
+    let r = response_columns(out, rows);
     let mut ids = vec![pad_id; g * p];
     let mut mask = vec![0u32; g * p];
     for (k, prompt) in prompts.iter().enumerate() {
@@ -155,6 +144,13 @@ pub fn shared_layout(
         response_mask: Tensor::from_vec(rmask, (b, r), device)?,
         group,
     }))
+}
+
+/// The longest response among `rows`, and at least one column, so a batch of empty responses
+/// still has a shape.
+fn response_columns(out: &GeneratorOutput, rows: &[usize]) -> usize {
+    let longest = rows.iter().map(|&i| out.response_ids[i].len()).max();
+    longest.unwrap_or(0).max(1)
 }
 
 #[cfg(test)]
