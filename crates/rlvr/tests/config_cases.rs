@@ -26,7 +26,7 @@ generator.sampling_params.stop=null => generator.sampling_params.stop = null
 +trainer.algorithm.overlong_buffer.len=512 +trainer.algorithm.overlong_buffer.penalty_factor=1 => trainer.algorithm.overlong_buffer.len = 512; trainer.algorithm.overlong_buffer.penalty_factor = 1
 +trainer.my_extension.alpha=0.5 trainer.my_extension.alpha=0.25 ++trainer.seed=7 => trainer.my_extension.alpha = 0.25; trainer.seed = 7
 trainer.policy.model.path=/models/small trainer.max_prompt_length=256 generator.sampling_params.max_generate_length=300 => generator.model_name = /models/small; trainer.ref.model.path = /models/small; generator.max_input_length = 256; generator.eval_sampling_params.max_generate_length = 300
-trainer.max_prompt_length=1024 generator.max_input_length=${trainer.eval_batch_size} => generator.max_input_length = 1024
+generator.sampling_params.max_generate_length=${trainer.max_prompt_length} => generator.sampling_params.max_generate_length = 512; generator.eval_sampling_params.max_generate_length = 512
 +x.n=512 +x.l=[1,2] +x.z=null +y.n=${x.n} +y.l=${x.l} +y.z=${x.z} +y.c=${.n} => y.n = 512; y.l = [1, 2]; y.z = null; y.c = 512
 +p=${q} +q=${oc.env:RLVR_TEST_DIR}/ckpt +l=['${oc.env:RLVR_TEST_DIR}/d.parquet'] => p = /home/x/ckpt; l = ['/home/x/d.parquet']
 +d=${oc.env:RLVR_TEST_SURELY_UNSET,fallback} +e=cost\${nope_x}${n} +n=3 +w=${oc.env:RLVR_TEST_SURELY_UNSET,a$b} => d = fallback; e = cost${nope_x}3; w = a$b
@@ -40,79 +40,81 @@ trainer.algorithm.advantage_estimator=gae trainer.critic.model.path=/c trainer.a
 generator.eval_sampling_params.temperature=0 =>
 "#;
 
-/// Refused; each text is in the error, each `!text` is not.
+/// Refused; each text is in the error, each `!text` is not. Texts quote the message itself, not
+/// just a key: an error quotes the override it came from, so a bare key would match any error.
 const REFUSED: &str = r#"
-trainer.algorithm.eps_clip_hgih=0.3 => unknown config key `trainer.algorithm.eps_clip_hgih`; did you mean `trainer.algorithm.eps_clip_high`?; override `trainer.algorithm.eps_clip_hgih=0.3`; write `+trainer.algorithm.eps_clip_hgih=...`
+trainer.algorithm.eps_clip_hgih=0.3 => override `trainer.algorithm.eps_clip_hgih=0.3`: unknown config key `trainer.algorithm.eps_clip_hgih`; did you mean `trainer.algorithm.eps_clip_high`? (to add a new key write `+trainer.algorithm.eps_clip_hgih=...`)
 trainer.eps_clip_high=0.3 => did you mean `trainer.algorithm.eps_clip_high`?
+trainer.optimizer_config.lr=1 => did you mean `trainer.policy.optimizer_config.lr`?
 zzzzzzzzzzzzzzzzzzzzzzzzzzzzz=1 => unknown config key; !did you mean
-trainer.train_batch_size=abc => `trainer.train_batch_size` expects a non-negative integer, got a string "abc"
-trainer.algorithm.eps_clip_low=high => eps_clip_low; a number
-trainer.algorithm.use_kl_loss=1 => use_kl_loss; boolean
-trainer.epochs=2.5 => trainer.epochs
-trainer.epochs='7' => trainer.epochs
-trainer.train_batch_size=null => got null
-trainer.algorithm=3 => section
-generator.backend=trt => override `generator.backend=trt`; one of vllm, sglang
-trainer.resume_mode=sometimes => one of none, latest, from_path
-trainer.logger=[1,2] => trainer.logger
-+trainer.seed=1 => already exists
-+trainer.seed.x=1 => trainer.seed; not a section
-+trainer.algorithm.overlong_buffer.len=long => overlong_buffer.len
-+trainer.algorithm.overlong_buffer.len=512 => `trainer.algorithm.overlong_buffer.penalty_factor` is missing
-generator.max_input_length=${trainer.run_name} => generator.max_input_length
-a.b => expected `key=value`
-a..b=1 => not a dotted key
-~a.b => deleting keys
-+k=[1,2 => cannot parse
-+a.b=${a.nope} => `a.b`; a.nope
-+a=${b} +b=${a} => cycle
-+a=${oc.env:RLVR_TEST_SURELY_UNSET} => environment variable `RLVR_TEST_SURELY_UNSET` is not set
-+a=${oc.decode:x} => unknown resolver `oc.decode`
-+a=${b.${c}} => nested
-+a=x${b => unclosed
-trainer.train_batch_size=1000 => trainer.train_batch_size % trainer.policy_mini_batch_size
-trainer.policy_mini_batch_size=0 => trainer.policy_mini_batch_size
-trainer.micro_train_batch_size_per_gpu=3 => trainer.policy_mini_batch_size * generator.n_samples_per_prompt % trainer.micro_train_batch_size_per_gpu
-generator.n_samples_per_prompt=0 => generator.n_samples_per_prompt
-trainer.critic.model.path=/m trainer.critic_mini_batch_size=1000 => trainer.critic_mini_batch_size
-trainer.algorithm.use_kl_in_reward=true => use_kl_in_reward
-trainer.algorithm.advantage_estimator=nope => trainer.algorithm.advantage_estimator
-trainer.algorithm.advantage_estimator=gae => trainer.critic.model.path
-trainer.algorithm.value_clip=-0.5 => trainer.algorithm.value_clip
-trainer.algorithm.policy_loss_type=nope => trainer.algorithm.policy_loss_type
-trainer.algorithm.loss_reduction=mean => trainer.algorithm.loss_reduction
-trainer.algorithm.dynamic_sampling.type=drop => trainer.algorithm.dynamic_sampling.type
-trainer.algorithm.dynamic_sampling.type=filter generator.n_samples_per_prompt=1 => generator.n_samples_per_prompt
-trainer.algorithm.kl_estimator_type=k4 => kl_estimator_type
-trainer.algorithm.policy_loss_type=dual_clip trainer.algorithm.clip_ratio_c=1.0 => clip_ratio_c
-trainer.algorithm.eps_clip_low=1.5 => eps_clip_low
-trainer.algorithm.off_policy_correction.tis_ratio_type=tokens => `trainer.algorithm.off_policy_correction.tis_ratio_type` expects one of token, sequence
-+trainer.algorithm.overlong_buffer.len=2048 +trainer.algorithm.overlong_buffer.penalty_factor=1.0 => overlong_buffer.len
-trainer.policy.optimizer_config.lr=.nan => trainer.policy.optimizer_config.lr
-generator.sampling_params.temperature=.inf => temperature
-trainer.algorithm.eps_clip_high=-.inf => eps_clip_high
-trainer.algorithm.max_seq_len=0 => max_seq_len
-generator.sampling_params.temperature=0 => generator.sampling_params.temperature
-generator.eval_sampling_params.top_p=0 => generator.eval_sampling_params.top_p
-generator.sampling_params.top_k=0 => generator.sampling_params.top_k
-generator.max_input_length=100 => generator.max_input_length
-trainer.max_ckpts_to_keep=0 => trainer.max_ckpts_to_keep
-trainer.resume_mode=from_path => trainer.resume_path
-trainer.policy.optimizer_config.adam_betas=[0.9] => adam_betas
-trainer.policy.optimizer_config.scheduler=polynomial => scheduler
-environment.skyrl_gym.gsm8k.method=fuzzy => environment.skyrl_gym.gsm8k.method
-data.train_data=[] => data.train_data
-trainer.train_batch_size=1000 generator.sampling_params.top_p=2 => train_batch_size; top_p
-generator.step_wise_trajectories=true => generator.step_wise_trajectories
-trainer.policy.model.lora.rank=8 => lora.rank
-generator.max_turns=2 => generator.max_turns
-generator.sampling_params.repetition_penalty=1.1 => sampling_params.repetition_penalty
-generator.eval_sampling_params.repetition_penalty=1.05 => eval_sampling_params.repetition_penalty
-trainer.update_ref_every_epoch=true => update_ref_every_epoch
-trainer.dump_data_batch=true => dump_data_batch
+trainer.train_batch_size=abc => override `trainer.train_batch_size=abc`: `trainer.train_batch_size` expects a non-negative integer, got a string "abc"
+trainer.algorithm.eps_clip_low=high => `trainer.algorithm.eps_clip_low` expects a number, got a string "high"
+trainer.algorithm.use_kl_loss=1 => `trainer.algorithm.use_kl_loss` expects a boolean (true/false), got an integer 1
+trainer.epochs=2.5 => `trainer.epochs` expects a non-negative integer, got a float 2.5
+trainer.epochs='7' => `trainer.epochs` expects a non-negative integer, got a string "7"
+trainer.train_batch_size=null => `trainer.train_batch_size` expects a non-negative integer, got null
+trainer.algorithm=3 => `trainer.algorithm` expects a section (mapping), got an integer
+generator.backend=trt => override `generator.backend=trt`: `generator.backend` expects one of vllm, sglang, got a string "trt"
+trainer.resume_mode=sometimes => `trainer.resume_mode` expects one of none, latest, from_path
+trainer.logger=[1,2] => `trainer.logger` expects a name or a list of names (e.g. ['a','b']), got a list
++trainer.seed=1 => `trainer.seed` already exists; drop the `+` to override it (or write `++trainer.seed=...`)
++trainer.seed.x=1 => cannot set `trainer.seed.x`: `trainer.seed` is an integer, not a section
++trainer.algorithm.overlong_buffer.len=long => `trainer.algorithm.overlong_buffer.len` expects a non-negative integer, got a string "long"
++trainer.algorithm.overlong_buffer.len=512 => `trainer.algorithm.overlong_buffer.penalty_factor` is missing: `trainer.algorithm.overlong_buffer` needs it once any of its keys is set
+generator.max_input_length=${trainer.run_name} => override `generator.max_input_length=${trainer.run_name}`: `generator.max_input_length` expects a non-negative integer, got a string "test_run"
+a.b => bad override: expected `key=value`
+a..b=1 => bad override: `a..b` is not a dotted key
+~a.b => bad override: deleting keys (`~key`) is not supported
++k=[1,2 => bad override: cannot parse `[1,2`
++a.b=${a.nope} => cannot resolve `a.b`: `${a.nope}` refers to `a.nope`, which does not exist
++a=${b} +b=${a} => cannot resolve `a`: interpolation cycle: b -> a -> b
++a=${oc.env:RLVR_TEST_SURELY_UNSET} => cannot resolve `a`: environment variable `RLVR_TEST_SURELY_UNSET` is not set
++a=${oc.decode:x} => cannot resolve `a`: unknown resolver `oc.decode`
++a=${b.${c}} => cannot resolve `a`: nested `${` in "${b.${c}}" is not supported
++a=x${b => cannot resolve `a`: unclosed `${` in "x${b"
+trainer.train_batch_size=1000 => trainer.train_batch_size % trainer.policy_mini_batch_size != 0 (1000 % 256 = 232): a training batch must split into whole mini-batches
+trainer.policy_mini_batch_size=0 => `trainer.policy_mini_batch_size` must be > 0
+trainer.micro_train_batch_size_per_gpu=3 => trainer.policy_mini_batch_size * generator.n_samples_per_prompt % trainer.micro_train_batch_size_per_gpu != 0 (256 * 5 = 1280 rows per mini-batch, micro-batch 3)
+generator.n_samples_per_prompt=0 => `generator.n_samples_per_prompt` must be > 0
+trainer.critic.model.path=/m trainer.critic_mini_batch_size=1000 => trainer.train_batch_size % trainer.critic_mini_batch_size != 0 (1024 % 1000 = 24)
+trainer.algorithm.use_kl_in_reward=true => `trainer.algorithm.use_kl_in_reward` and `trainer.algorithm.use_kl_loss` are both true
+trainer.algorithm.advantage_estimator=nope => `trainer.algorithm.advantage_estimator` = "nope" is not a registered advantage estimator (one of gae, grpo, reinforce++, rloo)
+trainer.algorithm.advantage_estimator=gae => `trainer.algorithm.advantage_estimator` = "gae" needs a critic: set `trainer.critic.model.path`
+trainer.algorithm.value_clip=-0.5 => `trainer.algorithm.value_clip` must be >= 0 (or null for an unclipped value loss), got -0.5
+trainer.algorithm.policy_loss_type=nope => `trainer.algorithm.policy_loss_type` = "nope" is not a registered policy loss (one of cispo, clip_cov, dual_clip, gspo, kl_cov, regular, sapo)
+trainer.algorithm.loss_reduction=mean => `trainer.algorithm.loss_reduction` expects one of token_mean, token_mean_legacy, sequence_mean, seq_mean_token_sum_norm, prompt_mean, got a string "mean"
+trainer.algorithm.dynamic_sampling.type=drop => `trainer.algorithm.dynamic_sampling.type` expects one of filter, replace, got a string "drop"
+trainer.algorithm.dynamic_sampling.type=filter generator.n_samples_per_prompt=1 => `generator.n_samples_per_prompt` must be >= 2 for `trainer.algorithm.dynamic_sampling.type` = filter
+trainer.algorithm.kl_estimator_type=k4 => `trainer.algorithm.kl_estimator_type` expects one of k1, k2, k3, abs, got a string "k4"
+trainer.algorithm.policy_loss_type=dual_clip trainer.algorithm.clip_ratio_c=1.0 => `trainer.algorithm.clip_ratio_c` must be > 1 for policy_loss_type=dual_clip, got 1
+trainer.algorithm.eps_clip_low=1.5 => `trainer.algorithm.eps_clip_low` must be in [0, 1] (the ratio is clipped to [1 - eps_clip_low, 1 + eps_clip_high]), got 1.5
+trainer.algorithm.off_policy_correction.tis_ratio_type=tokens => `trainer.algorithm.off_policy_correction.tis_ratio_type` expects one of token, sequence, got a string "tokens"
++trainer.algorithm.overlong_buffer.len=2048 +trainer.algorithm.overlong_buffer.penalty_factor=1.0 => `trainer.algorithm.overlong_buffer.len` must be in 1..=generator.sampling_params.max_generate_length (1024), got 2048
+trainer.policy.optimizer_config.lr=.nan => `trainer.policy.optimizer_config.lr` must be a finite number, got NaN
+generator.sampling_params.temperature=.inf => `generator.sampling_params.temperature` must be a finite number, got inf
+trainer.algorithm.eps_clip_high=-.inf => `trainer.algorithm.eps_clip_high` must be a finite number, got -inf
+trainer.algorithm.max_seq_len=0 => `trainer.algorithm.max_seq_len` must be > 0 (or null)
+generator.sampling_params.temperature=0 => `generator.sampling_params.temperature` must be > 0 for training rollouts (log-probs are computed from logits / temperature), got 0
+generator.eval_sampling_params.top_p=0 => `generator.eval_sampling_params.top_p` must be in (0, 1], got 0
+generator.sampling_params.top_k=0 => `generator.sampling_params.top_k` must be -1 (off) or >= 1, got 0
+generator.max_input_length=100 => `generator.max_input_length` (100) must equal `trainer.max_prompt_length` (512)
+trainer.max_ckpts_to_keep=0 => `trainer.max_ckpts_to_keep` must be > 0 (keep the last N) or negative (keep all), got 0
+trainer.resume_mode=from_path => `trainer.resume_mode` = from_path needs `trainer.resume_path`
+trainer.policy.optimizer_config.adam_betas=[0.9] => `trainer.policy.optimizer_config.adam_betas` must be two numbers in [0, 1), got [0.9]
+trainer.policy.optimizer_config.scheduler=polynomial => `trainer.policy.optimizer_config.scheduler` expects one of constant, constant_with_warmup, linear, cosine, got a string "polynomial"
+environment.skyrl_gym.gsm8k.method=fuzzy => `environment.skyrl_gym.gsm8k.method` expects one of strict, flexible, numeric, got a string "fuzzy"
+data.train_data=[] => `data.train_data` is empty; give at least one file
+trainer.train_batch_size=1000 generator.sampling_params.top_p=2 => trainer.train_batch_size % trainer.policy_mini_batch_size != 0; `generator.sampling_params.top_p` must be in (0, 1], got 2
+generator.step_wise_trajectories=true => `generator.step_wise_trajectories=true`: step-wise trajectories are not supported by rlvr; use false
+trainer.policy.model.lora.rank=8 => `trainer.policy.model.lora.rank=8`: LoRA is not supported by rlvr; training would update all weights instead; use 0
+generator.max_turns=2 => `generator.max_turns=2`: multi-turn generation is not supported by rlvr; use 1
+generator.sampling_params.repetition_penalty=1.1 => `generator.sampling_params.repetition_penalty=1.1`: rlvr's engines sample without a repetition penalty; use 1.0
+generator.eval_sampling_params.repetition_penalty=1.05 => `generator.eval_sampling_params.repetition_penalty=1.05`: rlvr's engines sample without a repetition penalty; use 1.0
+trainer.update_ref_every_epoch=true => `trainer.update_ref_every_epoch=true`: rlvr keeps the reference model frozen for the whole run; use false
+trainer.dump_data_batch=true => `trainer.dump_data_batch=true`: rlvr does not dump training batches
 "#;
 
-/// Valid, with exactly these warnings in this order (each text in its line).
+/// Valid, with exactly these warnings in this order (each text starts its line).
 const WARNED: &str = r#"
  =>
 trainer.algorithm.loss_reduction=seq_mean_token_sum_norm => `trainer.algorithm.max_seq_len` is null: seq_mean_token_sum_norm divides by generator.max_input_length + generator.sampling_params.max_generate_length = 1536
@@ -197,7 +199,7 @@ fn warnings_are_one_line_per_key() {
         let (_, warnings) = check(&args).unwrap_or_else(|e| panic!("{line}\nrefused: {e}"));
         assert_eq!(warnings.len(), texts.len(), "{line}\n{warnings:#?}");
         for (w, text) in warnings.iter().zip(texts) {
-            assert!(w.contains(text) && !w.contains('\n'), "{line}\n{w}");
+            assert!(w.starts_with(text) && !w.contains('\n'), "{line}\n{w}");
         }
     }
 }
@@ -219,6 +221,12 @@ fn values_with_spaces() {
     let kwargs = &r.config.generator.chat_template_kwargs;
     assert_eq!(kwargs.get("enable_thinking"), Some(&Value::from(false)));
     assert_eq!(r.get("k"), Some(&Value::from("a: b")));
+    // A string spelling a list, spaces inside (quotes a script passed on as they were).
+    let (r, _) = check(&["generator.sampling_params.stop=\"['</s>', 'END']\""]).unwrap();
+    assert_eq!(
+        r.config.generator.sampling_params.stop_strings(),
+        ["</s>", "END"]
+    );
 }
 
 #[test]

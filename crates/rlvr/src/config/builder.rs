@@ -74,9 +74,11 @@ impl ConfigBuilder {
         // A SkyRL-style file may start with Hydra's `defaults: [ppo_base_config, _self_]`;
         // rlvr always starts from its base, so only that composition is accepted.
         if let Some(list) = map.remove("defaults") {
-            let names = serde_yaml::from_value::<Vec<String>>(list).ok();
-            let ours = |n: &String| n == "ppo_base_config" || n == "_self_";
-            if !names.is_some_and(|names| names.iter().all(ours)) {
+            let ours = |n: &Value| matches!(n.as_str(), Some("ppo_base_config" | "_self_"));
+            if !list
+                .as_sequence()
+                .is_some_and(|names| names.iter().all(ours))
+            {
                 return Err(yaml_error(
                     "Hydra `defaults:` composition is not supported; rlvr always starts from its \
                      built-in base config (only `defaults: [ppo_base_config, _self_]` is accepted)"
@@ -130,7 +132,13 @@ impl ConfigBuilder {
                 let Some(k) = k.as_str() else {
                     return Err(ConfigError::Yaml {
                         origin: origin.clone(),
-                        message: format!("keys must be strings, found {k:?} (under `{key}`)"),
+                        message: format!(
+                            "keys must be strings, found {k:?}{}",
+                            match key {
+                                "" => String::new(),
+                                _ => format!(" (under `{key}`)"),
+                            }
+                        ),
                     });
                 };
                 self.assign(&join(key, k), v, mode, origin)?;
@@ -233,6 +241,10 @@ impl ConfigBuilder {
                 format!("one of {}", names.replace('`', ""))
             }
             Some((_, what)) => values::expected_in_words(what),
+            // `values::names`: one name or a list of them.
+            None if message.contains("untagged enum Names") => {
+                "a name or a list of names (e.g. ['a','b'])".into()
+            }
             None => message,
         };
         ConfigError::Type {

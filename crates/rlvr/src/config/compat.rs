@@ -2,7 +2,8 @@
 //! wandb) or features rlvr lacks, listed in `crates/rlvr/config/skyrl_compat.yaml`. They parse so
 //! a SkyRL command line carries over, and none has a field in the typed config. An ignored key
 //! set by a file or an override gets one warning line saying what rlvr does instead; a refused
-//! key whose value would silently change results is an error. (`trainer.logger` names rlvr
+//! key whose value would silently change results is an error. The same file lists the typed keys
+//! that only remote engines read, which get a warning line when rlvr runs its embedded engine. (`trainer.logger` names rlvr
 //! cannot serve, such as wandb, are reported by `crate::logging` when a run starts.)
 
 use serde::Deserialize;
@@ -152,7 +153,7 @@ mod tests {
             );
             assert!(!why.is_empty());
         }
-        for key in table().refused.keys() {
+        for key in table().refused.keys().chain(table().remote_only.keys()) {
             assert!(keys.contains(key), "{key} is not a key of base.yaml");
         }
     }

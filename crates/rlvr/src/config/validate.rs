@@ -196,7 +196,7 @@ fn algorithm(cfg: &Config, r: &mut Rules) {
             cfg.generator.n_samples_per_prompt >= 2,
             "generator.n_samples_per_prompt",
             format_args!(
-                "must be >= 2 for `trainer.algorithm.dynamic_sampling.type` = {kind:?} (a group \
+                "must be >= 2 for `trainer.algorithm.dynamic_sampling.type` = {kind} (a group \
                  of one always has zero reward std)"
             ),
         );
