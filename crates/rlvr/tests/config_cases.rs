@@ -28,13 +28,13 @@ generator.sampling_params.stop=null => generator.sampling_params.stop = null
 trainer.policy.model.path=/models/small trainer.max_prompt_length=256 generator.sampling_params.max_generate_length=300 => generator.model_name = /models/small; trainer.ref.model.path = /models/small; generator.max_input_length = 256; generator.eval_sampling_params.max_generate_length = 300
 generator.sampling_params.max_generate_length=${trainer.max_prompt_length} => generator.sampling_params.max_generate_length = 512; generator.eval_sampling_params.max_generate_length = 512
 +x.n=512 +x.l=[1,2] +x.z=null +y.n=${x.n} +y.l=${x.l} +y.z=${x.z} +y.c=${.n} => y.n = 512; y.l = [1, 2]; y.z = null; y.c = 512
-+p=${q} +q=${oc.env:RLVR_TEST_DIR}/ckpt +l=['${oc.env:RLVR_TEST_DIR}/d.parquet'] => p = /home/x/ckpt; l = ['/home/x/d.parquet']
++p=${q} +q=${oc.env:RLVR_TEST_DIR}/ckpt +l=['${oc.env:RLVR_TEST_DIR}/d.parquet'] => p = test-home/ckpt; l = ['test-home/d.parquet']
 +d=${oc.env:RLVR_TEST_SURELY_UNSET,fallback} +e=cost\${nope_x}${n} +n=3 +w=${oc.env:RLVR_TEST_SURELY_UNSET,a$b} => d = fallback; e = cost${nope_x}3; w = a$b
 +k=3 +f=1.0e-6 +g=1e-2 +b=true +z=null +s=filter +q="grpo" +t='10' +e= => k = 3; f = 1.0e-6; g = 0.01; b = true; z = null; s = filter; q = grpo; t = '10'; e = ''
 +k=[0.9,0.999] +s=['x','y'] +t="['x']" => k = [0.9, 0.999]; s = [x, y]; t = "['x']"
-+k="$RLVR_TEST_DIR/ckpts/x" +l="['$RLVR_TEST_DIR/d']" +m=${RLVR_TEST_DIR}/x => k = /home/x/ckpts/x; l = "['/home/x/d']"; m = /home/x/x
++k="$RLVR_TEST_DIR/ckpts/x" +l="['$RLVR_TEST_DIR/d']" +m=${RLVR_TEST_DIR}/x => k = test-home/ckpts/x; l = "['test-home/d']"; m = test-home/x
 +k=${RLVR_SURELY_UNSET_VAR_X:-/d}/x +u=$RLVR_SURELY_UNSET_VAR_X/a +c=cost$ +d=a$$b => k = /d/x; u = $RLVR_SURELY_UNSET_VAR_X/a; c = cost$; d = a$$b
-trainer.ckpt_path=$RLVR_TEST_DIR/c +k=${trainer.ckpt_path}/w => k = /home/x/c/w
+trainer.ckpt_path=$RLVR_TEST_DIR/c +k=${trainer.ckpt_path}/w => k = test-home/c/w
 trainer.micro_train_batch_size_per_gpu=64 =>
 trainer.algorithm.advantage_estimator=gae trainer.critic.model.path=/c trainer.algorithm.value_clip=null =>
 generator.eval_sampling_params.temperature=0 =>
@@ -134,7 +134,7 @@ fn check(args: &[&str]) -> Result<(ResolvedConfig, Vec<String>), String> {
 
 /// The cases of a table: (the line, its overrides, its texts).
 fn cases(table: &str) -> impl Iterator<Item = (&str, Vec<&str>, Vec<&str>)> {
-    std::env::set_var("RLVR_TEST_DIR", "/home/x");
+    std::env::set_var("RLVR_TEST_DIR", "test-home");
     table.lines().filter(|l| !l.trim().is_empty()).map(|line| {
         let (args, texts) = line
             .split_once(" =>")
