@@ -132,13 +132,7 @@ impl ConfigBuilder {
                 let Some(k) = k.as_str() else {
                     return Err(ConfigError::Yaml {
                         origin: origin.clone(),
-                        message: format!(
-                            "keys must be strings, found {k:?}{}",
-                            match key {
-                                "" => String::new(),
-                                _ => format!(" (under `{key}`)"),
-                            }
-                        ),
+                        message: format!("keys must be strings, found {k:?}"),
                     });
                 };
                 self.assign(&join(key, k), v, mode, origin)?;
@@ -241,10 +235,6 @@ impl ConfigBuilder {
                 format!("one of {}", names.replace('`', ""))
             }
             Some((_, what)) => values::expected_in_words(what),
-            // `values::names`: one name or a list of them.
-            None if message.contains("untagged enum Names") => {
-                "a name or a list of names (e.g. ['a','b'])".into()
-            }
             None => message,
         };
         ConfigError::Type {

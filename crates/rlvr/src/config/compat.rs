@@ -3,8 +3,9 @@
 //! a SkyRL command line carries over, and none has a field in the typed config. An ignored key
 //! set by a file or an override gets one warning line saying what rlvr does instead; a refused
 //! key whose value would silently change results is an error. The same file lists the typed keys
-//! that only remote engines read, which get a warning line when rlvr runs its embedded engine. (`trainer.logger` names rlvr
-//! cannot serve, such as wandb, are reported by `crate::logging` when a run starts.)
+//! that only remote engines read, which get a warning line when rlvr runs its embedded engine.
+//! (`trainer.logger` names rlvr cannot serve, such as wandb, are reported by `crate::logging` when
+//! a run starts.)
 
 use serde::Deserialize;
 use serde_yaml::Value;

@@ -46,19 +46,19 @@ pub fn flow_list(s: &str) -> Option<Value> {
 /// One name or a list of them; a string spelling a YAML list (`"['a','b']"`, as a shell script's
 /// `$(...)` leaves it) is that list.
 pub fn names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Names {
-        One(String),
-        Many(Vec<String>),
+    let strings = |v: &Value| -> Option<Vec<String>> {
+        let items = v.as_sequence()?.iter();
+        items.map(|x| x.as_str().map(String::from)).collect()
+    };
+    match Value::deserialize(d)? {
+        Value::String(s) => Ok(flow_list(&s).as_ref().and_then(strings).unwrap_or(vec![s])),
+        v => strings(&v).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid type: {}, expected a name or a list of names (e.g. ['a','b'])",
+                super::tree::kind_name_of(&v)
+            ))
+        }),
     }
-    Ok(match serde::Deserialize::deserialize(d)? {
-        Names::One(s) => match flow_list(&s).map(serde_yaml::from_value::<Vec<String>>) {
-            Some(Ok(list)) => list,
-            _ => vec![s],
-        },
-        Names::Many(list) => list,
-    })
 }
 
 /// [`names`], or null.
